@@ -1,0 +1,403 @@
+//! Map layouts shared by the XDP program and userspace. Every key and value is `#[repr(C)]`
+//! with explicit padding so the bytes userspace writes are the bytes the program reads.
+//!
+//! Conventions: addresses are 16 octets; an IPv4 address sits in the first four octets and
+//! the rest are zero. Ports are host-order numbers (the program converts from the wire).
+
+/// Address family tags used in keys (not the kernel's AF_* numbers, so a zeroed key is
+/// never a valid family).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Default capacities. Userspace may raise them at load time (`EbpfLoader::set_max_entries`).
+pub const MAX_VIPS: u32 = 64;
+pub const MAX_BACKENDS: u32 = 4096;
+pub const MAX_SERVER_IDS: u32 = 16384;
+pub const CONN_TABLE_ENTRIES: u32 = 65536;
+
+/// Stride of one Maglev ring in `LB_MAGLEV`: the largest ring a VIP may use. A VIP's own
+/// ring size (a prime no larger than this) is in its [`VipMeta`].
+pub const MAGLEV_RING_MAX: u32 = 65537;
+/// Default Maglev ring size (prime).
+pub const MAGLEV_RING_DEFAULT: u32 = 65537;
+/// Two rings per VIP: the active one and a spare that userspace fills before flipping
+/// `VipMeta::active_ring`, so packets never see a half-written table.
+pub const MAGLEV_RINGS_PER_VIP: u32 = 2;
+
+/// QUIC-LB config rotation values are the top three bits of the first DCID octet: 0..=6 are
+/// configs, 0b111 is always unroutable. `LB_QUIC_CFG` has this many slots per VIP.
+pub const QUIC_LB_CONFIGS_PER_VIP: u32 = 8;
+pub const QUIC_LB_UNROUTABLE_CR: u8 = 0b111;
+/// Longest server ID: server ID + nonce <= 19 octets and nonce >= 4 octets.
+pub const QUIC_LB_MAX_SID_LEN: usize = 15;
+pub const QUIC_LB_MAX_CID_LEN: usize = 20;
+
+/// Map names as they appear in the BPF object (and in `bpftool map`). Kernel names are at
+/// most 15 characters.
+pub mod map_names {
+    pub const VIPS: &str = "LB_VIPS";
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    pub const MAGLEV: &str = "LB_MAGLEV";
+    pub const SERVER_IDS: &str = "LB_SERVER_IDS";
+    pub const QUIC_CFG: &str = "LB_QUIC_CFG";
+    pub const CONNS: &str = "LB_CONNS";
+    pub const STATS: &str = "LB_STATS";
+    pub const VIP_STATS: &str = "LB_VIP_STATS";
+    pub const BACKEND_STATS: &str = "LB_BE_STATS";
+    pub const FIB_CACHE: &str = "LB_FIB_CACHE";
+    pub const SETTINGS: &str = "LB_SETTINGS";
+    pub const BENCH_TEMPLATE: &str = "BENCH_TEMPLATE";
+    pub const BENCH_TARGET: &str = "BENCH_TARGET";
+}
+
+/// Program names in the BPF object.
+pub mod program_names {
+    /// The load balancer: XDP on the node's external interface(s).
+    pub const XDP_LB: &str = "lb_xdp";
+    /// Benchmark harness: restores the template packet, then tail-calls `BENCH_TARGET[0]`.
+    pub const BENCH_HARNESS: &str = "lb_bench_harness";
+    /// Does nothing (XDP_PASS): the floor every benchmark ratio is taken against.
+    pub const BENCH_EMPTY: &str = "lb_bench_empty";
+}
+
+/// `LB_VIPS` key: (address, port, protocol).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// The VIP routes QUIC packets by the server ID in their destination connection ID.
+pub const VIP_F_QUIC_LB: u32 = 1;
+
+/// `LB_VIPS` value.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index of this VIP in the per-VIP arrays (`LB_MAGLEV`, `LB_QUIC_CFG`, `LB_VIP_STATS`).
+    pub index: u32,
+    pub flags: u32,
+    /// Prime number of slots in this VIP's Maglev rings (<= [`MAGLEV_RING_MAX`]); 0 means the
+    /// VIP has no backends and its packets are dropped (counted as `DropNoBackend`).
+    pub ring_size: u32,
+    /// Which of the VIP's two rings is live (0 or 1).
+    pub active_ring: u32,
+}
+
+impl VipMeta {
+    /// First slot of the live ring in `LB_MAGLEV`.
+    #[inline(always)]
+    pub fn ring_base(&self) -> u32 {
+        (self.index * MAGLEV_RINGS_PER_VIP + (self.active_ring & 1)) * MAGLEV_RING_MAX
+    }
+}
+
+/// Slot of ring `ring` (0 or 1) of VIP `vip_index` in `LB_MAGLEV`.
+#[inline(always)]
+pub fn maglev_ring_base(vip_index: u32, ring: u32) -> u32 {
+    (vip_index * MAGLEV_RINGS_PER_VIP + (ring & 1)) * MAGLEV_RING_MAX
+}
+
+pub const BACKEND_F_VALID: u8 = 1;
+
+/// `LB_BACKENDS` value, indexed by backend id.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub flags: u8,
+}
+
+/// `LB_SERVER_IDS` key: a QUIC-LB server ID under one config of one VIP.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServerIdKey {
+    pub vip_index: u32,
+    pub config_id: u8,
+    pub sid_len: u8,
+    pub _pad: [u8; 2],
+    /// The server ID in its first `sid_len` octets, zeros after.
+    pub sid: [u8; 16],
+}
+
+/// QUIC-LB modes (`QuicLbConfig::mode`). 0 means the config rotation value is not configured.
+pub const QUIC_LB_MODE_NONE: u8 = 0;
+pub const QUIC_LB_MODE_PLAINTEXT: u8 = 1;
+
+/// `LB_QUIC_CFG` value, indexed by `vip_index * QUIC_LB_CONFIGS_PER_VIP + config_id`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuicLbConfig {
+    pub mode: u8,
+    pub sid_len: u8,
+    pub nonce_len: u8,
+    pub _pad: u8,
+}
+
+impl QuicLbConfig {
+    /// Octets a CID must have to be decodable under this config (first octet included).
+    #[inline(always)]
+    pub fn cid_len(&self) -> usize {
+        1 + self.sid_len as usize + self.nonce_len as usize
+    }
+}
+
+/// `LB_CONNS` key: the client 5-tuple as it arrived (before DNAT).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+pub const CONN_F_VALID: u32 = 1;
+
+/// `LB_CONNS` value. The table is a per-CPU LRU hash (each CPU sees its own value; a key
+/// inserted on one CPU reads as all-zero on the others), so `flags & CONN_F_VALID` tells a
+/// real entry from another CPU's zeroed slot.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub backend: u32,
+    pub flags: u32,
+}
+
+/// Per-CPU counter slot.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a packet went where it went. `LB_STATS` has one slot per reason; `LB_VIP_STATS` has
+/// [`REASON_STRIDE`] slots per VIP. Counters are events, not a partition: a VIP packet bumps
+/// one steering reason (how its backend was chosen: `RoutedCid`, or one `Fallback*` and then
+/// `LruHit`/`Maglev`, or just `LruHit`/`Maglev` for TCP and plain UDP) and then one
+/// forwarding reason (`Tx`, `Redirect`, `PassNoNeighbour`, `PassFibFailed`) or one `Drop*`
+/// reason. A packet that is not steered bumps exactly one `Pass*` reason and is left
+/// untouched.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...), or more than one VLAN tag.
+    PassNotIp = 0,
+    /// Truncated or inconsistent headers.
+    PassMalformed = 1,
+    /// No VIP for (destination address, port, protocol), or not UDP/TCP.
+    PassNotVip = 2,
+    /// IPv4 fragment (non-first fragments carry no ports, so all fragments pass).
+    PassFragment = 3,
+    /// IPv6 with an extension header before UDP/TCP.
+    PassIpv6Ext = 4,
+    /// QUIC packet whose DCID decoded to a known server ID.
+    RoutedCid = 5,
+    /// QUIC long header whose DCID is client-chosen (too short for the config): Initial/0-RTT.
+    FallbackInitial = 6,
+    /// QUIC DCID decoded to a server ID that no backend holds.
+    FallbackUnknownServer = 7,
+    /// QUIC DCID config rotation bits name a config this VIP does not have.
+    FallbackNoConfig = 8,
+    /// QUIC DCID unroutable: config rotation 0b111, short header too short, or not QUIC.
+    FallbackUnroutable = 9,
+    /// Backend taken from the connection table.
+    LruHit = 10,
+    /// Backend chosen by Maglev (and recorded in the connection table).
+    Maglev = 11,
+    /// Rewritten and sent back out of the ingress interface.
+    Tx = 12,
+    /// Rewritten and redirected to another interface.
+    Redirect = 13,
+    /// Rewritten, but the FIB has no neighbour entry: passed so the kernel resolves it.
+    PassNoNeighbour = 14,
+    /// Rewritten, but the FIB lookup failed otherwise (no route, forwarding off, MTU):
+    /// passed to the kernel, which will route or reject it.
+    PassFibFailed = 15,
+    /// The VIP has no backends.
+    DropNoBackend = 16,
+    /// The connection table or ring named a backend id with no valid backend.
+    DropBadBackend = 17,
+    /// Stripping the VLAN tag before a redirect failed (the frame is half rewritten).
+    DropAdjustFailed = 18,
+    /// Forwarded with this CPU's cached FIB result for the backend (counted with `Tx` or
+    /// `Redirect`); the others did a `bpf_fib_lookup`.
+    FibCached = 19,
+}
+
+pub const REASON_COUNT: u32 = 20;
+/// Slots per VIP in `LB_VIP_STATS` (room for future reasons without a layout change).
+pub const REASON_STRIDE: u32 = 32;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassMalformed,
+        Reason::PassNotVip,
+        Reason::PassFragment,
+        Reason::PassIpv6Ext,
+        Reason::RoutedCid,
+        Reason::FallbackInitial,
+        Reason::FallbackUnknownServer,
+        Reason::FallbackNoConfig,
+        Reason::FallbackUnroutable,
+        Reason::LruHit,
+        Reason::Maglev,
+        Reason::Tx,
+        Reason::Redirect,
+        Reason::PassNoNeighbour,
+        Reason::PassFibFailed,
+        Reason::DropNoBackend,
+        Reason::DropBadBackend,
+        Reason::DropAdjustFailed,
+        Reason::FibCached,
+    ];
+
+    /// Stable snake_case name, used in metrics labels and the bench's counter proofs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassMalformed => "pass_malformed",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassIpv6Ext => "pass_ipv6_ext",
+            Reason::RoutedCid => "routed_cid",
+            Reason::FallbackInitial => "fallback_initial",
+            Reason::FallbackUnknownServer => "fallback_unknown_server",
+            Reason::FallbackNoConfig => "fallback_no_config",
+            Reason::FallbackUnroutable => "fallback_unroutable",
+            Reason::LruHit => "lru_hit",
+            Reason::Maglev => "maglev",
+            Reason::Tx => "tx",
+            Reason::Redirect => "redirect",
+            Reason::PassNoNeighbour => "pass_no_neighbour",
+            Reason::PassFibFailed => "pass_fib_failed",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropBadBackend => "drop_bad_backend",
+            Reason::DropAdjustFailed => "drop_adjust_failed",
+            Reason::FibCached => "fib_cached",
+        }
+    }
+}
+
+/// `LB_FIB_CACHE` value, per CPU, indexed by backend id: the last successful
+/// `bpf_fib_lookup` for that backend. `bpf_fib_lookup` is the most expensive step of the
+/// fast path (about as much as everything else together for IPv4, twice that for IPv6), and
+/// its answer only changes when routes or neighbours do. Entries expire after
+/// `Settings::fib_cache_ttl_ns`, and userspace clears a backend's entries whenever it
+/// rewrites that backend. Only successes are cached: a missing neighbour or route always
+/// goes back to the kernel.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FibCacheEntry {
+    /// `bpf_ktime_get_coarse_ns()` after which the entry is stale; 0 = empty.
+    pub expires_ns: u64,
+    /// The lookup was for packets arriving here (the answer depends on it).
+    pub ingress_ifindex: u32,
+    pub egress_ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
+/// `LB_SETTINGS[0]`: run-time knobs of the XDP program.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a cached FIB result may be used; 0 disables the cache.
+    pub fib_cache_ttl_ns: u64,
+}
+
+/// Default FIB cache lifetime: a neighbour or route change reaches the data plane within
+/// this long even if nobody tells `lb`.
+pub const FIB_CACHE_TTL_DEFAULT_NS: u64 = 100_000_000;
+
+/// Longest packet the bench harness can restore.
+pub const BENCH_TEMPLATE_MAX: usize = 256;
+
+/// `BENCH_TEMPLATE[0]`: the packet every benchmark iteration starts from.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct BenchTemplate {
+    pub len: u32,
+    pub data: [u8; BENCH_TEMPLATE_MAX],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] plain-old-data with explicit padding fields.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for ServerIdKey {}
+    unsafe impl aya::Pod for QuicLbConfig {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for BenchTemplate {}
+    unsafe impl aya::Pod for FibCacheEntry {}
+    unsafe impl aya::Pod for Settings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<VipMeta>(), 16);
+        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<ServerIdKey>(), 24);
+        assert_eq!(size_of::<QuicLbConfig>(), 4);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<ConnEntry>(), 8);
+        assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<FibCacheEntry>(), 32);
+        assert_eq!(size_of::<Settings>(), 8);
+    }
+
+    #[test]
+    fn reasons_are_dense_and_named_uniquely() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32);
+            for other in &Reason::ALL[..i] {
+                assert_ne!(r.name(), other.name());
+            }
+        }
+        assert!(REASON_COUNT <= REASON_STRIDE);
+    }
+
+    #[test]
+    fn rings_do_not_overlap() {
+        let m = VipMeta {
+            index: 3,
+            flags: 0,
+            ring_size: 7,
+            active_ring: 1,
+        };
+        assert_eq!(m.ring_base(), maglev_ring_base(3, 1));
+        assert_eq!(
+            maglev_ring_base(3, 1) - maglev_ring_base(3, 0),
+            MAGLEV_RING_MAX
+        );
+        assert_eq!(
+            maglev_ring_base(4, 0) - maglev_ring_base(3, 1),
+            MAGLEV_RING_MAX
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! lb's BPF programs.
+//!
+//! `lb_xdp` is the load balancer: parse, look up the VIP, choose a backend (QUIC server ID,
+//! connection table, or Maglev), DNAT, then forward through the FIB. It never returns
+//! `XDP_ABORTED`, and every packet bumps at least one counter naming why it went where it
+//! went (`lb_common::Reason`). The other two programs exist only for `lb bench`.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod packet;
+mod rewrite;
+mod stats;
+mod steer;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{Reason, VipKey};
+
+use crate::{
+    packet::{Parsed, parse},
+    stats::{count, count_vip},
+};
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let pkt_len = (ctx.data_end() - ctx.data()) as u64;
+    let mut p = Parsed::new();
+    if let Err(reason) = parse(&ctx, &mut p) {
+        count(reason, pkt_len);
+        return xdp_action::XDP_PASS;
+    }
+    let key = VipKey {
+        addr: p.flow.dst,
+        port: p.flow.dport,
+        proto: p.flow.proto,
+        family: p.flow.family,
+    };
+    // Copy the value out: userspace may replace the element while we run.
+    let vip = match unsafe { maps::LB_VIPS.get(&key) } {
+        Some(v) => *v,
+        None => {
+            count(Reason::PassNotVip, pkt_len);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    let (backend_id, backend) = match steer::choose_backend(&ctx, &p, &vip, pkt_len) {
+        Ok(b) => b,
+        Err(reason) => {
+            count_vip(reason, vip.index, pkt_len);
+            return xdp_action::XDP_DROP;
+        }
+    };
+    stats::count_backend(backend_id, pkt_len);
+    let (verdict, reason) = rewrite::dnat_and_forward(&ctx, &p, backend_id, &backend, pkt_len);
+    count_vip(reason, vip.index, pkt_len);
+    verdict
+}
+
+/// Benchmark harness: every iteration of BPF_PROG_TEST_RUN reuses one buffer, so restore the
+/// original packet from `BENCH_TEMPLATE[0]` first, then tail-call the program under test
+/// (`BENCH_TARGET[0]`: `lb_xdp`, or `lb_bench_empty` for the floor).
+#[xdp]
+pub fn lb_bench_harness(ctx: XdpContext) -> u32 {
+    let Some(t) = maps::BENCH_TEMPLATE.get_ptr(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let len = unsafe { (*t).len } as usize;
+    let data = unsafe { (*t).data.as_ptr() };
+    if len == 0 || len > lb_common::BENCH_TEMPLATE_MAX || len != ctx.data_end() - ctx.data() {
+        return xdp_action::XDP_PASS;
+    }
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_xdp_store_bytes(
+            ctx.ctx.cast(),
+            0,
+            data as *mut _,
+            len as u32,
+        )
+    };
+    if rc != 0 {
+        return xdp_action::XDP_PASS;
+    }
+    unsafe {
+        let _ = maps::BENCH_TARGET.tail_call(&ctx, 0);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// The floor: as little as an XDP program can do.
+#[xdp]
+pub fn lb_bench_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,59 @@
+//! The maps, named as in `lb_common::map_names`. Layouts are in `lb_common::maps`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
+};
+use lb_common::{
+    Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, FibCacheEntry, FlowKey,
+    MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKENDS, MAX_SERVER_IDS, MAX_VIPS,
+    QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REASON_STRIDE, ServerIdKey, Settings, VipKey, VipMeta,
+};
+
+#[map(name = "LB_VIPS")]
+pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "LB_BACKENDS")]
+pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Two Maglev rings per VIP, each `MAGLEV_RING_MAX` slots of backend ids.
+#[map(name = "LB_MAGLEV")]
+pub static LB_MAGLEV: Array<u32> =
+    Array::with_max_entries(MAX_VIPS * MAGLEV_RINGS_PER_VIP * MAGLEV_RING_MAX, 0);
+
+#[map(name = "LB_SERVER_IDS")]
+pub static LB_SERVER_IDS: HashMap<ServerIdKey, u32> = HashMap::with_max_entries(MAX_SERVER_IDS, 0);
+
+#[map(name = "LB_QUIC_CFG")]
+pub static LB_QUIC_CFG: Array<QuicLbConfig> =
+    Array::with_max_entries(MAX_VIPS * QUIC_LB_CONFIGS_PER_VIP, 0);
+
+/// Connection table: per-CPU LRU, as in Katran: no cross-CPU contention on the hot path;
+/// a flow that lands on another CPU re-runs Maglev, which gives the same answer unless the
+/// ring changed.
+#[map(name = "LB_CONNS")]
+pub static LB_CONNS: LruPerCpuHashMap<FlowKey, ConnEntry> =
+    LruPerCpuHashMap::with_max_entries(CONN_TABLE_ENTRIES, 0);
+
+#[map(name = "LB_STATS")]
+pub static LB_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STRIDE, 0);
+
+#[map(name = "LB_VIP_STATS")]
+pub static LB_VIP_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(MAX_VIPS * REASON_STRIDE, 0);
+
+#[map(name = "LB_BE_STATS")]
+pub static LB_BE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "LB_FIB_CACHE")]
+pub static LB_FIB_CACHE: PerCpuArray<FibCacheEntry> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "LB_SETTINGS")]
+pub static LB_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_TEMPLATE")]
+pub static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_TARGET")]
+pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -1,0 +1,307 @@
+//! `lb bench`: ns/packet of the XDP program through BPF_PROG_TEST_RUN, as ratios to an empty
+//! program measured in the same run.
+//!
+//! Honesty rules (DESIGN.md, "Benchmark honesty"): `repeat` reuses one buffer, and the load
+//! balancer rewrites the packet, so every iteration goes through a harness program that first
+//! restores the original packet from a template map and then tail-calls the program under
+//! test. The floor is the same harness tail-calling an empty program. Each case's path is
+//! proven by the program's own counters: the expected reasons advance by exactly `repeat` in
+//! every round and no other reason moves; otherwise the bench fails rather than report a
+//! figure for the wrong path.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail, ensure};
+use lb_common::{MAGLEV_RING_DEFAULT, Reason, Settings};
+
+use crate::{
+    dataplane::{Dataplane, ReasonCounters},
+    packet::{Packet, quic, tcp_flags},
+    testbed::{
+        CLIENT_MAC, CLIENT_V4, CLIENT_V6, EXT_MAC, OTHER_V4, Testbed, VIP_V4, VIP_V6, fixture,
+    },
+};
+
+pub const DEFAULT_REPEAT: u32 = 200_000;
+const BENCH_FIB_CACHE_TTL_NS: u64 = 3_600_000_000_000;
+pub const DEFAULT_ROUNDS: u32 = 9;
+
+pub struct Options {
+    pub json: Option<PathBuf>,
+    pub repeat: u32,
+    pub rounds: u32,
+}
+
+/// One benchmark case: a packet, and the reasons its path must bump by `repeat`.
+struct Case {
+    name: &'static str,
+    packet: Vec<u8>,
+    expect: &'static [Reason],
+    /// Packets run once (not measured) before the case, e.g. the SYN before an established
+    /// flow. The case's own packet is always run once too, so the connection table and the
+    /// FIB cache are in their steady state when measuring starts.
+    warmup: Vec<Vec<u8>>,
+    /// Whether the next-hop cache is on (the default); off measures `bpf_fib_lookup` itself.
+    fib_cache: bool,
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+fn udp(src: IpAddr, dst: IpAddr, dport: u16, payload: Vec<u8>) -> Vec<u8> {
+    let p = Packet::eth(CLIENT_MAC, EXT_MAC);
+    let p = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => p.ipv4(s, d),
+        (IpAddr::V6(s), IpAddr::V6(d)) => p.ipv6(s, d),
+        _ => unreachable!("mixed families in a bench packet"),
+    };
+    p.udp(50000, dport).payload(payload).build()
+}
+
+fn tcp(flags: u8) -> Vec<u8> {
+    Packet::eth(CLIENT_MAC, EXT_MAC)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(50001, fixture::VIP_PORT)
+        .flags(flags)
+        .seq(1)
+        .ack(if flags & tcp_flags::ACK != 0 { 1 } else { 0 })
+        .payload(if flags & tcp_flags::SYN != 0 {
+            vec![]
+        } else {
+            vec![0x55; 64]
+        })
+        .build()
+}
+
+fn cases() -> Vec<Case> {
+    let short = |src: IpAddr, dst: IpAddr| {
+        udp(
+            src,
+            dst,
+            fixture::VIP_PORT,
+            quic::short(&fixture::dcid(0, [1, 2, 3, 4, 5, 6]), 64),
+        )
+    };
+    let (c4, c6, v4, v6) = (
+        IpAddr::from(CLIENT_V4),
+        IpAddr::from(CLIENT_V6),
+        IpAddr::from(VIP_V4),
+        IpAddr::from(VIP_V6),
+    );
+    // A client-chosen 8-octet DCID whose config-rotation bits (0b110) name no config.
+    let client_dcid = [0xc7, 0x1f, 0x22, 0x9e, 0x41, 0x08, 0x5a, 0x33];
+    let initial = udp(
+        c4,
+        v4,
+        fixture::VIP_PORT,
+        quic::initial(&client_dcid, &[9, 9, 9, 9], &[], 64),
+    );
+    let case = |name, packet, expect, warmup| Case {
+        name,
+        packet,
+        expect,
+        warmup,
+        fib_cache: true,
+    };
+    use Reason::*;
+    vec![
+        case("floor", short(c4, v4), &[], vec![]),
+        case(
+            "non_vip_pass",
+            udp(
+                c4,
+                OTHER_V4.into(),
+                fixture::VIP_PORT,
+                quic::short(&[0; 9], 64),
+            ),
+            &[PassNotVip],
+            vec![],
+        ),
+        case(
+            "quic_short_plaintext_v4",
+            short(c4, v4),
+            &[RoutedCid, FibCached, Redirect],
+            vec![],
+        ),
+        case(
+            "quic_short_plaintext_v6",
+            short(c6, v6),
+            &[RoutedCid, FibCached, Redirect],
+            vec![],
+        ),
+        case(
+            "quic_initial_v4",
+            initial,
+            &[FallbackInitial, LruHit, FibCached, Redirect],
+            vec![],
+        ),
+        case(
+            "tcp_syn_v4",
+            tcp(tcp_flags::SYN),
+            &[Maglev, FibCached, Redirect],
+            vec![],
+        ),
+        case(
+            "tcp_established_v4",
+            tcp(tcp_flags::ACK),
+            &[LruHit, FibCached, Redirect],
+            vec![tcp(tcp_flags::SYN)],
+        ),
+        // Not a required case: the same packets with the next-hop cache off, so the cost of
+        // bpf_fib_lookup itself is on the record.
+        Case {
+            name: "quic_short_plaintext_v4_fib_uncached",
+            packet: short(c4, v4),
+            expect: &[RoutedCid, Redirect],
+            warmup: vec![],
+            fib_cache: false,
+        },
+        Case {
+            name: "quic_short_plaintext_v6_fib_uncached",
+            packet: short(c6, v6),
+            expect: &[RoutedCid, Redirect],
+            warmup: vec![],
+            fib_cache: false,
+        },
+    ]
+}
+
+pub struct CaseResult {
+    pub name: &'static str,
+    pub ns: f64,
+    pub ratio: f64,
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e9
+}
+
+fn measure(dp: &mut Dataplane, tb: &Testbed, case: &Case, repeat: u32) -> Result<Duration> {
+    let floor = case.name == "floor";
+    // A cached case measures the cache-hit path. The default lifetime would expire (and
+    // refresh, one lookup per lifetime) somewhere inside a long run, which the exact counter
+    // proof below would rightly reject; an hour keeps every iteration on the one path.
+    let ttl = if case.fib_cache {
+        BENCH_FIB_CACHE_TTL_NS
+    } else {
+        0
+    };
+    dp.set_settings(&Settings {
+        fib_cache_ttl_ns: ttl,
+    })?;
+    for w in case.warmup.iter().chain([&case.packet]) {
+        dp.test_run(w, tb.ext_ifindex)?;
+    }
+    dp.bench_prepare(&case.packet, floor)?;
+    let before = dp.stats()?;
+    let r = dp.bench_run(&case.packet, tb.ext_ifindex, repeat)?;
+    let delta = dp.stats()?.delta(&before);
+    prove_path(case, repeat, r.verdict, &delta)?;
+    Ok(r.duration)
+}
+
+/// The counters must show that every iteration took the case's path, and nothing else.
+fn prove_path(case: &Case, repeat: u32, verdict: u32, delta: &ReasonCounters) -> Result<()> {
+    let want_verdict = if case.expect.contains(&Reason::Redirect) {
+        XDP_REDIRECT
+    } else {
+        XDP_PASS
+    };
+    ensure!(
+        verdict == want_verdict,
+        "bench case {}: verdict {verdict}, expected {want_verdict}; counters moved: {:?}",
+        case.name,
+        delta.nonzero()
+    );
+    for r in Reason::ALL {
+        let want = if case.expect.contains(&r) {
+            repeat as u64
+        } else {
+            0
+        };
+        if delta.packets(r) != want {
+            bail!(
+                "bench case {}: counter {} advanced by {}, expected {want} (repeat {repeat}); \
+                 the measured path is not the intended one. All counters that moved: {:?}",
+                case.name,
+                r.name(),
+                delta.packets(r),
+                delta.nonzero()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let tb = Testbed::new().context("building the bench network namespace")?;
+    let _inside = tb.enter()?;
+    let mut dp = Dataplane::load().context("loading the XDP program")?;
+    fixture::program_standard(&mut dp, MAGLEV_RING_DEFAULT)
+        .context("programming the bench VIPs")?;
+    let cases = cases();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    eprintln!(
+        "bench: {} cases x {} rounds x {} iterations (BPF_PROG_TEST_RUN, harness restores each packet)",
+        cases.len(),
+        opts.rounds,
+        opts.repeat
+    );
+    for round in 0..opts.rounds {
+        // Interleave the cases so drift on a shared machine hits them all alike.
+        for (i, case) in cases.iter().enumerate() {
+            samples[i].push(measure(&mut dp, &tb, case, opts.repeat)?);
+        }
+        eprintln!("bench: round {}/{} done", round + 1, opts.rounds);
+    }
+    let floor_ns = median(samples[0].clone());
+    ensure!(
+        floor_ns > 0.0,
+        "the floor measured 0 ns; the kernel's timer is too coarse here"
+    );
+    let results: Vec<CaseResult> = cases
+        .iter()
+        .zip(samples)
+        .map(|(c, s)| {
+            let ns = median(s);
+            CaseResult {
+                name: c.name,
+                ns,
+                ratio: ns / floor_ns,
+            }
+        })
+        .collect();
+    println!("{:<26} {:>10} {:>8}", "case", "ns/packet", "ratio");
+    for r in &results {
+        println!("{:<26} {:>10.1} {:>7.2}x", r.name, r.ns, r.ratio);
+    }
+    println!(
+        "(median of {} rounds; ratio = case / floor, both measured in this run)",
+        opts.rounds
+    );
+    if let Some(path) = &opts.json {
+        std::fs::write(path, to_json(floor_ns, &results))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+pub fn to_json(floor_ns: f64, results: &[CaseResult]) -> String {
+    let cases: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            (
+                r.name.to_string(),
+                serde_json::json!({ "ns": round2(r.ns), "ratio": round2(r.ratio) }),
+            )
+        })
+        .collect();
+    let v = serde_json::json!({ "floor_ns": round2(floor_ns), "cases": cases });
+    serde_json::to_string_pretty(&v).expect("JSON of numbers and strings") + "\n"
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

@@ -1,0 +1,583 @@
+//! Loading the BPF object embedded in `lb`, typed access to its maps, and running its programs
+//! (attached to an interface, or through BPF_PROG_TEST_RUN).
+
+use std::{collections::HashMap as StdHashMap, net::IpAddr, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::{
+    BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, FAMILY_V4, FAMILY_V6,
+    FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX, QUIC_LB_CONFIGS_PER_VIP,
+    QuicLbConfig, REASON_COUNT, REASON_STRIDE, Reason, ServerIdKey, Settings, VipKey, VipMeta,
+    maglev_ring_base, map_names, program_names,
+};
+use thiserror::Error;
+
+/// The BPF object built by build.rs (empty when bpf-linker was missing at build time).
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(
+        "this lb binary was built without its BPF object (bpf-linker or nightly rust-src was \
+         missing at build time); run `cargo xtask setup`, then rebuild"
+    )]
+    NotBuilt,
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("BPF object has no map named {0}")]
+    MissingMap(&'static str),
+    #[error("BPF object has no program named {0}")]
+    MissingProgram(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program { name, source }
+}
+
+/// Outcome of one BPF_PROG_TEST_RUN.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub verdict: u32,
+    /// The packet as the program left it.
+    pub data: Vec<u8>,
+    /// Mean time per iteration, as the kernel measured it.
+    pub duration: Duration,
+}
+
+/// Global counters summed over CPUs, indexed by `Reason`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReasonCounters(pub [Counter; REASON_COUNT as usize]);
+
+impl ReasonCounters {
+    pub fn get(&self, r: Reason) -> Counter {
+        self.0[r as usize]
+    }
+    pub fn packets(&self, r: Reason) -> u64 {
+        self.0[r as usize].packets
+    }
+    /// `self - before`, per reason (packets and bytes).
+    pub fn delta(&self, before: &ReasonCounters) -> ReasonCounters {
+        let mut d = ReasonCounters::default();
+        for i in 0..REASON_COUNT as usize {
+            d.0[i].packets = self.0[i].packets - before.0[i].packets;
+            d.0[i].bytes = self.0[i].bytes - before.0[i].bytes;
+        }
+        d
+    }
+    /// Reasons with a non-zero packet count, for readable assertions.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        Reason::ALL
+            .iter()
+            .filter(|r| self.0[**r as usize].packets != 0)
+            .map(|r| (r.name(), self.0[*r as usize].packets))
+            .collect()
+    }
+}
+
+fn sum(values: &aya::maps::PerCpuValues<Counter>) -> Counter {
+    values.iter().fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}
+
+/// 16-octet key form of an address, with its family tag.
+pub fn addr_key(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut a = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            a[..4].copy_from_slice(&v4.octets());
+            (a, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+pub fn vip_key(ip: IpAddr, port: u16, proto: u8) -> VipKey {
+    let (addr, family) = addr_key(ip);
+    VipKey {
+        addr,
+        port,
+        proto,
+        family,
+    }
+}
+
+pub fn backend(ip: IpAddr, port: u16) -> Backend {
+    let (addr, family) = addr_key(ip);
+    Backend {
+        addr,
+        port,
+        family,
+        flags: BACKEND_F_VALID,
+    }
+}
+
+/// The loaded BPF object and typed handles on its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    backends: Array<MapData, Backend>,
+    maglev: Array<MapData, u32>,
+    server_ids: HashMap<MapData, ServerIdKey, u32>,
+    quic_cfg: Array<MapData, QuicLbConfig>,
+    conns: PerCpuHashMap<MapData, FlowKey, ConnEntry>,
+    stats: PerCpuArray<MapData, Counter>,
+    vip_stats: PerCpuArray<MapData, Counter>,
+    backend_stats: PerCpuArray<MapData, Counter>,
+    fib_cache: PerCpuArray<MapData, FibCacheEntry>,
+    settings: Array<MapData, Settings>,
+    /// Links made by `attach`, by interface index.
+    links: StdHashMap<u32, XdpLinkId>,
+}
+
+impl Dataplane {
+    /// Load the embedded object and the load balancer program (through the verifier).
+    pub fn load() -> Result<Self> {
+        Self::load_bytes(BPF_OBJECT)
+    }
+
+    pub fn load_bytes(object: &[u8]) -> Result<Self> {
+        if object.is_empty() {
+            return Err(DataplaneError::NotBuilt);
+        }
+        let mut ebpf = EbpfLoader::new().load(object)?;
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name));
+        let vips = HashMap::try_from(take(map_names::VIPS)?).map_err(map_err(map_names::VIPS))?;
+        let backends =
+            Array::try_from(take(map_names::BACKENDS)?).map_err(map_err(map_names::BACKENDS))?;
+        let maglev =
+            Array::try_from(take(map_names::MAGLEV)?).map_err(map_err(map_names::MAGLEV))?;
+        let server_ids = HashMap::try_from(take(map_names::SERVER_IDS)?)
+            .map_err(map_err(map_names::SERVER_IDS))?;
+        let quic_cfg =
+            Array::try_from(take(map_names::QUIC_CFG)?).map_err(map_err(map_names::QUIC_CFG))?;
+        let conns =
+            PerCpuHashMap::try_from(take(map_names::CONNS)?).map_err(map_err(map_names::CONNS))?;
+        let stats =
+            PerCpuArray::try_from(take(map_names::STATS)?).map_err(map_err(map_names::STATS))?;
+        let vip_stats = PerCpuArray::try_from(take(map_names::VIP_STATS)?)
+            .map_err(map_err(map_names::VIP_STATS))?;
+        let backend_stats = PerCpuArray::try_from(take(map_names::BACKEND_STATS)?)
+            .map_err(map_err(map_names::BACKEND_STATS))?;
+        let fib_cache = PerCpuArray::try_from(take(map_names::FIB_CACHE)?)
+            .map_err(map_err(map_names::FIB_CACHE))?;
+        let settings =
+            Array::try_from(take(map_names::SETTINGS)?).map_err(map_err(map_names::SETTINGS))?;
+        let mut dp = Dataplane {
+            ebpf,
+            vips,
+            backends,
+            maglev,
+            server_ids,
+            quic_cfg,
+            conns,
+            stats,
+            vip_stats,
+            backend_stats,
+            fib_cache,
+            settings,
+            links: StdHashMap::new(),
+        };
+        dp.set_settings(&Settings {
+            fib_cache_ttl_ns: FIB_CACHE_TTL_DEFAULT_NS,
+        })?;
+        dp.load_program(program_names::XDP_LB)?;
+        Ok(dp)
+    }
+
+    fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        prog.try_into().map_err(prog_err(name))
+    }
+
+    fn xdp_ref(&self, name: &'static str) -> Result<&Xdp> {
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        prog.try_into().map_err(prog_err(name))
+    }
+
+    /// Load (verify) one program of the object; a no-op if it is loaded already.
+    pub fn load_program(&mut self, name: &'static str) -> Result<()> {
+        let xdp = self.xdp(name)?;
+        if xdp.fd().is_ok() {
+            return Ok(());
+        }
+        xdp.load().map_err(prog_err(name))
+    }
+
+    /// Attach the load balancer to `ifindex`: native (driver) mode, or generic when
+    /// `generic` is set.
+    pub fn attach(&mut self, ifindex: u32, generic: bool) -> Result<()> {
+        let mode = if generic {
+            XdpMode::Skb
+        } else {
+            XdpMode::Driver
+        };
+        let xdp = self.xdp(program_names::XDP_LB)?;
+        let id = xdp
+            .attach_to_if_index(ifindex, mode)
+            .map_err(prog_err(program_names::XDP_LB))?;
+        self.links.insert(ifindex, id);
+        Ok(())
+    }
+
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        let Some(id) = self.links.remove(&ifindex) else {
+            return Err(DataplaneError::Invalid(format!(
+                "nothing attached to ifindex {ifindex}"
+            )));
+        };
+        self.xdp(program_names::XDP_LB)?
+            .detach(id)
+            .map_err(prog_err(program_names::XDP_LB))
+    }
+
+    // ---- configuration --------------------------------------------------------------
+
+    /// Write backend `id`, then forget every CPU's cached next hop for it.
+    pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
+        self.backends
+            .set(id, b, 0)
+            .map_err(map_err(map_names::BACKENDS))?;
+        self.flush_fib_cache(id)
+    }
+
+    pub fn flush_fib_cache(&mut self, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| DataplaneError::Invalid(format!("counting possible CPUs: {e}")))?;
+        let empty = aya::maps::PerCpuValues::try_from(vec![FibCacheEntry::default(); cpus])
+            .map_err(|e| DataplaneError::Invalid(format!("building per-CPU values: {e}")))?;
+        self.fib_cache
+            .set(id, empty, 0)
+            .map_err(map_err(map_names::FIB_CACHE))
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        self.settings
+            .get(&0, 0)
+            .map_err(map_err(map_names::SETTINGS))
+    }
+
+    pub fn set_settings(&mut self, s: &Settings) -> Result<()> {
+        self.settings
+            .set(0, s, 0)
+            .map_err(map_err(map_names::SETTINGS))
+    }
+
+    pub fn clear_backend(&mut self, id: u32) -> Result<()> {
+        self.set_backend(id, &Backend::default())
+    }
+
+    pub fn vip(&self, key: &VipKey) -> Option<VipMeta> {
+        self.vips.get(key, 0).ok()
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        self.vips
+            .insert(key, meta, 0)
+            .map_err(map_err(map_names::VIPS))
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vips.remove(key).map_err(map_err(map_names::VIPS))
+    }
+
+    /// Install a new Maglev table for the VIP without exposing a half-written one: write the
+    /// ring packets are not using, then flip `active_ring` in one map update. Creates the VIP
+    /// (with `index` and `flags`) if it does not exist.
+    pub fn publish_ring(
+        &mut self,
+        key: &VipKey,
+        index: u32,
+        flags: u32,
+        table: &[u32],
+    ) -> Result<()> {
+        let size = table.len() as u32;
+        if size > MAGLEV_RING_MAX {
+            return Err(DataplaneError::Invalid(format!(
+                "Maglev table of {size} slots is larger than the maximum {MAGLEV_RING_MAX}"
+            )));
+        }
+        let current = self.vip(key);
+        let spare = match current {
+            Some(m) if m.ring_size != 0 => (m.active_ring & 1) ^ 1,
+            _ => 0,
+        };
+        let base = maglev_ring_base(index, spare);
+        for (slot, id) in table.iter().enumerate() {
+            self.maglev
+                .set(base + slot as u32, id, 0)
+                .map_err(map_err(map_names::MAGLEV))?;
+        }
+        let meta = VipMeta {
+            index,
+            flags,
+            ring_size: size,
+            active_ring: spare,
+        };
+        self.set_vip(key, &meta)
+    }
+
+    /// Which ring of the VIP is live, and the backend in `slot` of it.
+    pub fn ring_slot(&self, meta: &VipMeta, slot: u32) -> Result<u32> {
+        self.maglev
+            .get(&(meta.ring_base() + slot), 0)
+            .map_err(map_err(map_names::MAGLEV))
+    }
+
+    pub fn set_quic_config(
+        &mut self,
+        vip_index: u32,
+        config_id: u8,
+        cfg: &QuicLbConfig,
+    ) -> Result<()> {
+        if config_id as u32 >= QUIC_LB_CONFIGS_PER_VIP - 1 {
+            return Err(DataplaneError::Invalid(format!(
+                "QUIC-LB config rotation {config_id} is not 0..=6 (0b111 is reserved as unroutable)"
+            )));
+        }
+        self.quic_cfg
+            .set(
+                vip_index * QUIC_LB_CONFIGS_PER_VIP + config_id as u32,
+                cfg,
+                0,
+            )
+            .map_err(map_err(map_names::QUIC_CFG))
+    }
+
+    pub fn set_server_id(
+        &mut self,
+        vip_index: u32,
+        config_id: u8,
+        sid: &[u8],
+        backend: u32,
+    ) -> Result<()> {
+        let key = server_id_key(vip_index, config_id, sid)?;
+        self.server_ids
+            .insert(key, backend, 0)
+            .map_err(map_err(map_names::SERVER_IDS))
+    }
+
+    pub fn remove_server_id(&mut self, vip_index: u32, config_id: u8, sid: &[u8]) -> Result<()> {
+        let key = server_id_key(vip_index, config_id, sid)?;
+        self.server_ids
+            .remove(&key)
+            .map_err(map_err(map_names::SERVER_IDS))
+    }
+
+    // ---- observation ----------------------------------------------------------------
+
+    pub fn stats(&self) -> Result<ReasonCounters> {
+        let mut out = ReasonCounters::default();
+        for r in Reason::ALL {
+            let v = self
+                .stats
+                .get(&(r as u32), 0)
+                .map_err(map_err(map_names::STATS))?;
+            out.0[r as usize] = sum(&v);
+        }
+        Ok(out)
+    }
+
+    pub fn vip_stats(&self, vip_index: u32) -> Result<ReasonCounters> {
+        let mut out = ReasonCounters::default();
+        for r in Reason::ALL {
+            let idx = vip_index * REASON_STRIDE + r as u32;
+            let v = self
+                .vip_stats
+                .get(&idx, 0)
+                .map_err(map_err(map_names::VIP_STATS))?;
+            out.0[r as usize] = sum(&v);
+        }
+        Ok(out)
+    }
+
+    pub fn backend_stats(&self, backend: u32) -> Result<Counter> {
+        let v = self
+            .backend_stats
+            .get(&backend, 0)
+            .map_err(map_err(map_names::BACKEND_STATS))?;
+        Ok(sum(&v))
+    }
+
+    /// The connection-table entries for a flow, one per CPU that holds a valid one.
+    pub fn conn_entries(&self, flow: &FlowKey) -> Vec<ConnEntry> {
+        match self.conns.get(flow, 0) {
+            Ok(v) => v
+                .iter()
+                .filter(|e| e.flags & lb_common::CONN_F_VALID != 0)
+                .copied()
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    // ---- running programs -----------------------------------------------------------
+
+    /// Run the load balancer once on `packet` through BPF_PROG_TEST_RUN, as if it arrived on
+    /// `ingress_ifindex` (an interface in the calling thread's network namespace; 0 means
+    /// the namespace's loopback).
+    pub fn test_run(&self, packet: &[u8], ingress_ifindex: u32) -> Result<RunResult> {
+        run(
+            self.xdp_ref(program_names::XDP_LB)?,
+            packet,
+            ingress_ifindex,
+            1,
+        )
+    }
+
+    /// Prepare the benchmark harness: `BENCH_TARGET[0]` = the load balancer, or the empty
+    /// program when `floor` is set; `BENCH_TEMPLATE[0]` = `packet`.
+    pub fn bench_prepare(&mut self, packet: &[u8], floor: bool) -> Result<()> {
+        if packet.len() > lb_common::BENCH_TEMPLATE_MAX {
+            return Err(DataplaneError::Invalid(format!(
+                "bench packet of {} octets is longer than the harness template ({})",
+                packet.len(),
+                lb_common::BENCH_TEMPLATE_MAX
+            )));
+        }
+        self.load_program(program_names::BENCH_HARNESS)?;
+        self.load_program(program_names::BENCH_EMPTY)?;
+        let target = if floor {
+            program_names::BENCH_EMPTY
+        } else {
+            program_names::XDP_LB
+        };
+        let fd = self
+            .xdp(target)?
+            .fd()
+            .map_err(prog_err(target))?
+            .try_clone()
+            .map_err(|e| {
+                DataplaneError::Invalid(format!("duplicating the {target} program fd: {e}"))
+            })?;
+        let mut targets: ProgramArray<_> = ProgramArray::try_from(
+            self.ebpf
+                .map_mut(map_names::BENCH_TARGET)
+                .ok_or(DataplaneError::MissingMap(map_names::BENCH_TARGET))?,
+        )
+        .map_err(map_err(map_names::BENCH_TARGET))?;
+        targets
+            .set(0, &fd, 0)
+            .map_err(map_err(map_names::BENCH_TARGET))?;
+        let mut t = BenchTemplate {
+            len: packet.len() as u32,
+            data: [0; lb_common::BENCH_TEMPLATE_MAX],
+        };
+        t.data[..packet.len()].copy_from_slice(packet);
+        let mut templates: Array<_, BenchTemplate> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::BENCH_TEMPLATE)
+                .ok_or(DataplaneError::MissingMap(map_names::BENCH_TEMPLATE))?,
+        )
+        .map_err(map_err(map_names::BENCH_TEMPLATE))?;
+        templates
+            .set(0, t, 0)
+            .map_err(map_err(map_names::BENCH_TEMPLATE))
+    }
+
+    /// Run the harness `repeat` times on `packet` (which must be the prepared template).
+    pub fn bench_run(&self, packet: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<RunResult> {
+        run(
+            self.xdp_ref(program_names::BENCH_HARNESS)?,
+            packet,
+            ingress_ifindex,
+            repeat,
+        )
+    }
+}
+
+fn server_id_key(vip_index: u32, config_id: u8, sid: &[u8]) -> Result<ServerIdKey> {
+    if sid.is_empty() || sid.len() > lb_common::QUIC_LB_MAX_SID_LEN {
+        return Err(DataplaneError::Invalid(format!(
+            "server ID of {} octets; QUIC-LB server IDs are 1..={} octets",
+            sid.len(),
+            lb_common::QUIC_LB_MAX_SID_LEN
+        )));
+    }
+    let mut key = ServerIdKey {
+        vip_index,
+        config_id,
+        sid_len: sid.len() as u8,
+        _pad: [0; 2],
+        sid: [0; 16],
+    };
+    key.sid[..sid.len()].copy_from_slice(sid);
+    Ok(key)
+}
+
+/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+fn run(xdp: &Xdp, packet: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<RunResult> {
+    // Room for growth; the program never grows a packet today.
+    let mut out = vec![0u8; packet.len() + 256];
+    let md = XdpMd {
+        data_end: packet.len() as u32,
+        ingress_ifindex,
+        ..Default::default()
+    };
+    // SAFETY: XdpMd is repr(C) plain data.
+    let md_bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&md as *const XdpMd).cast::<u8>(),
+            std::mem::size_of::<XdpMd>(),
+        )
+    };
+    let opts = TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ctx_in: if ingress_ifindex != 0 {
+            Some(md_bytes)
+        } else {
+            None
+        },
+        repeat,
+        ..TestRunOptions::new()
+    };
+    let r = xdp.test_run(opts).map_err(prog_err("test_run"))?;
+    out.truncate(r.data_size_out as usize);
+    Ok(RunResult {
+        verdict: r.return_value,
+        data: out,
+        duration: r.duration,
+    })
+}

@@ -1,0 +1,9 @@
+//! lb's userspace: loading and programming the XDP data plane, and the pieces the `lb`
+//! binary and the tests are built from.
+
+pub mod bench;
+pub mod dataplane;
+pub mod maglev;
+pub mod netns;
+pub mod packet;
+pub mod testbed;

@@ -1,0 +1,136 @@
+//! The `lb` command.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use lb_userspace::{bench, dataplane::Dataplane};
+
+/// lb: a QUIC-aware XDP ingress load balancer.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the XDP program (through the kernel verifier) and attach it to an interface until
+    /// SIGINT/SIGTERM, then detach. The maps start empty: every packet passes, counted.
+    Attach {
+        /// Interface to attach to.
+        #[arg(long)]
+        iface: String,
+        /// Enter this network namespace (a name under /run/netns) first.
+        #[arg(long)]
+        netns: Option<String>,
+        /// Use generic (skb) XDP instead of native (driver) mode.
+        #[arg(long)]
+        generic: bool,
+    },
+    /// Measure ns/packet of the XDP program through BPF_PROG_TEST_RUN against an empty
+    /// program in the same run (needs root; builds a scratch network namespace).
+    Bench {
+        /// Also write the results as JSON: {"floor_ns": N, "cases": {"<name>": {"ns": N, "ratio": R}}}.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Iterations per BPF_PROG_TEST_RUN call.
+        #[arg(long, default_value_t = bench::DEFAULT_REPEAT)]
+        repeat: u32,
+        /// Rounds per case; the median is reported.
+        #[arg(long, default_value_t = bench::DEFAULT_ROUNDS)]
+        rounds: u32,
+    },
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn attach(iface: &str, ns: Option<&str>, generic: bool) -> Result<()> {
+    if let Some(name) = ns {
+        enter_netns(name)?;
+    }
+    let c_iface = std::ffi::CString::new(iface).context("interface name contains a NUL")?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(c_iface.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {iface} in this network namespace (see `ip link`)");
+    }
+    let mut dp = Dataplane::load().context("loading the XDP program")?;
+    dp.attach(ifindex, generic).with_context(|| {
+        format!(
+            "attaching to {iface} in {} mode{}",
+            if generic { "generic" } else { "native" },
+            if generic {
+                ""
+            } else {
+                " (try --generic if the driver has no native XDP)"
+            }
+        )
+    })?;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    println!(
+        "attached lb_xdp to {iface} (ifindex {ifindex}, {} mode)",
+        if generic { "generic" } else { "native" }
+    );
+    std::io::stdout().flush()?;
+    while !STOP.load(Ordering::SeqCst) {
+        // Woken early by the signal (EINTR).
+        unsafe { libc::pause() };
+    }
+    dp.detach(ifindex).context("detaching")?;
+    println!("detached lb_xdp from {iface}");
+    Ok(())
+}
+
+/// Move this (single-threaded) process into /run/netns/NAME for good.
+fn enter_netns(name: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    let f = std::fs::File::open(&path).with_context(|| {
+        format!("opening {path}: no network namespace named {name} (see `ip netns list`)")
+    })?;
+    // SAFETY: setns on a namespace fd we own.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {path}"));
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Attach {
+            iface,
+            netns,
+            generic,
+        } => attach(&iface, netns.as_deref(), generic),
+        Command::Bench {
+            json,
+            repeat,
+            rounds,
+        } => {
+            if repeat == 0 || rounds == 0 {
+                bail!("--repeat and --rounds must be at least 1");
+            }
+            bench::run(&bench::Options {
+                json,
+                repeat,
+                rounds,
+            })
+        }
+    }
+}

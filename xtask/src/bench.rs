@@ -1,0 +1,65 @@
+//! `cargo xtask bench`: the data-plane benchmark (`lb bench`), built with the release profile.
+
+use std::{env, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    run::{self, display, status},
+    setup::{self, Scope},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Also write the results as JSON to PATH (a relative PATH is taken from the directory
+    /// you run `cargo xtask` in); passed to `lb bench --json`
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// BPF_PROG_TEST_RUN iterations per measurement; passed to `lb bench --repeat` [default:
+    /// lb bench's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: Option<u32>,
+    /// Measurement rounds per case; passed to `lb bench --rounds` [default: lb bench's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: Option<u32>,
+}
+
+pub fn bench(args: &Args) -> Result<()> {
+    run::require_root(
+        "bench",
+        "the benchmark loads BPF programs and runs them with BPF_PROG_TEST_RUN, which needs \
+         CAP_BPF and CAP_NET_ADMIN",
+    )?;
+    setup::setup(Scope::Everything)?;
+
+    let mut cmd = run::cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--package",
+        "lb-userspace",
+        "--bin",
+        "lb",
+        "--",
+        "bench",
+    ]);
+    if let Some(json) = &args.json {
+        // cargo runs in the workspace root; keep the path relative to where the user is.
+        let json = if json.is_absolute() {
+            json.clone()
+        } else {
+            env::current_dir()
+                .context("reading the current directory")?
+                .join(json)
+        };
+        cmd.arg("--json").arg(json);
+    }
+    if let Some(repeat) = args.repeat {
+        cmd.arg("--repeat").arg(repeat.to_string());
+    }
+    if let Some(rounds) = args.rounds {
+        cmd.arg("--rounds").arg(rounds.to_string());
+    }
+    println!("bench: {}", display(&cmd));
+    status(&mut cmd)
+}

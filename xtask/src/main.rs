@@ -1,0 +1,117 @@
+//! `cargo xtask`: the one place that knows how to set up a machine for lb, build its BPF
+//! object, run its kernel test suite and its benchmark.
+
+mod bench;
+mod build_ebpf;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::setup::Scope;
+
+/// Tasks for the lb workspace: machine setup, BPF build, kernel tests, benchmark.
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    after_help = "Run from anywhere inside the workspace. `setup`, `build-ebpf`, `test` and \
+                  `bench` first check the machine and install only what is missing; `test` and \
+                  `bench` need root."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check this machine and install what lb's build and tests need (idempotent)
+    #[command(
+        long_about = "Check this machine and install what lb's build and tests need. \
+        Idempotent: every check prints one line, and only what is missing is installed.\n\n\
+        - rust-src on the nightly toolchain (rustup component add rust-src --toolchain nightly)\n\
+        - bpf-linker 0.10.4 (cargo +nightly install bpf-linker@0.10.4 --locked, ~1-4 min; if that \
+          fails, Debian's llvm-22-dev and a build against /usr/lib/llvm-22)\n\
+        - the Debian packages the tests use: iproute2, ethtool, iputils-ping, procps \
+          (apt-get update once, then apt-get install -y --no-install-recommends; needs root)\n\n\
+        ~/.cargo/bin (or $CARGO_HOME/bin) is put on PATH for every command xtask runs."
+    )]
+    Setup,
+
+    /// Build lb-userspace, whose build script builds the BPF programs; print where they are
+    #[command(
+        long_about = "Set up the toolchain (nightly with rust-src, bpf-linker 0.10.4; \
+        not the Debian test packages), then `cargo build --package lb-userspace`. Its build \
+        script builds lb-ebpf for bpfel-unknown-none with aya-build (nightly, \
+        -Z build-std=core, bpf-linker). Prints the path of the BPF object and of the `lb` \
+        binary. Does not need root."
+    )]
+    BuildEbpf(build_ebpf::Args),
+
+    /// Run the whole test suite as root against the real kernel
+    #[command(
+        long_about = "Run the whole test suite as root against the real kernel. \
+        Requires root (the tests load BPF programs and create network namespaces: CAP_BPF, \
+        CAP_NET_ADMIN). Runs `cargo xtask setup` first, then, stopping at the first failure:\n\n  \
+        RUST_BACKTRACE=1 cargo test --workspace --exclude lb-ebpf -- --test-threads=1 \
+        [TEST_ARGS]...\n\n\
+        Single-threaded because the tests share the kernel (network namespaces, BPF maps). \
+        Cargo's output is streamed; a one-line summary ends the run. Exits with the failing \
+        command's exit code."
+    )]
+    Test(test::Args),
+
+    /// Run the data-plane benchmark (`lb bench`, release build) as root
+    #[command(
+        long_about = "Run the data-plane benchmark as root: `cargo xtask setup`, then \
+        `cargo run --release --package lb-userspace --bin lb -- bench`, forwarding --json, \
+        --repeat and --rounds. Requires root (BPF_PROG_TEST_RUN needs CAP_BPF and \
+        CAP_NET_ADMIN)."
+    )]
+    Bench(bench::Args),
+
+    /// The end-to-end demo: not built yet (exits with status 2)
+    #[command(
+        long_about = "The end-to-end demo. Not built yet: it arrives with the \
+        end-to-end issue. Until then it prints what to run instead and exits with status 2."
+    )]
+    Demo,
+}
+
+fn main() -> ExitCode {
+    // Before anything else, so every child process inherits it.
+    run::ensure_cargo_bin_on_path();
+    let cli = Cli::parse();
+    let result = match &cli.task {
+        Task::Setup => setup::setup(Scope::Everything),
+        Task::BuildEbpf(args) => build_ebpf::build_ebpf(args),
+        Task::Test(args) => test::test(args),
+        Task::Bench(args) => bench::bench(args),
+        Task::Demo => {
+            eprintln!(
+                "demo: not built yet — the end-to-end demo arrives with the end-to-end issue; \
+                 today `cargo xtask bench` runs the data plane on this kernel and \
+                 `cargo xtask test` runs the whole suite"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            // A failed child's own exit code (cargo test's 101, say), else 1.
+            let code = err
+                .downcast_ref::<run::CommandFailed>()
+                .and_then(|failed| failed.status.code())
+                .and_then(|code| u8::try_from(code).ok())
+                .filter(|&code| code != 0)
+                .unwrap_or(1);
+            ExitCode::from(code)
+        }
+    }
+}
