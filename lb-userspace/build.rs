@@ -19,6 +19,16 @@ fn main() -> anyhow::Result<()> {
              Run `cargo xtask setup` (installs it), then rebuild."
         );
         fs::write(&object, [])?;
+        // Rebuild by itself once the missing piece is installed: `cargo install` adds a file
+        // to $CARGO_HOME/bin, and rustup rewrites the toolchain's component list.
+        let home = env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let cargo_home = env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
+        let rustup_home = env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup"));
+        let host = env::var("HOST")?;
+        println!("cargo:rerun-if-changed={cargo_home}/bin");
+        println!(
+            "cargo:rerun-if-changed={rustup_home}/toolchains/nightly-{host}/lib/rustlib/components"
+        );
         return Ok(());
     }
     let pkg = aya_build::Package {

@@ -56,6 +56,30 @@ pub fn update_bytes<const N: usize>(csum: u16, old: &[u8; N], new: &[u8; N]) -> 
     !fold(sum)
 }
 
+/// RFC 1624 update for one 32-bit field (an IPv4 address), given as a big-endian number.
+#[inline(always)]
+pub const fn update_u32(csum: u16, old: u32, new: u32) -> u16 {
+    let sum = (!csum as u32)
+        + (!(old >> 16) & 0xffff)
+        + (!old & 0xffff)
+        + (new >> 16)
+        + (new & 0xffff);
+    !fold(sum)
+}
+
+/// RFC 1624 update for a run of 32-bit fields (an IPv6 address as four big-endian words).
+#[inline(always)]
+pub const fn update_u32s<const N: usize>(csum: u16, old: &[u32; N], new: &[u32; N]) -> u16 {
+    // Fold after every word: 4 x 4 halves of 0xffff cannot overflow, but N is generic.
+    let mut c = csum;
+    let mut i = 0;
+    while i < N {
+        c = update_u32(c, old[i], new[i]);
+        i += 1;
+    }
+    c
+}
+
 /// A UDP checksum that computes to 0x0000 is sent as 0xffff (RFC 768); 0x0000 on the wire
 /// means "no checksum" (IPv4 only; IPv6 forbids it).
 #[inline(always)]
@@ -146,6 +170,24 @@ mod tests {
         let c = !fold(sum_bytes(pseudo_header_v6(src, dst, 17, 3), &payload));
         let want = !fold(sum_bytes(pseudo_header_v6(src, new, 17, 3), &payload));
         assert_eq!(update_bytes(c, &dst, &new), want);
+    }
+
+    #[test]
+    fn word_updates_match_byte_updates() {
+        let old = [198u8, 18, 0, 100];
+        let new = [198u8, 19, 0, 11];
+        for c in [0x0000u16, 0x1234, 0xb861, 0xffff] {
+            assert_eq!(
+                update_u32(c, u32::from_be_bytes(old), u32::from_be_bytes(new)),
+                update_bytes(c, &old, &new)
+            );
+        }
+        let o16 = [0xfdu8, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let n16 = [0xfdu8, 0, 0, 0x19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12];
+        let words = |a: [u8; 16]| {
+            [0, 4, 8, 12].map(|i| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]))
+        };
+        assert_eq!(update_u32s(0x4321, &words(o16), &words(n16)), update_bytes(0x4321, &o16, &n16));
     }
 
     #[test]

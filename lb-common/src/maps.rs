@@ -63,8 +63,9 @@ pub mod program_names {
     pub const BENCH_EMPTY: &str = "lb_bench_empty";
 }
 
-/// `LB_VIPS` key: (address, port, protocol).
-#[repr(C)]
+/// `LB_VIPS` key: (address, port, protocol). Four-octet aligned, like every key and value
+/// holding an address, so the XDP program moves addresses as 32-bit words.
+#[repr(C, align(4))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
     pub addr: [u8; 16],
@@ -107,7 +108,7 @@ pub fn maglev_ring_base(vip_index: u32, ring: u32) -> u32 {
 pub const BACKEND_F_VALID: u8 = 1;
 
 /// `LB_BACKENDS` value, indexed by backend id.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u8; 16],
@@ -116,8 +117,9 @@ pub struct Backend {
     pub flags: u8,
 }
 
-/// `LB_SERVER_IDS` key: a QUIC-LB server ID under one config of one VIP.
-#[repr(C)]
+/// `LB_SERVER_IDS` key: a QUIC-LB server ID under one config of one VIP. Eight-octet
+/// aligned so the program fills `sid` with two 64-bit stores.
+#[repr(C, align(8))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServerIdKey {
     pub vip_index: u32,
@@ -151,7 +153,7 @@ impl QuicLbConfig {
 }
 
 /// `LB_CONNS` key: the client 5-tuple as it arrived (before DNAT).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],

@@ -56,9 +56,41 @@ pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
 }
 
+/// Load a `T` (a u16/u32/u64, or an array of them) from the packet with one instruction per
+/// word. Header fields are rarely naturally aligned in a frame, but BPF allows unaligned
+/// packet loads on the architectures lb runs on (x86-64, arm64; the verifier checks bounds,
+/// not alignment, there), and only an aligned-typed load makes LLVM emit `ldxw` instead of
+/// four `ldxb` and the shifts to reassemble them.
+#[inline(always)]
+pub fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    // SAFETY: bounds checked by ptr_at; alignment: see above.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read() })
+}
+
+/// A big-endian u32 header word as a number.
+#[inline(always)]
+fn be32(ctx: &XdpContext, off: usize) -> Option<u32> {
+    load::<u32>(ctx, off).map(u32::from_be)
+}
+
 #[inline(always)]
 fn be16(ctx: &XdpContext, off: usize) -> Option<u16> {
-    read::<[u8; 2]>(ctx, off).map(u16::from_be_bytes)
+    load::<u16>(ctx, off).map(u16::from_be)
+}
+
+/// Store four octets (as loaded from the packet, network order) at word `i` of an address.
+#[inline(always)]
+pub fn set_word(addr: &mut [u8; 16], i: usize, w: u32) {
+    // SAFETY: i < 4 at every call site; every key holding an address is 4-octet aligned
+    // (lb_common::maps) and addresses sit at 4-aligned offsets in them.
+    unsafe { (addr.as_mut_ptr() as *mut u32).add(i).write(w) }
+}
+
+/// Word `i` of an address, network order as in memory.
+#[inline(always)]
+pub fn word(addr: &[u8; 16], i: usize) -> u32 {
+    // SAFETY: as for set_word.
+    unsafe { (addr.as_ptr() as *const u32).add(i).read() }
 }
 
 impl Parsed {
@@ -110,31 +142,32 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
     }
     match p.flow.proto {
         PROTO_UDP => {
-            let udp = read::<[u8; UDP_HLEN]>(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
-            let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+            let ports = be32(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
+            let len_csum = be32(ctx, p.l4_off + 4).ok_or(Reason::PassMalformed)?;
+            let udp_len = (len_csum >> 16) as usize;
             if udp_len < UDP_HLEN || p.l4_off + udp_len > p.l4_end {
                 return Err(Reason::PassMalformed);
             }
-            p.flow.sport = u16::from_be_bytes([udp[0], udp[1]]);
-            p.flow.dport = u16::from_be_bytes([udp[2], udp[3]]);
             // IPv6 forbids a zero UDP checksum; such a packet is not ours to fix.
-            if p.is_v6 && udp[6] == 0 && udp[7] == 0 {
+            if p.is_v6 && len_csum & 0xffff == 0 {
                 return Err(Reason::PassMalformed);
             }
+            p.flow.sport = (ports >> 16) as u16;
+            p.flow.dport = ports as u16;
             p.l4_end = p.l4_off + udp_len;
         }
         PROTO_TCP => {
-            let ports = read::<[u8; 4]>(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
-            let off_flags = read::<[u8; 2]>(ctx, p.l4_off + 12).ok_or(Reason::PassMalformed)?;
-            // The rest of the minimal header must be there too (checksum at 16..18).
-            read::<[u8; 2]>(ctx, p.l4_off + TCP_MIN_HLEN - 2).ok_or(Reason::PassMalformed)?;
-            let doff = ((off_flags[0] >> 4) as usize) * 4;
+            let ports = be32(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
+            // Data offset, flags, window; then checksum, urgent pointer (must be there too).
+            let off_flags = be32(ctx, p.l4_off + 12).ok_or(Reason::PassMalformed)?;
+            load::<u32>(ctx, p.l4_off + TCP_MIN_HLEN - 4).ok_or(Reason::PassMalformed)?;
+            let doff = ((off_flags >> 28) * 4) as usize;
             if doff < TCP_MIN_HLEN || p.l4_off + doff > p.l4_end {
                 return Err(Reason::PassMalformed);
             }
-            p.flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            p.flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
-            p.tcp_flags = off_flags[1];
+            p.flow.sport = (ports >> 16) as u16;
+            p.flow.dport = ports as u16;
+            p.tcp_flags = (off_flags >> 16) as u8;
         }
         _ => return Err(Reason::PassNotVip),
     }
@@ -143,42 +176,53 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
-    let ip = read::<[u8; 20]>(ctx, p.l3_off).ok_or(Reason::PassMalformed)?;
-    if ip[0] >> 4 != 4 {
+    let l3 = p.l3_off;
+    // Version, IHL, TOS, total length | ID, flags, fragment offset | TTL, protocol, checksum.
+    let w0 = be32(ctx, l3).ok_or(Reason::PassMalformed)?;
+    let w1 = be32(ctx, l3 + 4).ok_or(Reason::PassMalformed)?;
+    let w2 = be32(ctx, l3 + 8).ok_or(Reason::PassMalformed)?;
+    let src = load::<u32>(ctx, l3 + 12).ok_or(Reason::PassMalformed)?;
+    let dst = load::<u32>(ctx, l3 + 16).ok_or(Reason::PassMalformed)?;
+    if w0 >> 28 != 4 {
         return Err(Reason::PassMalformed);
     }
-    let ihl = ((ip[0] & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if ihl < 20 || tot_len < ihl || p.l3_off + tot_len > pkt_len {
+    let ihl = (((w0 >> 24) & 0x0f) * 4) as usize;
+    let tot_len = (w0 & 0xffff) as usize;
+    if ihl < 20 || tot_len < ihl || l3 + tot_len > pkt_len {
         return Err(Reason::PassMalformed);
     }
     // MF set or a non-zero offset: non-first fragments carry no ports, and reassembly is
     // the kernel's job.
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+    if w1 & 0x3fff != 0 {
         return Err(Reason::PassFragment);
     }
-    p.flow.proto = ip[9];
+    p.flow.proto = (w2 >> 16) as u8;
     p.flow.family = FAMILY_V4;
-    p.flow.src[..4].copy_from_slice(&ip[12..16]);
-    p.flow.dst[..4].copy_from_slice(&ip[16..20]);
-    p.l4_off = p.l3_off + ihl;
-    p.l4_end = p.l3_off + tot_len;
+    set_word(&mut p.flow.src, 0, src);
+    set_word(&mut p.flow.dst, 0, dst);
+    p.l4_off = l3 + ihl;
+    p.l4_end = l3 + tot_len;
     p.ip_tot_len = tot_len as u16;
-    p.tos_or_flowinfo = ip[1] as u32;
+    p.tos_or_flowinfo = (w0 >> 16) & 0xff;
     Ok(())
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
-    let ip = read::<[u8; 8]>(ctx, p.l3_off).ok_or(Reason::PassMalformed)?;
-    if ip[0] >> 4 != 6 {
+    let l3 = p.l3_off;
+    // Version, traffic class, flow label | payload length, next header, hop limit.
+    let w0 = load::<u32>(ctx, l3).ok_or(Reason::PassMalformed)?;
+    let w1 = be32(ctx, l3 + 4).ok_or(Reason::PassMalformed)?;
+    let addrs = load::<[u32; 8]>(ctx, l3 + 8).ok_or(Reason::PassMalformed)?;
+    if u32::from_be(w0) >> 28 != 6 {
         return Err(Reason::PassMalformed);
     }
-    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-    if p.l3_off + IPV6_HLEN + payload_len > pkt_len {
+    let payload_len = (w1 >> 16) as usize;
+    if l3 + IPV6_HLEN + payload_len > pkt_len {
         return Err(Reason::PassMalformed);
     }
-    match ip[6] {
+    let next = (w1 >> 8) as u8;
+    match next {
         PROTO_UDP | PROTO_TCP => {}
         // Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP,
         // shim6, experimental: we do not walk extension headers.
@@ -188,13 +232,16 @@ fn parse_ipv6(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Re
         _ => return Err(Reason::PassNotVip),
     }
     p.is_v6 = true;
-    p.flow.proto = ip[6];
+    p.flow.proto = next;
     p.flow.family = FAMILY_V6;
-    p.flow.src = read::<[u8; 16]>(ctx, p.l3_off + 8).ok_or(Reason::PassMalformed)?;
-    p.flow.dst = read::<[u8; 16]>(ctx, p.l3_off + 24).ok_or(Reason::PassMalformed)?;
-    p.l4_off = p.l3_off + IPV6_HLEN;
+    for i in 0..4 {
+        set_word(&mut p.flow.src, i, addrs[i]);
+        set_word(&mut p.flow.dst, i, addrs[4 + i]);
+    }
+    p.l4_off = l3 + IPV6_HLEN;
     p.l4_end = p.l4_off + payload_len;
     p.ip_tot_len = (IPV6_HLEN + payload_len) as u16;
-    p.tos_or_flowinfo = u32::from_ne_bytes([ip[0] & 0x0f, ip[1], ip[2], ip[3]]);
+    // Traffic class and flow label, in network order as bpf_fib_lookup wants them.
+    p.tos_or_flowinfo = w0 & u32::to_be(0x0fff_ffff);
     Ok(())
 }

@@ -14,7 +14,7 @@ use lb_common::{Backend, FibCacheEntry, PROTO_UDP, Reason, csum};
 
 use crate::{
     maps::{LB_FIB_CACHE, LB_SETTINGS},
-    packet::{Parsed, ptr_at},
+    packet::{Parsed, ptr_at, word},
     stats::count,
 };
 
@@ -104,53 +104,45 @@ fn remember_hop(backend_id: u32, ingress: u32, hop: &NextHop) {
 }
 
 #[inline(always)]
-fn rw16(ctx: &XdpContext, off: usize) -> Option<*mut [u8; 2]> {
-    ptr_at::<[u8; 2]>(ctx, off)
-}
-
-#[inline(always)]
 fn dnat(ctx: &XdpContext, p: &Parsed, b: &Backend) -> Option<()> {
-    let (port_off, csum_off) = if p.flow.proto == PROTO_UDP {
-        (p.l4_off + 2, p.l4_off + 6)
-    } else {
-        (p.l4_off + 2, p.l4_off + 16)
-    };
-    let port_ptr = rw16(ctx, port_off)?;
-    let l4_csum_ptr = rw16(ctx, csum_off)?;
-    let old_port = p.flow.dport;
-    let new_port = b.port;
-    // SAFETY (all raw accesses below): pointers come from ptr_at, bounds-checked.
-    let mut l4 = u16::from_be_bytes(unsafe { *l4_csum_ptr });
+    let csum_off = if p.flow.proto == PROTO_UDP { p.l4_off + 6 } else { p.l4_off + 16 };
+    let port_ptr = ptr_at::<u16>(ctx, p.l4_off + 2)?;
+    let l4_csum_ptr = ptr_at::<u16>(ctx, csum_off)?;
+    // SAFETY (all raw accesses below): pointers come from ptr_at, bounds-checked; unaligned
+    // word access to the packet is fine on BPF (see packet::load).
+    let mut l4 = u16::from_be(unsafe { l4_csum_ptr.read() });
     // An IPv4 UDP checksum of zero means "none" and stays zero.
     let update_l4 = !(p.flow.proto == PROTO_UDP && l4 == 0);
     if p.is_v6 {
-        let daddr = ptr_at::<[u8; 16]>(ctx, p.l3_off + 24)?;
-        unsafe { *daddr = b.addr };
+        let daddr = ptr_at::<[u32; 4]>(ctx, p.l3_off + 24)?;
+        let old = [word(&p.flow.dst, 0), word(&p.flow.dst, 1), word(&p.flow.dst, 2), word(&p.flow.dst, 3)];
+        let new = [word(&b.addr, 0), word(&b.addr, 1), word(&b.addr, 2), word(&b.addr, 3)];
+        unsafe { daddr.write(new) };
         if update_l4 {
-            l4 = csum::update_bytes(l4, &p.flow.dst, &b.addr);
+            l4 = csum::update_u32s(l4, &old.map(u32::from_be), &new.map(u32::from_be));
         }
     } else {
-        let daddr = ptr_at::<[u8; 4]>(ctx, p.l3_off + 16)?;
-        let ip_csum = rw16(ctx, p.l3_off + 10)?;
-        let old = [p.flow.dst[0], p.flow.dst[1], p.flow.dst[2], p.flow.dst[3]];
-        let new = [b.addr[0], b.addr[1], b.addr[2], b.addr[3]];
+        let daddr = ptr_at::<u32>(ctx, p.l3_off + 16)?;
+        let ip_csum = ptr_at::<u16>(ctx, p.l3_off + 10)?;
+        let (old, new) = (word(&p.flow.dst, 0), word(&b.addr, 0));
+        let (old_n, new_n) = (u32::from_be(old), u32::from_be(new));
         unsafe {
-            *daddr = new;
-            let c = csum::update_bytes(u16::from_be_bytes(*ip_csum), &old, &new);
-            *ip_csum = c.to_be_bytes();
+            daddr.write(new);
+            let c = csum::update_u32(u16::from_be(ip_csum.read()), old_n, new_n);
+            ip_csum.write(c.to_be());
         }
         if update_l4 {
-            l4 = csum::update_bytes(l4, &old, &new);
+            l4 = csum::update_u32(l4, old_n, new_n);
         }
     }
     if update_l4 {
-        l4 = csum::update_u16(l4, old_port, new_port);
+        l4 = csum::update_u16(l4, p.flow.dport, b.port);
         if p.flow.proto == PROTO_UDP {
             l4 = csum::udp_fixup(l4);
         }
-        unsafe { *l4_csum_ptr = l4.to_be_bytes() };
+        unsafe { l4_csum_ptr.write(l4.to_be()) };
     }
-    unsafe { *port_ptr = new_port.to_be_bytes() };
+    unsafe { port_ptr.write(b.port.to_be()) };
     Some(())
 }
 
@@ -233,10 +225,5 @@ fn send(ctx: &XdpContext, p: &Parsed, ingress: u32, hop: &NextHop) -> (u32, Reas
 
 #[inline(always)]
 fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
+    [word(a, 0), word(a, 1), word(a, 2), word(a, 3)]
 }

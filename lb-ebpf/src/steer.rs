@@ -1,7 +1,7 @@
 //! Choosing the backend: QUIC server ID from the DCID, else the connection table, else
 //! Maglev (recorded in the connection table).
 
-use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_VALID, ConnEntry, FlowKey, MAGLEV_RING_MAX, PROTO_TCP,
     PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_MAX_SID_LEN, QUIC_LB_MODE_NONE,
@@ -11,7 +11,7 @@ use lb_common::{
 
 use crate::{
     maps::{LB_BACKENDS, LB_CONNS, LB_MAGLEV, LB_QUIC_CFG, LB_SERVER_IDS},
-    packet::{Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, read},
+    packet::{Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, load, read},
     stats::count_vip,
 };
 
@@ -47,6 +47,14 @@ pub fn choose_backend(
         return maglev(flow, vip, bytes);
     }
     table_or_maglev(flow, vip, bytes)
+}
+
+#[inline(always)]
+fn sid_octets(lo: u64, hi: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&lo.to_le_bytes());
+    out[8..].copy_from_slice(&hi.to_le_bytes());
+    out
 }
 
 #[inline(always)]
@@ -154,26 +162,13 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
         _pad: [0; 2],
         sid: [0; 16],
     };
-    // Load a fixed 15 octets (the longest server ID) and clear what is not server ID: a
-    // constant length keeps the verifier's job trivial, and any real QUIC packet has at least
-    // that much after the DCID's first octet (a 16-octet AEAD tag comes after it).
-    // SAFETY: the helper bounds-checks against the packet; `sid` has room for 16 octets.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            (dcid_off + 1) as u32,
-            key.sid.as_mut_ptr().cast(),
-            QUIC_LB_MAX_SID_LEN as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(fallback(Reason::FallbackUnroutable));
-    }
-    for i in 0..QUIC_LB_MAX_SID_LEN {
-        if i >= sid_len {
-            key.sid[i] = 0;
-        }
-    }
+    // Load a fixed 16 octets after the DCID's first octet and clear what is not server ID:
+    // constant-size word loads, no helper call, and any real QUIC packet has that much there
+    // (a 16-octet AEAD tag follows the header).
+    let words = load::<[u64; 2]>(ctx, dcid_off + 1).ok_or(fallback(Reason::FallbackUnroutable))?;
+    // Octet i of the ID is bits 8i..8i+8 of the little-endian words.
+    let keep = |n: usize| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+    key.sid = sid_octets(words[0] & keep(sid_len), words[1] & keep(sid_len.saturating_sub(8)));
     match unsafe { LB_SERVER_IDS.get(&key) } {
         Some(id) => Ok(*id),
         None => Err(fallback(Reason::FallbackUnknownServer)),

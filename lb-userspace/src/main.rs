@@ -1,10 +1,6 @@
 //! The `lb` command.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::{io::Write, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -48,13 +44,19 @@ enum Command {
     },
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 fn attach(iface: &str, ns: Option<&str>, generic: bool) -> Result<()> {
+    // Block SIGINT/SIGTERM from the start and take them with sigwait below: a signal that
+    // arrives while loading, or between a check and a wait, is then held rather than lost
+    // or fatal, and the program is always detached.
+    // SAFETY: plain libc calls on a zeroed sigset_t.
+    let signals = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
     if let Some(name) = ns {
         enter_netns(name)?;
     }
@@ -76,20 +78,14 @@ fn attach(iface: &str, ns: Option<&str>, generic: bool) -> Result<()> {
             }
         )
     })?;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
     println!(
         "attached lb_xdp to {iface} (ifindex {ifindex}, {} mode)",
         if generic { "generic" } else { "native" }
     );
     std::io::stdout().flush()?;
-    while !STOP.load(Ordering::SeqCst) {
-        // Woken early by the signal (EINTR).
-        unsafe { libc::pause() };
-    }
+    let mut sig = 0;
+    // SAFETY: waiting on the set blocked above.
+    unsafe { libc::sigwait(&signals, &mut sig) };
     dp.detach(ifindex).context("detaching")?;
     println!("detached lb_xdp from {iface}");
     Ok(())
