@@ -59,11 +59,8 @@ pub fn update_bytes<const N: usize>(csum: u16, old: &[u8; N], new: &[u8; N]) -> 
 /// RFC 1624 update for one 32-bit field (an IPv4 address), given as a big-endian number.
 #[inline(always)]
 pub const fn update_u32(csum: u16, old: u32, new: u32) -> u16 {
-    let sum = (!csum as u32)
-        + (!(old >> 16) & 0xffff)
-        + (!old & 0xffff)
-        + (new >> 16)
-        + (new & 0xffff);
+    let sum =
+        (!csum as u32) + (!(old >> 16) & 0xffff) + (!old & 0xffff) + (new >> 16) + (new & 0xffff);
     !fold(sum)
 }
 
@@ -187,7 +184,10 @@ mod tests {
         let words = |a: [u8; 16]| {
             [0, 4, 8, 12].map(|i| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]))
         };
-        assert_eq!(update_u32s(0x4321, &words(o16), &words(n16)), update_bytes(0x4321, &o16, &n16));
+        assert_eq!(
+            update_u32s(0x4321, &words(o16), &words(n16)),
+            update_bytes(0x4321, &o16, &n16)
+        );
     }
 
     #[test]

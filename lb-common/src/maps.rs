@@ -300,7 +300,9 @@ impl Reason {
 /// its answer only changes when routes or neighbours do. Entries expire after
 /// `Settings::fib_cache_ttl_ns`, and userspace clears a backend's entries whenever it
 /// rewrites that backend. Only successes are cached: a missing neighbour or route always
-/// goes back to the kernel.
+/// goes back to the kernel. The key is (backend, ingress interface): policy routing that
+/// picks a different next hop by client source address or TOS is not reflected until the
+/// entry expires; set the TTL to 0 where that matters.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct FibCacheEntry {
@@ -311,7 +313,10 @@ pub struct FibCacheEntry {
     pub egress_ifindex: u32,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// The egress MTU the lookup reported: a larger packet is looked up again, so the
+    /// kernel's "fragmentation needed" handling is never bypassed.
+    pub mtu: u16,
+    pub _pad: [u8; 2],
 }
 
 /// `LB_SETTINGS[0]`: run-time knobs of the XDP program.

@@ -51,7 +51,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         }
     };
     stats::count_backend(backend_id, pkt_len);
-    let (verdict, reason) = rewrite::dnat_and_forward(&ctx, &p, backend_id, &backend, pkt_len);
+    let (verdict, reason) =
+        rewrite::dnat_and_forward(&ctx, &p, vip.index, backend_id, &backend, pkt_len);
     count_vip(reason, vip.index, pkt_len);
     verdict
 }

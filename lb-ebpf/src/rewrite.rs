@@ -15,7 +15,7 @@ use lb_common::{Backend, FibCacheEntry, PROTO_UDP, Reason, csum};
 use crate::{
     maps::{LB_FIB_CACHE, LB_SETTINGS},
     packet::{Parsed, ptr_at, word},
-    stats::count,
+    stats::count_vip,
 };
 
 const AF_INET: u8 = 2;
@@ -29,6 +29,7 @@ const VLAN_HLEN: usize = 4;
 pub fn dnat_and_forward(
     ctx: &XdpContext,
     p: &Parsed,
+    vip_index: u32,
     backend_id: u32,
     backend: &Backend,
     bytes: u64,
@@ -37,9 +38,9 @@ pub fn dnat_and_forward(
         return (xdp_action::XDP_PASS, Reason::PassMalformed);
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = match cached_hop(backend_id, ingress) {
+    let hop = match cached_hop(backend_id, ingress, p.ip_tot_len) {
         Some(hop) => {
-            count(Reason::FibCached, bytes);
+            count_vip(Reason::FibCached, vip_index, bytes);
             hop
         }
         None => match fib(ctx, p, backend, ingress) {
@@ -58,6 +59,7 @@ struct NextHop {
     egress: u32,
     dmac: [u8; 6],
     smac: [u8; 6],
+    mtu: u16,
 }
 
 #[inline(always)]
@@ -66,26 +68,33 @@ fn cache_ttl() -> u64 {
 }
 
 #[inline(always)]
-fn cached_hop(backend_id: u32, ingress: u32) -> Option<NextHop> {
+fn cached_hop(backend_id: u32, ingress: u32, ip_tot_len: u16) -> Option<NextHop> {
     if cache_ttl() == 0 {
         return None;
     }
     let e = LB_FIB_CACHE.get(backend_id)?;
+    // Too big for the egress MTU: let bpf_fib_lookup say so, so the kernel can answer
+    // "fragmentation needed" / "packet too big".
+    if e.ingress_ifindex != ingress || ip_tot_len > e.mtu {
+        return None;
+    }
     // SAFETY: helper without arguments.
-    if e.ingress_ifindex != ingress || e.expires_ns <= unsafe { bpf_ktime_get_coarse_ns() } {
+    if e.expires_ns <= unsafe { bpf_ktime_get_coarse_ns() } {
         return None;
     }
     Some(NextHop {
         egress: e.egress_ifindex,
         dmac: e.dmac,
         smac: e.smac,
+        mtu: e.mtu,
     })
 }
 
 #[inline(always)]
 fn remember_hop(backend_id: u32, ingress: u32, hop: &NextHop) {
     let ttl = cache_ttl();
-    if ttl == 0 {
+    // mtu 0: a kernel that does not report the MTU on success; never cache then.
+    if ttl == 0 || hop.mtu == 0 {
         return;
     }
     if let Some(e) = LB_FIB_CACHE.get_ptr_mut(backend_id) {
@@ -97,7 +106,8 @@ fn remember_hop(backend_id: u32, ingress: u32, hop: &NextHop) {
                 egress_ifindex: hop.egress,
                 dmac: hop.dmac,
                 smac: hop.smac,
-                _pad: [0; 4],
+                mtu: hop.mtu,
+                _pad: [0; 2],
             };
         }
     }
@@ -105,7 +115,11 @@ fn remember_hop(backend_id: u32, ingress: u32, hop: &NextHop) {
 
 #[inline(always)]
 fn dnat(ctx: &XdpContext, p: &Parsed, b: &Backend) -> Option<()> {
-    let csum_off = if p.flow.proto == PROTO_UDP { p.l4_off + 6 } else { p.l4_off + 16 };
+    let csum_off = if p.flow.proto == PROTO_UDP {
+        p.l4_off + 6
+    } else {
+        p.l4_off + 16
+    };
     let port_ptr = ptr_at::<u16>(ctx, p.l4_off + 2)?;
     let l4_csum_ptr = ptr_at::<u16>(ctx, csum_off)?;
     // SAFETY (all raw accesses below): pointers come from ptr_at, bounds-checked; unaligned
@@ -115,8 +129,18 @@ fn dnat(ctx: &XdpContext, p: &Parsed, b: &Backend) -> Option<()> {
     let update_l4 = !(p.flow.proto == PROTO_UDP && l4 == 0);
     if p.is_v6 {
         let daddr = ptr_at::<[u32; 4]>(ctx, p.l3_off + 24)?;
-        let old = [word(&p.flow.dst, 0), word(&p.flow.dst, 1), word(&p.flow.dst, 2), word(&p.flow.dst, 3)];
-        let new = [word(&b.addr, 0), word(&b.addr, 1), word(&b.addr, 2), word(&b.addr, 3)];
+        let old = [
+            word(&p.flow.dst, 0),
+            word(&p.flow.dst, 1),
+            word(&p.flow.dst, 2),
+            word(&p.flow.dst, 3),
+        ];
+        let new = [
+            word(&b.addr, 0),
+            word(&b.addr, 1),
+            word(&b.addr, 2),
+            word(&b.addr, 3),
+        ];
         unsafe { daddr.write(new) };
         if update_l4 {
             l4 = csum::update_u32s(l4, &old.map(u32::from_be), &new.map(u32::from_be));
@@ -182,10 +206,13 @@ fn fib(ctx: &XdpContext, p: &Parsed, b: &Backend, ingress: u32) -> Result<NextHo
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Err(Reason::PassFibFailed);
     }
+    // SAFETY: on success the kernel leaves the egress MTU in this union member.
+    let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
     Ok(NextHop {
         egress: fib.ifindex,
         dmac: fib.dmac,
         smac: fib.smac,
+        mtu,
     })
 }
 

@@ -110,14 +110,15 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
         let hdr = read::<[u8; 6]>(ctx, payload).ok_or(Reason::FallbackUnroutable)?;
         let version = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]);
         let dcid_len = hdr[5] as usize;
+        let client_chosen = quic::long_header_has_client_dcid(first, version);
         if quic::LONG_DCID_OFFSET + dcid_len > payload_len {
-            return Err(Reason::FallbackUnroutable);
+            return Err(if client_chosen {
+                Reason::FallbackInitial
+            } else {
+                Reason::FallbackUnroutable
+            });
         }
-        (
-            payload + quic::LONG_DCID_OFFSET,
-            dcid_len,
-            quic::long_header_has_client_dcid(first, version),
-        )
+        (payload + quic::LONG_DCID_OFFSET, dcid_len, client_chosen)
     } else {
         // Short headers do not carry the DCID length; the config says how long it is.
         (
@@ -167,8 +168,17 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
     // (a 16-octet AEAD tag follows the header).
     let words = load::<[u64; 2]>(ctx, dcid_off + 1).ok_or(fallback(Reason::FallbackUnroutable))?;
     // Octet i of the ID is bits 8i..8i+8 of the little-endian words.
-    let keep = |n: usize| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
-    key.sid = sid_octets(words[0] & keep(sid_len), words[1] & keep(sid_len.saturating_sub(8)));
+    let keep = |n: usize| {
+        if n >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * n)) - 1
+        }
+    };
+    key.sid = sid_octets(
+        words[0] & keep(sid_len),
+        words[1] & keep(sid_len.saturating_sub(8)),
+    );
     match unsafe { LB_SERVER_IDS.get(&key) } {
         Some(id) => Ok(*id),
         None => Err(fallback(Reason::FallbackUnknownServer)),

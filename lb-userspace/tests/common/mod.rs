@@ -129,7 +129,7 @@ pub struct Want<'a> {
 }
 
 /// Reasons that are only ever counted globally: parse failures happen before there is a
-/// VIP, and the FIB-cache hit is a global-only event (`rewrite.rs` uses `count`).
+/// VIP.
 pub fn global_only(r: Reason) -> bool {
     matches!(
         r,
@@ -138,7 +138,6 @@ pub fn global_only(r: Reason) -> bool {
             | Reason::PassNotVip
             | Reason::PassFragment
             | Reason::PassIpv6Ext
-            | Reason::FibCached
     )
 }
 
