@@ -185,8 +185,22 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Why a packet went where it went. `LB_STATS` has one slot per reason; `LB_VIP_STATS` has
-/// [`REASON_STRIDE`] slots per VIP. Counters are events, not a partition: a VIP packet bumps
+/// All reason counters of one scope (the whole program, or one VIP) in one map value, so
+/// the program finds them with one lookup per scope and then bumps fields.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CounterBlock {
+    pub by_reason: [Counter; REASON_STRIDE as usize],
+}
+
+impl Default for CounterBlock {
+    fn default() -> Self {
+        CounterBlock { by_reason: [Counter::default(); REASON_STRIDE as usize] }
+    }
+}
+
+/// Why a packet went where it went. `LB_STATS[0]` and `LB_VIP_STATS[vip index]` are
+/// [`CounterBlock`]s with one slot per reason. Counters are events, not a partition: a VIP packet bumps
 /// one steering reason (how its backend was chosen: `RoutedCid`, or one `Fallback*` and then
 /// `LruHit`/`Maglev`, or just `LruHit`/`Maglev` for TCP and plain UDP) and then one
 /// forwarding reason (`Tx`, `Redirect`, `PassNoNeighbour`, `PassFibFailed`) or one `Drop*`
@@ -240,7 +254,7 @@ pub enum Reason {
 }
 
 pub const REASON_COUNT: u32 = 20;
-/// Slots per VIP in `LB_VIP_STATS` (room for future reasons without a layout change).
+/// Slots in a [`CounterBlock`] (room for future reasons without a layout change).
 pub const REASON_STRIDE: u32 = 32;
 
 impl Reason {
@@ -354,6 +368,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for CounterBlock {}
     unsafe impl aya::Pod for BenchTemplate {}
     unsafe impl aya::Pod for FibCacheEntry {}
     unsafe impl aya::Pod for Settings {}

@@ -18,7 +18,7 @@ use lb_common::{Reason, VipKey};
 
 use crate::{
     packet::{Parsed, parse},
-    stats::{count, count_vip},
+    stats::{VipCounters, count},
 };
 
 #[xdp]
@@ -43,17 +43,17 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
-    let (backend_id, backend) = match steer::choose_backend(&ctx, &p, &vip, pkt_len) {
+    let counters = VipCounters::new(vip.index, pkt_len);
+    let (backend_id, backend) = match steer::choose_backend(&ctx, &p, &vip, &counters) {
         Ok(b) => b,
         Err(reason) => {
-            count_vip(reason, vip.index, pkt_len);
+            counters.count(reason);
             return xdp_action::XDP_DROP;
         }
     };
-    stats::count_backend(backend_id, pkt_len);
-    let (verdict, reason) =
-        rewrite::dnat_and_forward(&ctx, &p, vip.index, backend_id, &backend, pkt_len);
-    count_vip(reason, vip.index, pkt_len);
+    counters.count_backend(backend_id);
+    let (verdict, reason) = rewrite::dnat_and_forward(&ctx, &p, backend_id, &backend, &counters);
+    counters.count(reason);
     verdict
 }
 

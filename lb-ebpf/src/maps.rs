@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, FibCacheEntry, FlowKey,
+    Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry, FlowKey,
     MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKENDS, MAX_SERVER_IDS, MAX_VIPS,
-    QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REASON_STRIDE, ServerIdKey, Settings, VipKey, VipMeta,
+    QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, ServerIdKey, Settings, VipKey, VipMeta,
 };
 
 #[map(name = "LB_VIPS")]
@@ -36,11 +36,10 @@ pub static LB_CONNS: LruPerCpuHashMap<FlowKey, ConnEntry> =
     LruPerCpuHashMap::with_max_entries(CONN_TABLE_ENTRIES, 0);
 
 #[map(name = "LB_STATS")]
-pub static LB_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STRIDE, 0);
+pub static LB_STATS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "LB_VIP_STATS")]
-pub static LB_VIP_STATS: PerCpuArray<Counter> =
-    PerCpuArray::with_max_entries(MAX_VIPS * REASON_STRIDE, 0);
+pub static LB_VIP_STATS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "LB_BE_STATS")]
 pub static LB_BE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

@@ -15,7 +15,7 @@ use lb_common::{Backend, FibCacheEntry, PROTO_UDP, Reason, csum};
 use crate::{
     maps::{LB_FIB_CACHE, LB_SETTINGS},
     packet::{Parsed, ptr_at, word},
-    stats::count_vip,
+    stats::VipCounters,
 };
 
 const AF_INET: u8 = 2;
@@ -29,10 +29,9 @@ const VLAN_HLEN: usize = 4;
 pub fn dnat_and_forward(
     ctx: &XdpContext,
     p: &Parsed,
-    vip_index: u32,
     backend_id: u32,
     backend: &Backend,
-    bytes: u64,
+    counters: &VipCounters,
 ) -> (u32, Reason) {
     if dnat(ctx, p, backend).is_none() {
         return (xdp_action::XDP_PASS, Reason::PassMalformed);
@@ -40,7 +39,7 @@ pub fn dnat_and_forward(
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = match cached_hop(backend_id, ingress, p.ip_tot_len) {
         Some(hop) => {
-            count_vip(Reason::FibCached, vip_index, bytes);
+            counters.count(Reason::FibCached);
             hop
         }
         None => match fib(ctx, p, backend, ingress) {

@@ -1,36 +1,65 @@
-//! Per-CPU counters: global per reason, per VIP per reason, per backend.
+//! Per-CPU counters: per reason globally and per VIP (one `CounterBlock` each), and per
+//! backend.
 
-use lb_common::{Counter, REASON_STRIDE, Reason};
+use lb_common::{Counter, CounterBlock, Reason};
 
 use crate::maps::{LB_BE_STATS, LB_STATS, LB_VIP_STATS};
 
 #[inline(always)]
-fn bump(c: Option<*mut Counter>, bytes: u64) {
-    if let Some(c) = c {
-        // SAFETY: per-CPU slot of a live map; no other writer on this CPU while we run.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-        }
+fn bump(c: *mut Counter, bytes: u64) {
+    // SAFETY: a per-CPU slot of a live map; nothing else writes it on this CPU while we run.
+    unsafe {
+        (*c).packets += 1;
+        (*c).bytes += bytes;
     }
 }
 
 #[inline(always)]
+fn slot(block: *mut CounterBlock, reason: Reason) -> *mut Counter {
+    // SAFETY: every Reason is below REASON_STRIDE (checked in lb-common's tests).
+    unsafe { (*block).by_reason.as_mut_ptr().add(reason as usize) }
+}
+
+/// Count a packet that never matched a VIP.
+#[inline(always)]
 pub fn count(reason: Reason, bytes: u64) {
-    bump(LB_STATS.get_ptr_mut(reason as u32), bytes);
+    if let Some(g) = LB_STATS.get_ptr_mut(0) {
+        bump(slot(g, reason), bytes);
+    }
 }
 
-/// Count globally and for the VIP.
-#[inline(always)]
-pub fn count_vip(reason: Reason, vip_index: u32, bytes: u64) {
-    count(reason, bytes);
-    bump(
-        LB_VIP_STATS.get_ptr_mut(vip_index * REASON_STRIDE + reason as u32),
-        bytes,
-    );
+/// The counters a VIP packet bumps, looked up once per packet.
+pub struct VipCounters {
+    global: Option<*mut CounterBlock>,
+    vip: Option<*mut CounterBlock>,
+    bytes: u64,
 }
 
-#[inline(always)]
-pub fn count_backend(backend_id: u32, bytes: u64) {
-    bump(LB_BE_STATS.get_ptr_mut(backend_id), bytes);
+impl VipCounters {
+    #[inline(always)]
+    pub fn new(vip_index: u32, bytes: u64) -> Self {
+        VipCounters {
+            global: LB_STATS.get_ptr_mut(0),
+            vip: LB_VIP_STATS.get_ptr_mut(vip_index),
+            bytes,
+        }
+    }
+
+    /// Count globally and for the VIP.
+    #[inline(always)]
+    pub fn count(&self, reason: Reason) {
+        if let Some(g) = self.global {
+            bump(slot(g, reason), self.bytes);
+        }
+        if let Some(v) = self.vip {
+            bump(slot(v, reason), self.bytes);
+        }
+    }
+
+    #[inline(always)]
+    pub fn count_backend(&self, backend_id: u32) {
+        if let Some(c) = LB_BE_STATS.get_ptr_mut(backend_id) {
+            bump(c, self.bytes);
+        }
+    }
 }

@@ -12,7 +12,7 @@ use lb_common::{
 use crate::{
     maps::{LB_BACKENDS, LB_CONNS, LB_MAGLEV, LB_QUIC_CFG, LB_SERVER_IDS},
     packet::{Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, load, read},
-    stats::count_vip,
+    stats::VipCounters,
 };
 
 const UDP_HLEN: usize = 8;
@@ -23,7 +23,7 @@ pub fn choose_backend(
     ctx: &XdpContext,
     p: &Parsed,
     vip: &VipMeta,
-    bytes: u64,
+    c: &VipCounters,
 ) -> Result<(u32, Backend), Reason> {
     let flow = &p.flow;
     if flow.proto == PROTO_UDP && vip.flags & VIP_F_QUIC_LB != 0 {
@@ -32,21 +32,21 @@ pub fn choose_backend(
                 // A server ID that maps to a backend that is gone is treated like an
                 // unknown one: fall back, so a live server answers with a stateless reset.
                 if let Some(b) = valid_backend(id, flow.family) {
-                    count_vip(Reason::RoutedCid, vip.index, bytes);
+                    c.count(Reason::RoutedCid);
                     return Ok((id, b));
                 }
-                count_vip(Reason::FallbackUnknownServer, vip.index, bytes);
+                c.count(Reason::FallbackUnknownServer);
             }
-            Err(reason) => count_vip(reason, vip.index, bytes),
+            Err(reason) => c.count(reason),
         }
-        return table_or_maglev(flow, vip, bytes);
+        return table_or_maglev(flow, vip, c);
     }
     if flow.proto == PROTO_TCP && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
         // A new connection always consults Maglev, so a reused 5-tuple does not inherit a
         // stale entry.
-        return maglev(flow, vip, bytes);
+        return maglev(flow, vip, c);
     }
-    table_or_maglev(flow, vip, bytes)
+    table_or_maglev(flow, vip, c)
 }
 
 #[inline(always)]
@@ -68,20 +68,20 @@ fn valid_backend(id: u32, family: u8) -> Option<Backend> {
 }
 
 #[inline(always)]
-fn table_or_maglev(flow: &FlowKey, vip: &VipMeta, bytes: u64) -> Result<(u32, Backend), Reason> {
+fn table_or_maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<(u32, Backend), Reason> {
     if let Some(e) = unsafe { LB_CONNS.get(flow) } {
         if e.flags & CONN_F_VALID != 0 {
             if let Some(b) = valid_backend(e.backend, flow.family) {
-                count_vip(Reason::LruHit, vip.index, bytes);
+                c.count(Reason::LruHit);
                 return Ok((e.backend, b));
             }
         }
     }
-    maglev(flow, vip, bytes)
+    maglev(flow, vip, c)
 }
 
 #[inline(always)]
-fn maglev(flow: &FlowKey, vip: &VipMeta, bytes: u64) -> Result<(u32, Backend), Reason> {
+fn maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<(u32, Backend), Reason> {
     if vip.ring_size == 0 || vip.ring_size > MAGLEV_RING_MAX {
         return Err(Reason::DropNoBackend);
     }
@@ -96,7 +96,7 @@ fn maglev(flow: &FlowKey, vip: &VipMeta, bytes: u64) -> Result<(u32, Backend), R
         },
         0,
     );
-    count_vip(Reason::Maglev, vip.index, bytes);
+    c.count(Reason::Maglev);
     Ok((id, b))
 }
 

@@ -172,9 +172,13 @@ pub struct CaseResult {
     pub ratio: f64,
 }
 
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1e9
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
 }
 
 fn measure(dp: &mut Dataplane, tb: &Testbed, case: &Case, repeat: u32) -> Result<Duration> {
@@ -241,43 +245,42 @@ pub fn run(opts: &Options) -> Result<()> {
     fixture::program_standard(&mut dp, MAGLEV_RING_DEFAULT)
         .context("programming the bench VIPs")?;
     let cases = cases();
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    // samples[i]: case i's ns/packet per round; ratios[i]: case i over the floor measured
+    // right before it. The machine's speed drifts (shared hosts, frequency scaling); pairing
+    // each measurement with an adjacent floor cancels most of that drift out of the ratio.
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     eprintln!(
         "bench: {} cases x {} rounds x {} iterations (BPF_PROG_TEST_RUN, harness restores each packet)",
         cases.len(),
         opts.rounds,
         opts.repeat
     );
+    let floor = &cases[0];
     for round in 0..opts.rounds {
-        // Interleave the cases so drift on a shared machine hits them all alike.
-        for (i, case) in cases.iter().enumerate() {
-            samples[i].push(measure(&mut dp, &tb, case, opts.repeat)?);
+        for (i, case) in cases.iter().enumerate().skip(1) {
+            let f = ns(measure(&mut dp, &tb, floor, opts.repeat)?);
+            let c = ns(measure(&mut dp, &tb, case, opts.repeat)?);
+            ensure!(f > 0.0, "the floor measured 0 ns; the kernel's timer is too coarse here");
+            samples[0].push(f);
+            samples[i].push(c);
+            ratios[i].push(c / f);
         }
         eprintln!("bench: round {}/{} done", round + 1, opts.rounds);
     }
+    ratios[0] = vec![1.0];
     let floor_ns = median(samples[0].clone());
-    ensure!(
-        floor_ns > 0.0,
-        "the floor measured 0 ns; the kernel's timer is too coarse here"
-    );
     let results: Vec<CaseResult> = cases
         .iter()
-        .zip(samples)
-        .map(|(c, s)| {
-            let ns = median(s);
-            CaseResult {
-                name: c.name,
-                ns,
-                ratio: ns / floor_ns,
-            }
-        })
+        .zip(samples.into_iter().zip(ratios))
+        .map(|(c, (s, r))| CaseResult { name: c.name, ns: median(s), ratio: median(r) })
         .collect();
     println!("{:<26} {:>10} {:>8}", "case", "ns/packet", "ratio");
     for r in &results {
         println!("{:<26} {:>10.1} {:>7.2}x", r.name, r.ns, r.ratio);
     }
     println!(
-        "(median of {} rounds; ratio = case / floor, both measured in this run)",
+        "(medians of {} rounds; ratio = median of case / the floor measured just before it)",
         opts.rounds
     );
     if let Some(path) = &opts.json {

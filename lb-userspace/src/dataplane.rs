@@ -9,9 +9,9 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, FAMILY_V4, FAMILY_V6,
+    BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, FAMILY_V4, FAMILY_V6,
     FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX, QUIC_LB_CONFIGS_PER_VIP,
-    QuicLbConfig, REASON_COUNT, REASON_STRIDE, Reason, ServerIdKey, Settings, VipKey, VipMeta,
+    QuicLbConfig, REASON_COUNT, Reason, ServerIdKey, Settings, VipKey, VipMeta,
     maglev_ring_base, map_names, program_names,
 };
 use thiserror::Error;
@@ -86,6 +86,19 @@ impl ReasonCounters {
         }
         d
     }
+    /// Sum one scope's per-CPU counter blocks.
+    fn sum_blocks(blocks: &aya::maps::PerCpuValues<CounterBlock>) -> ReasonCounters {
+        let mut out = ReasonCounters::default();
+        for b in blocks.iter() {
+            for r in Reason::ALL {
+                let (o, c) = (&mut out.0[r as usize], b.by_reason[r as usize]);
+                o.packets += c.packets;
+                o.bytes += c.bytes;
+            }
+        }
+        out
+    }
+
     /// Reasons with a non-zero packet count, for readable assertions.
     pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
         Reason::ALL
@@ -144,8 +157,8 @@ pub struct Dataplane {
     server_ids: HashMap<MapData, ServerIdKey, u32>,
     quic_cfg: Array<MapData, QuicLbConfig>,
     conns: PerCpuHashMap<MapData, FlowKey, ConnEntry>,
-    stats: PerCpuArray<MapData, Counter>,
-    vip_stats: PerCpuArray<MapData, Counter>,
+    stats: PerCpuArray<MapData, CounterBlock>,
+    vip_stats: PerCpuArray<MapData, CounterBlock>,
     backend_stats: PerCpuArray<MapData, Counter>,
     fib_cache: PerCpuArray<MapData, FibCacheEntry>,
     settings: Array<MapData, Settings>,
@@ -397,28 +410,13 @@ impl Dataplane {
     // ---- observation ----------------------------------------------------------------
 
     pub fn stats(&self) -> Result<ReasonCounters> {
-        let mut out = ReasonCounters::default();
-        for r in Reason::ALL {
-            let v = self
-                .stats
-                .get(&(r as u32), 0)
-                .map_err(map_err(map_names::STATS))?;
-            out.0[r as usize] = sum(&v);
-        }
-        Ok(out)
+        let v = self.stats.get(&0, 0).map_err(map_err(map_names::STATS))?;
+        Ok(ReasonCounters::sum_blocks(&v))
     }
 
     pub fn vip_stats(&self, vip_index: u32) -> Result<ReasonCounters> {
-        let mut out = ReasonCounters::default();
-        for r in Reason::ALL {
-            let idx = vip_index * REASON_STRIDE + r as u32;
-            let v = self
-                .vip_stats
-                .get(&idx, 0)
-                .map_err(map_err(map_names::VIP_STATS))?;
-            out.0[r as usize] = sum(&v);
-        }
-        Ok(out)
+        let v = self.vip_stats.get(&vip_index, 0).map_err(map_err(map_names::VIP_STATS))?;
+        Ok(ReasonCounters::sum_blocks(&v))
     }
 
     pub fn backend_stats(&self, backend: u32) -> Result<Counter> {
