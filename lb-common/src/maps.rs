@@ -195,7 +195,9 @@ pub struct CounterBlock {
 
 impl Default for CounterBlock {
     fn default() -> Self {
-        CounterBlock { by_reason: [Counter::default(); REASON_STRIDE as usize] }
+        CounterBlock {
+            by_reason: [Counter::default(); REASON_STRIDE as usize],
+        }
     }
 }
 
@@ -330,8 +332,14 @@ pub struct FibCacheEntry {
     /// The egress MTU the lookup reported: a larger packet is looked up again, so the
     /// kernel's "fragmentation needed" handling is never bypassed.
     pub mtu: u16,
-    pub _pad: [u8; 2],
+    /// Hits since the clock was last read: the program reads the clock (a helper call) only
+    /// every [`FIB_CACHE_CLOCK_EVERY`] hits, so an expired entry may serve that many more
+    /// packets on a CPU before it is looked up again.
+    pub unchecked: u16,
 }
+
+/// See [`FibCacheEntry::unchecked`].
+pub const FIB_CACHE_CLOCK_EVERY: u16 = 32;
 
 /// `LB_SETTINGS[0]`: run-time knobs of the XDP program.
 #[repr(C)]

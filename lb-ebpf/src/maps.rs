@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry, FlowKey,
-    MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKENDS, MAX_SERVER_IDS, MAX_VIPS,
+    Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry,
+    FlowKey, MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKENDS, MAX_SERVER_IDS, MAX_VIPS,
     QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, ServerIdKey, Settings, VipKey, VipMeta,
 };
 

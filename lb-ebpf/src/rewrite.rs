@@ -10,7 +10,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use lb_common::{Backend, FibCacheEntry, PROTO_UDP, Reason, csum};
+use lb_common::{Backend, FIB_CACHE_CLOCK_EVERY, FibCacheEntry, PROTO_UDP, Reason, csum};
 
 use crate::{
     maps::{LB_FIB_CACHE, LB_SETTINGS},
@@ -71,15 +71,21 @@ fn cached_hop(backend_id: u32, ingress: u32, ip_tot_len: u16) -> Option<NextHop>
     if cache_ttl() == 0 {
         return None;
     }
-    let e = LB_FIB_CACHE.get(backend_id)?;
+    // SAFETY: this CPU's slot of a live map.
+    let e = unsafe { &mut *LB_FIB_CACHE.get_ptr_mut(backend_id)? };
     // Too big for the egress MTU: let bpf_fib_lookup say so, so the kernel can answer
     // "fragmentation needed" / "packet too big".
     if e.ingress_ifindex != ingress || ip_tot_len > e.mtu {
         return None;
     }
-    // SAFETY: helper without arguments.
-    if e.expires_ns <= unsafe { bpf_ktime_get_coarse_ns() } {
-        return None;
+    if e.unchecked < FIB_CACHE_CLOCK_EVERY {
+        e.unchecked += 1;
+    } else {
+        // SAFETY: helper without arguments.
+        if e.expires_ns <= unsafe { bpf_ktime_get_coarse_ns() } {
+            return None;
+        }
+        e.unchecked = 0;
     }
     Some(NextHop {
         egress: e.egress_ifindex,
@@ -106,7 +112,7 @@ fn remember_hop(backend_id: u32, ingress: u32, hop: &NextHop) {
                 dmac: hop.dmac,
                 smac: hop.smac,
                 mtu: hop.mtu,
-                _pad: [0; 2],
+                unchecked: 0,
             };
         }
     }

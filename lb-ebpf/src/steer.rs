@@ -68,7 +68,11 @@ fn valid_backend(id: u32, family: u8) -> Option<Backend> {
 }
 
 #[inline(always)]
-fn table_or_maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<(u32, Backend), Reason> {
+fn table_or_maglev(
+    flow: &FlowKey,
+    vip: &VipMeta,
+    c: &VipCounters,
+) -> Result<(u32, Backend), Reason> {
     if let Some(e) = unsafe { LB_CONNS.get(flow) } {
         if e.flags & CONN_F_VALID != 0 {
             if let Some(b) = valid_backend(e.backend, flow.family) {

@@ -261,7 +261,10 @@ pub fn run(opts: &Options) -> Result<()> {
         for (i, case) in cases.iter().enumerate().skip(1) {
             let f = ns(measure(&mut dp, &tb, floor, opts.repeat)?);
             let c = ns(measure(&mut dp, &tb, case, opts.repeat)?);
-            ensure!(f > 0.0, "the floor measured 0 ns; the kernel's timer is too coarse here");
+            ensure!(
+                f > 0.0,
+                "the floor measured 0 ns; the kernel's timer is too coarse here"
+            );
             samples[0].push(f);
             samples[i].push(c);
             ratios[i].push(c / f);
@@ -273,7 +276,11 @@ pub fn run(opts: &Options) -> Result<()> {
     let results: Vec<CaseResult> = cases
         .iter()
         .zip(samples.into_iter().zip(ratios))
-        .map(|(c, (s, r))| CaseResult { name: c.name, ns: median(s), ratio: median(r) })
+        .map(|(c, (s, r))| CaseResult {
+            name: c.name,
+            ns: median(s),
+            ratio: median(r),
+        })
         .collect();
     println!("{:<26} {:>10} {:>8}", "case", "ns/packet", "ratio");
     for r in &results {

@@ -9,10 +9,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, FAMILY_V4, FAMILY_V6,
-    FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX, QUIC_LB_CONFIGS_PER_VIP,
-    QuicLbConfig, REASON_COUNT, Reason, ServerIdKey, Settings, VipKey, VipMeta,
-    maglev_ring_base, map_names, program_names,
+    BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, FAMILY_V4,
+    FAMILY_V6, FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX,
+    QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REASON_COUNT, Reason, ServerIdKey, Settings, VipKey,
+    VipMeta, maglev_ring_base, map_names, program_names,
 };
 use thiserror::Error;
 
@@ -415,7 +415,10 @@ impl Dataplane {
     }
 
     pub fn vip_stats(&self, vip_index: u32) -> Result<ReasonCounters> {
-        let v = self.vip_stats.get(&vip_index, 0).map_err(map_err(map_names::VIP_STATS))?;
+        let v = self
+            .vip_stats
+            .get(&vip_index, 0)
+            .map_err(map_err(map_names::VIP_STATS))?;
         Ok(ReasonCounters::sum_blocks(&v))
     }
 
