@@ -67,12 +67,6 @@ pub fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     ptr_at::<T>(ctx, off).map(|p| unsafe { p.read() })
 }
 
-/// A big-endian u32 header word as a number.
-#[inline(always)]
-fn be32(ctx: &XdpContext, off: usize) -> Option<u32> {
-    load::<u32>(ctx, off).map(u32::from_be)
-}
-
 #[inline(always)]
 fn be16(ctx: &XdpContext, off: usize) -> Option<u16> {
     load::<u16>(ctx, off).map(u16::from_be)
@@ -142,8 +136,8 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
     }
     match p.flow.proto {
         PROTO_UDP => {
-            let ports = be32(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
-            let len_csum = be32(ctx, p.l4_off + 4).ok_or(Reason::PassMalformed)?;
+            let udp = load::<[u32; 2]>(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
+            let (ports, len_csum) = (u32::from_be(udp[0]), u32::from_be(udp[1]));
             let udp_len = (len_csum >> 16) as usize;
             if udp_len < UDP_HLEN || p.l4_off + udp_len > p.l4_end {
                 return Err(Reason::PassMalformed);
@@ -157,10 +151,9 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
             p.l4_end = p.l4_off + udp_len;
         }
         PROTO_TCP => {
-            let ports = be32(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
-            // Data offset, flags, window; then checksum, urgent pointer (must be there too).
-            let off_flags = be32(ctx, p.l4_off + 12).ok_or(Reason::PassMalformed)?;
-            load::<u32>(ctx, p.l4_off + TCP_MIN_HLEN - 4).ok_or(Reason::PassMalformed)?;
+            // Ports | seq | ack | data offset, flags, window | checksum, urgent pointer.
+            let tcp = load::<[u32; 5]>(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
+            let (ports, off_flags) = (u32::from_be(tcp[0]), u32::from_be(tcp[3]));
             let doff = ((off_flags >> 28) * 4) as usize;
             if doff < TCP_MIN_HLEN || p.l4_off + doff > p.l4_end {
                 return Err(Reason::PassMalformed);
@@ -178,11 +171,10 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
 fn parse_ipv4(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
     let l3 = p.l3_off;
     // Version, IHL, TOS, total length | ID, flags, fragment offset | TTL, protocol, checksum.
-    let w0 = be32(ctx, l3).ok_or(Reason::PassMalformed)?;
-    let w1 = be32(ctx, l3 + 4).ok_or(Reason::PassMalformed)?;
-    let w2 = be32(ctx, l3 + 8).ok_or(Reason::PassMalformed)?;
-    let src = load::<u32>(ctx, l3 + 12).ok_or(Reason::PassMalformed)?;
-    let dst = load::<u32>(ctx, l3 + 16).ok_or(Reason::PassMalformed)?;
+    // One bounds check for the fixed header, then plain word loads.
+    let h = load::<[u32; 5]>(ctx, l3).ok_or(Reason::PassMalformed)?;
+    let (w0, w1, w2) = (u32::from_be(h[0]), u32::from_be(h[1]), u32::from_be(h[2]));
+    let (src, dst) = (h[3], h[4]);
     if w0 >> 28 != 4 {
         return Err(Reason::PassMalformed);
     }
@@ -211,9 +203,8 @@ fn parse_ipv4(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Re
 fn parse_ipv6(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
     let l3 = p.l3_off;
     // Version, traffic class, flow label | payload length, next header, hop limit.
-    let w0 = load::<u32>(ctx, l3).ok_or(Reason::PassMalformed)?;
-    let w1 = be32(ctx, l3 + 4).ok_or(Reason::PassMalformed)?;
-    let addrs = load::<[u32; 8]>(ctx, l3 + 8).ok_or(Reason::PassMalformed)?;
+    let h = load::<[u32; 10]>(ctx, l3).ok_or(Reason::PassMalformed)?;
+    let (w0, w1) = (h[0], u32::from_be(h[1]));
     if u32::from_be(w0) >> 28 != 6 {
         return Err(Reason::PassMalformed);
     }
@@ -235,8 +226,8 @@ fn parse_ipv6(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Re
     p.flow.proto = next;
     p.flow.family = FAMILY_V6;
     for i in 0..4 {
-        set_word(&mut p.flow.src, i, addrs[i]);
-        set_word(&mut p.flow.dst, i, addrs[4 + i]);
+        set_word(&mut p.flow.src, i, h[2 + i]);
+        set_word(&mut p.flow.dst, i, h[6 + i]);
     }
     p.l4_off = l3 + IPV6_HLEN;
     p.l4_end = p.l4_off + payload_len;
