@@ -256,6 +256,7 @@ pub enum Reason {
 }
 
 pub const REASON_COUNT: u32 = 20;
+const _: () = assert!(REASON_COUNT <= REASON_STRIDE);
 /// Slots in a [`CounterBlock`] (room for future reasons without a layout change).
 pub const REASON_STRIDE: u32 = 32;
 
@@ -409,7 +410,6 @@ mod tests {
                 assert_ne!(r.name(), other.name());
             }
         }
-        assert!(REASON_COUNT <= REASON_STRIDE);
     }
 
     #[test]

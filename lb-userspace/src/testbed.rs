@@ -231,19 +231,25 @@ pub mod fixture {
             .collect()
     }
 
+    /// A VIP as the fixture programs it.
+    pub struct Vip {
+        pub addr: IpAddr,
+        pub port: u16,
+        pub proto: u8,
+        pub index: u32,
+        pub flags: u32,
+    }
+
     /// Publish a Maglev ring of `ring_size` slots over `backends` for a VIP.
     pub fn publish(
         dp: &mut Dataplane,
-        vip: IpAddr,
-        port: u16,
-        proto: u8,
-        index: u32,
-        flags: u32,
+        vip: &Vip,
         backends: &[(u32, IpAddr)],
         ring_size: u32,
     ) -> Result<()> {
         let table = build_table(&weighted(backends), ring_size)?;
-        dp.publish_ring(&vip_key(vip, port, proto), index, flags, &table)?;
+        let key = vip_key(vip.addr, vip.port, vip.proto);
+        dp.publish_ring(&key, vip.index, vip.flags, &table)?;
         Ok(())
     }
 
@@ -276,33 +282,61 @@ pub mod fixture {
         let (vip4, vip6) = (IpAddr::from(VIP_V4), IpAddr::from(VIP_V6));
         publish(
             dp,
-            vip4,
-            VIP_PORT,
-            PROTO_UDP,
-            VIP_V4_QUIC,
-            VIP_F_QUIC_LB,
+            &Vip {
+                addr: vip4,
+                port: VIP_PORT,
+                proto: PROTO_UDP,
+                index: VIP_V4_QUIC,
+                flags: VIP_F_QUIC_LB,
+            },
             &v4,
             ring_size,
         )?;
-        publish(dp, vip4, VIP_PORT, PROTO_TCP, VIP_V4_TCP, 0, &v4, ring_size)?;
         publish(
             dp,
-            vip6,
-            VIP_PORT,
-            PROTO_UDP,
-            VIP_V6_QUIC,
-            VIP_F_QUIC_LB,
+            &Vip {
+                addr: vip4,
+                port: VIP_PORT,
+                proto: PROTO_TCP,
+                index: VIP_V4_TCP,
+                flags: 0,
+            },
+            &v4,
+            ring_size,
+        )?;
+        publish(
+            dp,
+            &Vip {
+                addr: vip6,
+                port: VIP_PORT,
+                proto: PROTO_UDP,
+                index: VIP_V6_QUIC,
+                flags: VIP_F_QUIC_LB,
+            },
             &v6,
             ring_size,
         )?;
-        publish(dp, vip6, VIP_PORT, PROTO_TCP, VIP_V6_TCP, 0, &v6, ring_size)?;
         publish(
             dp,
-            vip4,
-            PLAIN_UDP_PORT,
-            PROTO_UDP,
-            VIP_V4_PLAIN_UDP,
-            0,
+            &Vip {
+                addr: vip6,
+                port: VIP_PORT,
+                proto: PROTO_TCP,
+                index: VIP_V6_TCP,
+                flags: 0,
+            },
+            &v6,
+            ring_size,
+        )?;
+        publish(
+            dp,
+            &Vip {
+                addr: vip4,
+                port: PLAIN_UDP_PORT,
+                proto: PROTO_UDP,
+                index: VIP_V4_PLAIN_UDP,
+                flags: 0,
+            },
             &v4,
             ring_size,
         )?;

@@ -1109,11 +1109,13 @@ fn quic_server_id_of_cleared_backend() -> Result<()> {
         ];
         publish(
             &mut lb.dp,
-            VIP_V4.into(),
-            VIP_PORT,
-            PROTO_UDP,
-            VIP_V4_QUIC,
-            VIP_F_QUIC_LB,
+            &Vip {
+                addr: VIP_V4.into(),
+                port: VIP_PORT,
+                proto: PROTO_UDP,
+                index: VIP_V4_QUIC,
+                flags: VIP_F_QUIC_LB,
+            },
             &live,
             RING,
         )?;
@@ -1224,11 +1226,13 @@ fn tcp_established_flow_survives_ring_change() -> Result<()> {
             .collect();
         publish(
             &mut lb.dp,
-            VIP_V4.into(),
-            VIP_PORT,
-            PROTO_TCP,
-            VIP_V4_TCP,
-            0,
+            &Vip {
+                addr: VIP_V4.into(),
+                port: VIP_PORT,
+                proto: PROTO_TCP,
+                index: VIP_V4_TCP,
+                flags: 0,
+            },
             &remaining,
             RING,
         )?;
@@ -1260,11 +1264,13 @@ fn tcp_established_flow_survives_ring_change() -> Result<()> {
             .collect();
         publish(
             &mut lb.dp,
-            VIP_V4.into(),
-            VIP_PORT,
-            PROTO_TCP,
-            VIP_V4_TCP,
-            0,
+            &Vip {
+                addr: VIP_V4.into(),
+                port: VIP_PORT,
+                proto: PROTO_TCP,
+                index: VIP_V4_TCP,
+                flags: 0,
+            },
             &all,
             RING,
         )?;
@@ -1290,11 +1296,13 @@ fn tcp_flow_pinned_to_cleared_backend_moves_on() -> Result<()> {
             .collect();
         publish(
             &mut lb.dp,
-            VIP_V4.into(),
-            VIP_PORT,
-            PROTO_TCP,
-            VIP_V4_TCP,
-            0,
+            &Vip {
+                addr: VIP_V4.into(),
+                port: VIP_PORT,
+                proto: PROTO_TCP,
+                index: VIP_V4_TCP,
+                flags: 0,
+            },
             &remaining,
             RING,
         )?;
@@ -1388,21 +1396,25 @@ fn xdp_tx_when_backend_is_behind_ingress() -> Result<()> {
     with_lb(RING, FibCache::Off, |lb| {
         publish(
             &mut lb.dp,
-            VIP_V4.into(),
-            8001,
-            PROTO_UDP,
-            10,
-            0,
+            &Vip {
+                addr: VIP_V4.into(),
+                port: 8001,
+                proto: PROTO_UDP,
+                index: 10,
+                flags: 0,
+            },
             &[(TX_V4_ID, TX_BACKEND_V4.into())],
             RING,
         )?;
         publish(
             &mut lb.dp,
-            VIP_V6.into(),
-            8001,
-            PROTO_UDP,
-            11,
-            0,
+            &Vip {
+                addr: VIP_V6.into(),
+                port: 8001,
+                proto: PROTO_UDP,
+                index: 11,
+                flags: 0,
+            },
             &[(TX_V6_ID, TX_BACKEND_V6.into())],
             RING,
         )?;
@@ -1462,21 +1474,25 @@ fn fib_no_neighbour_passes_rewritten() -> Result<()> {
     with_lb(RING, FibCache::Off, |lb| {
         publish(
             &mut lb.dp,
-            VIP_V4.into(),
-            8002,
-            PROTO_UDP,
-            12,
-            0,
+            &Vip {
+                addr: VIP_V4.into(),
+                port: 8002,
+                proto: PROTO_UDP,
+                index: 12,
+                flags: 0,
+            },
             &[(NO_NEIGH_V4_ID, NO_NEIGH_V4.into())],
             RING,
         )?;
         publish(
             &mut lb.dp,
-            VIP_V6.into(),
-            8002,
-            PROTO_UDP,
-            13,
-            0,
+            &Vip {
+                addr: VIP_V6.into(),
+                port: 8002,
+                proto: PROTO_UDP,
+                index: 13,
+                flags: 0,
+            },
             &[(NO_NEIGH_V6_ID, NO_NEIGH_V6.into())],
             RING,
         )?;
@@ -1526,21 +1542,25 @@ fn fib_no_route_passes_fib_failed() -> Result<()> {
     with_lb(RING, FibCache::Off, |lb| {
         publish(
             &mut lb.dp,
-            VIP_V4.into(),
-            8003,
-            PROTO_TCP,
-            14,
-            0,
+            &Vip {
+                addr: VIP_V4.into(),
+                port: 8003,
+                proto: PROTO_TCP,
+                index: 14,
+                flags: 0,
+            },
             &[(NO_ROUTE_V4_ID, NO_ROUTE_V4.into())],
             RING,
         )?;
         publish(
             &mut lb.dp,
-            VIP_V6.into(),
-            8003,
-            PROTO_TCP,
-            15,
-            0,
+            &Vip {
+                addr: VIP_V6.into(),
+                port: 8003,
+                proto: PROTO_TCP,
+                index: 15,
+                flags: 0,
+            },
             &[(NO_ROUTE_V6_ID, NO_ROUTE_V6.into())],
             RING,
         )?;
