@@ -9,5 +9,6 @@ pub mod hash;
 pub mod maglev;
 pub mod maps;
 pub mod quic;
+pub mod quic_lb;
 
 pub use maps::*;
