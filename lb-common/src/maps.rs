@@ -130,21 +130,51 @@ pub struct ServerIdKey {
     pub sid: [u8; 16],
 }
 
-/// QUIC-LB modes (`QuicLbConfig::mode`). 0 means the config rotation value is not configured.
+/// QUIC-LB modes (`QuicLbConfig::mode`): `quic_lb::Mode as u8`, and 0 for a config
+/// rotation value that is not configured.
 pub const QUIC_LB_MODE_NONE: u8 = 0;
-pub const QUIC_LB_MODE_PLAINTEXT: u8 = 1;
+pub const QUIC_LB_MODE_PLAINTEXT: u8 = crate::quic_lb::Mode::Plaintext as u8;
+pub const QUIC_LB_MODE_SINGLE_PASS: u8 = crate::quic_lb::Mode::SinglePass as u8;
+pub const QUIC_LB_MODE_FOUR_PASS: u8 = crate::quic_lb::Mode::FourPass as u8;
 
-/// `LB_QUIC_CFG` value, indexed by `vip_index * QUIC_LB_CONFIGS_PER_VIP + config_id`.
+/// `LB_QUIC_CFG` value, indexed by `vip_index * QUIC_LB_CONFIGS_PER_VIP + config_id`: one
+/// QUIC-LB configuration with its AES round keys expanded by userspace (the program never
+/// runs the key schedule). 356 octets; the program reads it in place, never copies it.
 #[repr(C)]
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct QuicLbConfig {
     pub mode: u8,
     pub sid_len: u8,
     pub nonce_len: u8,
     pub _pad: u8,
+    /// Zero in plaintext mode.
+    pub keys: crate::quic_lb::RoundKeys,
+}
+
+impl Default for QuicLbConfig {
+    fn default() -> Self {
+        QuicLbConfig {
+            mode: QUIC_LB_MODE_NONE,
+            sid_len: 0,
+            nonce_len: 0,
+            _pad: 0,
+            keys: crate::quic_lb::RoundKeys::ZERO,
+        }
+    }
 }
 
 impl QuicLbConfig {
+    /// The map value for a validated configuration.
+    pub const fn from_config(cfg: &crate::quic_lb::Config) -> Self {
+        QuicLbConfig {
+            mode: cfg.mode() as u8,
+            sid_len: cfg.server_id_len(),
+            nonce_len: cfg.nonce_len(),
+            _pad: 0,
+            keys: cfg.round_keys(),
+        }
+    }
+
     /// Octets a CID must have to be decodable under this config (first octet included).
     #[inline(always)]
     pub fn cid_len(&self) -> usize {
@@ -394,7 +424,7 @@ mod tests {
         assert_eq!(size_of::<VipMeta>(), 16);
         assert_eq!(size_of::<Backend>(), 20);
         assert_eq!(size_of::<ServerIdKey>(), 24);
-        assert_eq!(size_of::<QuicLbConfig>(), 4);
+        assert_eq!(size_of::<QuicLbConfig>(), 356);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<ConnEntry>(), 8);
         assert_eq!(size_of::<Counter>(), 16);

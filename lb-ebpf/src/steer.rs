@@ -4,9 +4,11 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_VALID, ConnEntry, FlowKey, MAGLEV_RING_MAX, PROTO_TCP,
-    PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_MAX_SID_LEN, QUIC_LB_MODE_NONE,
-    QUIC_LB_MODE_PLAINTEXT, QUIC_LB_UNROUTABLE_CR, Reason, ServerIdKey, VIP_F_QUIC_LB, VipMeta,
-    hash::flow_hash, quic,
+    PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_UNROUTABLE_CR, Reason, ServerIdKey, VIP_F_QUIC_LB,
+    VipMeta,
+    hash::flow_hash,
+    quic,
+    quic_lb::{self, Mode},
 };
 
 use crate::{
@@ -49,11 +51,13 @@ pub fn choose_backend(
     table_or_maglev(flow, vip, c)
 }
 
+/// The 19 octets after a CID's first octet, from two little-endian word loads and a tail.
 #[inline(always)]
-fn sid_octets(lo: u64, hi: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&lo.to_le_bytes());
-    out[8..].copy_from_slice(&hi.to_le_bytes());
+fn cid_block(head: [u64; 2], tail: [u8; 3]) -> [u8; quic_lb::BLOCK_LEN] {
+    let mut out = [0u8; quic_lb::BLOCK_LEN];
+    out[..8].copy_from_slice(&head[0].to_le_bytes());
+    out[8..16].copy_from_slice(&head[1].to_le_bytes());
+    out[16..].copy_from_slice(&tail);
     out
 }
 
@@ -146,20 +150,28 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
     if cr == QUIC_LB_UNROUTABLE_CR {
         return Err(fallback(Reason::FallbackUnroutable));
     }
-    let cfg = *LB_QUIC_CFG
+    // A reference into the map value: the config carries 352 octets of round keys, more
+    // than the stack can spare.
+    let cfg = LB_QUIC_CFG
         .get(vip.index * QUIC_LB_CONFIGS_PER_VIP + cr as u32)
         .ok_or(fallback(Reason::FallbackNoConfig))?;
-    if cfg.mode == QUIC_LB_MODE_NONE {
+    let Some(mode) = Mode::from_raw(cfg.mode) else {
         return Err(fallback(Reason::FallbackNoConfig));
-    }
-    let sid_len = cfg.sid_len as usize;
+    };
     if dcid_len < cfg.cid_len() {
         return Err(fallback(Reason::FallbackUnroutable));
     }
-    if cfg.mode != QUIC_LB_MODE_PLAINTEXT || sid_len == 0 || sid_len > QUIC_LB_MAX_SID_LEN {
-        // Encrypted modes arrive with the QUIC-LB codec; until then they are unroutable.
-        return Err(fallback(Reason::FallbackNoConfig));
-    }
+    // Load a fixed block after the DCID's first octet with constant-size word loads (no
+    // helper call): 16 octets cover any plaintext server ID, the encrypted modes need all 19
+    // (server ID + nonce). Any real QUIC packet has that much there: a 16-octet AEAD tag
+    // follows the header.
+    let head = load::<[u64; 2]>(ctx, dcid_off + 1).ok_or(fallback(Reason::FallbackUnroutable))?;
+    let tail = if mode == Mode::Plaintext {
+        [0u8; 3]
+    } else {
+        read::<[u8; 3]>(ctx, dcid_off + 17).ok_or(fallback(Reason::FallbackUnroutable))?
+    };
+    let block = cid_block(head, tail);
     let mut key = ServerIdKey {
         vip_index: vip.index,
         config_id: cr,
@@ -167,22 +179,19 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
         _pad: [0; 2],
         sid: [0; 16],
     };
-    // Load a fixed 16 octets after the DCID's first octet and clear what is not server ID:
-    // constant-size word loads, no helper call, and any real QUIC packet has that much there
-    // (a 16-octet AEAD tag follows the header).
-    let words = load::<[u64; 2]>(ctx, dcid_off + 1).ok_or(fallback(Reason::FallbackUnroutable))?;
-    // Octet i of the ID is bits 8i..8i+8 of the little-endian words.
-    let keep = |n: usize| {
-        if n >= 8 {
-            u64::MAX
-        } else {
-            (1u64 << (8 * n)) - 1
-        }
-    };
-    key.sid = sid_octets(
-        words[0] & keep(sid_len),
-        words[1] & keep(sid_len.saturating_sub(8)),
-    );
+    // The one QUIC-LB implementation (lb_common::quic_lb), shared with the encoder that
+    // userspace and the servers use.
+    if !quic_lb::decode_block(
+        mode,
+        cfg.sid_len,
+        cfg.nonce_len,
+        &cfg.keys,
+        &block,
+        &mut key.sid,
+    ) {
+        // Lengths that do not form a valid config for the mode: a bad map entry.
+        return Err(fallback(Reason::FallbackNoConfig));
+    }
     match unsafe { LB_SERVER_IDS.get(&key) } {
         Some(id) => Ok(*id),
         None => Err(fallback(Reason::FallbackUnknownServer)),

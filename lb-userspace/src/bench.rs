@@ -124,6 +124,28 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         case(
+            "quic_short_single_pass_v4",
+            udp(
+                c4,
+                v4,
+                fixture::VIP_PORT,
+                quic::short(&fixture::dcid_under(fixture::SINGLE_PASS_CR, 0, 7), 64),
+            ),
+            &[RoutedCid, FibCached, Redirect],
+            vec![],
+        ),
+        case(
+            "quic_short_four_pass_v4",
+            udp(
+                c4,
+                v4,
+                fixture::VIP_PORT,
+                quic::short(&fixture::dcid_under(fixture::FOUR_PASS_CR, 0, 7), 64),
+            ),
+            &[RoutedCid, FibCached, Redirect],
+            vec![],
+        ),
+        case(
             "quic_short_plaintext_v6",
             short(c6, v6),
             &[RoutedCid, FibCached, Redirect],

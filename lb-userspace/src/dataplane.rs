@@ -12,7 +12,7 @@ use lb_common::{
     BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, FAMILY_V4,
     FAMILY_V6, FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX,
     QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REASON_COUNT, Reason, ServerIdKey, Settings, VipKey,
-    VipMeta, maglev_ring_base, map_names, program_names,
+    VipMeta, maglev_ring_base, map_names, program_names, quic_lb,
 };
 use thiserror::Error;
 
@@ -367,23 +367,25 @@ impl Dataplane {
             .map_err(map_err(map_names::MAGLEV))
     }
 
-    pub fn set_quic_config(
-        &mut self,
-        vip_index: u32,
-        config_id: u8,
-        cfg: &QuicLbConfig,
-    ) -> Result<()> {
-        if config_id as u32 >= QUIC_LB_CONFIGS_PER_VIP - 1 {
+    /// Install a QUIC-LB configuration (validated by `quic_lb::Config::new`) for the VIP under
+    /// its config rotation value, with its AES round keys expanded here.
+    pub fn set_quic_config(&mut self, vip_index: u32, cfg: &quic_lb::Config) -> Result<()> {
+        self.write_quic_config(vip_index, cfg.config_id(), &QuicLbConfig::from_config(cfg))
+    }
+
+    /// Remove the VIP's configuration under `config_id`: its CIDs take the fallback.
+    pub fn clear_quic_config(&mut self, vip_index: u32, config_id: u8) -> Result<()> {
+        self.write_quic_config(vip_index, config_id, &QuicLbConfig::default())
+    }
+
+    fn write_quic_config(&mut self, vip_index: u32, config_id: u8, v: &QuicLbConfig) -> Result<()> {
+        if config_id > quic_lb::MAX_CONFIG_ID {
             return Err(DataplaneError::Invalid(format!(
                 "QUIC-LB config rotation {config_id} is not 0..=6 (0b111 is reserved as unroutable)"
             )));
         }
         self.quic_cfg
-            .set(
-                vip_index * QUIC_LB_CONFIGS_PER_VIP + config_id as u32,
-                cfg,
-                0,
-            )
+            .set(vip_index * QUIC_LB_CONFIGS_PER_VIP + config_id as u32, v, 0)
             .map_err(map_err(map_names::QUIC_CFG))
     }
 

@@ -159,7 +159,7 @@ pub mod fixture {
     use std::net::IpAddr;
 
     use anyhow::Result;
-    use lb_common::{PROTO_TCP, PROTO_UDP, QUIC_LB_MODE_PLAINTEXT, QuicLbConfig, VIP_F_QUIC_LB};
+    use lb_common::{PROTO_TCP, PROTO_UDP, VIP_F_QUIC_LB, quic_lb};
 
     use super::*;
     use crate::{
@@ -211,13 +211,52 @@ pub mod fixture {
         c
     }
 
-    pub fn plaintext_config() -> QuicLbConfig {
-        QuicLbConfig {
-            mode: QUIC_LB_MODE_PLAINTEXT,
-            sid_len: SID_LEN,
-            nonce_len: NONCE_LEN,
-            _pad: 0,
+    pub fn plaintext_config() -> quic_lb::Config {
+        quic_lb::Config::new(QUIC_CR, SID_LEN, NONCE_LEN, None, true).expect("valid fixture config")
+    }
+
+    /// QUIC-LB config 1 of the QUIC VIPs: single-pass AES (4-octet server ID + 12-octet
+    /// nonce = one block).
+    pub const SINGLE_PASS_CR: u8 = 1;
+    pub const SINGLE_PASS_KEY: [u8; 16] = *b"lb-fixture-key-1";
+    /// QUIC-LB config 2 of the QUIC VIPs: four-pass AES with an odd plaintext (3 + 6 octets),
+    /// so the Feistel halves split an octet.
+    pub const FOUR_PASS_CR: u8 = 2;
+    pub const FOUR_PASS_KEY: [u8; 16] = *b"lb-fixture-key-2";
+
+    /// The fixture's QUIC-LB configuration for config rotation value `cr` (0, 1 or 2).
+    pub fn quic_config(cr: u8) -> quic_lb::Config {
+        let (sid, nonce, key) = match cr {
+            QUIC_CR => return plaintext_config(),
+            SINGLE_PASS_CR => (4, 12, SINGLE_PASS_KEY),
+            FOUR_PASS_CR => (3, 6, FOUR_PASS_KEY),
+            _ => panic!("the fixture has QUIC-LB configs 0, 1 and 2, not {cr}"),
+        };
+        quic_lb::Config::new(cr, sid, nonce, Some(key), true).expect("valid fixture config")
+    }
+
+    /// Server ID of backend `i` under config `cr`: its last octet is 1 + i, the first names
+    /// the config, zeros between.
+    pub fn server_id_under(cr: u8, i: u8) -> Vec<u8> {
+        let len = quic_config(cr).server_id_len() as usize;
+        let mut sid = vec![0u8; len];
+        sid[0] = 0x0a + cr;
+        sid[len - 1] = 0x01 + i;
+        if len == 1 {
+            sid[0] = 0x01 + i;
         }
+        sid
+    }
+
+    /// A CID for backend `i` under config `cr`, nonce octets all `nonce`, length
+    /// self-encoded, encoded by the shared codec.
+    pub fn dcid_under(cr: u8, i: u8, nonce: u8) -> Vec<u8> {
+        let cfg = quic_config(cr);
+        let nonce = vec![nonce; cfg.nonce_len() as usize];
+        let mut out = [0u8; quic_lb::MAX_CID_LEN];
+        let n = quic_lb::encode(&cfg, &server_id_under(cr, i), &nonce, 0, &mut out)
+            .expect("fixture server ID and nonce fit the config");
+        out[..n].to_vec()
     }
 
     fn weighted(ids: &[(u32, IpAddr)]) -> Vec<WeightedBackend> {
@@ -344,9 +383,11 @@ pub mod fixture {
             (VIP_V4_QUIC, v4_backend_id as fn(u8) -> u32),
             (VIP_V6_QUIC, v6_backend_id),
         ] {
-            dp.set_quic_config(vip, QUIC_CR, &plaintext_config())?;
-            for i in 0..BACKENDS {
-                dp.set_server_id(vip, QUIC_CR, &server_id(i), id_of(i))?;
+            for cr in [QUIC_CR, SINGLE_PASS_CR, FOUR_PASS_CR] {
+                dp.set_quic_config(vip, &quic_config(cr))?;
+                for i in 0..BACKENDS {
+                    dp.set_server_id(vip, cr, &server_id_under(cr, i), id_of(i))?;
+                }
             }
         }
         Ok(())

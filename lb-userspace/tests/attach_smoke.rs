@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
 use aya::programs::loaded_programs;
-use lb_common::{Counter, Reason};
+use lb_common::{Counter, CounterBlock, Reason};
 use lb_userspace::netns::{Mac, NetNs, remove_stale, veth_pair};
 use serde_json::Value;
 
@@ -220,14 +220,14 @@ fn pass_counter(prog_id: u32, reason: Reason) -> Counter {
         })
         .unwrap_or_else(|| panic!("program {prog_id} uses no LB_STATS map (maps {map_ids:?})"));
     let map = Map::from_map_data(MapData::from_id(stats_id).unwrap()).unwrap();
-    let stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).unwrap();
+    let stats: PerCpuArray<_, CounterBlock> = PerCpuArray::try_from(map).unwrap();
     stats
-        .get(&(reason as u32), 0)
+        .get(&0, 0)
         .unwrap()
         .iter()
-        .fold(Counter::default(), |a, c| Counter {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
+        .fold(Counter::default(), |a, b| Counter {
+            packets: a.packets + b.by_reason[reason as usize].packets,
+            bytes: a.bytes + b.by_reason[reason as usize].bytes,
         })
 }
 
