@@ -2,8 +2,10 @@
 //! binary and the tests are built from.
 
 pub mod bench;
+pub mod cid_cli;
 pub mod dataplane;
 pub mod maglev;
 pub mod netns;
 pub mod packet;
+pub mod quic_lb;
 pub mod testbed;

@@ -42,6 +42,8 @@ enum Command {
         #[arg(long, default_value_t = bench::DEFAULT_ROUNDS)]
         rounds: u32,
     },
+    /// Encode or decode QUIC-LB connection IDs (exit 2: bad arguments, 3: unroutable CID).
+    Cid(lb_userspace::cid_cli::CidArgs),
 }
 
 fn attach(iface: &str, ns: Option<&str>, generic: bool) -> Result<()> {
@@ -128,5 +130,10 @@ fn main() -> Result<()> {
                 rounds,
             })
         }
+        Command::Cid(args) => std::process::exit(lb_userspace::cid_cli::run(
+            &args,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
     }
 }
