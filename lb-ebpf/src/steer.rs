@@ -166,12 +166,6 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
     // (server ID + nonce). Any real QUIC packet has that much there: a 16-octet AEAD tag
     // follows the header.
     let head = load::<[u64; 2]>(ctx, dcid_off + 1).ok_or(fallback(Reason::FallbackUnroutable))?;
-    let tail = if mode == Mode::Plaintext {
-        [0u8; 3]
-    } else {
-        read::<[u8; 3]>(ctx, dcid_off + 17).ok_or(fallback(Reason::FallbackUnroutable))?
-    };
-    let block = cid_block(head, tail);
     let mut key = ServerIdKey {
         vip_index: vip.index,
         config_id: cr,
@@ -180,17 +174,24 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
         sid: [0; 16],
     };
     // The one QUIC-LB implementation (lb_common::quic_lb), shared with the encoder that
-    // userspace and the servers use.
-    if !quic_lb::decode_block(
-        mode,
-        cfg.sid_len,
-        cfg.nonce_len,
-        &cfg.keys,
-        &block,
-        &mut key.sid,
-    ) {
-        // Lengths that do not form a valid config for the mode: a bad map entry.
-        return Err(fallback(Reason::FallbackNoConfig));
+    // userspace and the servers use; plaintext has its own fast path there.
+    if mode == Mode::Plaintext && quic_lb::lengths_valid(cfg.sid_len, cfg.nonce_len) {
+        key.sid = quic_lb::plaintext_server_id(head, cfg.sid_len);
+    } else {
+        let tail =
+            read::<[u8; 3]>(ctx, dcid_off + 17).ok_or(fallback(Reason::FallbackUnroutable))?;
+        let block = cid_block(head, tail);
+        if !quic_lb::decode_block(
+            mode,
+            cfg.sid_len,
+            cfg.nonce_len,
+            &cfg.keys,
+            &block,
+            &mut key.sid,
+        ) {
+            // Lengths that do not form a valid config for the mode: a bad map entry.
+            return Err(fallback(Reason::FallbackNoConfig));
+        }
     }
     match unsafe { LB_SERVER_IDS.get(&key) } {
         Some(id) => Ok(*id),

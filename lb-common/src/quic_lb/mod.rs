@@ -476,6 +476,29 @@ pub fn decode(
     Codec::new(*cfg).decode(cid, server_id_out)
 }
 
+/// Plaintext fast path of [`decode_block`] for the data plane: `head` is the 16 octets after
+/// the CID's first octet as two little-endian 64-bit words (two loads from the packet), and
+/// the result is what `decode_block(Mode::Plaintext, ..)` writes: the server ID octets, then
+/// zeros. Plaintext needs no key and no block assembly, so the XDP program skips both.
+/// `sid_len` must be 1..=15 (the caller has validated the configuration).
+#[inline(always)]
+pub fn plaintext_server_id(head: [u64; 2], sid_len: u8) -> [u8; 16] {
+    // Octet i of the server ID is bits 8i..8i+8 of the little-endian words.
+    let keep = |n: u8| {
+        if n >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * n as u32)) - 1
+        }
+    };
+    let lo = (head[0] & keep(sid_len)).to_le_bytes();
+    let hi = (head[1] & keep(sid_len.saturating_sub(8))).to_le_bytes();
+    [
+        lo[0], lo[1], lo[2], lo[3], lo[4], lo[5], lo[6], lo[7], hi[0], hi[1], hi[2], hi[3], hi[4],
+        hi[5], hi[6], hi[7],
+    ]
+}
+
 /// The data-path decoder: extracts the server ID from `block`, the 19 octets that follow the
 /// first CID octet in the packet (octets past `sid_len + nonce_len` are ignored, so the
 /// program can load a fixed 19 octets whatever the configuration).

@@ -750,3 +750,32 @@ fn round_keys_layout_fits_a_map_value() {
     assert_eq!(core::mem::size_of::<RoundKeys>(), 352);
     assert_eq!(core::mem::align_of::<RoundKeys>(), 4);
 }
+
+#[test]
+fn plaintext_fast_path_matches_decode_block() {
+    let mut rng = Rng(0x5eed_0001);
+    for _ in 0..2_000 {
+        let mut block = [0u8; BLOCK_LEN];
+        rng.fill(&mut block);
+        let head = [
+            u64::from_le_bytes(block[..8].try_into().unwrap()),
+            u64::from_le_bytes(block[8..16].try_into().unwrap()),
+        ];
+        for sid_len in 1..=MAX_SERVER_ID_LEN as u8 {
+            let mut want = [0xeeu8; 16];
+            assert!(decode_block(
+                Mode::Plaintext,
+                sid_len,
+                4,
+                &RoundKeys::ZERO,
+                &block,
+                &mut want
+            ));
+            assert_eq!(
+                plaintext_server_id(head, sid_len),
+                want,
+                "sid_len {sid_len}"
+            );
+        }
+    }
+}
