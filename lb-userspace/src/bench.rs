@@ -304,9 +304,9 @@ pub fn run(opts: &Options) -> Result<()> {
             ratio: median(r),
         })
         .collect();
-    println!("{:<26} {:>10} {:>8}", "case", "ns/packet", "ratio");
+    println!("{:<38} {:>10} {:>8}", "case", "ns/packet", "ratio");
     for r in &results {
-        println!("{:<26} {:>10.1} {:>7.2}x", r.name, r.ns, r.ratio);
+        println!("{:<38} {:>10.1} {:>7.2}x", r.name, r.ns, r.ratio);
     }
     println!(
         "(medians of {} rounds; ratio = median of case / the floor measured just before it)",
