@@ -319,66 +319,23 @@ pub mod fixture {
             dp.set_backend(id, &backend(ip, BACKEND_PORT))?;
         }
         let (vip4, vip6) = (IpAddr::from(VIP_V4), IpAddr::from(VIP_V6));
-        publish(
-            dp,
-            &Vip {
-                addr: vip4,
-                port: VIP_PORT,
-                proto: PROTO_UDP,
-                index: VIP_V4_QUIC,
-                flags: VIP_F_QUIC_LB,
-            },
-            &v4,
-            ring_size,
-        )?;
-        publish(
-            dp,
-            &Vip {
-                addr: vip4,
-                port: VIP_PORT,
-                proto: PROTO_TCP,
-                index: VIP_V4_TCP,
-                flags: 0,
-            },
-            &v4,
-            ring_size,
-        )?;
-        publish(
-            dp,
-            &Vip {
-                addr: vip6,
-                port: VIP_PORT,
-                proto: PROTO_UDP,
-                index: VIP_V6_QUIC,
-                flags: VIP_F_QUIC_LB,
-            },
-            &v6,
-            ring_size,
-        )?;
-        publish(
-            dp,
-            &Vip {
-                addr: vip6,
-                port: VIP_PORT,
-                proto: PROTO_TCP,
-                index: VIP_V6_TCP,
-                flags: 0,
-            },
-            &v6,
-            ring_size,
-        )?;
-        publish(
-            dp,
-            &Vip {
-                addr: vip4,
-                port: PLAIN_UDP_PORT,
-                proto: PROTO_UDP,
-                index: VIP_V4_PLAIN_UDP,
-                flags: 0,
-            },
-            &v4,
-            ring_size,
-        )?;
+        let standard = [
+            (vip4, VIP_PORT, PROTO_UDP, VIP_V4_QUIC, VIP_F_QUIC_LB, &v4),
+            (vip4, VIP_PORT, PROTO_TCP, VIP_V4_TCP, 0, &v4),
+            (vip6, VIP_PORT, PROTO_UDP, VIP_V6_QUIC, VIP_F_QUIC_LB, &v6),
+            (vip6, VIP_PORT, PROTO_TCP, VIP_V6_TCP, 0, &v6),
+            (vip4, PLAIN_UDP_PORT, PROTO_UDP, VIP_V4_PLAIN_UDP, 0, &v4),
+        ];
+        for (addr, port, proto, index, flags, backends) in standard {
+            let vip = Vip {
+                addr,
+                port,
+                proto,
+                index,
+                flags,
+            };
+            publish(dp, &vip, backends, ring_size)?;
+        }
         for (vip, id_of) in [
             (VIP_V4_QUIC, v4_backend_id as fn(u8) -> u32),
             (VIP_V6_QUIC, v6_backend_id),

@@ -1329,29 +1329,21 @@ fn maglev_matches_host_hash_and_spreads_flows() -> Result<()> {
 #[test]
 fn xdp_tx_when_backend_is_behind_ingress() -> Result<()> {
     with_lb(RING, FibCache::Off, |lb| {
-        publish(
-            &mut lb.dp,
-            &Vip {
-                addr: VIP_V4.into(),
-                port: 8001,
-                proto: PROTO_UDP,
-                index: 10,
-                flags: 0,
-            },
-            &[(TX_V4_ID, TX_BACKEND_V4.into())],
-            RING,
+        publish_single(
+            lb,
+            VIP_V4.into(),
+            8001,
+            PROTO_UDP,
+            10,
+            (TX_V4_ID, TX_BACKEND_V4.into()),
         )?;
-        publish(
-            &mut lb.dp,
-            &Vip {
-                addr: VIP_V6.into(),
-                port: 8001,
-                proto: PROTO_UDP,
-                index: 11,
-                flags: 0,
-            },
-            &[(TX_V6_ID, TX_BACKEND_V6.into())],
-            RING,
+        publish_single(
+            lb,
+            VIP_V6.into(),
+            8001,
+            PROTO_UDP,
+            11,
+            (TX_V6_ID, TX_BACKEND_V6.into()),
         )?;
         let cases = [
             (
@@ -1407,29 +1399,21 @@ fn xdp_tx_when_backend_is_behind_ingress() -> Result<()> {
 #[test]
 fn fib_no_neighbour_passes_rewritten() -> Result<()> {
     with_lb(RING, FibCache::Off, |lb| {
-        publish(
-            &mut lb.dp,
-            &Vip {
-                addr: VIP_V4.into(),
-                port: 8002,
-                proto: PROTO_UDP,
-                index: 12,
-                flags: 0,
-            },
-            &[(NO_NEIGH_V4_ID, NO_NEIGH_V4.into())],
-            RING,
+        publish_single(
+            lb,
+            VIP_V4.into(),
+            8002,
+            PROTO_UDP,
+            12,
+            (NO_NEIGH_V4_ID, NO_NEIGH_V4.into()),
         )?;
-        publish(
-            &mut lb.dp,
-            &Vip {
-                addr: VIP_V6.into(),
-                port: 8002,
-                proto: PROTO_UDP,
-                index: 13,
-                flags: 0,
-            },
-            &[(NO_NEIGH_V6_ID, NO_NEIGH_V6.into())],
-            RING,
+        publish_single(
+            lb,
+            VIP_V6.into(),
+            8002,
+            PROTO_UDP,
+            13,
+            (NO_NEIGH_V6_ID, NO_NEIGH_V6.into()),
         )?;
         let cases = [
             (
@@ -1475,29 +1459,21 @@ fn fib_no_neighbour_passes_rewritten() -> Result<()> {
 #[test]
 fn fib_no_route_passes_fib_failed() -> Result<()> {
     with_lb(RING, FibCache::Off, |lb| {
-        publish(
-            &mut lb.dp,
-            &Vip {
-                addr: VIP_V4.into(),
-                port: 8003,
-                proto: PROTO_TCP,
-                index: 14,
-                flags: 0,
-            },
-            &[(NO_ROUTE_V4_ID, NO_ROUTE_V4.into())],
-            RING,
+        publish_single(
+            lb,
+            VIP_V4.into(),
+            8003,
+            PROTO_TCP,
+            14,
+            (NO_ROUTE_V4_ID, NO_ROUTE_V4.into()),
         )?;
-        publish(
-            &mut lb.dp,
-            &Vip {
-                addr: VIP_V6.into(),
-                port: 8003,
-                proto: PROTO_TCP,
-                index: 15,
-                flags: 0,
-            },
-            &[(NO_ROUTE_V6_ID, NO_ROUTE_V6.into())],
-            RING,
+        publish_single(
+            lb,
+            VIP_V6.into(),
+            8003,
+            PROTO_TCP,
+            15,
+            (NO_ROUTE_V6_ID, NO_ROUTE_V6.into()),
         )?;
         let cases = [
             (

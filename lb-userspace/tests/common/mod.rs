@@ -538,3 +538,26 @@ pub fn maglev_pick(lb: &Lb, p: &Pkt) -> u32 {
         .ring_slot(&meta, flow_hash(&k) % meta.ring_size)
         .expect("reading LB_MAGLEV")
 }
+
+/// Publish a plain (non-QUIC) VIP `addr:port/proto` with index `index` and one backend, for
+/// the forwarding cases (TX, no neighbour, no route) that need a VIP of their own.
+pub fn publish_single(
+    lb: &mut Lb,
+    addr: IpAddr,
+    port: u16,
+    proto: u8,
+    index: u32,
+    backend: (u32, IpAddr),
+) -> Result<()> {
+    let vip = Vip {
+        addr,
+        port,
+        proto,
+        index,
+        flags: 0,
+    };
+    publish(&mut lb.dp, &vip, &[backend], RING_FOR_SINGLE_BACKEND)
+}
+
+/// A small prime: one backend fills any ring.
+const RING_FOR_SINGLE_BACKEND: u32 = 251;
