@@ -51,6 +51,10 @@ pub mod map_names {
     pub const SETTINGS: &str = "LB_SETTINGS";
     pub const BENCH_TEMPLATE: &str = "BENCH_TEMPLATE";
     pub const BENCH_TARGET: &str = "BENCH_TARGET";
+    /// Reverse NAT: (backend address, port, protocol) -> (VIP, VIP port).
+    pub const RNAT: &str = "LB_RNAT";
+    /// Per-CPU counters of the reverse-NAT program, one slot per [`RnatReason`](super::RnatReason).
+    pub const RNAT_STATS: &str = "LB_RNAT_STATS";
 }
 
 /// Program names in the BPF object.
@@ -61,6 +65,8 @@ pub mod program_names {
     pub const BENCH_HARNESS: &str = "lb_bench_harness";
     /// Does nothing (XDP_PASS): the floor every benchmark ratio is taken against.
     pub const BENCH_EMPTY: &str = "lb_bench_empty";
+    /// Reverse NAT: TC (clsact ingress) on the interfaces that face backends.
+    pub const TC_RNAT: &str = "lb_tc_rnat";
 }
 
 /// `LB_VIPS` key: (address, port, protocol). Four-octet aligned, like every key and value
@@ -395,6 +401,83 @@ pub struct BenchTemplate {
     pub data: [u8; BENCH_TEMPLATE_MAX],
 }
 
+/// Capacity of `LB_RNAT`: one entry per (backend address, port, protocol).
+pub const MAX_RNAT: u32 = 16384;
+
+/// `LB_RNAT` key: a backend's (address, port, protocol) as its replies carry them in their
+/// source. Same layout as [`VipKey`]. Stateless reverse NAT needs the key to name one VIP:
+/// a backend (address, port, protocol) may serve only one (VIP, VIP port).
+#[repr(C, align(4))]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RnatKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `LB_RNAT` value: the source the reply must leave with. Same family as the key (no NAT46).
+#[repr(C, align(4))]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RnatValue {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Outcome of one packet through the reverse-NAT TC program; `LB_RNAT_STATS[reason]`
+/// counts them (a partition: every packet bumps exactly one). Separate from the XDP
+/// program's [`Reason`] so neither numbering moves when the other grows.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RnatReason {
+    /// Source rewritten to the VIP.
+    Rewritten = 0,
+    /// UDP/TCP, but (source address, port, protocol) is not in `LB_RNAT`; or not UDP/TCP.
+    PassNotBackend = 1,
+    /// Truncated or inconsistent headers (also: IPv6 UDP with checksum 0).
+    PassMalformed = 2,
+    /// Not IPv4/IPv6, or more than one VLAN tag.
+    PassNotIp = 3,
+    /// IPv4 fragment: only the first carries ports, so none is rewritten.
+    PassFragment = 4,
+    /// IPv6 extension header before UDP/TCP.
+    PassIpv6Ext = 5,
+    /// A backend reply whose rewrite failed half-way in a kernel helper: dropped, as it can
+    /// no longer reach the client intact.
+    DropRewriteFailed = 6,
+}
+
+pub const RNAT_REASON_COUNT: u32 = 7;
+/// Slots in `LB_RNAT_STATS` (room for future reasons without a layout change).
+pub const RNAT_REASON_STRIDE: u32 = 16;
+const _: () = assert!(RNAT_REASON_COUNT <= RNAT_REASON_STRIDE);
+
+impl RnatReason {
+    pub const ALL: [RnatReason; RNAT_REASON_COUNT as usize] = [
+        RnatReason::Rewritten,
+        RnatReason::PassNotBackend,
+        RnatReason::PassMalformed,
+        RnatReason::PassNotIp,
+        RnatReason::PassFragment,
+        RnatReason::PassIpv6Ext,
+        RnatReason::DropRewriteFailed,
+    ];
+
+    /// Stable snake_case name, for metrics labels and test messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RnatReason::Rewritten => "rewritten",
+            RnatReason::PassNotBackend => "pass_not_backend",
+            RnatReason::PassMalformed => "pass_malformed",
+            RnatReason::PassNotIp => "pass_not_ip",
+            RnatReason::PassFragment => "pass_fragment",
+            RnatReason::PassIpv6Ext => "pass_ipv6_ext",
+            RnatReason::DropRewriteFailed => "drop_rewrite_failed",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -411,6 +494,8 @@ mod pod {
     unsafe impl aya::Pod for BenchTemplate {}
     unsafe impl aya::Pod for FibCacheEntry {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for RnatKey {}
+    unsafe impl aya::Pod for RnatValue {}
 }
 
 #[cfg(test)]
@@ -430,6 +515,8 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<FibCacheEntry>(), 32);
         assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<RnatKey>(), 20);
+        assert_eq!(size_of::<RnatValue>(), 20);
     }
 
     #[test]
@@ -437,6 +524,16 @@ mod tests {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as u32, i as u32);
             for other in &Reason::ALL[..i] {
+                assert_ne!(r.name(), other.name());
+            }
+        }
+    }
+
+    #[test]
+    fn rnat_reasons_are_dense_and_named_uniquely() {
+        for (i, r) in RnatReason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32);
+            for other in &RnatReason::ALL[..i] {
                 assert_ne!(r.name(), other.name());
             }
         }

@@ -10,6 +10,7 @@
 mod maps;
 mod packet;
 mod rewrite;
+mod rnat;
 mod stats;
 mod steer;
 
@@ -91,6 +92,13 @@ pub fn lb_bench_harness(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_bench_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Reverse NAT on the interfaces that face backends (TC ingress): a reply from a backend's
+/// (address, port, protocol) leaves from its VIP. Never drops what is not ours (`rnat`).
+#[aya_ebpf::macros::classifier]
+pub fn lb_tc_rnat(ctx: aya_ebpf::programs::TcContext) -> i32 {
+    rnat::rnat(&ctx)
 }
 
 #[cfg(not(test))]

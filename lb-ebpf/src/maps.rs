@@ -56,3 +56,13 @@ pub static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_TARGET")]
 pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Reverse NAT for `lb_tc_rnat`: backend (address, port, protocol) -> (VIP, VIP port).
+#[map(name = "LB_RNAT")]
+pub static LB_RNAT: HashMap<lb_common::RnatKey, lb_common::RnatValue> =
+    HashMap::with_max_entries(lb_common::MAX_RNAT, 0);
+
+/// `lb_tc_rnat`'s counters, indexed by `lb_common::RnatReason`.
+#[map(name = "LB_RNAT_STATS")]
+pub static LB_RNAT_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(lb_common::RNAT_REASON_STRIDE, 0);

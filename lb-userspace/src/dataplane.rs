@@ -6,7 +6,10 @@ use std::{collections::HashMap as StdHashMap, net::IpAddr, time::Duration};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, ProgramArray},
-    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+        tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use lb_common::{
     BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, FAMILY_V4,
@@ -14,6 +17,7 @@ use lb_common::{
     QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REASON_COUNT, Reason, ServerIdKey, Settings, VipKey,
     VipMeta, maglev_ring_base, map_names, program_names, quic_lb,
 };
+use lb_common::{PROTO_TCP, PROTO_UDP, RNAT_REASON_COUNT, RnatKey, RnatReason, RnatValue};
 use thiserror::Error;
 
 /// The BPF object built by build.rs (empty when bpf-linker was missing at build time).
@@ -164,6 +168,10 @@ pub struct Dataplane {
     settings: Array<MapData, Settings>,
     /// Links made by `attach`, by interface index.
     links: StdHashMap<u32, XdpLinkId>,
+    rnat: HashMap<MapData, RnatKey, RnatValue>,
+    rnat_stats: PerCpuArray<MapData, Counter>,
+    /// Links made by `attach_rnat` (TC ingress), by interface index.
+    rnat_links: StdHashMap<u32, SchedClassifierLinkId>,
 }
 
 impl Dataplane {
@@ -200,6 +208,9 @@ impl Dataplane {
             .map_err(map_err(map_names::FIB_CACHE))?;
         let settings =
             Array::try_from(take(map_names::SETTINGS)?).map_err(map_err(map_names::SETTINGS))?;
+        let rnat = HashMap::try_from(take(map_names::RNAT)?).map_err(map_err(map_names::RNAT))?;
+        let rnat_stats = PerCpuArray::try_from(take(map_names::RNAT_STATS)?)
+            .map_err(map_err(map_names::RNAT_STATS))?;
         let mut dp = Dataplane {
             ebpf,
             vips,
@@ -214,6 +225,9 @@ impl Dataplane {
             fib_cache,
             settings,
             links: StdHashMap::new(),
+            rnat,
+            rnat_stats,
+            rnat_links: StdHashMap::new(),
         };
         dp.set_settings(&Settings {
             fib_cache_ttl_ns: FIB_CACHE_TTL_DEFAULT_NS,
@@ -516,6 +530,234 @@ impl Dataplane {
             ingress_ifindex,
             repeat,
         )
+    }
+}
+
+// ---- reverse NAT (TC) -------------------------------------------------------------------
+
+/// `lb_tc_rnat`'s counters summed over CPUs, indexed by `RnatReason`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RnatCounters(pub [Counter; RNAT_REASON_COUNT as usize]);
+
+impl RnatCounters {
+    pub fn get(&self, r: RnatReason) -> Counter {
+        self.0[r as usize]
+    }
+    pub fn packets(&self, r: RnatReason) -> u64 {
+        self.0[r as usize].packets
+    }
+    /// `self - before`, per reason (packets and bytes).
+    pub fn delta(&self, before: &RnatCounters) -> RnatCounters {
+        let mut d = RnatCounters::default();
+        for i in 0..RNAT_REASON_COUNT as usize {
+            d.0[i].packets = self.0[i].packets - before.0[i].packets;
+            d.0[i].bytes = self.0[i].bytes - before.0[i].bytes;
+        }
+        d
+    }
+    /// Reasons with a non-zero packet count, for readable assertions.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        RnatReason::ALL
+            .iter()
+            .filter(|r| self.0[**r as usize].packets != 0)
+            .map(|r| (r.name(), self.0[*r as usize].packets))
+            .collect()
+    }
+}
+
+/// `LB_RNAT` key for replies from `backend`:`port` over `proto`.
+pub fn rnat_key(backend: IpAddr, port: u16, proto: u8) -> RnatKey {
+    let (addr, family) = addr_key(backend);
+    RnatKey {
+        addr,
+        port,
+        proto,
+        family,
+    }
+}
+
+fn check_rnat_proto(proto: u8) -> Result<()> {
+    if proto == PROTO_UDP || proto == PROTO_TCP {
+        Ok(())
+    } else {
+        Err(DataplaneError::Invalid(format!(
+            "reverse NAT protocol {proto}: only UDP ({PROTO_UDP}) and TCP ({PROTO_TCP}) are rewritten"
+        )))
+    }
+}
+
+/// The interface name for `ifindex` in the calling thread's network namespace.
+fn ifname(ifindex: u32) -> Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE octets, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return Err(DataplaneError::Invalid(format!(
+            "no interface with index {ifindex} in this network namespace: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(name.to_string_lossy().into_owned())
+}
+
+impl Dataplane {
+    fn rnat_prog(&mut self) -> Result<&mut SchedClassifier> {
+        let name = program_names::TC_RNAT;
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        prog.try_into().map_err(prog_err(name))
+    }
+
+    /// Load (verify) the reverse-NAT TC program; a no-op if it is loaded already. `load`
+    /// leaves it out, so a node without backends never pays for it.
+    pub fn load_rnat(&mut self) -> Result<()> {
+        let prog = self.rnat_prog()?;
+        if prog.fd().is_ok() {
+            return Ok(());
+        }
+        prog.load().map_err(prog_err(program_names::TC_RNAT))
+    }
+
+    /// Replies from `backend`:`backend_port` over `proto` leave from `vip`:`vip_port`.
+    /// Replaces an existing entry for the backend (a backend address, port and protocol can
+    /// stand for one VIP only: the reverse NAT is stateless).
+    pub fn set_rnat(
+        &mut self,
+        backend: IpAddr,
+        backend_port: u16,
+        proto: u8,
+        vip: IpAddr,
+        vip_port: u16,
+    ) -> Result<()> {
+        check_rnat_proto(proto)?;
+        if backend.is_ipv4() != vip.is_ipv4() {
+            return Err(DataplaneError::Invalid(format!(
+                "reverse NAT from backend {backend} to VIP {vip}: the families differ \
+                 (lb does not translate between IPv4 and IPv6)"
+            )));
+        }
+        let (addr, _) = addr_key(vip);
+        let value = RnatValue {
+            addr,
+            port: vip_port,
+            _pad: [0; 2],
+        };
+        self.rnat
+            .insert(rnat_key(backend, backend_port, proto), value, 0)
+            .map_err(map_err(map_names::RNAT))
+    }
+
+    pub fn remove_rnat(&mut self, backend: IpAddr, backend_port: u16, proto: u8) -> Result<()> {
+        self.rnat
+            .remove(&rnat_key(backend, backend_port, proto))
+            .map_err(map_err(map_names::RNAT))
+    }
+
+    /// The (VIP, VIP port) replies from this backend are rewritten to, if any.
+    pub fn rnat(&self, backend: IpAddr, backend_port: u16, proto: u8) -> Option<(IpAddr, u16)> {
+        let v = self
+            .rnat
+            .get(&rnat_key(backend, backend_port, proto), 0)
+            .ok()?;
+        let ip = if backend.is_ipv4() {
+            IpAddr::from([v.addr[0], v.addr[1], v.addr[2], v.addr[3]])
+        } else {
+            IpAddr::from(v.addr)
+        };
+        Some((ip, v.port))
+    }
+
+    pub fn rnat_stats(&self) -> Result<RnatCounters> {
+        let mut out = RnatCounters::default();
+        for r in RnatReason::ALL {
+            let v = self
+                .rnat_stats
+                .get(&(r as u32), 0)
+                .map_err(map_err(map_names::RNAT_STATS))?;
+            out.0[r as usize] = sum(&v);
+        }
+        Ok(out)
+    }
+
+    /// Attach the reverse NAT to TC ingress of `ifindex` (an interface that faces backends,
+    /// in the calling thread's network namespace). Adds the `clsact` qdisc if missing (what
+    /// the netlink attach of kernels before 6.6 needs; newer kernels attach through TCX).
+    pub fn attach_rnat(&mut self, ifindex: u32) -> Result<()> {
+        if self.rnat_links.contains_key(&ifindex) {
+            return Err(DataplaneError::Invalid(format!(
+                "reverse NAT is already attached to ifindex {ifindex}"
+            )));
+        }
+        let name = ifname(ifindex)?;
+        self.load_rnat()?;
+        if let Err(e) = aya::programs::tc::qdisc_add_clsact(&name) {
+            let exists = match &e {
+                aya::programs::tc::TcError::NetlinkError(n) => {
+                    n.raw_os_error() == Some(libc::EEXIST)
+                }
+                aya::programs::tc::TcError::AlreadyAttached => true,
+                _ => false,
+            };
+            if !exists {
+                return Err(DataplaneError::Invalid(format!(
+                    "adding the clsact qdisc to {name} (ifindex {ifindex}): {e}"
+                )));
+            }
+        }
+        let id = self
+            .rnat_prog()?
+            .attach(&name, TcAttachType::Ingress)
+            .map_err(prog_err(program_names::TC_RNAT))?;
+        self.rnat_links.insert(ifindex, id);
+        Ok(())
+    }
+
+    /// Detach what `attach_rnat` attached to `ifindex` (the clsact qdisc stays).
+    pub fn detach_rnat(&mut self, ifindex: u32) -> Result<()> {
+        let Some(id) = self.rnat_links.remove(&ifindex) else {
+            return Err(DataplaneError::Invalid(format!(
+                "reverse NAT is not attached to ifindex {ifindex}"
+            )));
+        };
+        self.rnat_prog()?
+            .detach(id)
+            .map_err(prog_err(program_names::TC_RNAT))
+    }
+
+    /// Run the reverse NAT once on `packet` (a whole Ethernet frame) through
+    /// BPF_PROG_TEST_RUN. The kernel builds the skb on the calling namespace's loopback and
+    /// starts the program at the Ethernet header, as at TC ingress. Loads the program first
+    /// if needed. The kernel refuses (EINVAL) an untagged IPv4/IPv6 frame too short for its
+    /// IP header (Linux 6.18 checks this; it does not look under a VLAN tag).
+    pub fn test_run_rnat(&mut self, packet: &[u8]) -> Result<RunResult> {
+        if packet.len() < 14 {
+            return Err(DataplaneError::Invalid(format!(
+                "a TC test run needs a whole Ethernet header; got {} octets",
+                packet.len()
+            )));
+        }
+        self.load_rnat()?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::new()
+        };
+        let r = self
+            .rnat_prog()?
+            .test_run(opts)
+            .map_err(prog_err("test_run"))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunResult {
+            verdict: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
     }
 }
 

@@ -1,10 +1,15 @@
 //! lb's userspace: loading and programming the XDP data plane, and the pieces the `lb`
 //! binary and the tests are built from.
 
+pub mod announce;
+pub mod backend;
 pub mod bench;
 pub mod cid_cli;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod maglev;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod quic_lb;

@@ -42,8 +42,36 @@ enum Command {
         #[arg(long, default_value_t = bench::DEFAULT_ROUNDS)]
         rounds: u32,
     },
+    /// Run the load balancer from a static config file: validate it, program the maps,
+    /// attach XDP (external interfaces) and the reverse NAT (backend interfaces), answer
+    /// ARP/NDP for the VIPs, serve metrics. SIGHUP or `lb reload` applies a changed config
+    /// as a diff (a bad one is rejected and nothing changes); SIGINT/SIGTERM detach all.
+    Run {
+        /// The static config (see deploy/examples/lb.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Serve /metrics and /status here (overrides metrics_addr in the config).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Unix socket `lb reload` talks to.
+        #[arg(long, default_value = lb_userspace::daemon::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+        /// Enter this network namespace (a name under /run/netns) first.
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Ask a running `lb run` to re-read its config and apply the difference; prints the
+    /// outcome (exit 1 if the new config was rejected: the running state is unchanged).
+    Reload {
+        /// The daemon's control socket.
+        #[arg(long, default_value = lb_userspace::daemon::DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
     /// Encode or decode QUIC-LB connection IDs (exit 2: bad arguments, 3: unroutable CID).
     Cid(lb_userspace::cid_cli::CidArgs),
+    /// Run a whoami HTTP/3 + HTTP/1.1 backend (one address and port) that issues QUIC-LB
+    /// connection IDs (exit 2: bad arguments).
+    Backend(lb_userspace::backend::BackendArgs),
 }
 
 fn attach(iface: &str, ns: Option<&str>, generic: bool) -> Result<()> {
@@ -116,6 +144,27 @@ fn main() -> Result<()> {
             netns,
             generic,
         } => attach(&iface, netns.as_deref(), generic),
+        Command::Run {
+            config,
+            metrics_addr,
+            control_socket,
+            netns,
+        } => {
+            if let Some(name) = netns {
+                enter_netns(&name)?;
+            }
+            lb_userspace::daemon::run(lb_userspace::daemon::RunOptions {
+                config,
+                metrics_addr,
+                control_socket,
+            })
+        }
+        Command::Reload { control_socket } => {
+            if !lb_userspace::daemon::reload(&control_socket)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Bench {
             json,
             repeat,
@@ -135,5 +184,6 @@ fn main() -> Result<()> {
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         )),
+        Command::Backend(args) => std::process::exit(lb_userspace::backend::run(&args)),
     }
 }

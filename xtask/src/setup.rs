@@ -33,6 +33,62 @@ pub const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
 ];
 
+/// PyPI packages the tests (and the demo) use, installed into the project-local virtualenv
+/// `.venv/` (pinned: the tests parse what this version's API returns).
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[(
+    "aioquic==1.7.2",
+    "a real HTTP/3 client for the end-to-end tests",
+)];
+/// The virtualenv, relative to the workspace root.
+pub const VENV_DIR: &str = ".venv";
+
+/// The virtualenv's Python, for `LB_TEST_PYTHON`.
+pub fn venv_python() -> std::path::PathBuf {
+    crate::run::workspace_root()
+        .join(VENV_DIR)
+        .join("bin")
+        .join("python")
+}
+
+/// Create `.venv` (once) and install [`PYTHON_PACKAGES`] into it when an import fails.
+fn python_venv(apt: &mut Apt) -> Result<()> {
+    let py = venv_python();
+    if !py.is_file() {
+        println!("setup: creating the Python virtualenv {VENV_DIR}/ (python3 -m venv)");
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(crate::run::workspace_root().join(VENV_DIR))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            // Debian splits venv out of python3.
+            apt.install(&["python3-venv"], "python3 -m venv")?;
+            crate::run::status(
+                Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(crate::run::workspace_root().join(VENV_DIR)),
+            )?;
+        }
+    }
+    for (spec, why) in PYTHON_PACKAGES {
+        let module = spec.split("==").next().unwrap_or(spec);
+        let present = Command::new(&py)
+            .args(["-c", &format!("import {module}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if present {
+            println!("setup: {spec} in {VENV_DIR}: present");
+            continue;
+        }
+        println!("setup: installing {spec} into {VENV_DIR} ({why})");
+        crate::run::status(Command::new(&py).args(["-m", "pip", "install", "--quiet", spec]))?;
+    }
+    Ok(())
+}
+
 /// What a task needs set up.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -48,6 +104,7 @@ pub fn setup(scope: Scope) -> Result<()> {
     rust_src()?;
     if scope == Scope::Everything {
         debian_packages(&mut apt)?;
+        python_venv(&mut apt)?;
     }
     bpf_linker(&mut apt)?;
     println!("setup: done");

@@ -76,7 +76,9 @@ fn cargo_test(test_args: &[String]) -> Command {
         "--test-threads=1",
     ])
     .args(test_args)
-    .env("RUST_BACKTRACE", "1");
+    .env("RUST_BACKTRACE", "1")
+    // The Python with aioquic (from `.venv`): end-to-end tests drive the real client.
+    .env("LB_TEST_PYTHON", crate::setup::venv_python());
     cmd
 }
 

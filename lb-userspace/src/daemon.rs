@@ -1,0 +1,433 @@
+//! `lb run`: the daemon in static mode.
+//!
+//! Start-up validates the whole config before touching the kernel, then: loads the BPF
+//! object, programs every map (in the order `config::Plan::diff` gives), installs the
+//! reverse-NAT entries, attaches XDP to the external interfaces (native, else generic with a
+//! warning) and the reverse-NAT TC program to the backend-facing ones, starts answering
+//! ARP/NDP for the VIPs, and serves metrics. SIGHUP or `lb reload` re-reads the config and
+//! applies only the difference; a config that does not validate is rejected with its errors
+//! and the running state stays as it was. SIGINT/SIGTERM detach everything that was attached.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use log::{info, warn};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    announce::{AnnounceOptions, Announcer, AnnouncerHandle},
+    config::{self, Config, Plan, XdpMode},
+    dataplane::Dataplane,
+    metrics::{
+        self, BackendLabel, DaemonStats, Format, Labels, MetricsSource, QuicLabel, VipLabel,
+    },
+};
+
+/// Where `lb run` listens for `lb reload` unless told otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lb/lb.sock";
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Overrides `metrics_addr` of the config file.
+    pub metrics_addr: Option<SocketAddr>,
+    pub control_socket: PathBuf,
+}
+
+/// A reverse-NAT entry: replies from (backend address, port, protocol) leave as (VIP, port).
+type RnatKey = (IpAddr, u16, u8);
+type RnatMap = BTreeMap<RnatKey, (IpAddr, u16)>;
+
+/// Everything the daemon owns while it runs.
+pub struct State {
+    pub dp: Dataplane,
+    pub config: Config,
+    pub plan: Plan,
+    rnat: RnatMap,
+    /// XDP and reverse-NAT attachments, by interface index, for detaching at exit.
+    xdp_ifindexes: Vec<(String, u32)>,
+    rnat_ifindexes: Vec<(String, u32)>,
+    announcers: Vec<AnnouncerHandle>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// How long the last map sync (start-up or reload) took.
+    pub last_sync: Duration,
+    /// Names of the programmed map slots, for metrics.
+    labels: Labels,
+    stats: DaemonStats,
+}
+
+/// Metric labels for what a plan programs.
+fn labels(plan: &Plan) -> Labels {
+    let vips = plan
+        .vips
+        .iter()
+        .map(|v| VipLabel {
+            index: v.index,
+            name: v.name.clone(),
+            addr: v.key.addr,
+            port: v.key.port,
+            proto: v.key.proto.number(),
+            quic: v.quic.iter().map(QuicLabel::from).collect(),
+        })
+        .collect();
+    let backends = plan
+        .backends
+        .iter()
+        .map(|b| BackendLabel {
+            id: b.id,
+            addr: b.addr,
+            port: b.port,
+            vip_indexes: plan
+                .vips
+                .iter()
+                .filter(|v| v.backends.iter().any(|x| x.id == b.id))
+                .map(|v| v.index)
+                .collect(),
+        })
+        .collect();
+    Labels { vips, backends }
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name contains a NUL")?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        bail!("no interface named {name} in this network namespace (see `ip link`)");
+    }
+    Ok(i)
+}
+
+/// The reverse-NAT entries a plan needs. A backend (address, port, protocol) can stand for
+/// one VIP only, since the reverse NAT keeps no per-connection state.
+fn rnat_entries(plan: &Plan) -> Result<RnatMap> {
+    let mut out = RnatMap::new();
+    for vip in &plan.vips {
+        let proto = vip.key.proto.number();
+        for b in &vip.backends {
+            let target = (vip.key.addr, vip.key.port);
+            if let Some(other) = out.insert((b.addr, b.port, proto), target)
+                && other != target
+            {
+                bail!(
+                    "backend {} serves both {} and {}:{} over {}: replies could not be told \
+                     apart (the reverse NAT is stateless); give one of them another backend port",
+                    SocketAddr::new(b.addr, b.port),
+                    vip.key,
+                    other.0,
+                    other.1,
+                    vip.key.proto.name()
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn vip_addresses(plan: &Plan) -> Vec<IpAddr> {
+    let set: BTreeSet<IpAddr> = plan.vips.iter().map(|v| v.key.addr).collect();
+    set.into_iter().collect()
+}
+
+impl State {
+    /// Load, program and attach. On error everything attached so far is detached again by
+    /// the caller dropping the state (and the kernel, for the BPF links of a dead process).
+    fn start(config: Config) -> Result<State> {
+        let plan = Plan::build(&config, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rnat = rnat_entries(&plan)?;
+        let mut dp = Dataplane::load().context("loading the BPF object")?;
+        let t = Instant::now();
+        for ((addr, port, proto), (vip, vip_port)) in &rnat {
+            dp.set_rnat(*addr, *port, *proto, *vip, *vip_port)?;
+        }
+        config::apply(&mut dp, &Plan::diff(&Plan::default(), &plan))
+            .context("programming the maps")?;
+        let last_sync = t.elapsed();
+        let stats = DaemonStats::new(env!("CARGO_PKG_VERSION"));
+        stats.observe_map_sync(last_sync);
+        let labels = labels(&plan);
+        let mut state = State {
+            dp,
+            config,
+            plan,
+            rnat,
+            xdp_ifindexes: Vec::new(),
+            rnat_ifindexes: Vec::new(),
+            announcers: Vec::new(),
+            reloads_ok: 0,
+            reloads_failed: 0,
+            last_sync,
+            labels,
+            stats,
+        };
+        state.attach()?;
+        Ok(state)
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        for iface in self.config.interfaces.clone() {
+            let i = ifindex(&iface.name)?;
+            let generic = iface.xdp_mode == XdpMode::Generic;
+            match self.dp.attach(i, generic) {
+                Ok(()) => {}
+                Err(e) if !generic => {
+                    warn!(
+                        "{}: native XDP failed ({e}); falling back to generic mode, which is \
+                         slower (set xdp_mode = \"generic\" to silence this)",
+                        iface.name
+                    );
+                    self.dp
+                        .attach(i, true)
+                        .with_context(|| format!("attaching XDP to {} (generic)", iface.name))?;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("attaching XDP to {}", iface.name));
+                }
+            }
+            self.xdp_ifindexes.push((iface.name.clone(), i));
+            info!(
+                "XDP attached to {} ({})",
+                iface.name,
+                if generic { "generic" } else { "native" }
+            );
+            let vips = vip_addresses(&self.plan);
+            let ann = Announcer::start(&iface.name, &vips, AnnounceOptions::default())
+                .with_context(|| format!("announcing VIPs on {}", iface.name))?;
+            self.announcers.push(ann);
+        }
+        for name in self.config.backend_interfaces.clone() {
+            let i = ifindex(&name)?;
+            self.dp
+                .attach_rnat(i)
+                .with_context(|| format!("attaching the reverse NAT to {name}"))?;
+            self.rnat_ifindexes.push((name.clone(), i));
+            info!("reverse NAT attached to {name}");
+        }
+        Ok(())
+    }
+
+    /// Re-read the config and apply the difference. On any validation error nothing changes.
+    pub fn reload(&mut self, path: &Path) -> Result<usize> {
+        let result = self.try_reload(path);
+        match &result {
+            Ok(_) => self.reloads_ok += 1,
+            Err(_) => self.reloads_failed += 1,
+        }
+        self.stats.config_reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&mut self, path: &Path) -> Result<usize> {
+        let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if config.interfaces != self.config.interfaces
+            || config.backend_interfaces != self.config.backend_interfaces
+        {
+            bail!(
+                "{}: the interface lists changed; interfaces are attached at start-up, so \
+                 restart lb to change them (nothing was applied)",
+                path.display()
+            );
+        }
+        let plan = Plan::build(&config, Some(&self.plan)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rnat = rnat_entries(&plan)?;
+        let changes = Plan::diff(&self.plan, &plan);
+        let t = Instant::now();
+        // New reverse-NAT entries first (a backend must answer from the VIP before it gets
+        // packets), stale ones last (after no VIP sends to them).
+        for (key, target) in &rnat {
+            if self.rnat.get(key) != Some(target) {
+                let ((addr, port, proto), (vip, vip_port)) = (key, target);
+                self.dp.set_rnat(*addr, *port, *proto, *vip, *vip_port)?;
+            }
+        }
+        config::apply(&mut self.dp, &changes).context("applying the new config")?;
+        for key in self.rnat.keys() {
+            if !rnat.contains_key(key) {
+                self.dp.remove_rnat(key.0, key.1, key.2)?;
+            }
+        }
+        self.last_sync = t.elapsed();
+        self.stats.observe_map_sync(self.last_sync);
+        self.labels = labels(&plan);
+        let vips = vip_addresses(&plan);
+        for a in &self.announcers {
+            a.set_vips(&vips)?;
+        }
+        self.config = config;
+        self.plan = plan;
+        self.rnat = rnat;
+        Ok(changes.len())
+    }
+
+    fn shutdown(&mut self) {
+        for a in self.announcers.drain(..) {
+            if let Err(e) = a.stop() {
+                warn!("stopping an announcer: {e}");
+            }
+        }
+        for (name, i) in self.xdp_ifindexes.drain(..) {
+            match self.dp.detach(i) {
+                Ok(()) => info!("XDP detached from {name}"),
+                Err(e) => warn!("detaching XDP from {name}: {e}"),
+            }
+        }
+        for (name, i) in self.rnat_ifindexes.drain(..) {
+            match self.dp.detach_rnat(i) {
+                Ok(()) => info!("reverse NAT detached from {name}"),
+                Err(e) => warn!("detaching the reverse NAT from {name}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Serve `lb reload` on a Unix socket: one line in ("reload"), the outcome out.
+async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: PathBuf) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (rd, mut wr) = stream.into_split();
+        let mut line = String::new();
+        if BufReader::new(rd).read_line(&mut line).await.is_err() {
+            continue;
+        }
+        let reply = match line.trim() {
+            "reload" => reload_reply(&state, &config),
+            other => format!("error: unknown command {other:?}; the only command is \"reload\"\n"),
+        };
+        let _ = wr.write_all(reply.as_bytes()).await;
+    }
+}
+
+fn reload_reply(state: &Mutex<State>, config: &Path) -> String {
+    let mut s = state.lock().expect("state lock");
+    match s.reload(config) {
+        Ok(n) => {
+            info!("reloaded {}: {n} map changes", config.display());
+            format!(
+                "ok: {} reloaded, {n} map changes applied\n",
+                config.display()
+            )
+        }
+        Err(e) => {
+            warn!(
+                "reload of {} rejected, running state unchanged: {e:#}",
+                config.display()
+            );
+            format!("error: {e:#}\nthe running state is unchanged\n")
+        }
+    }
+}
+
+/// `lb run`.
+pub fn run(opts: RunOptions) -> Result<()> {
+    let mut config = match Config::load(&opts.config) {
+        Ok(c) => c,
+        Err(e) => bail!("{e}"),
+    };
+    if let Some(addr) = opts.metrics_addr {
+        config.metrics_addr = Some(addr);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let state = Arc::new(Mutex::new(State::start(config)?));
+        if let Some(dir) = opts.control_socket.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(&opts.control_socket);
+        let listener = UnixListener::bind(&opts.control_socket)
+            .with_context(|| format!("listening on {}", opts.control_socket.display()))?;
+        tokio::spawn(control(listener, state.clone(), opts.config.clone()));
+        spawn_metrics(&state)?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        info!(
+            "lb running: {} VIPs, control socket {}",
+            state.lock().expect("state lock").plan.vips.len(),
+            opts.control_socket.display()
+        );
+        println!(
+            "lb: running (control socket {})",
+            opts.control_socket.display()
+        );
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { reload_reply(&state, &opts.config); }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        state.lock().expect("state lock").shutdown();
+        let _ = std::fs::remove_file(&opts.control_socket);
+        println!("lb: stopped, everything detached");
+        Ok(())
+    })
+}
+
+/// `lb reload`: ask the running daemon to re-read its config; prints its answer.
+pub fn reload(socket: &Path) -> Result<bool> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut s = UnixStream::connect(socket).await.with_context(|| {
+            format!("connecting to {} (is `lb run` running?)", socket.display())
+        })?;
+        s.write_all(b"reload\n").await?;
+        let mut reply = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut reply).await?;
+        print!("{reply}");
+        Ok(reply.starts_with("ok"))
+    })
+}
+
+/// The daemon's state as a metrics source: counters straight from the maps at scrape time.
+struct DaemonMetrics(Arc<Mutex<State>>);
+
+impl MetricsSource for DaemonMetrics {
+    fn metrics_text(&self, format: Format) -> String {
+        let s = self.0.lock().expect("state lock");
+        metrics::render(&s.dp, &s.labels, &s.stats, format)
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let s = self.0.lock().expect("state lock");
+        metrics::status(&s.dp, &s.labels, &s.stats)
+    }
+}
+
+/// Serve /metrics and /status when the config (or --metrics-addr) names an address.
+fn spawn_metrics(state: &Arc<Mutex<State>>) -> Result<()> {
+    let Some(addr) = state.lock().expect("state lock").config.metrics_addr else {
+        return Ok(());
+    };
+    let source: Arc<dyn MetricsSource + Send + Sync> = Arc::new(DaemonMetrics(state.clone()));
+    // Bind here so a taken or foreign address fails start-up with its name, not later.
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("metrics_addr {addr}: cannot listen there"))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokio::spawn(metrics::serve_listener(listener, source));
+    info!("metrics on http://{addr}/metrics and /status");
+    Ok(())
+}

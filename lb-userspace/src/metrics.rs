@@ -1,0 +1,780 @@
+//! Prometheus metrics on `/metrics` and the daemon's state as JSON on `/status`.
+//!
+//! The BPF maps are the source of truth: every scrape reads the per-CPU counter maps, sums
+//! them over CPUs and exposes the kernel's values as counters. Nothing is accumulated in
+//! userspace, so scrapes never double count and a daemon restart (the maps keep counting
+//! while the program stays loaded) is not a counter reset. Only what the kernel cannot know
+//! (labels, reload outcomes, map sync durations) comes from the daemon, through [`Labels`]
+//! and [`DaemonStats`].
+//!
+//! The daemon owns the [`Dataplane`]; this module never sees the daemon. It implements
+//! [`MetricsSource`] (typically over its `Mutex<Dataplane>` and current plan, calling
+//! [`render`] and [`status`]) and hands it to [`serve`].
+//!
+//! `/metrics` answers in the Prometheus text format 0.0.4 by default and in OpenMetrics 1.0
+//! when the scraper's `Accept` header asks for `application/openmetrics-text`.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `lb_packets_total` | counter | `vip`, `port`, `proto`, `reason` | packets of one VIP (address, port, `tcp`/`udp`) counted under one [reason](#counters). Counters are events, not a partition: a steered packet counts once under its steering reason and once under its forwarding or drop reason, so sum over one kind of reason only |
+//! | `lb_bytes_total` | counter | `vip`, `port`, `proto`, `reason` | octets of those packets, as the frame arrived (Ethernet header included) |
+//! | `lb_node_packets_total` | counter | `reason` | packets seen by the XDP program on this node, every reason, whether or not a VIP matched (`pass_not_vip`, `pass_malformed`, ... happen before there is a VIP) |
+//! | `lb_node_bytes_total` | counter | `reason` | octets of those packets |
+//! | `lb_backend_packets_total` | counter | `vip`, `port`, `proto`, `backend` | packets sent to one backend (`backend` = `address:port`). The kernel counts per backend, not per (VIP, backend): a backend that serves several VIPs has one series whose `vip`, `port` and `proto` list them all, comma-separated and sorted (e.g. `proto="tcp,udp"`) |
+//! | `lb_backend_bytes_total` | counter | `vip`, `port`, `proto`, `backend` | octets sent to that backend, as they arrived |
+//! | `lb_rnat_packets_total` | counter | `reason` | packets seen by the reverse-NAT TC program (`rewritten`, `pass_not_backend`, ...) |
+//! | `lb_rnat_bytes_total` | counter | `reason` | octets of those packets |
+//! | `lb_map_sync_duration_seconds` | histogram | | time to write one new plan into the maps (config load or reload, Kubernetes update) |
+//! | `lb_config_reloads_total` | counter | `result` (`ok`, `error`) | configuration reloads; on `error` the data plane keeps its last good state |
+//! | `lb_build_info` | gauge (OpenMetrics: info) | `version` | always 1; the `lb` version |
+//! | `lb_vips` | gauge | | VIPs (address, port, protocol) the daemon has programmed |
+//! | `lb_backends` | gauge | | distinct backends (address, port) the daemon has programmed |
+//! | `lb_fib_cache_ttl_seconds` | gauge | | lifetime of the XDP program's next-hop cache (`LB_SETTINGS`); 0 = off |
+//! | `lb_scrape_map_errors` | gauge | | map reads that failed during this scrape (their series are left out) |
+//!
+//! Every VIP has a series for each reason the program counts per VIP (all but the
+//! `pass_*` parse reasons, which are node-wide only), zeros included, so `rate()` works from
+//! the first scrape.
+
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use lb_common::{
+    Counter as KernelCounter, PROTO_TCP, PROTO_UDP, Reason, RnatReason, Settings, VipMeta, quic_lb,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::{Registry, Unit},
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+use crate::dataplane::{Dataplane, DataplaneError, ReasonCounters, RnatCounters, vip_key};
+
+/// Content type of the Prometheus text exposition format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Text format of `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text 0.0.4: what every scraper reads.
+    Prometheus,
+    /// OpenMetrics 1.0 (ends with `# EOF`).
+    OpenMetrics,
+}
+
+impl Format {
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+
+    /// OpenMetrics when the `Accept` header names it (Prometheus asks for it first when it
+    /// can read it), Prometheus text otherwise.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+}
+
+// ---- what the daemon knows ----------------------------------------------------------------
+
+/// One QUIC-LB configuration of a VIP, as `/status` shows it: never the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QuicLabel {
+    pub config_id: u8,
+    /// `plaintext`, `single_pass` or `four_pass`.
+    pub mode: &'static str,
+    pub server_id_len: u8,
+    pub nonce_len: u8,
+}
+
+impl From<&quic_lb::Config> for QuicLabel {
+    fn from(c: &quic_lb::Config) -> Self {
+        QuicLabel {
+            config_id: c.config_id(),
+            mode: match c.mode() {
+                quic_lb::Mode::Plaintext => "plaintext",
+                quic_lb::Mode::SinglePass => "single_pass",
+                quic_lb::Mode::FourPass => "four_pass",
+            },
+            server_id_len: c.server_id_len(),
+            nonce_len: c.nonce_len(),
+        }
+    }
+}
+
+/// A programmed VIP: its index in the per-VIP maps and what to call it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipLabel {
+    pub index: u32,
+    /// The config entry's `name`, if any (shown on `/status` only).
+    pub name: Option<String>,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// IP protocol number (`PROTO_TCP`, `PROTO_UDP`).
+    pub proto: u8,
+    /// Installed QUIC-LB configs (empty for TCP and plain UDP).
+    pub quic: Vec<QuicLabel>,
+}
+
+/// A programmed backend: its id in `LB_BACKENDS` / `LB_BE_STATS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendLabel {
+    pub id: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Indexes of the VIPs ([`VipLabel::index`]) whose ring or server IDs name it.
+    pub vip_indexes: Vec<u32>,
+}
+
+/// Names for the map slots the daemon has programmed. Slots not listed here are not
+/// exported (their counters belong to nobody).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    pub vips: Vec<VipLabel>,
+    pub backends: Vec<BackendLabel>,
+}
+
+/// Metrics only the daemon can know. Cheap to clone (shared handles): keep one, update it
+/// from the reload path, pass it to [`render`].
+#[derive(Clone, Debug)]
+pub struct DaemonStats {
+    map_sync: Histogram,
+    /// (count, total nanoseconds) of `map_sync`, for `/status` (the histogram keeps its own).
+    map_sync_totals: Arc<(AtomicU64, AtomicU64)>,
+    reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    version: &'static str,
+}
+
+impl Default for DaemonStats {
+    fn default() -> Self {
+        DaemonStats::new(env!("CARGO_PKG_VERSION"))
+    }
+}
+
+impl DaemonStats {
+    pub fn new(version: &'static str) -> DaemonStats {
+        let reloads = Family::default();
+        // Both series exist from the start, so an alert on `increase(...{result="error"})`
+        // sees the first failure.
+        for r in ["ok", "error"] {
+            let _ = reloads.get_or_create(&[("result", r)]);
+        }
+        DaemonStats {
+            // 100 µs .. ~3.3 s: one VIP's ring is a few ms, a full reload of many VIPs with
+            // 65537-slot rings takes seconds.
+            map_sync: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            map_sync_totals: Arc::default(),
+            reloads,
+            version,
+        }
+    }
+
+    /// One plan written into the maps took `d`.
+    pub fn observe_map_sync(&self, d: Duration) {
+        self.map_sync.observe(d.as_secs_f64());
+        self.map_sync_totals.0.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.map_sync_totals.1.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// One configuration reload finished (`ok`: applied; otherwise rejected and nothing
+    /// changed).
+    pub fn config_reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&[("result", if ok { "ok" } else { "error" })])
+            .inc();
+    }
+
+    pub fn config_reloads(&self, ok: bool) -> u64 {
+        self.reloads
+            .get_or_create(&[("result", if ok { "ok" } else { "error" })])
+            .get()
+    }
+
+    pub fn version(&self) -> &'static str {
+        self.version
+    }
+}
+
+// ---- what the kernel knows ----------------------------------------------------------------
+
+/// Every counter the labels name, read from the maps at one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub global: Option<ReasonCounters>,
+    pub vips: Vec<(VipLabel, Option<VipMeta>, Option<ReasonCounters>)>,
+    pub backends: Vec<(BackendLabel, Option<KernelCounter>)>,
+    pub rnat: Option<RnatCounters>,
+    pub settings: Option<Settings>,
+    /// Map reads that failed, for the log and `/status`.
+    pub errors: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn read(dp: &Dataplane, labels: &Labels) -> Snapshot {
+        let mut errors = Vec::new();
+        let global = kept(&mut errors, "node counters", dp.stats());
+        let vips = labels
+            .vips
+            .iter()
+            .map(|v| {
+                let what = format!("VIP {} counters", v.index);
+                let c = kept(&mut errors, &what, dp.vip_stats(v.index));
+                let meta = dp.vip(&vip_key(v.addr, v.port, v.proto));
+                (v.clone(), meta, c)
+            })
+            .collect();
+        let backends = labels
+            .backends
+            .iter()
+            .map(|b| {
+                let what = format!("backend {} counters", b.id);
+                (b.clone(), kept(&mut errors, &what, dp.backend_stats(b.id)))
+            })
+            .collect();
+        let rnat = kept(&mut errors, "reverse-NAT counters", dp.rnat_stats());
+        let settings = kept(&mut errors, "settings", dp.settings());
+        Snapshot {
+            global,
+            vips,
+            backends,
+            rnat,
+            settings,
+            errors,
+        }
+    }
+}
+
+fn kept<T>(errors: &mut Vec<String>, what: &str, r: Result<T, DataplaneError>) -> Option<T> {
+    r.map_err(|e| errors.push(format!("{what}: {e}"))).ok()
+}
+
+/// Reasons the program counts per VIP: everything but the parse failures, which happen
+/// before a VIP is known.
+pub fn counted_per_vip(r: Reason) -> bool {
+    !matches!(
+        r,
+        Reason::PassNotIp
+            | Reason::PassMalformed
+            | Reason::PassNotVip
+            | Reason::PassFragment
+            | Reason::PassIpv6Ext
+    )
+}
+
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `backend` label value: `198.19.0.10:8443`, `[fd00:19::10]:8443`.
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    SocketAddr::new(addr, port).to_string()
+}
+
+/// Sorted, deduplicated, comma-joined.
+fn joined(mut v: Vec<String>) -> String {
+    v.sort();
+    v.dedup();
+    v.join(",")
+}
+
+#[derive(Debug)]
+struct SnapshotCollector {
+    snap: Snapshot,
+    vips: usize,
+    backends: usize,
+}
+
+type LabelSet = Vec<(&'static str, String)>;
+
+fn counter_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(LabelSet, u64)],
+) -> Result<(), std::fmt::Error> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<N: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    labels: &LabelSet,
+    v: N,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(m.encode_family(labels)?)
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snap;
+
+        let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+        for (v, _, c) in &s.vips {
+            let Some(c) = c else { continue };
+            for r in Reason::ALL.into_iter().filter(|r| counted_per_vip(*r)) {
+                let labels: LabelSet = vec![
+                    ("vip", v.addr.to_string()),
+                    ("port", v.port.to_string()),
+                    ("proto", proto_name(v.proto)),
+                    ("reason", r.name().to_string()),
+                ];
+                packets.push((labels.clone(), c.get(r).packets));
+                bytes.push((labels, c.get(r).bytes));
+            }
+        }
+        counter_family(
+            &mut enc,
+            "lb_packets",
+            "Packets of one VIP by reason (events, not a partition: steering and forwarding reasons both count).",
+            &packets,
+        )?;
+        counter_family(
+            &mut enc,
+            "lb_bytes",
+            "Octets of one VIP's packets by reason, as they arrived.",
+            &bytes,
+        )?;
+
+        if let Some(g) = &s.global {
+            let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+            for r in Reason::ALL {
+                let labels: LabelSet = vec![("reason", r.name().to_string())];
+                packets.push((labels.clone(), g.get(r).packets));
+                bytes.push((labels, g.get(r).bytes));
+            }
+            counter_family(
+                &mut enc,
+                "lb_node_packets",
+                "Packets seen by the XDP program on this node by reason, VIP or not.",
+                &packets,
+            )?;
+            counter_family(
+                &mut enc,
+                "lb_node_bytes",
+                "Octets seen by the XDP program on this node by reason, VIP or not.",
+                &bytes,
+            )?;
+        }
+
+        let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+        for (b, c) in &s.backends {
+            let Some(c) = c else { continue };
+            let served: Vec<&VipLabel> = s
+                .vips
+                .iter()
+                .map(|(v, _, _)| v)
+                .filter(|v| b.vip_indexes.contains(&v.index))
+                .collect();
+            let labels: LabelSet = vec![
+                (
+                    "vip",
+                    joined(served.iter().map(|v| v.addr.to_string()).collect()),
+                ),
+                (
+                    "port",
+                    joined(served.iter().map(|v| v.port.to_string()).collect()),
+                ),
+                (
+                    "proto",
+                    joined(served.iter().map(|v| proto_name(v.proto)).collect()),
+                ),
+                ("backend", endpoint(b.addr, b.port)),
+            ];
+            packets.push((labels.clone(), c.packets));
+            bytes.push((labels, c.bytes));
+        }
+        counter_family(
+            &mut enc,
+            "lb_backend_packets",
+            "Packets sent to one backend.",
+            &packets,
+        )?;
+        counter_family(
+            &mut enc,
+            "lb_backend_bytes",
+            "Octets sent to one backend, as they arrived.",
+            &bytes,
+        )?;
+
+        if let Some(rn) = &s.rnat {
+            let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+            for r in RnatReason::ALL {
+                let labels: LabelSet = vec![("reason", r.name().to_string())];
+                packets.push((labels.clone(), rn.get(r).packets));
+                bytes.push((labels, rn.get(r).bytes));
+            }
+            counter_family(
+                &mut enc,
+                "lb_rnat_packets",
+                "Packets seen by the reverse-NAT TC program by reason.",
+                &packets,
+            )?;
+            counter_family(
+                &mut enc,
+                "lb_rnat_bytes",
+                "Octets seen by the reverse-NAT TC program by reason.",
+                &bytes,
+            )?;
+        }
+
+        let none = LabelSet::new();
+        gauge(
+            &mut enc,
+            "lb_vips",
+            "VIPs (address, port, protocol) programmed.",
+            None,
+            &none,
+            self.vips as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "lb_backends",
+            "Distinct backends (address, port) programmed.",
+            None,
+            &none,
+            self.backends as i64,
+        )?;
+        if let Some(st) = &s.settings {
+            gauge(
+                &mut enc,
+                "lb_fib_cache_ttl",
+                "Lifetime of the XDP next-hop cache; 0 = off.",
+                Some(&Unit::Seconds),
+                &none,
+                st.fib_cache_ttl_ns as f64 / 1e9,
+            )?;
+        }
+        gauge(
+            &mut enc,
+            "lb_scrape_map_errors",
+            "Map reads that failed during this scrape (their series are left out).",
+            None,
+            &none,
+            s.errors.len() as i64,
+        )
+    }
+}
+
+fn registry(snap: Snapshot, labels: &Labels, extra: &DaemonStats) -> Registry {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(SnapshotCollector {
+        snap,
+        vips: labels.vips.len(),
+        backends: labels.backends.len(),
+    }));
+    reg.register_with_unit(
+        "lb_map_sync_duration",
+        "Time to write one plan into the maps",
+        Unit::Seconds,
+        extra.map_sync.clone(),
+    );
+    reg.register(
+        "lb_config_reloads",
+        "Configuration reloads by result",
+        extra.reloads.clone(),
+    );
+    // `info` in OpenMetrics (`lb_build_info{version} 1`), a gauge of 1 in the 0.0.4 text.
+    reg.register(
+        "lb_build",
+        "The lb version; always 1",
+        Info::new([("version", extra.version)]),
+    );
+    reg
+}
+
+/// The metrics text for this moment: reads every map `labels` names.
+pub fn render(dp: &Dataplane, labels: &Labels, extra: &DaemonStats, format: Format) -> String {
+    render_snapshot(Snapshot::read(dp, labels), labels, extra, format)
+}
+
+/// [`render`] over counters already read.
+pub fn render_snapshot(
+    snap: Snapshot,
+    labels: &Labels,
+    extra: &DaemonStats,
+    format: Format,
+) -> String {
+    for e in &snap.errors {
+        log::warn!("metrics: reading {e}");
+    }
+    let reg = registry(snap, labels, extra);
+    let mut out = String::new();
+    let r = match format {
+        Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut out, &reg),
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &reg),
+    };
+    if let Err(e) = r {
+        // Writing into a String cannot fail; a metric that refuses to encode is a bug here.
+        log::error!("metrics: encoding failed: {e}");
+        let _ = writeln!(out, "# encoding failed: {e}");
+    }
+    out
+}
+
+fn counters_json(c: &ReasonCounters, which: impl Fn(Reason) -> bool) -> Value {
+    let mut m = serde_json::Map::new();
+    for r in Reason::ALL.into_iter().filter(|r| which(*r)) {
+        let k = c.get(r);
+        m.insert(
+            r.name().into(),
+            json!({ "packets": k.packets, "bytes": k.bytes }),
+        );
+    }
+    Value::Object(m)
+}
+
+/// The `/status` document: VIPs (with their QUIC-LB configs, never keys, and the ring
+/// state the maps hold), backends, settings and counters, read from the maps now.
+pub fn status(dp: &Dataplane, labels: &Labels, extra: &DaemonStats) -> Value {
+    status_snapshot(&Snapshot::read(dp, labels), extra)
+}
+
+/// [`status`] over counters already read.
+pub fn status_snapshot(s: &Snapshot, extra: &DaemonStats) -> Value {
+    let vips: Vec<Value> = s
+        .vips
+        .iter()
+        .map(|(v, meta, c)| {
+            json!({
+                "index": v.index,
+                "name": v.name,
+                "addr": v.addr.to_string(),
+                "port": v.port,
+                "proto": proto_name(v.proto),
+                "quic_lb": v.quic,
+                // What the maps hold for this VIP (null: the VIP is not in LB_VIPS).
+                "map": meta.map(|m| json!({
+                    "index": m.index,
+                    "flags": m.flags,
+                    "ring_size": m.ring_size,
+                    "active_ring": m.active_ring,
+                })),
+                "counters": c.as_ref().map(|c| counters_json(c, counted_per_vip)),
+            })
+        })
+        .collect();
+    let backends: Vec<Value> = s
+        .backends
+        .iter()
+        .map(|(b, c)| {
+            json!({
+                "id": b.id,
+                "addr": b.addr.to_string(),
+                "port": b.port,
+                "backend": endpoint(b.addr, b.port),
+                "vips": b.vip_indexes,
+                "packets": c.map(|c| c.packets),
+                "bytes": c.map(|c| c.bytes),
+            })
+        })
+        .collect();
+    let rnat = s.rnat.as_ref().map(|rn| {
+        let mut m = serde_json::Map::new();
+        for r in RnatReason::ALL {
+            let k = rn.get(r);
+            m.insert(
+                r.name().into(),
+                json!({ "packets": k.packets, "bytes": k.bytes }),
+            );
+        }
+        Value::Object(m)
+    });
+    json!({
+        "version": extra.version,
+        "settings": s.settings.map(|st| json!({ "fib_cache_ttl_ns": st.fib_cache_ttl_ns })),
+        "vips": vips,
+        "backends": backends,
+        "counters": s.global.as_ref().map(|g| counters_json(g, |_| true)),
+        "rnat_counters": rnat,
+        "config_reloads": {
+            "ok": extra.config_reloads(true),
+            "error": extra.config_reloads(false),
+        },
+        "map_sync": {
+            "count": extra.map_sync_totals.0.load(Ordering::Relaxed),
+            "sum_seconds": extra.map_sync_totals.1.load(Ordering::Relaxed) as f64 / 1e9,
+        },
+        "errors": s.errors,
+    })
+}
+
+// ---- HTTP -------------------------------------------------------------------------------
+
+/// What the HTTP server serves. The daemon implements it over its own state (typically a
+/// `Mutex<Dataplane>` plus its [`Labels`] and [`DaemonStats`], calling [`render`] and
+/// [`status`]).
+pub trait MetricsSource {
+    fn metrics_text(&self, format: Format) -> String;
+    fn status_json(&self) -> Value;
+}
+
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    #[error(
+        "cannot listen for metrics on {addr}: {source} (is another lb or exporter using the port? set a different metrics address)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Bind `addr` and serve `/metrics` and `/status` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    source: Arc<dyn MetricsSource + Send + Sync>,
+) -> Result<(), MetricsError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    serve_listener(listener, source).await;
+    Ok(())
+}
+
+/// Serve on a bound listener (lets the caller learn the port of `127.0.0.1:0`). Runs until
+/// the task is dropped; per-connection errors are logged, never fatal.
+pub async fn serve_listener(listener: TcpListener, source: Arc<dyn MetricsSource + Send + Sync>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                log::warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(handle(source, req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                log::debug!("metrics: connection: {e}");
+            }
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn handle(
+    source: Arc<dyn MetricsSource + Send + Sync>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let known = matches!(path, "/metrics" | "/status");
+    if !known {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: lb serves /metrics and /status\n",
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let head = req.method() == Method::HEAD;
+    let format = Format::from_accept(
+        req.headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let metrics = path == "/metrics";
+    // Reading the maps is a burst of syscalls under the daemon's lock: keep it off the
+    // async workers.
+    let body = tokio::task::spawn_blocking(move || {
+        if metrics {
+            source.metrics_text(format)
+        } else {
+            let mut s = serde_json::to_string_pretty(&source.status_json())
+                .unwrap_or_else(|e| format!("{{\"error\":\"encoding status: {e}\"}}"));
+            s.push('\n');
+            s
+        }
+    })
+    .await;
+    let (status, ct, body) = match body {
+        Ok(b) if metrics => (StatusCode::OK, format.content_type(), b),
+        Ok(b) => (StatusCode::OK, "application/json", b),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            format!("reading the data plane failed: {e}\n"),
+        ),
+    };
+    let len = body.len();
+    let mut r = reply(status, ct, if head { String::new() } else { body });
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
