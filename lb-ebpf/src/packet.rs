@@ -3,7 +3,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
 
 const ETH_HLEN: usize = 14;
@@ -39,9 +39,50 @@ pub struct Parsed {
     pub tos_or_flowinfo: u32,
 }
 
+/// The two program types that parse packets: XDP (`lb_xdp`) and TC (`lb_tc_rnat`). One
+/// parser serves both, so they agree on what a well-formed packet is.
+pub trait PacketCtx {
+    /// Start and end of the directly readable (linear) part of the packet.
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The packet's full length, which IP lengths are checked against: the frame for XDP,
+    /// the skb (linear and paged parts) for TC.
+    fn packet_len(&self) -> usize;
+}
+
+impl PacketCtx for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn packet_len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+}
+
+impl PacketCtx for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn packet_len(&self) -> usize {
+        self.len() as usize
+    }
+}
+
 /// A pointer to `T` at `off` if the packet holds it.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T, C: PacketCtx>(ctx: &C, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
@@ -51,9 +92,9 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+pub fn read<T: Copy, C: PacketCtx>(ctx: &C, off: usize) -> Option<T> {
     // SAFETY: bounds checked by ptr_at; unaligned because headers are.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+    ptr_at::<T, C>(ctx, off).map(|p| unsafe { p.read_unaligned() })
 }
 
 /// Load a `T` (a u16/u32/u64, or an array of them) from the packet with one instruction per
@@ -62,14 +103,14 @@ pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
 /// not alignment, there), and only an aligned-typed load makes LLVM emit `ldxw` instead of
 /// four `ldxb` and the shifts to reassemble them.
 #[inline(always)]
-pub fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+pub fn load<T: Copy, C: PacketCtx>(ctx: &C, off: usize) -> Option<T> {
     // SAFETY: bounds checked by ptr_at; alignment: see above.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read() })
+    ptr_at::<T, C>(ctx, off).map(|p| unsafe { p.read() })
 }
 
 #[inline(always)]
-fn be16(ctx: &XdpContext, off: usize) -> Option<u16> {
-    load::<u16>(ctx, off).map(u16::from_be)
+fn be16<C: PacketCtx>(ctx: &C, off: usize) -> Option<u16> {
+    load::<u16, _>(ctx, off).map(u16::from_be)
 }
 
 /// Store four octets (as loaded from the packet, network order) at word `i` of an address.
@@ -113,8 +154,8 @@ impl Parsed {
 
 /// Fill `p` from the packet, or say why the packet is not ours.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
-    let pkt_len = ctx.data_end() - ctx.data();
+pub fn parse<C: PacketCtx>(ctx: &C, p: &mut Parsed) -> Result<(), Reason> {
+    let pkt_len = ctx.packet_len();
     let mut ethertype = be16(ctx, 12).ok_or(Reason::PassMalformed)?;
     let mut l3_off = ETH_HLEN;
     let mut vlan = false;
@@ -136,7 +177,7 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
     }
     match p.flow.proto {
         PROTO_UDP => {
-            let udp = load::<[u32; 2]>(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
+            let udp = load::<[u32; 2], _>(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
             let (ports, len_csum) = (u32::from_be(udp[0]), u32::from_be(udp[1]));
             let udp_len = (len_csum >> 16) as usize;
             if udp_len < UDP_HLEN || p.l4_off + udp_len > p.l4_end {
@@ -152,7 +193,7 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
         }
         PROTO_TCP => {
             // Ports | seq | ack | data offset, flags, window | checksum, urgent pointer.
-            let tcp = load::<[u32; 5]>(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
+            let tcp = load::<[u32; 5], _>(ctx, p.l4_off).ok_or(Reason::PassMalformed)?;
             let (ports, off_flags) = (u32::from_be(tcp[0]), u32::from_be(tcp[3]));
             let doff = ((off_flags >> 28) * 4) as usize;
             if doff < TCP_MIN_HLEN || p.l4_off + doff > p.l4_end {
@@ -168,11 +209,11 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
+fn parse_ipv4<C: PacketCtx>(ctx: &C, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
     let l3 = p.l3_off;
     // Version, IHL, TOS, total length | ID, flags, fragment offset | TTL, protocol, checksum.
     // One bounds check for the fixed header, then plain word loads.
-    let h = load::<[u32; 5]>(ctx, l3).ok_or(Reason::PassMalformed)?;
+    let h = load::<[u32; 5], _>(ctx, l3).ok_or(Reason::PassMalformed)?;
     let (w0, w1, w2) = (u32::from_be(h[0]), u32::from_be(h[1]), u32::from_be(h[2]));
     let (src, dst) = (h[3], h[4]);
     if w0 >> 28 != 4 {
@@ -200,10 +241,10 @@ fn parse_ipv4(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Re
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
+fn parse_ipv6<C: PacketCtx>(ctx: &C, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
     let l3 = p.l3_off;
     // Version, traffic class, flow label | payload length, next header, hop limit.
-    let h = load::<[u32; 10]>(ctx, l3).ok_or(Reason::PassMalformed)?;
+    let h = load::<[u32; 10], _>(ctx, l3).ok_or(Reason::PassMalformed)?;
     let (w0, w1) = (h[0], u32::from_be(h[1]));
     if u32::from_be(w0) >> 28 != 6 {
         return Err(Reason::PassMalformed);

@@ -125,15 +125,15 @@ fn dnat(ctx: &XdpContext, p: &Parsed, b: &Backend) -> Option<()> {
     } else {
         p.l4_off + 16
     };
-    let port_ptr = ptr_at::<u16>(ctx, p.l4_off + 2)?;
-    let l4_csum_ptr = ptr_at::<u16>(ctx, csum_off)?;
+    let port_ptr = ptr_at::<u16, _>(ctx, p.l4_off + 2)?;
+    let l4_csum_ptr = ptr_at::<u16, _>(ctx, csum_off)?;
     // SAFETY (all raw accesses below): pointers come from ptr_at, bounds-checked; unaligned
     // word access to the packet is fine on BPF (see packet::load).
     let mut l4 = u16::from_be(unsafe { l4_csum_ptr.read() });
     // An IPv4 UDP checksum of zero means "none" and stays zero.
     let update_l4 = !(p.flow.proto == PROTO_UDP && l4 == 0);
     if p.is_v6 {
-        let daddr = ptr_at::<[u32; 4]>(ctx, p.l3_off + 24)?;
+        let daddr = ptr_at::<[u32; 4], _>(ctx, p.l3_off + 24)?;
         let old = [
             word(&p.flow.dst, 0),
             word(&p.flow.dst, 1),
@@ -151,8 +151,8 @@ fn dnat(ctx: &XdpContext, p: &Parsed, b: &Backend) -> Option<()> {
             l4 = csum::update_u32s(l4, &old.map(u32::from_be), &new.map(u32::from_be));
         }
     } else {
-        let daddr = ptr_at::<u32>(ctx, p.l3_off + 16)?;
-        let ip_csum = ptr_at::<u16>(ctx, p.l3_off + 10)?;
+        let daddr = ptr_at::<u32, _>(ctx, p.l3_off + 16)?;
+        let ip_csum = ptr_at::<u16, _>(ctx, p.l3_off + 10)?;
         let (old, new) = (word(&p.flow.dst, 0), word(&b.addr, 0));
         let (old_n, new_n) = (u32::from_be(old), u32::from_be(new));
         unsafe {
@@ -224,7 +224,7 @@ fn fib(ctx: &XdpContext, p: &Parsed, b: &Backend, ingress: u32) -> Result<NextHo
 /// Rewrite the MACs and hand the frame to its egress interface.
 #[inline(always)]
 fn send(ctx: &XdpContext, p: &Parsed, ingress: u32, hop: &NextHop) -> (u32, Reason) {
-    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+    let Some(eth) = ptr_at::<[u8; 12], _>(ctx, 0) else {
         return (xdp_action::XDP_PASS, Reason::PassMalformed);
     };
     let mut macs = [0u8; 12];
@@ -237,7 +237,7 @@ fn send(ctx: &XdpContext, p: &Parsed, ingress: u32, hop: &NextHop) -> (u32, Reas
     }
     if p.vlan {
         // The tag belongs to the ingress segment: move the MACs over it and drop 4 octets.
-        let Some(inner) = ptr_at::<[u8; 12]>(ctx, VLAN_HLEN) else {
+        let Some(inner) = ptr_at::<[u8; 12], _>(ctx, VLAN_HLEN) else {
             return (xdp_action::XDP_PASS, Reason::PassMalformed);
         };
         unsafe { *inner = macs };

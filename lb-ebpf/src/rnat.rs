@@ -22,25 +22,20 @@
 //! 0xffff. Reading uses direct packet access (after `bpf_skb_pull_data` if the headers are
 //! not all in the linear part).
 
-use core::mem::size_of;
-
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::{bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_store_bytes},
     programs::TcContext,
 };
-use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, RnatKey, RnatReason};
+use lb_common::{PROTO_UDP, Reason, RnatKey, RnatReason};
 
-use crate::maps::{LB_RNAT, LB_RNAT_STATS};
+use crate::{
+    maps::{LB_RNAT, LB_RNAT_STATS},
+    packet::{self, Parsed, word},
+};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPV6_HLEN: usize = 40;
-const UDP_HLEN: usize = 8;
 const TCP_MIN_HLEN: usize = 20;
 /// Ethernet + one VLAN tag + the longest IPv4 header + a TCP header: everything the
 /// program reads.
@@ -71,22 +66,6 @@ struct Reply {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
-    let start = ctx.data();
-    if start + off + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((start + off) as *const T)
-}
-
-/// One instruction per word, as in `packet::load` (unaligned packet loads are fine on BPF).
-#[inline(always)]
-fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
-    // SAFETY: bounds checked by ptr_at.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read() })
-}
-
-#[inline(always)]
 fn count(reason: RnatReason, bytes: u64) {
     if let Some(c) = LB_RNAT_STATS.get_ptr_mut(reason as u32) {
         // SAFETY: this CPU's slot of a live map.
@@ -114,7 +93,7 @@ fn run(ctx: &TcContext, len: u32) -> (i32, RnatReason) {
         let want = if len < HEADERS_MAX { len } else { HEADERS_MAX };
         let _ = ctx.pull_data(want);
     }
-    let reply = match parse(ctx, len as usize) {
+    let reply = match parse(ctx) {
         Ok(r) => r,
         Err(reason) => return (TC_ACT_OK, reason),
     };
@@ -137,135 +116,41 @@ fn run(ctx: &TcContext, len: u32) -> (i32, RnatReason) {
     }
 }
 
-/// Word `i` of a 16-octet address, network order as in memory.
+/// The reply's source, or why the packet is not ours. The XDP program's parser
+/// (`packet::parse`), so both programs agree on what a well-formed packet is: at most one
+/// VLAN tag, IPv4 with any IHL but no fragments, IPv6 without extension headers, UDP/TCP.
 #[inline(always)]
-fn word(addr: &[u8; 16], i: usize) -> u32 {
-    // SAFETY: i < 4; RnatValue is 4-octet aligned with the address at offset 0.
-    unsafe { (addr.as_ptr() as *const u32).add(i).read() }
-}
-
-#[inline(always)]
-fn set_word(addr: &mut [u8; 16], i: usize, w: u32) {
-    // SAFETY: as for word (RnatKey is 4-octet aligned too).
-    unsafe { (addr.as_mut_ptr() as *mut u32).add(i).write(w) }
-}
-
-/// The reply's source, or why the packet is not ours. Mirrors the XDP parser: at most one
-/// VLAN tag, IPv4 with any IHL but no fragments, IPv6 without extension headers.
-#[inline(always)]
-fn parse(ctx: &TcContext, pkt_len: usize) -> Result<Reply, RnatReason> {
-    let mut ethertype = load::<u16>(ctx, 12)
-        .map(u16::from_be)
-        .ok_or(RnatReason::PassMalformed)?;
-    let mut l3_off = ETH_HLEN;
-    if ethertype == ETH_P_8021Q {
-        ethertype = load::<u16>(ctx, ETH_HLEN + 2)
-            .map(u16::from_be)
-            .ok_or(RnatReason::PassMalformed)?;
-        l3_off += VLAN_HLEN;
-    }
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        return Err(RnatReason::PassNotIp);
-    }
-    let mut r = Reply {
-        is_v6: false,
-        l3_off,
-        l4_off: 0,
-        csum_off: 0,
-        l4_flags: 0,
-        src: [0; 4],
-        sport_raw: 0,
-        key: RnatKey::default(),
-    };
-    let l4_end;
-    match ethertype {
-        ETH_P_IP => {
-            let h = load::<[u32; 5]>(ctx, l3_off).ok_or(RnatReason::PassMalformed)?;
-            let (w0, w1, w2) = (u32::from_be(h[0]), u32::from_be(h[1]), u32::from_be(h[2]));
-            if w0 >> 28 != 4 {
-                return Err(RnatReason::PassMalformed);
-            }
-            let ihl = (((w0 >> 24) & 0x0f) * 4) as usize;
-            let tot_len = (w0 & 0xffff) as usize;
-            if ihl < 20 || tot_len < ihl || l3_off + tot_len > pkt_len {
-                return Err(RnatReason::PassMalformed);
-            }
-            if w1 & 0x3fff != 0 {
-                return Err(RnatReason::PassFragment);
-            }
-            r.key.proto = (w2 >> 16) as u8;
-            r.key.family = FAMILY_V4;
-            r.src[0] = h[3];
-            set_word(&mut r.key.addr, 0, h[3]);
-            r.l4_off = l3_off + ihl;
-            l4_end = l3_off + tot_len;
-        }
-        ETH_P_IPV6 => {
-            let h = load::<[u32; 6]>(ctx, l3_off).ok_or(RnatReason::PassMalformed)?;
-            let (w0, w1) = (u32::from_be(h[0]), u32::from_be(h[1]));
-            if w0 >> 28 != 6 {
-                return Err(RnatReason::PassMalformed);
-            }
-            let payload_len = (w1 >> 16) as usize;
-            if l3_off + IPV6_HLEN + payload_len > pkt_len {
-                return Err(RnatReason::PassMalformed);
-            }
-            // The destination is not needed, but the header must be whole.
-            if load::<[u32; 10]>(ctx, l3_off).is_none() {
-                return Err(RnatReason::PassMalformed);
-            }
-            let next = (w1 >> 8) as u8;
-            match next {
-                PROTO_UDP | PROTO_TCP => {}
-                0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => {
-                    return Err(RnatReason::PassIpv6Ext);
-                }
-                _ => return Err(RnatReason::PassNotBackend),
-            }
-            r.is_v6 = true;
-            r.key.proto = next;
-            r.key.family = FAMILY_V6;
-            for i in 0..4 {
-                r.src[i] = h[2 + i];
-                set_word(&mut r.key.addr, i, h[2 + i]);
-            }
-            r.l4_off = l3_off + IPV6_HLEN;
-            l4_end = r.l4_off + payload_len;
-        }
-        _ => return Err(RnatReason::PassNotIp),
-    }
-    let ports;
-    match r.key.proto {
-        PROTO_UDP => {
-            let udp = load::<[u32; 2]>(ctx, r.l4_off).ok_or(RnatReason::PassMalformed)?;
-            let len_csum = u32::from_be(udp[1]);
-            let udp_len = (len_csum >> 16) as usize;
-            if udp_len < UDP_HLEN || r.l4_off + udp_len > l4_end {
-                return Err(RnatReason::PassMalformed);
-            }
-            // IPv6 forbids a zero UDP checksum; not ours to fix.
-            if r.is_v6 && len_csum & 0xffff == 0 {
-                return Err(RnatReason::PassMalformed);
-            }
-            ports = udp[0];
-            r.csum_off = r.l4_off + 6;
-            r.l4_flags = BPF_F_MARK_MANGLED_0;
-        }
-        PROTO_TCP => {
-            let tcp = load::<[u32; 5]>(ctx, r.l4_off).ok_or(RnatReason::PassMalformed)?;
-            let doff = ((u32::from_be(tcp[3]) >> 28) * 4) as usize;
-            if doff < TCP_MIN_HLEN || r.l4_off + doff > l4_end {
-                return Err(RnatReason::PassMalformed);
-            }
-            ports = tcp[0];
-            r.csum_off = r.l4_off + 16;
-        }
-        _ => return Err(RnatReason::PassNotBackend),
-    }
-    let sport = (u32::from_be(ports) >> 16) as u16;
-    r.sport_raw = sport.to_be();
-    r.key.port = sport;
-    Ok(r)
+fn parse(ctx: &TcContext) -> Result<Reply, RnatReason> {
+    let mut p = Parsed::new();
+    packet::parse(ctx, &mut p).map_err(|r| match r {
+        Reason::PassNotIp => RnatReason::PassNotIp,
+        Reason::PassFragment => RnatReason::PassFragment,
+        Reason::PassIpv6Ext => RnatReason::PassIpv6Ext,
+        // Not UDP or TCP: nothing a backend of ours sends.
+        Reason::PassNotVip => RnatReason::PassNotBackend,
+        _ => RnatReason::PassMalformed,
+    })?;
+    let udp = p.flow.proto == PROTO_UDP;
+    Ok(Reply {
+        is_v6: p.is_v6,
+        l3_off: p.l3_off,
+        l4_off: p.l4_off,
+        csum_off: p.l4_off + if udp { 6 } else { 16 },
+        l4_flags: if udp { BPF_F_MARK_MANGLED_0 } else { 0 },
+        src: [
+            word(&p.flow.src, 0),
+            word(&p.flow.src, 1),
+            word(&p.flow.src, 2),
+            word(&p.flow.src, 3),
+        ],
+        sport_raw: p.flow.sport.to_be(),
+        key: RnatKey {
+            addr: p.flow.src,
+            port: p.flow.sport,
+            proto: p.flow.proto,
+            family: p.flow.family,
+        },
+    })
 }
 
 /// `bpf_l4_csum_replace`, retrying without `BPF_F_IPV6` on kernels that do not know it.

@@ -113,9 +113,9 @@ fn maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<(u32, Backen
 fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reason> {
     let payload = p.l4_off + UDP_HLEN;
     let payload_len = p.l4_end.saturating_sub(payload);
-    let first = read::<u8>(ctx, payload).ok_or(Reason::FallbackUnroutable)?;
+    let first = read::<u8, _>(ctx, payload).ok_or(Reason::FallbackUnroutable)?;
     let (dcid_off, dcid_len, client_chosen) = if quic::is_long_header(first) {
-        let hdr = read::<[u8; 6]>(ctx, payload).ok_or(Reason::FallbackUnroutable)?;
+        let hdr = read::<[u8; 6], _>(ctx, payload).ok_or(Reason::FallbackUnroutable)?;
         let version = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]);
         let dcid_len = hdr[5] as usize;
         let client_chosen = quic::long_header_has_client_dcid(first, version);
@@ -145,7 +145,7 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
         }
     };
 
-    let cid0 = read::<u8>(ctx, dcid_off).ok_or(fallback(Reason::FallbackUnroutable))?;
+    let cid0 = read::<u8, _>(ctx, dcid_off).ok_or(fallback(Reason::FallbackUnroutable))?;
     let cr = quic::config_rotation(cid0);
     if cr == QUIC_LB_UNROUTABLE_CR {
         return Err(fallback(Reason::FallbackUnroutable));
@@ -165,7 +165,8 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
     // helper call): 16 octets cover any plaintext server ID, the encrypted modes need all 19
     // (server ID + nonce). Any real QUIC packet has that much there: a 16-octet AEAD tag
     // follows the header.
-    let head = load::<[u64; 2]>(ctx, dcid_off + 1).ok_or(fallback(Reason::FallbackUnroutable))?;
+    let head =
+        load::<[u64; 2], _>(ctx, dcid_off + 1).ok_or(fallback(Reason::FallbackUnroutable))?;
     let mut key = ServerIdKey {
         vip_index: vip.index,
         config_id: cr,
@@ -179,7 +180,7 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
         key.sid = quic_lb::plaintext_server_id(head, cfg.sid_len);
     } else {
         let tail =
-            read::<[u8; 3]>(ctx, dcid_off + 17).ok_or(fallback(Reason::FallbackUnroutable))?;
+            read::<[u8; 3], _>(ctx, dcid_off + 17).ok_or(fallback(Reason::FallbackUnroutable))?;
         let block = cid_block(head, tail);
         if !quic_lb::decode_block(
             mode,
