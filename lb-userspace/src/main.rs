@@ -72,6 +72,12 @@ enum Command {
     /// Run a whoami HTTP/3 + HTTP/1.1 backend (one address and port) that issues QUIC-LB
     /// connection IDs (exit 2: bad arguments).
     Backend(lb_userspace::backend::BackendArgs),
+    /// Probe backends through lb over HTTP/3 (optionally migrating every connection) or
+    /// HTTP/1.1, and report who answered (exit 1: a failure, 2: bad arguments).
+    Probe(lb_userspace::probe::ProbeArgs),
+    /// The end-to-end demo: client, node and three backends in network namespaces, lb run,
+    /// real HTTP/3 and HTTP/1.1 traffic and QUIC migration (needs root; exit 1: a failure).
+    Demo(lb_userspace::demo::DemoArgs),
 }
 
 fn attach(iface: &str, ns: Option<&str>, generic: bool) -> Result<()> {
@@ -185,5 +191,7 @@ fn main() -> Result<()> {
             &mut std::io::stderr(),
         )),
         Command::Backend(args) => std::process::exit(lb_userspace::backend::run(&args)),
+        Command::Probe(args) => std::process::exit(lb_userspace::probe::run(&args)),
+        Command::Demo(args) => std::process::exit(lb_userspace::demo::run(&args)),
     }
 }

@@ -11,13 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, Bytes};
 use lb_common::quic_lb::{Config, MAX_SERVER_ID_LEN, decode};
 use lb_userspace::backend::{Whoami, cert_fingerprint, pem};
-use quinn::{
-    ClientConfig, Connection, Endpoint, crypto::rustls::QuicClientConfig, rustls,
-    rustls::pki_types::CertificateDer,
-};
+use lb_userspace::probe::{self, H3Client, Trust};
+use quinn::{ClientConfig, rustls::pki_types::CertificateDer};
 use tokio::{net::UdpSocket, time::timeout};
 
 /// Bound on each step; on loopback each takes milliseconds.
@@ -165,116 +162,29 @@ fn run_failing(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), err)
 }
 
-/// Accepts exactly the certificate whose SHA-256 the backend printed.
-#[derive(Debug)]
-struct Pinned {
-    sha256: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if cert_fingerprint(end_entity) == self.sha256 {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "certificate fingerprint differs".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn quic_client(mut tls: rustls::ClientConfig) -> ClientConfig {
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()))
-}
-
-fn tls_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
-    rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-}
-
-/// Trusts the certificate with this SHA-256 fingerprint.
+/// Trusts the certificate with this SHA-256 fingerprint (`lb probe --fingerprint`).
 fn pinned_client(sha256: &str) -> ClientConfig {
-    let verifier = Pinned {
-        sha256: sha256.to_string(),
-        provider: provider(),
-    };
-    quic_client(
-        tls_builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth(),
-    )
+    probe::client_config(&Trust::Fingerprint(sha256.to_string())).unwrap()
 }
 
 /// Trusts `root` as a certificate authority (webpki verification of name and chain).
 fn rooted_client(root: CertificateDer<'static>) -> ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root).unwrap();
-    quic_client(
-        tls_builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    probe::client_config(&Trust::Roots(vec![root])).unwrap()
 }
 
 fn std_socket() -> std::net::UdpSocket {
     std::net::UdpSocket::bind((LOOPBACK, 0)).unwrap()
 }
 
-/// An HTTP/3 client connection: the quinn connection and h3's request sender.
-struct H3 {
-    endpoint: Endpoint,
-    conn: Connection,
-    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-    driver: tokio::task::JoinHandle<()>,
+/// An HTTP/3 client connection (`lb probe`'s client) that panics on failure; derefs to
+/// [`H3Client`] for its `endpoint` and `conn`.
+struct H3(H3Client);
+
+impl std::ops::Deref for H3 {
+    type Target = H3Client;
+    fn deref(&self) -> &H3Client {
+        &self.0
+    }
 }
 
 impl H3 {
@@ -284,62 +194,20 @@ impl H3 {
         } else {
             (LOOPBACK, 0).into()
         };
-        let mut endpoint = Endpoint::client(local).unwrap();
-        endpoint.set_default_client_config(config);
-        let conn = timeout(STEP, endpoint.connect(to, "localhost").unwrap())
+        H3(H3Client::connect(local, to, "localhost", config, STEP)
             .await
-            .expect("QUIC handshake in time")
-            .expect("QUIC handshake");
-        let (mut driver, send) = timeout(
-            STEP,
-            h3::client::new(h3_quinn::Connection::new(conn.clone())),
-        )
-        .await
-        .expect("HTTP/3 setup in time")
-        .expect("HTTP/3 setup");
-        let driver = tokio::spawn(async move {
-            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-        });
-        H3 {
-            endpoint,
-            conn,
-            send,
-            driver,
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> (http::StatusCode, String) {
-        let req = http::Request::get(format!("https://localhost{path}"))
-            .body(())
-            .unwrap();
-        let work = async {
-            let mut stream = self.send.send_request(req).await.unwrap();
-            stream.finish().await.unwrap();
-            let resp = stream.recv_response().await.unwrap();
-            let mut body = Vec::new();
-            while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-                while chunk.has_remaining() {
-                    let c = chunk.chunk();
-                    body.extend_from_slice(c);
-                    let n = c.len();
-                    chunk.advance(n);
-                }
-            }
-            (resp.status(), String::from_utf8(body).unwrap())
-        };
-        timeout(STEP, work).await.expect("HTTP/3 response in time")
+            .unwrap_or_else(|e| panic!("connecting to {to}: {e}")))
     }
 
     async fn whoami(&mut self, path: &str) -> Whoami {
-        let (status, body) = self.get(path).await;
-        assert_eq!(status, http::StatusCode::OK, "{body}");
-        Whoami::parse(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+        self.0
+            .whoami(path, STEP)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     async fn close(self) {
-        self.conn.close(0x100u32.into(), b"done");
-        let _ = timeout(STEP, self.endpoint.wait_idle()).await;
-        self.driver.abort();
+        self.0.close(STEP).await
     }
 }
 

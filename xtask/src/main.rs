@@ -1,8 +1,9 @@
 //! `cargo xtask`: the one place that knows how to set up a machine for lb, build its BPF
-//! object, run its kernel test suite and its benchmark.
+//! object, run its kernel test suite, its benchmark and the end-to-end demo.
 
 mod bench;
 mod build_ebpf;
+mod demo;
 mod run;
 mod setup;
 mod test;
@@ -13,14 +14,14 @@ use clap::{Parser, Subcommand};
 
 use crate::setup::Scope;
 
-/// Tasks for the lb workspace: machine setup, BPF build, kernel tests, benchmark.
+/// Tasks for the lb workspace: machine setup, BPF build, kernel tests, benchmark, demo.
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    after_help = "Run from anywhere inside the workspace. `setup`, `build-ebpf`, `test` and \
-                  `bench` first check the machine and install only what is missing; `test` and \
-                  `bench` need root."
+    after_help = "Run from anywhere inside the workspace. `setup`, `build-ebpf`, `test`, `bench` \
+                  and `demo` first check the machine and install only what is missing; `test`, \
+                  `bench` and `demo` need root."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -74,12 +75,19 @@ enum Task {
     )]
     Bench(bench::Args),
 
-    /// The end-to-end demo: not built yet (exits with status 2)
+    /// The end-to-end demo as root: a client, an lb node and three backends in network
+    /// namespaces, real HTTP/3, HTTP/1.1 and QUIC migration through `lb run`
     #[command(
-        long_about = "The end-to-end demo. Not built yet: it arrives with the \
-        end-to-end issue. Until then it prints what to run instead and exits with status 2."
+        long_about = "The end-to-end demo as root: `cargo xtask setup` (everything, including \
+        the .venv with aioquic), then `cargo run --release --package lb-userspace --bin lb -- \
+        demo [--keep]` with LB_DEMO_PYTHON=.venv/bin/python. It builds a client, a node running \
+        `lb run` and three backends (`lb backend`) in network namespaces and prints a report: an \
+        aioquic HTTP/3 request, 30 QUIC connections migrating with CID routing and without it \
+        (side by side), HTTP/1.1 over TCP on the same VIP and port, and the daemon's nonzero \
+        metrics. Ends with `demo: OK` or `demo: FAILED: ...`; exits with lb demo's exit code. \
+        With --keep everything stays up and the demo prints how to reach it."
     )]
-    Demo,
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,14 +99,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf(args) => build_ebpf::build_ebpf(args),
         Task::Test(args) => test::test(args),
         Task::Bench(args) => bench::bench(args),
-        Task::Demo => {
-            eprintln!(
-                "demo: not built yet — the end-to-end demo arrives with the end-to-end issue; \
-                 today `cargo xtask bench` runs the data plane on this kernel and \
-                 `cargo xtask test` runs the whole suite"
-            );
-            return ExitCode::from(2);
-        }
+        Task::Demo(args) => demo::demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
