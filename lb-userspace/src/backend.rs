@@ -174,6 +174,17 @@ pub struct BackendArgs {
     /// configuration rotation reach established connections) [default: never].
     #[arg(long, env = "LB_QUIC_LB_CID_LIFETIME", value_name = "SECONDS")]
     pub cid_lifetime: Option<u64>,
+    /// Stateless-reset key shared by every backend of the pool, 64 hex digits (32 octets).
+    /// The load balancer sends packets for a server that is gone to a live one, which answers
+    /// with a stateless reset; the client accepts it only if the token matches, i.e. only if
+    /// both servers derive tokens from the same key [default: a random key per process].
+    #[arg(
+        long,
+        env = "LB_BACKEND_RESET_KEY",
+        value_name = "HEX",
+        hide_env_values = true
+    )]
+    pub reset_key: Option<String>,
     /// TLS certificate chain, PEM (with --key-pem) [default: self-signed for --sni-names].
     #[arg(
         long,
@@ -250,6 +261,7 @@ pub struct Settings {
     pub worker_id: u32,
     pub worker_bits: u32,
     pub cid_lifetime: Option<Duration>,
+    pub reset_key: Option<[u8; 32]>,
     pub certs: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub write_cert: Option<PathBuf>,
@@ -323,6 +335,29 @@ impl Settings {
             Some(0) => return Err(usage("--cid-lifetime", "must be at least 1 second")),
             s => s.map(Duration::from_secs),
         };
+        let reset_key = match &a.reset_key {
+            None => None,
+            Some(h) => {
+                let bytes =
+                    (h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit())).then(|| {
+                        (0..32)
+                            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0))
+                            .collect::<Vec<u8>>()
+                    });
+                match bytes {
+                    Some(b) => Some(<[u8; 32]>::try_from(b).expect("32 octets")),
+                    None => {
+                        return Err(usage(
+                            "--reset-key",
+                            format!(
+                                "expected 64 hex digits (32 octets), got {} characters",
+                                h.len()
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
         let (certs, key) = match (&a.cert, &a.key_pem) {
             (Some(c), Some(k)) => load_pem(c, k)?,
             _ => self_signed(&a.sni_names)?,
@@ -335,6 +370,7 @@ impl Settings {
             worker_id: a.worker_id,
             worker_bits: a.worker_bits,
             cid_lifetime,
+            reset_key,
             certs,
             key,
             write_cert: a.write_cert.clone(),
@@ -626,7 +662,12 @@ impl Backend {
         }
         server_config.transport_config(Arc::new(transport));
 
-        let mut endpoint_config = EndpointConfig::default();
+        let mut endpoint_config = match settings.reset_key {
+            Some(k) => {
+                EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k)))
+            }
+            None => EndpointConfig::default(),
+        };
         endpoint_config.cid_generator(settings.generator().factory());
 
         let (udp, tcp) = bind_pair(settings.listen)?;

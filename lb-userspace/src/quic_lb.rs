@@ -552,6 +552,22 @@ impl QuicLbCidGenerator {
     /// Whether `cid` decodes to this generator's server ID under its current configuration, or
     /// under the previous one (still in use until quinn retires those CIDs), or is an
     /// unroutable CID of this length after this generator has issued such CIDs.
+    /// Whether `cid` could have been issued by any server of this pool: the right length and
+    /// decodable under this generator's configuration (or the one before the last rotation),
+    /// whatever server ID it names; or one of ours.
+    pub fn in_pool(&self, cid: &[u8]) -> bool {
+        if cid.len() != self.shared.cid_len {
+            return false;
+        }
+        let mut sid = [0u8; MAX_SERVER_ID_LEN];
+        self.issuer.codec.decode(cid, &mut sid).is_ok()
+            || self
+                .previous
+                .as_ref()
+                .is_some_and(|(codec, _)| codec.decode(cid, &mut sid).is_ok())
+            || self.owns(cid)
+    }
+
     pub fn owns(&self, cid: &[u8]) -> bool {
         if cid.len() != self.shared.cid_len {
             return false;
@@ -573,8 +589,12 @@ impl ConnectionIdGenerator for QuicLbCidGenerator {
 
     /// quinn calls this only for short-header packets whose DCID matches no connection, to
     /// decide whether to answer with a stateless reset: `Err` drops the packet silently.
+    /// Accepts every CID of the server pool ([`QuicLbCidGenerator::in_pool`]), not only this
+    /// server's: when the load balancer sends a packet for a server that is gone to a live
+    /// one, the client gets a stateless reset instead of silence (and accepts it when the
+    /// pool shares one reset key, `lb backend --reset-key`).
     fn validate(&self, cid: &ConnectionId) -> Result<(), InvalidCid> {
-        if self.owns(cid) {
+        if self.in_pool(cid) {
             Ok(())
         } else {
             Err(InvalidCid)
@@ -829,16 +849,20 @@ mod tests {
     }
 
     #[test]
-    fn validate_accepts_own_and_rejects_others() {
+    fn validate_accepts_the_pool_and_rejects_others() {
         for (cfg, sid) in all_modes() {
             let mut g = QuicLbCidGenerator::new(cfg, &sid).unwrap();
             let own = g.generate_cid();
             assert!(g.validate(&own).is_ok());
-            // Another server under the same configuration.
+            assert!(g.owns(&own));
+            // Another server under the same configuration: in the pool (a live server answers
+            // it with a stateless reset), but not ours.
             let mut other_sid = sid.clone();
             other_sid[0] ^= 0x80;
             let mut other = QuicLbCidGenerator::new(cfg, &other_sid).unwrap();
-            assert!(g.validate(&other.generate_cid()).is_err(), "{cfg:?}");
+            let foreign = other.generate_cid();
+            assert!(g.validate(&foreign).is_ok(), "{cfg:?}");
+            assert!(!g.owns(&foreign), "{cfg:?}");
             // Same server ID, other config ID.
             let other_cfg = Config::new(
                 (cfg.config_id() + 1) % 7,
@@ -860,16 +884,16 @@ mod tests {
             );
             assert!(g.validate(&ConnectionId::new(&[0u8; 8])).is_err());
         }
-        // Under a key, a different key is a different configuration.
+        // Under a key, a CID of another key has the same shape, so it is in the pool as far
+        // as anyone can tell (it decodes to some server ID), but it is never ours: a random
+        // 3-octet server ID matches with probability 2^-24.
         let (cfg, sid) = (cfg_keyed(), [1u8, 2, 3]);
         let g = QuicLbCidGenerator::new(cfg, &sid).unwrap();
         let other_key = Config::new(cfg.config_id(), 3, 6, Some([7; 16]), true).unwrap();
         let mut other = QuicLbCidGenerator::new(other_key, &sid).unwrap();
-        let hits = (0..200)
-            .filter(|_| g.validate(&other.generate_cid()).is_ok())
-            .count();
-        // A random 3-octet server ID matches with probability 2^-24.
-        assert_eq!(hits, 0);
+        let cids: Vec<ConnectionId> = (0..200).map(|_| other.generate_cid()).collect();
+        assert!(cids.iter().all(|c| g.validate(c).is_ok()));
+        assert_eq!(cids.iter().filter(|c| g.owns(c)).count(), 0);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub fn server_id(n: u8) -> String {
     format!("0a{n:02x}")
 }
 
+/// Stateless-reset key shared by the CID-routed backends (`lb backend --reset-key`).
+pub const RESET_KEY: &str = "6c622d64656d6f2d706f6f6c2d72657365742d6b65792d6f662d7468652d7465";
+
 pub fn backend_name(n: u8) -> String {
     format!("b{n}")
 }
@@ -237,7 +240,10 @@ impl Topology {
                 .args(["--name", &backend_name(n), "--server-id", &server_id(n)])
                 .args(["--server-id-len", &SERVER_ID_LEN.to_string()])
                 .args(["--nonce-len", &NONCE_LEN.to_string(), "--cr-bits", "0"])
-                .args(["--sni-names", "localhost,198.18.0.100"]);
+                .args(["--sni-names", "localhost,198.18.0.100"])
+                // One stateless-reset key for the pool: a live backend can then reset a
+                // connection of a backend that is gone, and the client believes it.
+                .args(["--reset-key", RESET_KEY]);
             let mut nocid = be.command(&lb)?;
             nocid
                 .args(["backend", "--listen"])
