@@ -17,6 +17,8 @@ pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_SERVER_IDS: u32 = 16384;
 pub const CONN_TABLE_ENTRIES: u32 = 65536;
+/// Capacity of `LB_LEARNED` (an LRU: the oldest learned CIDs go first).
+pub const LEARNED_CID_ENTRIES: u32 = 65536;
 
 /// Stride of one Maglev ring in `LB_MAGLEV`: the largest ring a VIP may use. A VIP's own
 /// ring size (a prime no larger than this) is in its [`VipMeta`].
@@ -55,6 +57,9 @@ pub mod map_names {
     pub const RNAT: &str = "LB_RNAT";
     /// Per-CPU counters of the reverse-NAT program, one slot per [`RnatReason`](super::RnatReason).
     pub const RNAT_STATS: &str = "LB_RNAT_STATS";
+    /// Learned-CID mode: (VIP index, server-chosen CID) -> backend id, filled by the reverse
+    /// NAT from the backends' long-header replies.
+    pub const LEARNED: &str = "LB_LEARNED";
 }
 
 /// Program names in the BPF object.
@@ -82,6 +87,18 @@ pub struct VipKey {
 
 /// The VIP routes QUIC packets by the server ID in their destination connection ID.
 pub const VIP_F_QUIC_LB: u32 = 1;
+/// Learned-CID mode (for servers that pick random CIDs): the reverse NAT records the
+/// source connection ID of each backend's long-header replies in `LB_LEARNED`, and the XDP
+/// program routes packets whose DCID is such a CID to that backend. The CID length (the
+/// server's, 1..=20) is in bits 8..16 of the flags ([`VipMeta::learned_cid_len`]).
+pub const VIP_F_LEARNED_CID: u32 = 2;
+/// Shift of the learned CID length in `VipMeta::flags`.
+pub const VIP_LEARNED_CID_LEN_SHIFT: u32 = 8;
+
+/// `VipMeta::flags` for learned-CID mode with CIDs of `cid_len` octets.
+pub const fn learned_cid_flags(cid_len: u8) -> u32 {
+    VIP_F_LEARNED_CID | ((cid_len as u32) << VIP_LEARNED_CID_LEN_SHIFT)
+}
 
 /// `LB_VIPS` value.
 #[repr(C)]
@@ -98,6 +115,16 @@ pub struct VipMeta {
 }
 
 impl VipMeta {
+    /// The server CID length of a VIP in learned-CID mode; 0 when the mode is off.
+    #[inline(always)]
+    pub fn learned_cid_len(&self) -> usize {
+        if self.flags & VIP_F_LEARNED_CID == 0 {
+            0
+        } else {
+            ((self.flags >> VIP_LEARNED_CID_LEN_SHIFT) & 0xff) as usize
+        }
+    }
+
     /// First slot of the live ring in `LB_MAGLEV`.
     #[inline(always)]
     pub fn ring_base(&self) -> u32 {
@@ -239,8 +266,9 @@ impl Default for CounterBlock {
 
 /// Why a packet went where it went. `LB_STATS[0]` and `LB_VIP_STATS[vip index]` are
 /// [`CounterBlock`]s with one slot per reason. Counters are events, not a partition: a VIP packet bumps
-/// one steering reason (how its backend was chosen: `RoutedCid`, or one `Fallback*` and then
-/// `LruHit`/`Maglev`, or just `LruHit`/`Maglev` for TCP and plain UDP) and then one
+/// one steering reason (how its backend was chosen: `RoutedCid` or `RoutedLearnedCid`, or one
+/// `Fallback*` and then `LruHit`/`Maglev`, or just `LruHit`/`Maglev` for TCP and plain UDP,
+/// and learned-CID misses) and then one
 /// forwarding reason (`Tx`, `Redirect`, `PassNoNeighbour`, `PassFibFailed`) or one `Drop*`
 /// reason. A packet that is not steered bumps exactly one `Pass*` reason and is left
 /// untouched.
@@ -289,9 +317,12 @@ pub enum Reason {
     /// Forwarded with this CPU's cached FIB result for the backend (counted with `Tx` or
     /// `Redirect`); the others did a `bpf_fib_lookup`.
     FibCached = 19,
+    /// Learned-CID mode: the DCID is a CID a backend chose (learned from its reply), and that
+    /// backend got the packet.
+    RoutedLearnedCid = 20,
 }
 
-pub const REASON_COUNT: u32 = 20;
+pub const REASON_COUNT: u32 = 21;
 const _: () = assert!(REASON_COUNT <= REASON_STRIDE);
 /// Slots in a [`CounterBlock`] (room for future reasons without a layout change).
 pub const REASON_STRIDE: u32 = 32;
@@ -318,6 +349,7 @@ impl Reason {
         Reason::DropBadBackend,
         Reason::DropAdjustFailed,
         Reason::FibCached,
+        Reason::RoutedLearnedCid,
     ];
 
     /// Stable snake_case name, used in metrics labels and the bench's counter proofs.
@@ -343,6 +375,7 @@ impl Reason {
             Reason::DropBadBackend => "drop_bad_backend",
             Reason::DropAdjustFailed => "drop_adjust_failed",
             Reason::FibCached => "fib_cached",
+            Reason::RoutedLearnedCid => "routed_learned_cid",
         }
     }
 }
@@ -423,6 +456,22 @@ pub struct RnatValue {
     pub addr: [u8; 16],
     pub port: u16,
     pub _pad: [u8; 2],
+    /// The backend's id in `LB_BACKENDS`, for learned-CID mode; [`RNAT_NO_BACKEND`] when
+    /// unknown (nothing is learned from its replies).
+    pub backend: u32,
+}
+
+/// `RnatValue::backend` when the backend id is not known.
+pub const RNAT_NO_BACKEND: u32 = u32::MAX;
+
+/// `LB_LEARNED` key: a server-chosen connection ID of one VIP, zero-padded to 20 octets.
+#[repr(C, align(4))]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    pub vip_index: u32,
+    pub cid_len: u8,
+    pub _pad: [u8; 3],
+    pub cid: [u8; QUIC_LB_MAX_CID_LEN],
 }
 
 /// Outcome of one packet through the reverse-NAT TC program; `LB_RNAT_STATS[reason]`
@@ -496,6 +545,7 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for RnatKey {}
     unsafe impl aya::Pod for RnatValue {}
+    unsafe impl aya::Pod for LearnedKey {}
 }
 
 #[cfg(test)]
@@ -516,7 +566,8 @@ mod tests {
         assert_eq!(size_of::<FibCacheEntry>(), 32);
         assert_eq!(size_of::<Settings>(), 8);
         assert_eq!(size_of::<RnatKey>(), 20);
-        assert_eq!(size_of::<RnatValue>(), 20);
+        assert_eq!(size_of::<RnatValue>(), 24);
+        assert_eq!(size_of::<LearnedKey>(), 28);
     }
 
     #[test]

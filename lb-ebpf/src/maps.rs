@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry,
@@ -66,3 +66,10 @@ pub static LB_RNAT: HashMap<lb_common::RnatKey, lb_common::RnatValue> =
 #[map(name = "LB_RNAT_STATS")]
 pub static LB_RNAT_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(lb_common::RNAT_REASON_STRIDE, 0);
+
+/// Learned-CID mode: (VIP index, server-chosen CID) -> backend id. Written by `lb_tc_rnat`
+/// from backends' long-header replies, read by `lb_xdp`. A shared (not per-CPU) LRU: the
+/// reply and the client's later packets are seen on different CPUs.
+#[map(name = "LB_LEARNED")]
+pub static LB_LEARNED: LruHashMap<lb_common::LearnedKey, u32> =
+    LruHashMap::with_max_entries(lb_common::LEARNED_CID_ENTRIES, 0);

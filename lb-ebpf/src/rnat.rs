@@ -27,19 +27,31 @@ use aya_ebpf::{
     helpers::generated::{bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_store_bytes},
     programs::TcContext,
 };
-use lb_common::{PROTO_UDP, Reason, RnatKey, RnatReason};
+use lb_common::{
+    LearnedKey, PROTO_UDP, QUIC_LB_MAX_CID_LEN, RNAT_NO_BACKEND, Reason, RnatKey, RnatReason,
+    RnatValue, VipKey, quic,
+};
 
 use crate::{
-    maps::{LB_RNAT, LB_RNAT_STATS},
-    packet::{self, Parsed, word},
+    maps::{LB_LEARNED, LB_RNAT, LB_RNAT_STATS, LB_VIPS},
+    packet::{self, Parsed, read, word},
+    steer::learned_mask,
 };
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const TCP_MIN_HLEN: usize = 20;
-/// Ethernet + one VLAN tag + the longest IPv4 header + a TCP header: everything the
-/// program reads.
-const HEADERS_MAX: u32 = (ETH_HLEN + VLAN_HLEN + 60 + TCP_MIN_HLEN) as u32;
+const UDP_HLEN: usize = 8;
+/// A QUIC long header up to the end of a 20-octet source CID (first octet, version, DCID
+/// length, DCID, SCID length, SCID) plus the 20-octet fixed-size load of the SCID.
+const QUIC_LONG_MAX: usize = 1 + 4 + 1 + 20 + 1 + 20;
+/// Ethernet + one VLAN tag + the longest IPv4 header + a TCP header, or + UDP and a QUIC
+/// long header (learned-CID mode): everything the program reads.
+const HEADERS_MAX: u32 = {
+    let tcp = ETH_HLEN + VLAN_HLEN + 60 + TCP_MIN_HLEN;
+    let quic = ETH_HLEN + VLAN_HLEN + 60 + UDP_HLEN + QUIC_LONG_MAX;
+    (if tcp > quic { tcp } else { quic }) as u32
+};
 
 // bpf_l4_csum_replace flags (uapi/linux/bpf.h).
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
@@ -63,6 +75,8 @@ struct Reply {
     src: [u32; 4],
     sport_raw: u16,
     key: RnatKey,
+    /// End of the UDP payload (UDP length, not frame length).
+    l4_end: usize,
 }
 
 #[inline(always)]
@@ -102,6 +116,9 @@ fn run(ctx: &TcContext, len: u32) -> (i32, RnatReason) {
         Some(v) => *v,
         None => return (TC_ACT_OK, RnatReason::PassNotBackend),
     };
+    if reply.key.proto == PROTO_UDP && vip.backend != RNAT_NO_BACKEND {
+        learn(ctx, &reply, &vip);
+    }
     let new_src = [
         word(&vip.addr, 0),
         word(&vip.addr, 1),
@@ -114,6 +131,58 @@ fn run(ctx: &TcContext, len: u32) -> (i32, RnatReason) {
         // from the backend's address.
         Err(()) => (TC_ACT_SHOT, RnatReason::DropRewriteFailed),
     }
+}
+
+/// Learned-CID mode: if the reply's VIP is in that mode and the reply is a QUIC long-header
+/// packet (not Version Negotiation) whose source CID has the VIP's CID length, record
+/// (VIP index, SCID) -> the backend in `LB_LEARNED`. Only reads the packet; anything that
+/// does not fit is skipped silently (the packet is rewritten as usual).
+#[inline(always)]
+fn learn(ctx: &TcContext, r: &Reply, vip: &RnatValue) {
+    let vkey = VipKey {
+        addr: vip.addr,
+        port: vip.port,
+        proto: r.key.proto,
+        family: r.key.family,
+    };
+    let Some(meta) = (unsafe { LB_VIPS.get(&vkey) }) else {
+        return;
+    };
+    let (index, len) = (meta.index, meta.learned_cid_len());
+    if len == 0 || len > QUIC_LB_MAX_CID_LEN {
+        return;
+    }
+    let payload = r.l4_off + UDP_HLEN;
+    let Some(hdr) = read::<[u8; 6], _>(ctx, payload) else {
+        return;
+    };
+    if !quic::is_long_header(hdr[0]) || (hdr[1] | hdr[2] | hdr[3] | hdr[4]) == 0 {
+        return;
+    }
+    let dcid_len = hdr[5] as usize;
+    if dcid_len > QUIC_LB_MAX_CID_LEN {
+        return;
+    }
+    let scid_len_off = payload + quic::LONG_DCID_OFFSET + dcid_len;
+    // One fixed-size load for the SCID length and 20 octets from the SCID on (a real
+    // long-header packet has a 16-octet AEAD tag after its SCID, and more), then zero what
+    // is not the CID.
+    let Some(block) = read::<[u8; 1 + QUIC_LB_MAX_CID_LEN], _>(ctx, scid_len_off) else {
+        return;
+    };
+    if block[0] as usize != len || scid_len_off + 1 + len > r.l4_end {
+        return;
+    }
+    let mut cid = [0u8; QUIC_LB_MAX_CID_LEN];
+    cid.copy_from_slice(&block[1..]);
+    learned_mask(&mut cid, len);
+    let key = LearnedKey {
+        vip_index: index,
+        cid_len: len as u8,
+        _pad: [0; 3],
+        cid,
+    };
+    let _ = LB_LEARNED.insert(&key, &vip.backend, 0);
 }
 
 /// The reply's source, or why the packet is not ours. The XDP program's parser
@@ -150,6 +219,7 @@ fn parse(ctx: &TcContext) -> Result<Reply, RnatReason> {
             proto: p.flow.proto,
             family: p.flow.family,
         },
+        l4_end: p.l4_end,
     })
 }
 

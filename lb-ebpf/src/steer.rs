@@ -3,16 +3,16 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    BACKEND_F_VALID, Backend, CONN_F_VALID, ConnEntry, FlowKey, MAGLEV_RING_MAX, PROTO_TCP,
-    PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_UNROUTABLE_CR, Reason, ServerIdKey, VIP_F_QUIC_LB,
-    VipMeta,
+    BACKEND_F_VALID, Backend, CONN_F_VALID, ConnEntry, FlowKey, LearnedKey, MAGLEV_RING_MAX,
+    PROTO_TCP, PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_MAX_CID_LEN, QUIC_LB_UNROUTABLE_CR,
+    Reason, ServerIdKey, VIP_F_LEARNED_CID, VIP_F_QUIC_LB, VipMeta,
     hash::flow_hash,
     quic,
     quic_lb::{self, Mode},
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_CONNS, LB_MAGLEV, LB_QUIC_CFG, LB_SERVER_IDS},
+    maps::{LB_BACKENDS, LB_CONNS, LB_LEARNED, LB_MAGLEV, LB_QUIC_CFG, LB_SERVER_IDS},
     packet::{Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, load, read},
     stats::VipCounters,
 };
@@ -40,6 +40,15 @@ pub fn choose_backend(
                 c.count(Reason::FallbackUnknownServer);
             }
             Err(reason) => c.count(reason),
+        }
+        return table_or_maglev(flow, vip, c);
+    }
+    if flow.proto == PROTO_UDP && vip.flags & VIP_F_LEARNED_CID != 0 {
+        if let Some(id) = learned_server(ctx, p, vip) {
+            if let Some(b) = valid_backend(id, flow.family) {
+                c.count(Reason::RoutedLearnedCid);
+                return Ok((id, b));
+            }
         }
         return table_or_maglev(flow, vip, c);
     }
@@ -197,5 +206,51 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
     match unsafe { LB_SERVER_IDS.get(&key) } {
         Some(id) => Ok(*id),
         None => Err(fallback(Reason::FallbackUnknownServer)),
+    }
+}
+
+/// Learned-CID mode: the backend that chose the packet's DCID, if the reverse NAT learned
+/// it. Short header: the DCID is the next `learned_cid_len` octets; long header: the DCID
+/// as the header gives it, if it has that length.
+#[inline(always)]
+fn learned_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Option<u32> {
+    let len = vip.learned_cid_len();
+    if len == 0 || len > QUIC_LB_MAX_CID_LEN {
+        return None;
+    }
+    let payload = p.l4_off + UDP_HLEN;
+    let first = read::<u8, _>(ctx, payload)?;
+    let cid_off = if quic::is_long_header(first) {
+        let hdr = read::<[u8; 6], _>(ctx, payload)?;
+        if hdr[5] as usize != len {
+            return None;
+        }
+        payload + quic::LONG_DCID_OFFSET
+    } else {
+        payload + quic::SHORT_DCID_OFFSET
+    };
+    if cid_off + len > p.l4_end {
+        return None;
+    }
+    // A fixed 20-octet load (any real QUIC packet has that much after its DCID's start: at
+    // least a packet number and a 16-octet AEAD tag follow), then zero what is not the CID.
+    let mut cid = read::<[u8; QUIC_LB_MAX_CID_LEN], _>(ctx, cid_off)?;
+    learned_mask(&mut cid, len);
+    let key = LearnedKey {
+        vip_index: vip.index,
+        cid_len: len as u8,
+        _pad: [0; 3],
+        cid,
+    };
+    unsafe { LB_LEARNED.get(&key) }.copied()
+}
+
+/// Zero the octets of `cid` from `len` on.
+#[inline(always)]
+pub fn learned_mask(cid: &mut [u8; QUIC_LB_MAX_CID_LEN], len: usize) {
+    for (i, b) in cid.iter_mut().enumerate() {
+        if i >= len {
+            *b = 0;
+        }
     }
 }

@@ -26,6 +26,7 @@
 //! protocols = ["tcp", "udp"]      # each (address, port, protocol) is one data-plane VIP
 //! quic = true                     # default: true when the VIP has [[vips.quic_lb]] configs
 //! maglev_table_size = 65537       # prime, <= 65537, >= the backends with weight > 0
+//! learned_cid_len = 8             # optional, 1..=20: learned-CID mode (see below)
 //!
 //! [[vips.quic_lb]]
 //! config_id = 0                   # config rotation value 0..=6
@@ -53,6 +54,12 @@
 //!   backends are all drained (or that has none) drops new flows.
 //! - **`quic = false`** on a VIP with QUIC-LB configs keeps the configs validated but does not
 //!   install them: its UDP ports use 4-tuple Maglev hashing only. `quic` only affects UDP.
+//! - **`learned_cid_len`** turns on learned-CID mode on the VIP's UDP ports, for QUIC
+//!   servers that choose random connection IDs of this length (8 for aioquic): the reverse
+//!   NAT (`backend_interfaces`) learns each CID from the source CID of the backend's
+//!   long-header replies, and packets whose DCID is a learned CID go to that backend even
+//!   when the client's address or port changed. Other packets use the connection table and
+//!   Maglev as usual. Not combinable with QUIC-LB (`[[vips.quic_lb]]` / `quic = true`).
 //! - **`key_file`** is read relative to the config file's directory. It holds the key as 32 hex
 //!   digits (surrounding whitespace ignored) or as 16 raw octets.
 //! - **Capacity.** At most [`lb_common::MAX_VIPS`] (address, port, protocol) VIPs,
@@ -247,6 +254,8 @@ struct RawVip {
     #[serde(default)]
     maglev_table_size: Option<Spanned<i64>>,
     #[serde(default)]
+    learned_cid_len: Option<Spanned<i64>>,
+    #[serde(default)]
     quic_lb: Vec<Spanned<RawQuicLb>>,
     #[serde(default)]
     backends: Vec<Spanned<RawBackend>>,
@@ -329,6 +338,8 @@ pub struct VipConfig {
     pub quic: bool,
     pub quic_lb: Vec<quic_lb::Config>,
     pub maglev_table_size: u32,
+    /// Learned-CID mode on the UDP ports with server CIDs of this many octets; 0: off.
+    pub learned_cid_len: u8,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -829,6 +840,43 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
             None => !v.quic_lb.is_empty() && protocols.contains(&Protocol::Udp),
         };
 
+        let learned_cid_len = match &v.learned_cid_len {
+            None => 0,
+            Some(l) => {
+                let n = *l.get_ref();
+                let field = format!("{vf}.learned_cid_len");
+                if !(1..=lb_common::QUIC_LB_MAX_CID_LEN as i64).contains(&n) {
+                    errs.at(
+                        l.span(),
+                        &field,
+                        format!(
+                            "{n} is not a QUIC connection ID length; use the length of the CIDs \
+                             your servers choose, 1..=20 (aioquic: 8)"
+                        ),
+                    );
+                    0
+                } else if quic || !v.quic_lb.is_empty() {
+                    errs.at(
+                        l.span(),
+                        &field,
+                        "learned-CID mode and QUIC-LB ([[vips.quic_lb]], quic = true) cannot be \
+                         combined on one VIP; drop one of them",
+                    );
+                    0
+                } else {
+                    if !protocols.contains(&Protocol::Udp) && !v.protocols.get_ref().is_empty() {
+                        errs.at(
+                            l.span(),
+                            &field,
+                            "learned_cid_len but this VIP has no UDP port; add \"udp\" to \
+                             protocols or drop learned_cid_len",
+                        );
+                    }
+                    n as u8
+                }
+            }
+        };
+
         let maglev_table_size = match &v.maglev_table_size {
             None => MAGLEV_RING_DEFAULT,
             Some(m) => {
@@ -1156,6 +1204,7 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
                 quic,
                 quic_lb: configs,
                 maglev_table_size,
+                learned_cid_len,
                 backends,
             });
         }
@@ -1224,7 +1273,8 @@ pub struct PlannedVip {
     pub key: VipId,
     /// Index in the per-VIP arrays (rings, QUIC-LB configs, counters).
     pub index: u32,
-    /// `VIP_F_QUIC_LB` for a UDP VIP with QUIC-LB routing on.
+    /// `VIP_F_QUIC_LB` for a UDP VIP with QUIC-LB routing on; `learned_cid_flags(len)` for
+    /// a UDP VIP in learned-CID mode.
     pub flags: u32,
     /// Slots of the Maglev table to publish: the configured size, or 0 when no backend has
     /// a weight above zero (the VIP then drops new flows).
@@ -1400,7 +1450,13 @@ impl Plan {
                 name: v.name.clone(),
                 key,
                 index: indexes[&key],
-                flags: if quic { VIP_F_QUIC_LB } else { 0 },
+                flags: if quic {
+                    VIP_F_QUIC_LB
+                } else if v.learned_cid_len > 0 && key.proto == Protocol::Udp {
+                    lb_common::learned_cid_flags(v.learned_cid_len)
+                } else {
+                    0
+                },
                 ring_size: if backends.iter().any(|b| b.weight > 0) {
                     v.maglev_table_size
                 } else {
@@ -2592,6 +2648,74 @@ backends = [
                 "remove server ID 0a03 (config 0) of VIP 1",
                 "clear QUIC-LB config 0 of VIP 1",
             ]
+        );
+    }
+
+    fn learned_vip(extra: &str) -> String {
+        format!(
+            "interfaces = [\"eth0\"]\n[[vips]]\naddress = \"198.18.0.1\"\nports = [443]\n\
+             protocols = [\"tcp\", \"udp\"]\n{extra}\n\
+             backends = [{{ address = \"198.19.0.1\", port = 4433 }}]\n"
+        )
+    }
+
+    #[test]
+    fn learned_cid_len_sets_the_udp_vip_flags() {
+        let c = parse(&learned_vip("learned_cid_len = 8")).expect("valid");
+        assert_eq!(c.vips[0].learned_cid_len, 8);
+        let p = Plan::build(&c, None).expect("plan");
+        let flags: Vec<(Protocol, u32)> = p.vips.iter().map(|v| (v.key.proto, v.flags)).collect();
+        assert!(flags.contains(&(Protocol::Udp, lb_common::learned_cid_flags(8))));
+        assert!(flags.contains(&(Protocol::Tcp, 0)));
+        let meta = lb_common::VipMeta {
+            flags: lb_common::learned_cid_flags(8),
+            ..Default::default()
+        };
+        assert_eq!(meta.learned_cid_len(), 8);
+        // Off by default.
+        let c = parse(&learned_vip("")).expect("valid");
+        assert_eq!(c.vips[0].learned_cid_len, 0);
+        // Turning it on republishes the VIP with the new flags.
+        let old = Plan::build(&c, None).expect("plan");
+        let new = Plan::build(
+            &parse(&learned_vip("learned_cid_len = 8")).unwrap(),
+            Some(&old),
+        )
+        .expect("plan");
+        let d: Vec<String> = Plan::diff(&old, &new)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].starts_with("publish VIP") && d[0].contains("udp"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn learned_cid_len_checks() {
+        assert_error_like(
+            &learned_vip("learned_cid_len = 0"),
+            "lb.toml:6:19: vips[0].learned_cid_len: ",
+            "1..=20",
+        );
+        assert_error_like(
+            &learned_vip("learned_cid_len = 21"),
+            "lb.toml:6:19: vips[0].learned_cid_len: ",
+            "not a QUIC connection ID length",
+        );
+        assert_error_like(
+            &learned_vip(
+                "learned_cid_len = 8\nquic_lb = [{ config_id = 0, server_id_len = 2, nonce_len = 6 }]",
+            ),
+            "lb.toml:6:19: vips[0].learned_cid_len: ",
+            "cannot be combined",
+        );
+        assert_error_like(
+            &learned_vip("learned_cid_len = 8").replace("[\"tcp\", \"udp\"]", "[\"tcp\"]"),
+            "lb.toml:6:19: vips[0].learned_cid_len: ",
+            "no UDP port",
         );
     }
 

@@ -43,9 +43,10 @@ pub struct RunOptions {
     pub control_socket: PathBuf,
 }
 
-/// A reverse-NAT entry: replies from (backend address, port, protocol) leave as (VIP, port).
+/// A reverse-NAT entry: replies from (backend address, port, protocol) leave as (VIP, port);
+/// the third value is the backend's id (what learned-CID mode records).
 type RnatKey = (IpAddr, u16, u8);
-type RnatMap = BTreeMap<RnatKey, (IpAddr, u16)>;
+type RnatMap = BTreeMap<RnatKey, (IpAddr, u16, u32)>;
 
 /// Everything the daemon owns while it runs.
 pub struct State {
@@ -115,7 +116,7 @@ fn rnat_entries(plan: &Plan) -> Result<RnatMap> {
     for vip in &plan.vips {
         let proto = vip.key.proto.number();
         for b in &vip.backends {
-            let target = (vip.key.addr, vip.key.port);
+            let target = (vip.key.addr, vip.key.port, b.id);
             if let Some(other) = out.insert((b.addr, b.port, proto), target)
                 && other != target
             {
@@ -147,8 +148,8 @@ impl State {
         let rnat = rnat_entries(&plan)?;
         let mut dp = Dataplane::load().context("loading the BPF object")?;
         let t = Instant::now();
-        for ((addr, port, proto), (vip, vip_port)) in &rnat {
-            dp.set_rnat(*addr, *port, *proto, *vip, *vip_port)?;
+        for ((addr, port, proto), (vip, vip_port, id)) in &rnat {
+            dp.set_rnat_backend(*addr, *port, *proto, *vip, *vip_port, Some(*id))?;
         }
         config::apply(&mut dp, &Plan::diff(&Plan::default(), &plan))
             .context("programming the maps")?;
@@ -246,8 +247,9 @@ impl State {
         // packets), stale ones last (after no VIP sends to them).
         for (key, target) in &rnat {
             if self.rnat.get(key) != Some(target) {
-                let ((addr, port, proto), (vip, vip_port)) = (key, target);
-                self.dp.set_rnat(*addr, *port, *proto, *vip, *vip_port)?;
+                let ((addr, port, proto), (vip, vip_port, id)) = (key, target);
+                self.dp
+                    .set_rnat_backend(*addr, *port, *proto, *vip, *vip_port, Some(*id))?;
             }
         }
         config::apply(&mut self.dp, &changes).context("applying the new config")?;

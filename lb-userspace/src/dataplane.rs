@@ -17,7 +17,9 @@ use lb_common::{
     QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REASON_COUNT, Reason, ServerIdKey, Settings, VipKey,
     VipMeta, maglev_ring_base, map_names, program_names, quic_lb,
 };
-use lb_common::{PROTO_TCP, PROTO_UDP, RNAT_REASON_COUNT, RnatKey, RnatReason, RnatValue};
+use lb_common::{
+    LearnedKey, PROTO_TCP, PROTO_UDP, RNAT_REASON_COUNT, RnatKey, RnatReason, RnatValue,
+};
 use thiserror::Error;
 
 /// The BPF object built by build.rs (empty when bpf-linker was missing at build time).
@@ -170,6 +172,7 @@ pub struct Dataplane {
     links: StdHashMap<u32, XdpLinkId>,
     rnat: HashMap<MapData, RnatKey, RnatValue>,
     rnat_stats: PerCpuArray<MapData, Counter>,
+    learned: HashMap<MapData, LearnedKey, u32>,
     /// Links made by `attach_rnat` (TC ingress), by interface index.
     rnat_links: StdHashMap<u32, SchedClassifierLinkId>,
 }
@@ -211,6 +214,8 @@ impl Dataplane {
         let rnat = HashMap::try_from(take(map_names::RNAT)?).map_err(map_err(map_names::RNAT))?;
         let rnat_stats = PerCpuArray::try_from(take(map_names::RNAT_STATS)?)
             .map_err(map_err(map_names::RNAT_STATS))?;
+        let learned =
+            HashMap::try_from(take(map_names::LEARNED)?).map_err(map_err(map_names::LEARNED))?;
         let mut dp = Dataplane {
             ebpf,
             vips,
@@ -227,6 +232,7 @@ impl Dataplane {
             links: StdHashMap::new(),
             rnat,
             rnat_stats,
+            learned,
             rnat_links: StdHashMap::new(),
         };
         dp.set_settings(&Settings {
@@ -334,8 +340,17 @@ impl Dataplane {
             .map_err(map_err(map_names::VIPS))
     }
 
+    /// Remove a VIP; in learned-CID mode also forget the CIDs learned for it, so a VIP that
+    /// later reuses its index starts clean.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        self.vips.remove(key).map_err(map_err(map_names::VIPS))
+        let learned = self
+            .vip(key)
+            .filter(|m| m.flags & lb_common::VIP_F_LEARNED_CID != 0);
+        self.vips.remove(key).map_err(map_err(map_names::VIPS))?;
+        if let Some(m) = learned {
+            self.clear_learned(m.index)?;
+        }
+        Ok(())
     }
 
     /// Install a new Maglev table for the VIP without exposing a half-written one: write the
@@ -565,6 +580,20 @@ impl RnatCounters {
     }
 }
 
+/// `LB_LEARNED` key; `None` when `cid` is longer than 20 octets or empty.
+pub fn learned_key(vip_index: u32, cid: &[u8]) -> Option<LearnedKey> {
+    if cid.is_empty() || cid.len() > lb_common::QUIC_LB_MAX_CID_LEN {
+        return None;
+    }
+    let mut k = LearnedKey {
+        vip_index,
+        cid_len: cid.len() as u8,
+        ..LearnedKey::default()
+    };
+    k.cid[..cid.len()].copy_from_slice(cid);
+    Some(k)
+}
+
 /// `LB_RNAT` key for replies from `backend`:`port` over `proto`.
 pub fn rnat_key(backend: IpAddr, port: u16, proto: u8) -> RnatKey {
     let (addr, family) = addr_key(backend);
@@ -633,6 +662,21 @@ impl Dataplane {
         vip: IpAddr,
         vip_port: u16,
     ) -> Result<()> {
+        self.set_rnat_backend(backend, backend_port, proto, vip, vip_port, None)
+    }
+
+    /// [`set_rnat`](Self::set_rnat), also naming the backend's id in `LB_BACKENDS`: what
+    /// learned-CID mode records for the CIDs this backend chooses (without it, nothing is
+    /// learned from its replies).
+    pub fn set_rnat_backend(
+        &mut self,
+        backend: IpAddr,
+        backend_port: u16,
+        proto: u8,
+        vip: IpAddr,
+        vip_port: u16,
+        backend_id: Option<u32>,
+    ) -> Result<()> {
         check_rnat_proto(proto)?;
         if backend.is_ipv4() != vip.is_ipv4() {
             return Err(DataplaneError::Invalid(format!(
@@ -645,6 +689,7 @@ impl Dataplane {
             addr,
             port: vip_port,
             _pad: [0; 2],
+            backend: backend_id.unwrap_or(lb_common::RNAT_NO_BACKEND),
         };
         self.rnat
             .insert(rnat_key(backend, backend_port, proto), value, 0)
@@ -669,6 +714,35 @@ impl Dataplane {
             IpAddr::from(v.addr)
         };
         Some((ip, v.port))
+    }
+
+    /// Learned-CID mode: the backend id learned for `cid` under VIP `vip_index`, if any.
+    pub fn learned_cid(&self, vip_index: u32, cid: &[u8]) -> Option<u32> {
+        self.learned.get(&learned_key(vip_index, cid)?, 0).ok()
+    }
+
+    /// Learned-CID mode: every learned (VIP index, CID, backend id).
+    pub fn learned_cids(&self) -> Vec<(u32, Vec<u8>, u32)> {
+        self.learned
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (k.vip_index, k.cid[..k.cid_len as usize].to_vec(), v))
+            .collect()
+    }
+
+    /// Forget every CID learned for VIP `vip_index` (returns how many).
+    pub fn clear_learned(&mut self, vip_index: u32) -> Result<usize> {
+        let keys: Vec<LearnedKey> = self
+            .learned
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.vip_index == vip_index)
+            .collect();
+        for k in &keys {
+            // Gone already (LRU eviction) is fine.
+            let _ = self.learned.remove(k);
+        }
+        Ok(keys.len())
     }
 
     pub fn rnat_stats(&self) -> Result<RnatCounters> {

@@ -594,6 +594,8 @@ pub fn status_snapshot(s: &Snapshot, extra: &DaemonStats) -> Value {
                 "map": meta.map(|m| json!({
                     "index": m.index,
                     "flags": m.flags,
+                    // Learned-CID mode: the server CID length (0: off).
+                    "learned_cid_len": m.learned_cid_len(),
                     "ring_size": m.ring_size,
                     "active_ring": m.active_ring,
                 })),
