@@ -419,6 +419,31 @@ impl Topology {
             .collect()
     }
 
+    /// Stop only the daemon (`lb run`) with SIGTERM and wait for it (SIGKILL after the
+    /// deadline): its exit status and its log, so a test can check the clean shutdown.
+    pub fn stop_daemon(&mut self) -> Result<(std::process::ExitStatus, String)> {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.what == "lb-run")
+            .context("the daemon is not running")?;
+        let mut p = self.procs.remove(i);
+        // SAFETY: kill(2) on our own child's pid, which is not yet reaped.
+        unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_DEADLINE;
+        let status = loop {
+            if let Some(st) = p.child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = p.child.kill();
+                break p.child.wait()?;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok((status, std::fs::read_to_string(&p.log).unwrap_or_default()))
+    }
+
     /// Stop every child: SIGTERM (the daemon detaches), SIGKILL after a deadline.
     pub fn stop(&mut self) {
         for p in self.procs.iter_mut().rev() {

@@ -783,6 +783,30 @@ fn e2e_static_daemon_routes_real_traffic() {
         delta[2]
     );
 
+    // Clean shutdown: SIGTERM makes `lb run` detach everything it attached.
+    let mut topo = topo;
+    let (status, log) = topo.stop_daemon().expect("stopping lb run");
+    assert!(status.success(), "lb run exited with {status}:\n{log}");
+    assert!(
+        log.contains("lb: stopped, everything detached"),
+        "lb run's log:\n{log}"
+    );
+    let link = topo
+        .node
+        .ip(&["-d", "-j", "link", "show", "dev", "n0"])
+        .unwrap();
+    assert!(
+        !link.contains("\"xdp\""),
+        "XDP still attached to n0 after lb run stopped: {link}"
+    );
+    let rnat_loaded = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.name_as_str() == Some(lb_common::program_names::TC_RNAT));
+    assert!(
+        !rnat_loaded,
+        "the reverse-NAT program is still loaded after lb run stopped"
+    );
+
     drop(topo);
     eprintln!("e2e: done in {:.1}s", t0.elapsed().as_secs_f64());
 }
