@@ -72,26 +72,75 @@ pub struct RunResult {
     pub duration: Duration,
 }
 
-/// Global counters summed over CPUs, indexed by `Reason`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReasonCounters(pub [Counter; REASON_COUNT as usize]);
+/// A reason enum whose values index a counter table (`Reason` for XDP, `RnatReason` for TC).
+pub trait CounterReason: Copy + 'static {
+    const ALL: &'static [Self];
+    fn index(self) -> usize;
+    fn name(self) -> &'static str;
+}
 
-impl ReasonCounters {
-    pub fn get(&self, r: Reason) -> Counter {
-        self.0[r as usize]
+impl CounterReason for Reason {
+    const ALL: &'static [Self] = &Reason::ALL;
+    fn index(self) -> usize {
+        self as usize
     }
-    pub fn packets(&self, r: Reason) -> u64 {
-        self.0[r as usize].packets
+    fn name(self) -> &'static str {
+        Reason::name(self)
+    }
+}
+
+impl CounterReason for RnatReason {
+    const ALL: &'static [Self] = &RnatReason::ALL;
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn name(self) -> &'static str {
+        RnatReason::name(self)
+    }
+}
+
+/// Counters summed over CPUs, one per reason of `R` (`N` reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters<R, const N: usize>(pub [Counter; N], std::marker::PhantomData<R>);
+
+impl<R, const N: usize> Default for Counters<R, N> {
+    fn default() -> Self {
+        Counters([Counter::default(); N], std::marker::PhantomData)
+    }
+}
+
+impl<R: CounterReason, const N: usize> Counters<R, N> {
+    pub fn get(&self, r: R) -> Counter {
+        self.0[r.index()]
+    }
+    pub fn packets(&self, r: R) -> u64 {
+        self.0[r.index()].packets
     }
     /// `self - before`, per reason (packets and bytes).
-    pub fn delta(&self, before: &ReasonCounters) -> ReasonCounters {
-        let mut d = ReasonCounters::default();
-        for i in 0..REASON_COUNT as usize {
+    pub fn delta(&self, before: &Self) -> Self {
+        let mut d = Self::default();
+        for i in 0..N {
             d.0[i].packets = self.0[i].packets - before.0[i].packets;
             d.0[i].bytes = self.0[i].bytes - before.0[i].bytes;
         }
         d
     }
+    /// Reasons with a non-zero packet count, for readable assertions.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        R::ALL
+            .iter()
+            .filter(|r| self.0[r.index()].packets != 0)
+            .map(|r| (r.name(), self.0[r.index()].packets))
+            .collect()
+    }
+}
+
+/// The XDP program's counters (global or one VIP's), indexed by `Reason`.
+pub type ReasonCounters = Counters<Reason, { REASON_COUNT as usize }>;
+/// The reverse-NAT program's counters, indexed by `RnatReason`.
+pub type RnatCounters = Counters<RnatReason, { RNAT_REASON_COUNT as usize }>;
+
+impl ReasonCounters {
     /// Sum one scope's per-CPU counter blocks.
     fn sum_blocks(blocks: &aya::maps::PerCpuValues<CounterBlock>) -> ReasonCounters {
         let mut out = ReasonCounters::default();
@@ -103,15 +152,6 @@ impl ReasonCounters {
             }
         }
         out
-    }
-
-    /// Reasons with a non-zero packet count, for readable assertions.
-    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
-        Reason::ALL
-            .iter()
-            .filter(|r| self.0[**r as usize].packets != 0)
-            .map(|r| (r.name(), self.0[*r as usize].packets))
-            .collect()
     }
 }
 
@@ -549,36 +589,6 @@ impl Dataplane {
 }
 
 // ---- reverse NAT (TC) -------------------------------------------------------------------
-
-/// `lb_tc_rnat`'s counters summed over CPUs, indexed by `RnatReason`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RnatCounters(pub [Counter; RNAT_REASON_COUNT as usize]);
-
-impl RnatCounters {
-    pub fn get(&self, r: RnatReason) -> Counter {
-        self.0[r as usize]
-    }
-    pub fn packets(&self, r: RnatReason) -> u64 {
-        self.0[r as usize].packets
-    }
-    /// `self - before`, per reason (packets and bytes).
-    pub fn delta(&self, before: &RnatCounters) -> RnatCounters {
-        let mut d = RnatCounters::default();
-        for i in 0..RNAT_REASON_COUNT as usize {
-            d.0[i].packets = self.0[i].packets - before.0[i].packets;
-            d.0[i].bytes = self.0[i].bytes - before.0[i].bytes;
-        }
-        d
-    }
-    /// Reasons with a non-zero packet count, for readable assertions.
-    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
-        RnatReason::ALL
-            .iter()
-            .filter(|r| self.0[**r as usize].packets != 0)
-            .map(|r| (r.name(), self.0[*r as usize].packets))
-            .collect()
-    }
-}
 
 /// `LB_LEARNED` key; `None` when `cid` is longer than 20 octets or empty.
 pub fn learned_key(vip_index: u32, cid: &[u8]) -> Option<LearnedKey> {
