@@ -4,105 +4,36 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read},
     net::{Ipv4Addr, SocketAddr},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    process::Stdio,
+    sync::Arc,
     time::Duration,
 };
 
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 
-/// Bound on each step; on loopback each takes milliseconds.
-const STEP: Duration = Duration::from_secs(10);
+mod support;
+
+use support::Running;
+
 /// Bound on a whole probe run.
 const PROBE_LIMIT: Duration = Duration::from_secs(60);
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// A running `lb backend`, killed on drop.
-struct Backend {
-    child: Child,
-    addr: SocketAddr,
-    fingerprint: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Backend {
-    fn start(name: &str, server_id: &str) -> Backend {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lb"))
-            .args(["backend", "--listen", "127.0.0.1:0", "--name", name])
-            .args(["--server-id", server_id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lb backend");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let (mut pipe, stderr) = (child.stderr.take().unwrap(), stderr.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    stderr
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let next = || {
-            rx.recv_timeout(STEP).unwrap_or_else(|e| {
-                panic!(
-                    "lb backend printed no line in {STEP:?} ({e}); stderr:\n{}",
-                    stderr.lock().unwrap()
-                )
-            })
-        };
-        let first = next();
-        let addr = first
-            .strip_prefix("listening on ")
-            .and_then(|r| r.strip_suffix(" (h3+http/1.1)"))
-            .unwrap_or_else(|| panic!("first line: {first:?}"))
-            .parse()
-            .unwrap();
-        let second = next();
-        let fingerprint = second
-            .strip_prefix("certificate sha256 ")
-            .unwrap_or_else(|| panic!("second line: {second:?}"))
-            .to_string();
-        assert_eq!(fingerprint.len(), 64);
-        Backend {
-            child,
-            addr,
-            fingerprint,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A running `lb backend` named `name` with QUIC-LB server ID `server_id`, on loopback.
+fn backend(name: &str, server_id: &str) -> Running {
+    Running::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--server-id",
+            server_id,
+        ],
+        &[],
+    )
 }
 
 /// What a probe run returned.
@@ -208,7 +139,7 @@ async fn start_relay(
 
 #[tokio::test]
 async fn h3_every_migrated_connection_survives_on_one_backend() {
-    let b = Backend::start("b1", "0a01");
+    let b = backend("b1", "0a01");
     let target = b.addr.to_string();
     let run = probe(&[
         "h3",
@@ -277,8 +208,8 @@ async fn h3_every_migrated_connection_survives_on_one_backend() {
 
 #[tokio::test]
 async fn h3_probe_tells_survival_from_a_migration_to_another_backend() {
-    let a = Backend::start("alpha", "0a01");
-    let b = Backend::start("beta", "0b02");
+    let a = backend("alpha", "0a01");
+    let b = backend("beta", "0b02");
     assert_ne!(a.fingerprint, b.fingerprint);
     let args = |target: &str| -> Vec<String> {
         [
@@ -349,7 +280,7 @@ async fn h3_probe_tells_survival_from_a_migration_to_another_backend() {
 
 #[tokio::test]
 async fn h3_failures_and_bad_arguments() {
-    let b = Backend::start("b1", "01");
+    let b = backend("b1", "01");
     let target = b.addr.to_string();
     // Another certificate pinned: the handshake fails, before any request; exit 1.
     let wrong = "ab".repeat(32);
@@ -463,7 +394,7 @@ async fn h3_failures_and_bad_arguments() {
 
 #[tokio::test]
 async fn http1_counts_requests_per_backend() {
-    let b = Backend::start("web", "0c");
+    let b = backend("web", "0c");
     let target = b.addr.to_string();
     let run = probe(&["http1", "--target", &target, "--requests", "7", "--json"]).await;
     assert_eq!(run.code, 0, "{run}");
