@@ -446,28 +446,40 @@ impl Topology {
 
     /// Stop every child: SIGTERM (the daemon detaches), SIGKILL after a deadline.
     pub fn stop(&mut self) {
-        for p in self.procs.iter_mut().rev() {
-            if matches!(p.child.try_wait(), Ok(None)) {
-                // SAFETY: kill(2) on our own child's pid, which is not yet reaped.
-                unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
-            }
-        }
-        let deadline = Instant::now() + STOP_DEADLINE;
-        for p in self.procs.iter_mut().rev() {
-            loop {
-                match p.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        eprintln!("topology: {} did not stop on SIGTERM; killing it", p.what);
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
+        stop_children(
+            self.procs
+                .iter_mut()
+                .rev()
+                .map(|p| (p.what.as_str(), &mut p.child)),
+        );
         self.procs.clear();
+    }
+}
+
+/// SIGTERM every child still running (in the order given), then wait for each until one
+/// shared deadline and SIGKILL whatever is left.
+pub fn stop_children<'a>(children: impl IntoIterator<Item = (&'a str, &'a mut Child)>) {
+    let mut children: Vec<(&str, &mut Child)> = children.into_iter().collect();
+    for (_, child) in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child's pid, which is not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    let deadline = Instant::now() + STOP_DEADLINE;
+    for (what, child) in children {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    eprintln!("{what} did not stop on SIGTERM; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 }
 

@@ -32,8 +32,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     fs::File,
-    io::{Read, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -48,6 +47,7 @@ use std::{
 use lb_userspace::{
     demo::{failures, parse_json_output, per_backend},
     netns::{self, Mac, NetNs, veth_pair},
+    topology,
 };
 use serde_json::Value;
 
@@ -63,7 +63,6 @@ const METRICS_ADDR: &str = "127.0.0.1:9465";
 const H3_CONNECTIONS: usize = 20;
 const HTTP1_REQUESTS: usize = 20;
 const START_DEADLINE: Duration = Duration::from_secs(30);
-const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 const MAC_CLIENT: Mac = [0x02, 0x18, 0x00, 0x00, 0x00, 0x02];
 const MAC_A_EXT: Mac = [0x02, 0x18, 0x00, 0x00, 0x00, 0x01];
@@ -296,27 +295,12 @@ impl TwoNodes {
 
 impl Drop for TwoNodes {
     fn drop(&mut self) {
-        for p in self.procs.iter_mut().rev() {
-            if matches!(p.child.try_wait(), Ok(None)) {
-                // SAFETY: kill(2) on our own child, not yet reaped.
-                unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
-            }
-        }
-        let deadline = Instant::now() + STOP_DEADLINE;
-        for p in self.procs.iter_mut().rev() {
-            loop {
-                match p.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        eprintln!("two-nodes: {} ignored SIGTERM; killing it", p.what);
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
+        topology::stop_children(
+            self.procs
+                .iter_mut()
+                .rev()
+                .map(|p| (p.what.as_str(), &mut p.child)),
+        );
         self.procs.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -475,27 +459,11 @@ fn forwarded(ns: &NetNs) -> u64 {
         .unwrap()
 }
 
-/// GET /metrics from the daemon, inside `ns` (HTTP/1.0, so the body is not chunked).
+/// GET /metrics from the daemon, inside `ns`.
 fn metrics_in(ns: &NetNs) -> String {
     let addr: SocketAddr = METRICS_ADDR.parse().unwrap();
-    let mut stream = ns
-        .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("connecting to {addr} in node A: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response from {addr}: {text:?}"));
-    assert!(
-        head.lines().next().is_some_and(|l| l.contains(" 200")),
-        "{head}"
-    );
-    body.to_string()
+    topology::http_get_in(ns, addr, "/metrics")
+        .unwrap_or_else(|e| panic!("/metrics of node A at {addr}: {e:#}"))
 }
 
 fn backends_of(v: &Value) -> BTreeSet<String> {
