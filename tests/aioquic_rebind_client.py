@@ -19,48 +19,21 @@ import socket
 import ssl
 
 from aioquic.asyncio.client import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.h3.connection import H3_ALPN
 from aioquic.quic.configuration import QuicConfiguration
 
+# The sibling script (same directory, so on sys.path when this one runs).
+from aioquic_client import H3Client
 
-class H3Client(QuicConnectionProtocol):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.h3 = H3Connection(self._quic)
-        self.pending = {}
 
-    def quic_event_received(self, event):
-        for ev in self.h3.handle_event(event):
-            if not isinstance(ev, (HeadersReceived, DataReceived)):
-                continue
-            state = self.pending.get(ev.stream_id)
-            if state is None:
-                continue
-            if isinstance(ev, DataReceived):
-                state["body"] += ev.data
-            if ev.stream_ended and not state["done"].done():
-                state["done"].set_result(None)
+class RebindingClient(H3Client):
+    """The HTTP/3 client of aioquic_client.py, plus a way to change its source port."""
 
-    async def get(self, authority, timeout):
-        stream_id = self._quic.get_next_available_stream_id()
-        done = asyncio.get_running_loop().create_future()
-        self.pending[stream_id] = {"body": b"", "done": done}
-        self.h3.send_headers(
-            stream_id,
-            [
-                (b":method", b"GET"),
-                (b":scheme", b"https"),
-                (b":authority", authority.encode()),
-                (b":path", b"/"),
-            ],
-            end_stream=True,
-        )
-        self.transmit()
-        await asyncio.wait_for(done, timeout)
+    async def whoami(self, authority, timeout):
+        """GET / and the `key: value` lines of the whoami body."""
+        _status, body = await self.get(authority, "/", timeout)
         fields = {}
-        for line in self.pending.pop(stream_id)["body"].decode().splitlines():
+        for line in body.splitlines():
             k, _, v = line.partition(": ")
             fields[k] = v
         return fields
@@ -82,14 +55,14 @@ async def one(n, args):
     servers, ports = [], []
     try:
         async with connect(
-            args.host, args.port, configuration=config, create_protocol=H3Client
+            args.host, args.port, configuration=config, create_protocol=RebindingClient
         ) as client:
-            r = await client.get(authority, args.timeout)
+            r = await client.whoami(authority, args.timeout)
             servers.append(r.get("server", "?"))
             ports.append(r.get("client", "?:?").rsplit(":", 1)[1])
             old = await client.rebind()
             for _ in range(args.after):
-                r = await client.get(authority, args.timeout)
+                r = await client.whoami(authority, args.timeout)
                 servers.append(r.get("server", "?"))
                 ports.append(r.get("client", "?:?").rsplit(":", 1)[1])
             client._transport.close()
