@@ -528,12 +528,7 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
                         (t.name.get_ref().clone(), t.name.span(), t.xdp_mode.as_ref())
                     }
                 };
-                if name.is_empty()
-                    || name.len() > IFNAME_MAX
-                    || name
-                        .chars()
-                        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-                {
+                if !is_ifname(&name) {
                     errs.at(
                         name_span.clone(),
                         &format!("{field}.name"),
@@ -578,12 +573,7 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
     for (i, n) in raw.backend_interfaces.iter().enumerate() {
         let name = n.get_ref();
         let field = format!("backend_interfaces[{i}]");
-        if name.is_empty()
-            || name.len() > IFNAME_MAX
-            || name
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace())
-        {
+        if !is_ifname(name) {
             errs.at(
                 n.span(),
                 &field,
@@ -1217,6 +1207,15 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         metrics_addr,
         vips,
     }
+}
+
+/// A name the kernel accepts for an interface (and `ip` prints unambiguously).
+fn is_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= IFNAME_MAX
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 fn hex(b: &[u8]) -> String {
