@@ -32,17 +32,7 @@ pub fn bench(args: &Args) -> Result<()> {
     )?;
     setup::setup(Scope::Everything)?;
 
-    let mut cmd = run::cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "--package",
-        "lb-userspace",
-        "--bin",
-        "lb",
-        "--",
-        "bench",
-    ]);
+    let mut cmd = run::lb_release("bench");
     if let Some(json) = &args.json {
         // cargo runs in the workspace root; keep the path relative to where the user is.
         let json = if json.is_absolute() {

@@ -23,17 +23,7 @@ pub fn demo(args: &Args) -> Result<()> {
     )?;
     // Everything: the BPF toolchain, the Debian packages, and the .venv with aioquic.
     setup::setup(Scope::Everything)?;
-    let mut cmd = run::cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "--package",
-        "lb-userspace",
-        "--bin",
-        "lb",
-        "--",
-        "demo",
-    ]);
+    let mut cmd = run::lb_release("demo");
     if args.keep {
         cmd.arg("--keep");
     }

@@ -187,3 +187,19 @@ pub fn human_duration(duration: std::time::Duration) -> String {
         format!("{}m{:02}s", whole / 60, whole % 60)
     }
 }
+
+/// `cargo run --release --package lb-userspace --bin lb -- SUBCOMMAND`: how xtask runs `lb`.
+pub fn lb_release(subcommand: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--package",
+        "lb-userspace",
+        "--bin",
+        "lb",
+        "--",
+        subcommand,
+    ]);
+    cmd
+}
