@@ -340,7 +340,22 @@ pub struct VipConfig {
     pub maglev_table_size: u32,
     /// Learned-CID mode on the UDP ports with server CIDs of this many octets; 0: off.
     pub learned_cid_len: u8,
+    /// How new flows without a connection-table entry pick a backend.
+    pub session_affinity: SessionAffinity,
+    /// Client prefixes allowed to reach the VIP; empty: every source.
+    pub source_ranges: Vec<ipnet::IpNet>,
     pub backends: Vec<BackendConfig>,
+}
+
+/// Kubernetes' `sessionAffinity`, applied in the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SessionAffinity {
+    /// Maglev over the whole 5-tuple.
+    #[default]
+    None,
+    /// Maglev over the client address only, so every flow of one client reaches the same
+    /// backend while the backend set is unchanged.
+    ClientIp,
 }
 
 /// One `[[vips.backends]]` entry, validated.
@@ -1195,6 +1210,8 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
                 quic_lb: configs,
                 maglev_table_size,
                 learned_cid_len,
+                session_affinity: SessionAffinity::None,
+                source_ranges: Vec::new(),
                 backends,
             });
         }

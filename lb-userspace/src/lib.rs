@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod demo;
+pub mod kube;
 pub mod maglev;
 pub mod metrics;
 pub mod netns;
