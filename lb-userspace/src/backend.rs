@@ -126,8 +126,34 @@ pub struct BackendArgs {
     #[arg(long, env = "LB_BACKEND_NAME", value_name = "NAME")]
     pub name: Option<String>,
     /// QUIC-LB server ID this backend encodes in its connection IDs, hex.
-    #[arg(long, env = "LB_QUIC_LB_SERVER_ID", value_name = "HEX")]
-    pub server_id: String,
+    #[arg(
+        long,
+        env = "LB_QUIC_LB_SERVER_ID",
+        value_name = "HEX",
+        required_unless_present = "pod_ip"
+    )]
+    pub server_id: Option<String>,
+    /// Derive the server ID from this address instead of --server-id: its last
+    /// server-ID-length octets (IPv4 left-padded with zero octets), the rule lb uses for
+    /// Kubernetes pods. In a pod: the downward API's status.podIP.
+    #[arg(
+        long,
+        env = "LB_POD_IP",
+        value_name = "IP",
+        conflicts_with = "server_id"
+    )]
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// Read the QUIC-LB configuration from a mounted Secret: files `config-id`,
+    /// `server-id-len`, `nonce-len`, optional `key` (32 hex digits) and `encode-length`,
+    /// the same Secret lb reads for the Service (replaces --cr-bits, --server-id-len,
+    /// --nonce-len and --key).
+    #[arg(
+        long,
+        env = "LB_QUIC_LB_SECRET_DIR",
+        value_name = "DIR",
+        conflicts_with_all = ["key", "key_file"]
+    )]
+    pub quic_lb_secret_dir: Option<PathBuf>,
     /// QUIC-LB server ID length in octets (1-15) [default: the length of --server-id].
     #[arg(long, env = "LB_QUIC_LB_SERVER_ID_LEN", value_name = "N",
           value_parser = clap::value_parser!(u8).range(1..=15))]
@@ -252,6 +278,33 @@ fn from_cid_error(e: CidError, rename: Option<&'static str>) -> BackendError {
     }
 }
 
+/// The QUIC-LB configuration from a mounted Secret (one file per key).
+fn read_secret_dir(dir: &Path) -> Result<Config, BackendError> {
+    let mut data = std::collections::BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        usage(
+            "--quic-lb-secret-dir",
+            format!("cannot read {}: {e}", dir.display()),
+        )
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Secret volumes hold ..data symlinks and dot-directories beside the keys.
+        if name.starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).map_err(|e| {
+            usage(
+                "--quic-lb-secret-dir",
+                format!("cannot read {}: {e}", entry.path().display()),
+            )
+        })?;
+        data.insert(name, bytes);
+    }
+    crate::kube::translate::parse_quic_lb_secret(&data)
+        .map_err(|e| usage("--quic-lb-secret-dir", format!("{}: {e}", dir.display())))
+}
+
 /// Everything the backend needs, checked.
 pub struct Settings {
     pub listen: SocketAddr,
@@ -281,8 +334,35 @@ impl Settings {
                 "must be non-empty and without control characters",
             ));
         }
-        let server_id =
-            cid_cli::parse_hex("--server-id", &a.server_id).map_err(|e| from_cid_error(e, None))?;
+        let secret = match &a.quic_lb_secret_dir {
+            Some(dir) => Some(read_secret_dir(dir)?),
+            None => None,
+        };
+        let server_id = match (&a.server_id, a.pod_ip) {
+            (Some(hex), _) => {
+                cid_cli::parse_hex("--server-id", hex).map_err(|e| from_cid_error(e, None))?
+            }
+            (None, Some(ip)) => {
+                let len = secret
+                    .as_ref()
+                    .map(|c| c.server_id_len())
+                    .or(a.server_id_len)
+                    .ok_or_else(|| {
+                        usage(
+                            "--pod-ip",
+                            "needs the server ID length: give --server-id-len or \
+                             --quic-lb-secret-dir",
+                        )
+                    })?;
+                crate::kube::translate::server_id_from_ip(ip, len)
+            }
+            (None, None) => {
+                return Err(usage(
+                    "--server-id",
+                    "missing: give --server-id or --pod-ip",
+                ));
+            }
+        };
         if server_id.is_empty() {
             return Err(usage("--server-id", "empty: give 1-15 octets in hex"));
         }
@@ -313,16 +393,29 @@ impl Settings {
             (None, Some(path)) => (Some(read_key_file(path)?), "--key-file"),
             (None, None) => (None, "--key"),
         };
-        let config = cid_cli::config(&cid_cli::ConfigArgs {
-            cr_bits: a.cr_bits,
-            server_id_len: sid_len,
-            nonce_len: a.nonce_len,
-            key,
-        })
-        .map_err(|e| match e {
-            CidError::Usage { arg: "--key", .. } => from_cid_error(e, Some(key_arg)),
-            e => from_cid_error(e, None),
-        })?;
+        let config = match secret {
+            Some(c) if c.server_id_len() != sid_len => {
+                return Err(usage(
+                    "--server-id",
+                    format!(
+                        "{} octets, but the Secret's server-id-len is {}",
+                        server_id.len(),
+                        c.server_id_len()
+                    ),
+                ));
+            }
+            Some(c) => c,
+            None => cid_cli::config(&cid_cli::ConfigArgs {
+                cr_bits: a.cr_bits,
+                server_id_len: sid_len,
+                nonce_len: a.nonce_len,
+                key,
+            })
+            .map_err(|e| match e {
+                CidError::Usage { arg: "--key", .. } => from_cid_error(e, Some(key_arg)),
+                e => from_cid_error(e, None),
+            })?,
+        };
         // Check the worker id against the configuration now, for a message naming the flag.
         let generator = QuicLbCidGenerator::new(config, &server_id)
             .map_err(|e| usage("--server-id", e.to_string()))?;

@@ -202,6 +202,24 @@ struct RawConfig {
     metrics_addr: Option<Spanned<String>>,
     #[serde(default)]
     vips: Vec<Spanned<RawVip>>,
+    #[serde(default)]
+    kubernetes: Option<Spanned<RawKubernetes>>,
+}
+
+/// `[kubernetes]`: settings of `lb run --kube`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    #[serde(default)]
+    load_balancer_class: Option<Spanned<String>>,
+    #[serde(default)]
+    default_class: Option<bool>,
+    #[serde(default)]
+    lease_namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    lease_duration_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    lease_renew_ms: Option<Spanned<i64>>,
 }
 
 /// `"eth0"` or `{ name = "eth0", xdp_mode = "generic" }`.
@@ -379,6 +397,38 @@ pub struct Config {
     pub backend_interfaces: Vec<String>,
     pub metrics_addr: Option<SocketAddr>,
     pub vips: Vec<VipConfig>,
+    /// The `[kubernetes]` table, with defaults filled in (used by `lb run --kube`).
+    pub kubernetes: KubeSettings,
+}
+
+/// Settings of `lb run --kube` (the `[kubernetes]` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// Services whose `spec.loadBalancerClass` is this are ours.
+    pub load_balancer_class: String,
+    /// Also take Services of type LoadBalancer that name no class (as MetalLB does).
+    pub default_class: bool,
+    /// Namespace of the per-node heartbeat Leases; `None`: `$POD_NAMESPACE`, else `lb-system`.
+    pub lease_namespace: Option<String>,
+    /// A node whose Lease was not renewed for this long is dead: its VIPs move.
+    pub lease_duration: std::time::Duration,
+    /// How often each node renews its own Lease.
+    pub lease_renew: std::time::Duration,
+}
+
+/// The `loadBalancerClass` lb claims unless configured otherwise.
+pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "lb.dev/lb";
+
+impl Default for KubeSettings {
+    fn default() -> Self {
+        KubeSettings {
+            load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_owned(),
+            default_class: false,
+            lease_namespace: None,
+            lease_duration: std::time::Duration::from_millis(1200),
+            lease_renew: std::time::Duration::from_millis(300),
+        }
+    }
 }
 
 impl Config {
@@ -1217,13 +1267,120 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         }
     }
 
+    let kubernetes = validate_kubernetes(raw.kubernetes.as_ref(), errs);
     Config {
         file: errs.src.file.to_owned(),
         interfaces,
         backend_interfaces,
         metrics_addr,
         vips,
+        kubernetes,
     }
+}
+
+fn validate_kubernetes(raw: Option<&Spanned<RawKubernetes>>, errs: &mut Errors) -> KubeSettings {
+    let mut k = KubeSettings::default();
+    let Some(raw) = raw else {
+        return k;
+    };
+    let raw = raw.get_ref();
+    if let Some(c) = &raw.load_balancer_class {
+        let class = c.get_ref();
+        // A loadBalancerClass must be a label-style key with a domain prefix.
+        let ok = class.contains('/')
+            && class.len() <= 253
+            && class
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-._/".contains(ch));
+        if ok {
+            k.load_balancer_class = class.clone();
+        } else {
+            errs.at(
+                c.span(),
+                "kubernetes.load_balancer_class",
+                format!(
+                    "{class:?} is not a loadBalancerClass: use a prefixed name such as \"{DEFAULT_LOAD_BALANCER_CLASS}\""
+                ),
+            );
+        }
+    }
+    if let Some(d) = raw.default_class {
+        k.default_class = d;
+    }
+    if let Some(ns) = &raw.lease_namespace {
+        let n = ns.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 63
+            && n.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+            && !n.starts_with('-')
+            && !n.ends_with('-');
+        if ok {
+            k.lease_namespace = Some(n.clone());
+        } else {
+            errs.at(
+                ns.span(),
+                "kubernetes.lease_namespace",
+                format!(
+                    "{n:?} is not a namespace name: lower-case letters, digits and '-', at most 63"
+                ),
+            );
+        }
+    }
+    let ms = |v: &Option<Spanned<i64>>, field: &str, lo: i64, hi: i64, errs: &mut Errors| {
+        v.as_ref().and_then(|v| match int_in(*v.get_ref(), lo, hi) {
+            Some(n) => Some(std::time::Duration::from_millis(n as u64)),
+            None => {
+                errs.at(
+                    v.span(),
+                    field,
+                    format!(
+                        "{} is out of range; use {lo}..={hi} milliseconds",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        })
+    };
+    if let Some(d) = ms(
+        &raw.lease_duration_ms,
+        "kubernetes.lease_duration_ms",
+        200,
+        600_000,
+        errs,
+    ) {
+        k.lease_duration = d;
+    }
+    if let Some(d) = ms(
+        &raw.lease_renew_ms,
+        "kubernetes.lease_renew_ms",
+        50,
+        300_000,
+        errs,
+    ) {
+        k.lease_renew = d;
+    }
+    if k.lease_renew * 2 > k.lease_duration {
+        let span = raw
+            .lease_renew_ms
+            .as_ref()
+            .or(raw.lease_duration_ms.as_ref())
+            .map(|s| s.span())
+            .unwrap_or(0..0);
+        errs.at(
+            span,
+            "kubernetes.lease_renew_ms",
+            format!(
+                "{} ms renews a {} ms lease too rarely: one lost renewal would declare the node \
+                 dead; renew at most every half lease (e.g. lease_renew_ms = {})",
+                k.lease_renew.as_millis(),
+                k.lease_duration.as_millis(),
+                k.lease_duration.as_millis() / 3
+            ),
+        );
+    }
+    k
 }
 
 /// A name the kernel accepts for an interface (and `ip` prints unambiguously).
@@ -2051,7 +2208,7 @@ backends = [
         assert_error(
             "interfaces = [\"eth0\"]\nmetrics = \"x\"\n",
             "lb.toml:2:1: metrics: unknown field `metrics`, expected one of `interfaces`, \
-             `backend_interfaces`, `metrics_addr`, `vips`",
+             `backend_interfaces`, `metrics_addr`, `vips`, `kubernetes`",
         );
         // Wrong type.
         assert_error(
@@ -2932,5 +3089,59 @@ backends = [
             "{err}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn kubernetes_table_defaults_and_values() {
+        let c = Config::parse("interfaces = [\"eth0\"]\n", "t.toml", Path::new(".")).unwrap();
+        assert_eq!(c.kubernetes, KubeSettings::default());
+        assert_eq!(c.kubernetes.load_balancer_class, "lb.dev/lb");
+        let c = Config::parse(
+            "interfaces = [\"eth0\"]\n[kubernetes]\nload_balancer_class = \"example.com/lb\"\n\
+             default_class = true\nlease_namespace = \"kube-lb\"\nlease_duration_ms = 3000\n\
+             lease_renew_ms = 1000\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            c.kubernetes,
+            KubeSettings {
+                load_balancer_class: "example.com/lb".into(),
+                default_class: true,
+                lease_namespace: Some("kube-lb".into()),
+                lease_duration: std::time::Duration::from_millis(3000),
+                lease_renew: std::time::Duration::from_millis(1000),
+            }
+        );
+    }
+
+    #[test]
+    fn kubernetes_table_errors_name_the_field() {
+        let e = Config::parse(
+            "interfaces = [\"eth0\"]\n[kubernetes]\nload_balancer_class = \"nope\"\n\
+             lease_namespace = \"Bad_NS\"\nlease_duration_ms = 1000\nlease_renew_ms = 800\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("t.toml:3:23: kubernetes.load_balancer_class: \"nope\""),
+            "{e}"
+        );
+        assert!(e.contains("t.toml:4:19: kubernetes.lease_namespace"), "{e}");
+        assert!(
+            e.contains("kubernetes.lease_renew_ms: 800 ms renews a 1000 ms lease too rarely"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "interfaces = [\"eth0\"]\n[kubernetes]\nlease_ttl = 5\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lease_ttl"), "{e}");
     }
 }

@@ -41,6 +41,8 @@ pub struct RunOptions {
     /// Overrides `metrics_addr` of the config file.
     pub metrics_addr: Option<SocketAddr>,
     pub control_socket: PathBuf,
+    /// Kubernetes mode: VIPs come from the API server, not the config file.
+    pub kube: Option<crate::kube::controller::KubeOptions>,
 }
 
 /// A reverse-NAT entry: replies from (backend address, port, protocol) leave as (VIP, port);
@@ -58,6 +60,18 @@ pub struct State {
     xdp_ifindexes: Vec<(String, u32)>,
     rnat_ifindexes: Vec<(String, u32)>,
     announcers: Vec<AnnouncerHandle>,
+    /// Kubernetes mode: the VIPs this node won the election for (static mode: `None`,
+    /// every VIP of the plan is announced).
+    announced: Option<Vec<IpAddr>>,
+    /// Map changes applied since start-up (start-up included): stays put when a
+    /// Kubernetes relist or reload changes nothing.
+    pub map_changes: u64,
+    /// Data-plane updates (reloads, Kubernetes syncs) that changed at least one map entry.
+    pub syncs: u64,
+    /// The last error a Kubernetes sync hit, if the last sync failed.
+    pub last_sync_error: Option<String>,
+    /// Kubernetes control-plane facts for /status (None in static mode).
+    pub kube_status: Option<serde_json::Value>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     /// How long the last map sync (start-up or reload) took.
@@ -143,7 +157,7 @@ fn vip_addresses(plan: &Plan) -> Vec<IpAddr> {
 impl State {
     /// Load, program and attach. On error everything attached so far is detached again by
     /// the caller dropping the state (and the kernel, for the BPF links of a dead process).
-    fn start(config: Config) -> Result<State> {
+    fn start(config: Config, announce_plan: bool) -> Result<State> {
         let plan = Plan::build(&config, None).map_err(|e| anyhow::anyhow!("{e}"))?;
         let rnat = rnat_entries(&plan)?;
         let mut dp = Dataplane::load().context("loading the BPF object")?;
@@ -151,8 +165,8 @@ impl State {
         for ((addr, port, proto), (vip, vip_port, id)) in &rnat {
             dp.set_rnat_backend(*addr, *port, *proto, *vip, *vip_port, Some(*id))?;
         }
-        config::apply(&mut dp, &Plan::diff(&Plan::default(), &plan))
-            .context("programming the maps")?;
+        let changes = Plan::diff(&Plan::default(), &plan);
+        config::apply(&mut dp, &changes).context("programming the maps")?;
         let last_sync = t.elapsed();
         let stats = DaemonStats::new(env!("CARGO_PKG_VERSION"));
         stats.observe_map_sync(last_sync);
@@ -165,6 +179,11 @@ impl State {
             xdp_ifindexes: Vec::new(),
             rnat_ifindexes: Vec::new(),
             announcers: Vec::new(),
+            announced: (!announce_plan).then(Vec::new),
+            map_changes: changes.len() as u64,
+            syncs: 0,
+            last_sync_error: None,
+            kube_status: None,
             reloads_ok: 0,
             reloads_failed: 0,
             last_sync,
@@ -201,12 +220,18 @@ impl State {
                 iface.name,
                 if generic { "generic" } else { "native" }
             );
-            let vips = vip_addresses(&self.plan);
+            let vips = self
+                .announced
+                .clone()
+                .unwrap_or_else(|| vip_addresses(&self.plan));
             let ann = Announcer::start(&iface.name, &vips, AnnounceOptions::default())
                 .with_context(|| format!("announcing VIPs on {}", iface.name))?;
             self.announcers.push(ann);
         }
         for name in self.config.backend_interfaces.clone() {
+            if is_pattern(&name) {
+                continue; // attached by rescan_backend_interfaces, now and as links appear
+            }
             let i = ifindex(&name)?;
             self.dp
                 .attach_rnat(i)
@@ -214,7 +239,64 @@ impl State {
             self.rnat_ifindexes.push((name.clone(), i));
             info!("reverse NAT attached to {name}");
         }
+        self.rescan_backend_interfaces();
         Ok(())
+    }
+
+    /// Attach the reverse NAT to links matching a `backend_interfaces` pattern (`veth*`)
+    /// that appeared since the last scan, and forget links that are gone (the kernel
+    /// removed their filters with them). Returns how many were attached.
+    pub fn rescan_backend_interfaces(&mut self) -> usize {
+        let patterns: Vec<String> = self
+            .config
+            .backend_interfaces
+            .iter()
+            .filter(|n| is_pattern(n))
+            .cloned()
+            .collect();
+        if patterns.is_empty() {
+            return 0;
+        }
+        let links = links();
+        self.rnat_ifindexes.retain(|(name, i)| {
+            !is_pattern_match(&patterns, name) || links.contains(&(name.clone(), *i))
+        });
+        let mut attached = 0;
+        for (name, i) in links {
+            if !is_pattern_match(&patterns, &name)
+                || self.rnat_ifindexes.iter().any(|(_, j)| *j == i)
+            {
+                continue;
+            }
+            match self.dp.attach_rnat(i) {
+                Ok(()) => {
+                    info!("reverse NAT attached to {name} (matches backend_interfaces)");
+                    self.rnat_ifindexes.push((name, i));
+                    attached += 1;
+                }
+                // The link may have vanished between listing and attaching; next scan.
+                Err(e) => warn!("attaching the reverse NAT to {name}: {e:#}"),
+            }
+        }
+        attached
+    }
+
+    /// Announce exactly `vips` (Kubernetes mode: the VIPs this node won).
+    pub fn set_announced(&mut self, vips: &[IpAddr]) -> Result<()> {
+        if self.announced.as_deref() == Some(vips) {
+            return Ok(());
+        }
+        for a in &self.announcers {
+            a.set_vips(vips)?;
+        }
+        self.announced = Some(vips.to_vec());
+        Ok(())
+    }
+
+    pub fn announced(&self) -> Vec<IpAddr> {
+        self.announced
+            .clone()
+            .unwrap_or_else(|| vip_addresses(&self.plan))
     }
 
     /// Re-read the config and apply the difference. On any validation error nothing changes.
@@ -239,9 +321,19 @@ impl State {
                 path.display()
             );
         }
+        self.apply_config(config)
+    }
+
+    /// Program the difference between the running plan and `config` (same interfaces).
+    /// On an error before the first map write nothing changes.
+    pub fn apply_config(&mut self, config: Config) -> Result<usize> {
         let plan = Plan::build(&config, Some(&self.plan)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let rnat = rnat_entries(&plan)?;
         let changes = Plan::diff(&self.plan, &plan);
+        if changes.is_empty() && rnat == self.rnat {
+            self.config = config;
+            return Ok(0);
+        }
         let t = Instant::now();
         // New reverse-NAT entries first (a backend must answer from the VIP before it gets
         // packets), stale ones last (after no VIP sends to them).
@@ -261,9 +353,13 @@ impl State {
         self.last_sync = t.elapsed();
         self.stats.observe_map_sync(self.last_sync);
         self.labels = labels(&plan);
-        let vips = vip_addresses(&plan);
-        for a in &self.announcers {
-            a.set_vips(&vips)?;
+        self.map_changes += changes.len() as u64;
+        self.syncs += 1;
+        if self.announced.is_none() {
+            let vips = vip_addresses(&plan);
+            for a in &self.announcers {
+                a.set_vips(&vips)?;
+            }
         }
         self.config = config;
         self.plan = plan;
@@ -292,6 +388,49 @@ impl State {
     }
 }
 
+fn is_pattern(name: &str) -> bool {
+    name.contains(['*', '?'])
+}
+
+fn is_pattern_match(patterns: &[String], name: &str) -> bool {
+    patterns
+        .iter()
+        .any(|p| glob_match(p.as_bytes(), name.as_bytes()))
+}
+
+/// Shell-style match of `*` (any run) and `?` (one character).
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob_match(&p[1..], s) || (!s.is_empty() && glob_match(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob_match(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => glob_match(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+/// The links of this network namespace, as (name, ifindex).
+fn links() -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return out;
+        }
+        let mut p = head;
+        while (*p).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*p).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push((name, (*p).if_index));
+            p = p.add(1);
+        }
+        libc::if_freenameindex(head);
+    }
+    out
+}
+
 impl Drop for State {
     fn drop(&mut self) {
         self.shutdown();
@@ -299,7 +438,7 @@ impl Drop for State {
 }
 
 /// Serve `lb reload` on a Unix socket: one line in ("reload"), the outcome out.
-async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: PathBuf) {
+async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: Option<PathBuf>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -310,7 +449,12 @@ async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: PathB
             continue;
         }
         let reply = match line.trim() {
-            "reload" => reload_reply(&state, &config),
+            "reload" => match &config {
+                Some(path) => reload_reply(&state, path),
+                None => "error: lb runs with --kube: Kubernetes is the source of truth, there is \
+                         no config to reload (node settings change with a restart)\n"
+                    .to_owned(),
+            },
             other => format!("error: unknown command {other:?}; the only command is \"reload\"\n"),
         };
         let _ = wr.write_all(reply.as_bytes()).await;
@@ -346,20 +490,40 @@ pub fn run(opts: RunOptions) -> Result<()> {
     if let Some(addr) = opts.metrics_addr {
         config.metrics_addr = Some(addr);
     }
+    if opts.kube.is_some() && !config.vips.is_empty() {
+        bail!(
+            "{}: [[vips]] is not allowed with --kube: Kubernetes Services of type LoadBalancer \
+             define the VIPs; keep only the node settings (interfaces, backend_interfaces, \
+             metrics_addr, [kubernetes]) in this file",
+            opts.config.display()
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let state = Arc::new(Mutex::new(State::start(config)?));
+        let kube_mode = opts.kube.is_some();
+        let state = Arc::new(Mutex::new(State::start(config.clone(), !kube_mode)?));
         if let Some(dir) = opts.control_socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let _ = std::fs::remove_file(&opts.control_socket);
         let listener = UnixListener::bind(&opts.control_socket)
             .with_context(|| format!("listening on {}", opts.control_socket.display()))?;
-        tokio::spawn(control(listener, state.clone(), opts.config.clone()));
+        let reload_config = (!kube_mode).then(|| opts.config.clone());
+        tokio::spawn(control(listener, state.clone(), reload_config.clone()));
         spawn_metrics(&state)?;
+        spawn_rescan(&state);
+        if let Some(kube_opts) = opts.kube {
+            let client = crate::kube::controller::client(&kube_opts).await?;
+            tokio::spawn(crate::kube::controller::run(
+                client,
+                kube_opts,
+                config,
+                state.clone(),
+            ));
+        }
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -369,12 +533,18 @@ pub fn run(opts: RunOptions) -> Result<()> {
             opts.control_socket.display()
         );
         println!(
-            "lb: running (control socket {})",
-            opts.control_socket.display()
+            "lb: running (control socket {}{})",
+            opts.control_socket.display(),
+            if kube_mode { ", Kubernetes mode" } else { "" }
         );
         loop {
             tokio::select! {
-                _ = hup.recv() => { reload_reply(&state, &opts.config); }
+                _ = hup.recv() => {
+                    match &reload_config {
+                        Some(path) => { reload_reply(&state, path); }
+                        None => info!("SIGHUP ignored: with --kube the API server is the source of truth"),
+                    }
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -384,6 +554,32 @@ pub fn run(opts: RunOptions) -> Result<()> {
         println!("lb: stopped, everything detached");
         Ok(())
     })
+}
+
+/// Re-attach the reverse NAT to new links matching `backend_interfaces` patterns, every
+/// second (pods come and go with their veths).
+fn spawn_rescan(state: &Arc<Mutex<State>>) {
+    let patterned = state
+        .lock()
+        .expect("state lock")
+        .config
+        .backend_interfaces
+        .iter()
+        .any(|n| is_pattern(n));
+    if !patterned {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            state
+                .lock()
+                .expect("state lock")
+                .rescan_backend_interfaces();
+        }
+    });
 }
 
 /// `lb reload`: ask the running daemon to re-read its config; prints its answer.
@@ -414,7 +610,22 @@ impl MetricsSource for DaemonMetrics {
 
     fn status_json(&self) -> serde_json::Value {
         let s = self.0.lock().expect("state lock");
-        metrics::status(&s.dp, &s.labels, &s.stats)
+        let mut v = metrics::status(&s.dp, &s.labels, &s.stats);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "sync".into(),
+                serde_json::json!({
+                    "map_changes": s.map_changes,
+                    "syncs": s.syncs,
+                    "last_error": s.last_sync_error,
+                    "announced": s.announced().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                }),
+            );
+            if let Some(k) = &s.kube_status {
+                obj.insert("kubernetes".into(), k.clone());
+            }
+        }
+        v
     }
 }
 

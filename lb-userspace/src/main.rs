@@ -42,14 +42,27 @@ enum Command {
         #[arg(long, default_value_t = bench::DEFAULT_ROUNDS)]
         rounds: u32,
     },
-    /// Run the load balancer from a static config file: validate it, program the maps,
-    /// attach XDP (external interfaces) and the reverse NAT (backend interfaces), answer
-    /// ARP/NDP for the VIPs, serve metrics. SIGHUP or `lb reload` applies a changed config
-    /// as a diff (a bad one is rejected and nothing changes); SIGINT/SIGTERM detach all.
+    /// Run the load balancer: validate the config, program the maps, attach XDP (external
+    /// interfaces) and the reverse NAT (backend interfaces), answer ARP/NDP for the VIPs,
+    /// serve metrics. Static mode: the VIPs are in the config file; SIGHUP or `lb reload`
+    /// applies a changed config as a diff (a bad one is rejected and nothing changes).
+    /// With --kube: the VIPs come from Services of type LoadBalancer (see deploy/README.md).
+    /// SIGINT/SIGTERM detach all.
     Run {
-        /// The static config (see deploy/examples/lb.toml).
+        /// The config file (see deploy/examples/lb.toml; with --kube only node settings and
+        /// the [kubernetes] table).
         #[arg(long)]
         config: PathBuf,
+        /// Take VIPs from the Kubernetes API server: Services of type LoadBalancer with our
+        /// loadBalancerClass, their EndpointSlices, Nodes and IPPools.
+        #[arg(long)]
+        kube: bool,
+        /// Kubeconfig for --kube (default: in-cluster credentials, else $KUBECONFIG).
+        #[arg(long, env = "KUBECONFIG", requires = "kube")]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name, as in its Node object (the DaemonSet sets NODE_NAME).
+        #[arg(long, env = "NODE_NAME", required_if_eq("kube", "true"))]
+        node_name: Option<String>,
         /// Serve /metrics and /status here (overrides metrics_addr in the config).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
@@ -60,6 +73,9 @@ enum Command {
         #[arg(long)]
         netns: Option<String>,
     },
+    /// Print the CustomResourceDefinitions lb uses (IPPool), generated from its types: the
+    /// source of deploy/crds/.
+    Crds,
     /// Ask a running `lb run` to re-read its config and apply the difference; prints the
     /// outcome (exit 1 if the new config was rejected: the running state is unchanged).
     Reload {
@@ -152,6 +168,9 @@ fn main() -> Result<()> {
         } => attach(&iface, netns.as_deref(), generic),
         Command::Run {
             config,
+            kube,
+            kubeconfig,
+            node_name,
             metrics_addr,
             control_socket,
             netns,
@@ -159,11 +178,20 @@ fn main() -> Result<()> {
             if let Some(name) = netns {
                 enter_netns(&name)?;
             }
+            let kube = kube.then(|| lb_userspace::kube::controller::KubeOptions {
+                kubeconfig,
+                node_name: node_name.unwrap_or_default(),
+            });
             lb_userspace::daemon::run(lb_userspace::daemon::RunOptions {
                 config,
                 metrics_addr,
                 control_socket,
+                kube,
             })
+        }
+        Command::Crds => {
+            print!("{}", lb_userspace::kube::crd::crds_yaml());
+            Ok(())
         }
         Command::Reload { control_socket } => {
             if !lb_userspace::daemon::reload(&control_socket)? {

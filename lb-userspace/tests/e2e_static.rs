@@ -16,6 +16,8 @@
 //!
 //! `cargo test -p lb-userspace --test e2e_static -- --test-threads=1 --nocapture`
 
+mod support;
+
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
@@ -311,75 +313,6 @@ fn rebinding_connections(
         .unwrap()
 }
 
-/// An HTTP/1.1 keep-alive connection from the client namespace.
-struct KeepAlive {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl KeepAlive {
-    fn open(topo: &Topology, to: SocketAddr) -> KeepAlive {
-        let stream = topo
-            .client
-            .run_in(|| TcpStream::connect_timeout(&to, Duration::from_secs(5)))
-            .unwrap()
-            .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let _ = stream.set_nodelay(true);
-        KeepAlive {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// GET on this connection (keep-alive); the whoami answer.
-    fn get(&mut self) -> Result<Whoami, String> {
-        write!(
-            self.stream,
-            "GET /keepalive HTTP/1.1\r\nHost: {VIP_CID}:{VIP_PORT}\r\n\r\n"
-        )
-        .map_err(|e| format!("sending: {e}"))?;
-        let mut chunk = [0u8; 4096];
-        let mut read = |buf: &mut Vec<u8>| -> Result<(), String> {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => Err("connection closed".into()),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    Ok(())
-                }
-                Err(e) => Err(format!("receiving: {e}")),
-            }
-        };
-        let end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            read(&mut self.buf)?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
-        if !head.starts_with("HTTP/1.1 200 ") {
-            return Err(format!("response {head:?}"));
-        }
-        let len = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
-        while self.buf.len() < end + len {
-            read(&mut self.buf)?;
-        }
-        let body = String::from_utf8_lossy(&self.buf[end..end + len]).to_string();
-        self.buf.drain(..end + len);
-        Whoami::parse(&body).map_err(|e| format!("{e}: {body:?}"))
-    }
-}
-
 /// Octets received on backend `n`'s eth0 (`ip -s -j link`).
 fn rx_bytes(topo: &Topology, n: u8) -> u64 {
     let out = topo.backends[usize::from(n - 1)]
@@ -640,12 +573,12 @@ fn e2e_static_daemon_routes_real_traffic() {
 
     // (viii) Removing b3. First keep-alive TCP connections, some on b1 and b2.
     let vip_tcp = SocketAddr::new(VIP_CID.into(), VIP_PORT);
-    let mut kept: Vec<(KeepAlive, Whoami)> = Vec::new();
+    let mut kept: Vec<(support::KeepAlive, Whoami)> = Vec::new();
     for _ in 0..40 {
         if kept.len() >= KEPT {
             break;
         }
-        let mut c = KeepAlive::open(&topo, vip_tcp);
+        let mut c = support::KeepAlive::open(&topo.client, vip_tcp);
         let w = c
             .get()
             .unwrap_or_else(|e| panic!("keep-alive GET: {e}\n{}", daemon_log(&topo)));

@@ -69,3 +69,36 @@ mod tests {
         assert!(yaml.contains("autoAssign"), "{yaml}");
     }
 }
+
+/// The checked-in copies of [`crds_yaml`]: plain manifests and the Helm chart's `crds/`.
+#[cfg(test)]
+mod checked_in {
+    use super::crds_yaml;
+
+    const COPIES: [&str; 2] = [
+        "deploy/crds/ippools.lb.dev.yaml",
+        "deploy/helm/lb/crds/ippools.lb.dev.yaml",
+    ];
+
+    /// Fails when a copy is stale; `LB_UPDATE_CRDS=1` rewrites them instead.
+    #[test]
+    fn deploy_crds_match_the_rust_types() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let want = crds_yaml();
+        for rel in COPIES {
+            let path = root.join(rel);
+            if std::env::var_os("LB_UPDATE_CRDS").is_some() {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &want).unwrap();
+                continue;
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                have == want,
+                "{rel} is stale (or missing): regenerate it with \
+                 `cargo run -p lb-userspace --bin lb -- crds > {rel}` \
+                 (or LB_UPDATE_CRDS=1 cargo test -p lb-userspace --lib checked_in)"
+            );
+        }
+    }
+}

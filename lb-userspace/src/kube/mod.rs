@@ -3,4 +3,9 @@
 //! that elect one announcing node per VIP. Everything feeds the same [`crate::config::Config`]
 //! model, plan and map writer as the static config file.
 
+pub mod controller;
 pub mod crd;
+pub mod election;
+pub mod ipam;
+pub mod status;
+pub mod translate;

@@ -115,3 +115,82 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// An HTTP/1.1 keep-alive connection from inside a network namespace: one TCP flow that
+/// lives across reloads, endpoint changes and failovers, to see who still answers it.
+pub struct KeepAlive {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+    to: SocketAddr,
+}
+
+impl KeepAlive {
+    pub fn open(ns: &lb_userspace::netns::NetNs, to: SocketAddr) -> KeepAlive {
+        let stream = ns
+            .run_in(|| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = stream.set_nodelay(true);
+        KeepAlive {
+            stream,
+            buf: Vec::new(),
+            to,
+        }
+    }
+
+    /// Shorten how long a request waits for its answer (default 5 s).
+    pub fn set_timeout(&self, t: Duration) {
+        self.stream.set_read_timeout(Some(t)).unwrap();
+    }
+
+    /// GET on this connection (keep-alive); the whoami answer.
+    pub fn get(&mut self) -> Result<lb_userspace::backend::Whoami, String> {
+        use std::io::Write as _;
+        write!(
+            self.stream,
+            "GET /keepalive HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.to
+        )
+        .map_err(|e| format!("sending: {e}"))?;
+        let mut chunk = [0u8; 4096];
+        let stream = &mut self.stream;
+        let mut read = |buf: &mut Vec<u8>| -> Result<(), String> {
+            match stream.read(&mut chunk) {
+                Ok(0) => Err("connection closed".into()),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    Ok(())
+                }
+                Err(e) => Err(format!("receiving: {e}")),
+            }
+        };
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            read(&mut self.buf)?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        if !head.starts_with("HTTP/1.1 200 ") {
+            return Err(format!("response {head:?}"));
+        }
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
+        while self.buf.len() < end + len {
+            read(&mut self.buf)?;
+        }
+        let body = String::from_utf8_lossy(&self.buf[end..end + len]).to_string();
+        self.buf.drain(..end + len);
+        lb_userspace::backend::Whoami::parse(&body).map_err(|e| format!("{e}: {body:?}"))
+    }
+}
