@@ -100,6 +100,11 @@ impl Faults {
         lock(&self.log).clone()
     }
 
+    /// Empty the request log (counters are kept).
+    pub fn clear_log(&self) {
+        lock(&self.log).clear();
+    }
+
     /// How many `verb` requests for `resource`.
     pub fn counted(&self, verb: &'static str, resource: &str) -> u64 {
         lock(&self.counts)

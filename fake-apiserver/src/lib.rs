@@ -6,6 +6,39 @@
 //! [`FakeApiServer::get`], …); those writes bump the resourceVersion and reach watchers
 //! exactly like HTTP writes.
 //!
+//! # Usage
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use fake_apiserver::FakeApiServer;
+//! use k8s_openapi::api::core::v1::Service;
+//!
+//! let server = FakeApiServer::new();
+//! let addr = server.bind("127.0.0.1:0".parse().unwrap()).await?;
+//! let kubeconfig = FakeApiServer::kubeconfig(&format!("http://{addr}"));
+//! // kube-rs: kube::config::Kubeconfig::from_yaml(&kubeconfig) then
+//! // kube::Config::from_custom_kubeconfig(..); kubectl: write it to a file, --kubeconfig.
+//! # let svc: Service = Default::default();
+//! server.create(&svc).expect("created"); // watchers see ADDED
+//! server.cut_watches(); // every watch stream ends abruptly
+//! server.compact(); // the next re-watch from an old resourceVersion gets 410 → re-list
+//! # let _ = kubeconfig;
+//! # Ok(()) }
+//! ```
+//!
+//! # Direct access
+//! Typed methods ([`create`](FakeApiServer::create), [`get`](FakeApiServer::get),
+//! [`list`](FakeApiServer::list), [`replace`](FakeApiServer::replace),
+//! [`apply`](FakeApiServer::apply), [`update_status`](FakeApiServer::update_status),
+//! [`apply_status`](FakeApiServer::apply_status), [`delete`](FakeApiServer::delete)) take
+//! any `k8s_openapi` resource type. Custom resources (kube `CustomResource` types
+//! implement `kube::Resource`, not `k8s_openapi::Resource`) use the `*_json` variants with
+//! a `serde_json::Value` (`serde_json::to_value(&pool)`); the type is found from
+//! `apiVersion` + `kind`, so the CRD must exist. Direct `create` keeps `.status` (a test
+//! convenience; HTTP POST drops it for types with a status subresource); everything
+//! else behaves like the HTTP verb. [`load_yaml`](FakeApiServer::load_yaml) applies a
+//! multi-document YAML.
+//!
 //! # Faithful
 //! - One global resourceVersion (a stringified integer) for every write; `uid`,
 //!   `creationTimestamp`, `generation` (bumped when anything but metadata/status changes),
@@ -236,6 +269,11 @@ impl FakeApiServer {
     /// Every request served so far (method, path, query, response code).
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.inner.faults.log()
+    }
+
+    /// Empty the request log (the list/watch counters are kept).
+    pub fn clear_requests(&self) {
+        self.inner.faults.clear_log();
     }
 
     /// Number of LIST requests for `resource` (`services`, `leases.coordination.k8s.io`,

@@ -808,6 +808,12 @@ fn apply(
         };
         return Ok((create(st, res, ns, obj, &o2)?, true));
     };
+    if let Some(rv) = cfg["metadata"]["resourceVersion"].as_str()
+        && !rv.is_empty()
+        && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(ApiError::conflict(&res.plural, &res.group, name));
+    }
     let mut entries = Managed::decode(&old);
     let old_mine: BTreeSet<Path> = entries
         .iter()
