@@ -469,11 +469,13 @@ impl Controller {
     fn observe(&mut self) -> (bool, BTreeSet<String>, Option<String>) {
         let now = Instant::now();
         self.liveness.observe(&snapshot(&self.stores.leases), now);
-        let connected = self
-            .renewed
-            .lock()
-            .expect("renew lock")
-            .is_some_and(|t| now.saturating_duration_since(t) < self.settings.lease_duration);
+        // Connected: our own renewal succeeded recently and came back through the watch,
+        // so the Lease store is current (see election's "Frozen").
+        let fresh = self.settings.lease_renew * 2;
+        let recent =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < fresh);
+        let connected = recent(*self.renewed.lock().expect("renew lock"))
+            && recent(self.liveness.seen_at(&self.node));
         let alive = self.liveness.alive(self.settings.lease_duration, now);
         let writer = election::winner(
             election::STATUS_WRITER_KEY,

@@ -16,9 +16,12 @@
 //!   spread over nodes, and when a node dies only its VIPs move.
 //! - **Status writer:** the alive node ranked first for the fixed key `status-writer`
 //!   allocates addresses and writes Service status; the others only read it.
-//! - **Frozen:** while this daemon cannot renew its own Lease (API server unreachable), it
-//!   keeps announcing what it announced and judges nobody: a partitioned daemon must not
-//!   stop forwarding. Two nodes may then answer ARP for one VIP; both route every
+//! - **Frozen:** unless this daemon renewed its own Lease *and* saw that renewal come back
+//!   through its watch within two renew intervals, it keeps announcing what it announced
+//!   and judges nobody: a partitioned daemon (or one whose watch stalled) must neither stop
+//!   forwarding nor take over VIPs because it no longer sees the others' renewals. Two
+//!   renew intervals are shorter than a lease, so a daemon freezes before it could declare
+//!   anyone dead. Two nodes may then answer ARP for one VIP; both route every
 //!   connection the same way (connection IDs and Maglev), so the client is served by
 //!   whichever it reaches.
 
@@ -151,9 +154,9 @@ impl Liveness {
             .collect()
     }
 
-    /// When the Lease of `node` will count as expired, if it is alive now.
-    pub fn expires_at(&self, node: &str, duration: Duration) -> Option<Instant> {
-        self.seen.get(node).map(|(_, at)| *at + duration)
+    /// When this daemon last saw `node`'s Lease renewed.
+    pub fn seen_at(&self, node: &str) -> Option<Instant> {
+        self.seen.get(node).map(|(_, at)| *at)
     }
 }
 
@@ -271,7 +274,8 @@ mod tests {
         assert_eq!(alive, BTreeSet::from(["a".to_owned()]));
         // A Lease that disappears is forgotten.
         l.observe(&[lease("a", later)], t0 + Duration::from_millis(1700));
-        assert!(l.expires_at("b", d).is_none());
+        assert!(l.seen_at("b").is_none());
+        assert_eq!(l.seen_at("a"), Some(t0 + Duration::from_millis(1000)));
     }
 
     #[test]

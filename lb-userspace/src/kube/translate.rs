@@ -10,8 +10,8 @@
 //!   skipped) times every `spec.ports` entry with protocol TCP or UDP is one [`VipConfig`],
 //!   named `namespace/name:port-name-or-number/proto`. SCTP (or anything else) is reported
 //!   as `UnsupportedProtocol` and that port is skipped. An address whose family (IPv4/IPv6)
-//!   has no EndpointSlice of the Service is skipped: a single-stack Service may still carry
-//!   an address of the other family, and there is nothing to send its traffic to.
+//!   has no EndpointSlice (yet) is still programmed, with no backends: the node then drops
+//!   new flows for it (`drop_no_backend`) instead of handing VIP packets to its kernel.
 //! - **Backends** come from the EndpointSlices labelled `kubernetes.io/service-name=<name>`
 //!   in the Service's namespace whose `addressType` is the VIP's family (FQDN slices are
 //!   ignored). The backend port is the slice's port with the Service port's `name` (absent
@@ -317,9 +317,6 @@ fn translate_service(
             .copied()
             .filter(|s| slice_family(s) == Some(is_v6(ip)))
             .collect();
-        if family.is_empty() {
-            continue;
-        }
         let Some(ranges) = ranges_for(ip, &shared, problems) else {
             continue;
         };
@@ -2035,13 +2032,17 @@ mod tests {
             ]
             .into()
         );
-        // A family without slices (here IPv6, and FQDN slices never count) is skipped.
+        // A family without slices (here IPv6, and FQDN slices never count) is programmed
+        // with no backends, so the node drops its new flows rather than passing them on.
         let (s, mut slices) = dual_stack("web");
         slices[1].address_type = "FQDN".into();
         let d = World::new(vec![s], slices).run("n");
         assert_eq!(
-            d.vips.iter().map(|v| v.addr).collect::<Vec<_>>(),
-            vec![ip("198.18.0.100")]
+            d.vips
+                .iter()
+                .map(|v| (v.addr, v.backends.len()))
+                .collect::<Vec<_>>(),
+            vec![(ip("198.18.0.100"), 1), (ip("fd00::100"), 0)]
         );
     }
 

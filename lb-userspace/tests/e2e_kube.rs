@@ -1,0 +1,1136 @@
+//! End to end in Kubernetes mode: three real `lb run --kube` daemons, one per node
+//! namespace, against the in-process fake API server (`fake-apiserver`: no real API server
+//! can run on these machines), with real pods (`lb backend`) and a real client.
+//!
+//! ```text
+//!  client ns: br0 198.18.0.2/24 (a bridge: the LAN)
+//!    ├── n1 ── ext0 198.18.0.11  node-1 (lb run --kube; XDP generic on ext0)  pod0 198.19.1.1 ── pod-1 198.19.1.10
+//!    ├── n2 ── ext0 198.18.0.12  node-2                                         pod0 198.19.2.1 ── pod-2 198.19.2.10
+//!    └── n3 ── ext0 198.18.0.13  node-3                                         pod0 198.19.3.1 ── pod-3 198.19.3.10
+//! ```
+//!
+//! - Nodes route the other nodes' pod /24s via their LAN address (what a CNI would set up),
+//!   forward, and run the reverse NAT on `pod*` (a `backend_interfaces` pattern).
+//! - Each node's daemon reaches the fake at 127.0.0.1:6443 inside its own namespace (one
+//!   listener per namespace, one shared state).
+//! - The test plays kubelet and the EndpointSlice controller: it writes Nodes and
+//!   EndpointSlices. The daemons allocate from an IPPool (198.18.0.100-198.18.0.109),
+//!   write Service status, program their maps, and elect one announcer per VIP.
+//!
+//! Needs root. `cargo test -p lb-userspace --test e2e_kube -- --test-threads=1 --nocapture`
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fake_apiserver::FakeApiServer;
+use k8s_openapi::{
+    ByteString,
+    api::{
+        core::v1::{Node, NodeCondition, NodeStatus, Secret, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use kube::CustomResourceExt;
+use lb_userspace::{
+    demo::parse_json_output,
+    kube::{
+        crd::{IPPool, IPPoolSpec},
+        election,
+    },
+    netns::{Mac, NetNs, veth_pair},
+    topology::{http_get_in, stop_children},
+};
+use serde_json::Value;
+
+const LB: &str = env!("CARGO_BIN_EXE_lb");
+const PREFIX: &str = "lbk8s";
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const POOL_FIRST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const POD_PORT: u16 = 8443;
+const API_PORT: u16 = 6443;
+/// Each daemon's /status and /metrics, inside its own namespace.
+const METRICS: &str = "127.0.0.1:9470";
+/// Bound on each convergence; a healthy sync takes well under a second.
+const CONVERGE: Duration = Duration::from_secs(15);
+
+fn node_name(i: u8) -> String {
+    format!("node-{i}")
+}
+
+fn node_addr(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 10 + i)
+}
+
+fn pod_addr(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, i, 10)
+}
+
+/// Poll `f` until it yields, or panic with `what` and the last observation.
+fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+struct LabNode {
+    name: String,
+    ns: NetNs,
+    pod: NetNs,
+    daemon: Option<Child>,
+    backend: Option<Child>,
+}
+
+/// The topology above, torn down (children stopped, namespaces deleted) on drop.
+struct Lab {
+    rt: tokio::runtime::Runtime,
+    api: FakeApiServer,
+    dir: PathBuf,
+    client: NetNs,
+    nodes: Vec<LabNode>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let mut children: Vec<(&str, &mut Child)> = Vec::new();
+        for n in &mut self.nodes {
+            if let Some(c) = n.daemon.as_mut() {
+                children.push(("lb run", c));
+            }
+            if let Some(c) = n.backend.as_mut() {
+                children.push(("lb backend", c));
+            }
+        }
+        stop_children(children);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn meta(ns: Option<&str>, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: ns.map(Into::into),
+        ..Default::default()
+    }
+}
+
+fn ready_node(name: &str) -> Node {
+    Node {
+        metadata: meta(None, name),
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// 443/TCP (https) and 443/UDP (h3) on one Service, both to the pods' named port `web`.
+fn whoami_service(name: &str, annotations: &[(&str, &str)]) -> Service {
+    let mut m = meta(Some("default"), name);
+    m.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let port = |n: &str, proto: &str| ServicePort {
+        name: Some(n.into()),
+        port: 443,
+        protocol: Some(proto.into()),
+        target_port: Some(IntOrString::String("web".into())),
+        ..Default::default()
+    };
+    Service {
+        metadata: m,
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            load_balancer_class: Some("lb.dev/lb".into()),
+            ports: Some(vec![port("https", "TCP"), port("h3", "UDP")]),
+            selector: Some([("app".to_owned(), name.to_owned())].into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cond {
+    Ready,
+    Terminating,
+    NotServing,
+}
+
+/// One EndpointSlice for `service` with pods `on` (node index, condition).
+fn slice(service: &str, on: &[(u8, Cond)]) -> EndpointSlice {
+    let mut m = meta(Some("default"), &format!("{service}-abc"));
+    m.labels = Some([("kubernetes.io/service-name".to_owned(), service.to_owned())].into());
+    let port = |n: &str, proto: &str| EndpointPort {
+        name: Some(n.into()),
+        port: Some(POD_PORT.into()),
+        protocol: Some(proto.into()),
+        ..Default::default()
+    };
+    EndpointSlice {
+        metadata: m,
+        address_type: "IPv4".into(),
+        endpoints: on
+            .iter()
+            .map(|(i, c)| Endpoint {
+                addresses: vec![pod_addr(*i).to_string()],
+                node_name: Some(node_name(*i)),
+                conditions: Some(EndpointConditions {
+                    ready: Some(*c == Cond::Ready),
+                    serving: Some(*c != Cond::NotServing),
+                    terminating: Some(*c != Cond::Ready),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![port("https", "TCP"), port("h3", "UDP")]),
+    }
+}
+
+fn quic_secret() -> Secret {
+    Secret {
+        metadata: meta(Some("default"), "whoami-quic-lb"),
+        data: Some(
+            [
+                ("config-id", "0"),
+                ("server-id-len", "2"),
+                ("nonce-len", "6"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+impl Lab {
+    /// Build the network, start the fake API server with Nodes, the pool and the QUIC-LB
+    /// Secret, the pods on `pods` and a daemon on every node.
+    fn start(nodes: u8, pods: &[u8]) -> Lab {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("lb-e2e-kube-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let client = NetNs::create(PREFIX).unwrap();
+        client
+            .ip(&["link", "add", "br0", "type", "bridge"])
+            .unwrap();
+        client.link_up("br0").unwrap();
+        client.addr_add("br0", &format!("{CLIENT}/24")).unwrap();
+        let api = FakeApiServer::new();
+        let mut lab = Lab {
+            rt,
+            api,
+            dir,
+            client,
+            nodes: Vec::new(),
+        };
+        for i in 1..=nodes {
+            lab.add_node(i, nodes);
+        }
+        lab.api.create(&IPPool::crd()).unwrap();
+        for i in 1..=nodes {
+            lab.api.create(&ready_node(&node_name(i))).unwrap();
+        }
+        let pool = IPPool::new(
+            "lan",
+            IPPoolSpec {
+                addresses: vec!["198.18.0.100-198.18.0.109".into()],
+                auto_assign: true,
+                service_selector: None,
+            },
+        );
+        lab.api
+            .create_json(serde_json::to_value(&pool).unwrap())
+            .unwrap();
+        lab.api.create(&quic_secret()).unwrap();
+        for &i in pods {
+            lab.start_pod(i);
+        }
+        for i in 1..=nodes {
+            lab.start_daemon(i);
+        }
+        lab
+    }
+
+    fn add_node(&mut self, i: u8, nodes: u8) {
+        let ns = NetNs::create(PREFIX).unwrap();
+        let pod = NetNs::create(PREFIX).unwrap();
+        let lan_peer = format!("n{i}");
+        veth_pair(
+            &ns,
+            "ext0",
+            Mac::from([0x02, 0x6b, 0, 0, 1, i]),
+            &self.client,
+            &lan_peer,
+            Mac::from([0x02, 0x6b, 0, 0, 2, i]),
+        )
+        .unwrap();
+        self.client
+            .ip(&["link", "set", &lan_peer, "master", "br0"])
+            .unwrap();
+        ns.addr_add("ext0", &format!("{}/24", node_addr(i)))
+            .unwrap();
+        veth_pair(
+            &ns,
+            "pod0",
+            Mac::from([0x02, 0x6b, 0, 0, 3, i]),
+            &pod,
+            "eth0",
+            Mac::from([0x02, 0x6b, 0, 0, 4, i]),
+        )
+        .unwrap();
+        ns.addr_add("pod0", &format!("198.19.{i}.1/24")).unwrap();
+        pod.addr_add("eth0", &format!("{}/24", pod_addr(i)))
+            .unwrap();
+        pod.route_add("default", Some(&format!("198.19.{i}.1")), None)
+            .unwrap();
+        for j in (1..=nodes).filter(|j| *j != i) {
+            ns.route_add(
+                &format!("198.19.{j}.0/24"),
+                Some(&node_addr(j).to_string()),
+                None,
+            )
+            .unwrap();
+        }
+        ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        for k in ["all", "default", "ext0", "pod0"] {
+            ns.sysctl(&format!("net.ipv4.conf.{k}.rp_filter"), "0")
+                .unwrap();
+        }
+        // The API server as this node sees it: 127.0.0.1:6443 in its own namespace.
+        let listener = ns
+            .run_in(|| std::net::TcpListener::bind(("127.0.0.1", API_PORT)))
+            .unwrap()
+            .unwrap();
+        let api = self.api.clone();
+        self.rt.spawn(async move { api.serve(listener).await });
+        self.nodes.push(LabNode {
+            name: node_name(i),
+            ns,
+            pod,
+            daemon: None,
+            backend: None,
+        });
+    }
+
+    fn node(&self, i: u8) -> &LabNode {
+        &self.nodes[usize::from(i - 1)]
+    }
+
+    fn node_mut(&mut self, i: u8) -> &mut LabNode {
+        &mut self.nodes[usize::from(i - 1)]
+    }
+
+    /// `lb backend` in pod `i`, deriving its server ID from its pod IP and reading the
+    /// QUIC-LB config from files laid out as a mounted Secret.
+    fn start_pod(&mut self, i: u8) {
+        let secret_dir = self.dir.join("quic-lb-secret");
+        std::fs::create_dir_all(&secret_dir).unwrap();
+        for (k, v) in [
+            ("config-id", "0"),
+            ("server-id-len", "2"),
+            ("nonce-len", "6"),
+        ] {
+            std::fs::write(secret_dir.join(k), v).unwrap();
+        }
+        let log = std::fs::File::create(self.dir.join(format!("pod-{i}.log"))).unwrap();
+        let child = self
+            .node(i)
+            .pod
+            .command(LB)
+            .unwrap()
+            .arg("backend")
+            .args(["--listen", &format!("{}:{POD_PORT}", pod_addr(i))])
+            .args(["--name", &format!("pod-{i}")])
+            .env("LB_POD_IP", pod_addr(i).to_string())
+            .env("LB_QUIC_LB_SECRET_DIR", &secret_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.node_mut(i).backend = Some(child);
+        let addr = SocketAddr::new(IpAddr::V4(pod_addr(i)), POD_PORT);
+        let ns = &self.node(i).pod;
+        wait_for(&format!("pod-{i} to serve"), CONVERGE, || {
+            http_get_in(ns, addr, "/").map_err(|e| format!("{e:#}"))
+        });
+    }
+
+    fn start_daemon(&mut self, i: u8) {
+        let dir = self.dir.join(node_name(i));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            FakeApiServer::kubeconfig(&format!("http://127.0.0.1:{API_PORT}")),
+        )
+        .unwrap();
+        let config = dir.join("lb.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "interfaces = [{{ name = \"ext0\", xdp_mode = \"generic\" }}]\n\
+                 backend_interfaces = [\"pod*\"]\n\
+                 metrics_addr = \"{METRICS}\"\n\
+                 [kubernetes]\nlease_namespace = \"lb-system\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("lb-run.log")).unwrap();
+        let child = self
+            .node(i)
+            .ns
+            .command(LB)
+            .unwrap()
+            .args(["run", "--kube", "--config"])
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--node-name", &node_name(i)])
+            .arg("--control-socket")
+            .arg(dir.join("lb.sock"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.node_mut(i).daemon = Some(child);
+    }
+
+    fn log(&self, i: u8) -> String {
+        std::fs::read_to_string(self.dir.join(node_name(i)).join("lb-run.log")).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.nodes.len() as u8)
+            .filter(|i| self.node(*i).daemon.is_some())
+            .map(|i| format!("--- node-{i} lb run ---\n{}", self.log(i)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Node `i`'s daemon /status.
+    fn status(&self, i: u8) -> Result<Value, String> {
+        let body = http_get_in(&self.node(i).ns, METRICS.parse().unwrap(), "/status")
+            .map_err(|e| format!("{e:#}"))?;
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+    }
+
+    fn service(&self, name: &str) -> Option<Service> {
+        self.api.get::<Service>(Some("default"), name)
+    }
+
+    /// Wait until the Service has an address in its status; returns it.
+    fn wait_ip(&self, name: &str) -> Ipv4Addr {
+        wait_for(&format!("{name} to get an address"), CONVERGE, || {
+            let svc = self.service(name).ok_or("no such Service")?;
+            match lb_userspace::kube::status::ingress_ips(&svc).first() {
+                Some(IpAddr::V4(a)) => Ok(*a),
+                _ => Err(format!("status {:?}", svc.status)),
+            }
+        })
+    }
+
+    /// VIPs node `i` announces, from its /status.
+    fn announced(&self, i: u8) -> Result<Vec<String>, String> {
+        let s = self.status(i)?;
+        Ok(s["sync"]["announced"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Programmed data-plane VIPs (address:port/proto) of node `i`.
+    fn programmed(&self, i: u8) -> Result<Vec<String>, String> {
+        let s = self.status(i)?;
+        let vips = s["vips"].as_array().ok_or(format!("no vips in {s}"))?;
+        let mut out: Vec<String> = vips
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}:{}/{}",
+                    v["addr"].as_str().unwrap_or("?"),
+                    v["port"],
+                    v["proto"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn map_changes(&self, i: u8) -> u64 {
+        self.status(i).unwrap()["sync"]["map_changes"]
+            .as_u64()
+            .unwrap()
+    }
+
+    fn probe(&self, args: &[&str]) -> Result<Value, String> {
+        let out = self
+            .client
+            .command(LB)
+            .unwrap()
+            .arg("probe")
+            .args(args)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        parse_json_output(&out, "lb probe").map_err(|e| format!("{e:#}"))
+    }
+
+    fn h3(&self, vip: Ipv4Addr, connections: usize, migrate: bool) -> Result<Value, String> {
+        let target = format!("{vip}:443");
+        let n = connections.to_string();
+        let mut args = vec![
+            "h3",
+            "--target",
+            &target,
+            "--insecure",
+            "--connections",
+            &n,
+            "--requests-per-phase",
+            "2",
+        ];
+        if migrate {
+            args.push("--migrate");
+        }
+        self.probe(&args)
+    }
+
+    fn http1(&self, vip: Ipv4Addr, requests: usize) -> Result<Value, String> {
+        let target = format!("{vip}:443");
+        let n = requests.to_string();
+        self.probe(&["http1", "--target", &target, "--requests", &n])
+    }
+}
+
+fn succeeded(v: &Value) -> u64 {
+    v["succeeded"].as_u64().unwrap_or(0)
+}
+
+fn per_backend(v: &Value) -> BTreeMap<String, u64> {
+    v["per_backend"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn e2e_kube_service_lifecycle_kubectl_and_drain() {
+    let _ = lb_userspace::netns::remove_stale(PREFIX);
+    let mut lab = Lab::start(3, &[1, 2, 3]);
+    lab.api
+        .create(&slice(
+            "whoami",
+            &[(1, Cond::Ready), (2, Cond::Ready), (3, Cond::Ready)],
+        ))
+        .unwrap();
+    lab.api
+        .create(&whoami_service(
+            "whoami",
+            &[("lb.dev/quic-lb-secret", "whoami-quic-lb")],
+        ))
+        .unwrap();
+
+    // Create: the first pool address, status written by the elected node, the VIP
+    // programmed on every node (443/TCP and 443/UDP), announced by exactly one.
+    let vip = lab.wait_ip("whoami");
+    assert_eq!(vip, POOL_FIRST);
+    let svc = lab.service("whoami").unwrap();
+    let conds = svc
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .clone()
+        .unwrap_or_default();
+    let allocated = conds
+        .iter()
+        .find(|c| c.type_ == "lb.dev/AddressAllocated")
+        .unwrap();
+    assert_eq!(
+        (allocated.status.as_str(), allocated.reason.as_str()),
+        ("True", "Allocated")
+    );
+    let valid = conds
+        .iter()
+        .find(|c| c.type_ == "lb.dev/ConfigValid")
+        .unwrap();
+    assert_eq!(valid.status, "True", "{valid:?}");
+    let want = vec![format!("{vip}:443/tcp"), format!("{vip}:443/udp")];
+    for i in 1..=3 {
+        wait_for(&format!("node-{i} to program {vip}"), CONVERGE, || {
+            let p = lab.programmed(i)?;
+            if p == want {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        });
+    }
+    let winner = election::vip_winner(IpAddr::V4(vip), ["node-1", "node-2", "node-3"]).unwrap();
+    wait_for("exactly the elected node to announce", CONVERGE, || {
+        let a: Vec<(u8, Vec<String>)> = (1..=3).map(|i| (i, lab.announced(i).unwrap())).collect();
+        let holders: Vec<String> = a
+            .iter()
+            .filter(|(_, v)| v.contains(&vip.to_string()))
+            .map(|(i, _)| node_name(*i))
+            .collect();
+        if holders == [winner.to_owned()] {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+
+    // kubectl, an independent client, sees the same status and lb's Events.
+    let kubeconfig = lab.dir.join("kubectl.kubeconfig");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let api = lab.api.clone();
+    lab.rt.spawn(async move { api.serve(listener).await });
+    std::fs::write(
+        &kubeconfig,
+        FakeApiServer::kubeconfig(&format!("http://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let kubectl = |args: &[&str]| -> String {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl is preinstalled on these machines (/usr/bin/kubectl)");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        kubectl(&[
+            "get",
+            "svc",
+            "whoami",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}"
+        ]),
+        vip.to_string()
+    );
+    let pools = kubectl(&["get", "ippools", "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert_eq!(pools, "lan");
+
+    // Traffic: HTTP/3 with migration (routed by the server ID derived from each pod's IP)
+    // and HTTP/1.1 on the same VIP and port, spread over the three pods.
+    let h3 = lab
+        .h3(vip, 30, true)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(succeeded(&h3), 30, "{h3}\n{}", lab.logs());
+    assert_eq!(per_backend(&h3).len(), 3, "{h3}");
+    let h1 = lab.http1(vip, 30).unwrap();
+    assert_eq!(succeeded(&h1), 30, "{h1}");
+
+    // Drain (KEP-1669): pod-3 terminating but still serving while others are ready: new
+    // flows avoid it; a keep-alive connection already on it keeps working.
+    let mut on_3 = None;
+    for _ in 0..60 {
+        let mut ka = support::KeepAlive::open(&lab.client, SocketAddr::new(IpAddr::V4(vip), 443));
+        let who = ka.get().unwrap();
+        if who.name == "pod-3" {
+            on_3 = Some(ka);
+            break;
+        }
+    }
+    let mut on_3 = on_3.expect("no connection of 60 reached pod-3");
+    let changes_before = lab.map_changes(1);
+    lab.api
+        .replace(&slice(
+            "whoami",
+            &[(1, Cond::Ready), (2, Cond::Ready), (3, Cond::Terminating)],
+        ))
+        .unwrap();
+    wait_for("node-1 to drain pod-3", CONVERGE, || {
+        if lab.map_changes(1) > changes_before {
+            Ok(())
+        } else {
+            Err("no map change".into())
+        }
+    });
+    let h1 = lab.http1(vip, 30).unwrap();
+    assert_eq!(succeeded(&h1), 30, "{h1}");
+    assert!(
+        !per_backend(&h1).contains_key("pod-3"),
+        "new flows reached the draining pod: {h1}"
+    );
+    assert_eq!(
+        on_3.get().expect("the drained connection broke").name,
+        "pod-3"
+    );
+
+    // Gone (not serving): removed, its flows evicted; nothing reaches it any more.
+    lab.api
+        .replace(&slice(
+            "whoami",
+            &[(1, Cond::Ready), (2, Cond::Ready), (3, Cond::NotServing)],
+        ))
+        .unwrap();
+    wait_for(
+        "pod-3's connection to be cut off",
+        CONVERGE,
+        || match on_3.get() {
+            Ok(w) if w.name == "pod-3" => Err("still reaches pod-3".to_owned()),
+            _ => Ok(()),
+        },
+    );
+    let h3 = lab.h3(vip, 20, false).unwrap();
+    assert_eq!(succeeded(&h3), 20, "{h3}");
+    assert!(!per_backend(&h3).contains_key("pod-3"), "{h3}");
+
+    // Delete: status gone with the object, VIP removed from every node's maps, no answer.
+    lab.api
+        .delete::<Service>(Some("default"), "whoami")
+        .unwrap();
+    for i in 1..=3 {
+        wait_for(&format!("node-{i} to remove {vip}"), CONVERGE, || {
+            let p = lab.programmed(i)?;
+            let a = lab.announced(i)?;
+            if p.is_empty() && a.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{p:?} {a:?}"))
+            }
+        });
+    }
+    // The address is free again: a new Service gets it.
+    lab.api.create(&whoami_service("again", &[])).unwrap();
+    assert_eq!(lab.wait_ip("again"), POOL_FIRST);
+}
+
+/// The client's neighbour entry for `addr`: the MAC it sends VIP traffic to.
+fn client_neigh(lab: &Lab, addr: Ipv4Addr) -> String {
+    lab.client
+        .ip(&["neigh", "show", &addr.to_string()])
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One fresh HTTP/1.1 request through the VIP with short timeouts: did it get a 200?
+fn quick_get(client: &NetNs, vip: Ipv4Addr) -> bool {
+    let to = SocketAddr::new(IpAddr::V4(vip), 443);
+    let Ok(Ok(mut s)) =
+        client.run_in(|| std::net::TcpStream::connect_timeout(&to, Duration::from_millis(150)))
+    else {
+        return false;
+    };
+    use std::io::{Read, Write};
+    let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+    if write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    matches!(s.read(&mut head), Ok(n) if n >= 12 && head.starts_with(b"HTTP/1.1 200"))
+}
+
+#[test]
+fn e2e_kube_announcer_failover_within_two_seconds() {
+    let _ = lb_userspace::netns::remove_stale(PREFIX);
+    let all = ["node-1", "node-2", "node-3"];
+    let vip = POOL_FIRST;
+    let first = election::vip_winner(IpAddr::V4(vip), all).unwrap();
+    let w: u8 = first.trim_start_matches("node-").parse().unwrap();
+    let rest: Vec<&str> = all.iter().copied().filter(|n| *n != first).collect();
+    let second = election::vip_winner(IpAddr::V4(vip), rest.iter().copied()).unwrap();
+    let s: u8 = second.trim_start_matches("node-").parse().unwrap();
+    // Pods live on the two nodes that survive, as pods do when only lb's daemon dies.
+    let pods: Vec<u8> = (1..=3).filter(|i| *i != w).collect();
+    let mut lab = Lab::start(3, &pods);
+    let endpoints: Vec<(u8, Cond)> = pods.iter().map(|i| (*i, Cond::Ready)).collect();
+    lab.api.create(&slice("whoami", &endpoints)).unwrap();
+    lab.api
+        .create(&whoami_service(
+            "whoami",
+            &[("lb.dev/quic-lb-secret", "whoami-quic-lb")],
+        ))
+        .unwrap();
+    assert_eq!(lab.wait_ip("whoami"), vip);
+    wait_for("the first-ranked node to announce alone", CONVERGE, || {
+        let a: Vec<Vec<String>> = (1..=3).map(|i| lab.announced(i).unwrap()).collect();
+        let holders: Vec<u8> = (1..=3)
+            .filter(|i| a[usize::from(*i - 1)].contains(&vip.to_string()))
+            .collect();
+        if holders == [w] {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    wait_for("traffic through the VIP", CONVERGE, || {
+        if quick_get(&lab.client, vip) {
+            Ok(())
+        } else {
+            Err("no answer".into())
+        }
+    });
+    let mac_w = lb_userspace::netns::format_mac(Mac::from([0x02, 0x6b, 0, 0, 1, w]));
+    assert_eq!(client_neigh(&lab, vip), mac_w);
+    // A TCP connection established through the first node.
+    let mut kept = support::KeepAlive::open(&lab.client, SocketAddr::new(IpAddr::V4(vip), 443));
+    let before = kept.get().unwrap().name;
+
+    // Kill the announcing node's daemon (SIGKILL: no goodbye, its Lease just stops).
+    let killed_at = Instant::now();
+    lab.node_mut(w).daemon.as_mut().unwrap().kill().unwrap();
+    let _ = lab.node_mut(w).daemon.as_mut().unwrap().wait();
+    let outage = loop {
+        let t = Instant::now();
+        if quick_get(&lab.client, vip) {
+            break t.saturating_duration_since(killed_at);
+        }
+        assert!(
+            killed_at.elapsed() < CONVERGE,
+            "no failover within {CONVERGE:?}\n{}",
+            lab.logs()
+        );
+    };
+    println!(
+        "failover: traffic through {vip} flows again {} ms after node-{w}'s daemon was killed \
+         (lease 1200 ms, renew 300 ms); node-{s} took over",
+        outage.as_millis()
+    );
+    assert!(
+        outage < Duration::from_secs(2),
+        "failover took {outage:?}\n{}",
+        lab.logs()
+    );
+    let mac_s = lb_userspace::netns::format_mac(Mac::from([0x02, 0x6b, 0, 0, 1, s]));
+    wait_for("the client to send to the new announcer", CONVERGE, || {
+        let m = client_neigh(&lab, vip);
+        if m == mac_s { Ok(()) } else { Err(m) }
+    });
+    assert_eq!(lab.announced(s).unwrap(), vec![vip.to_string()]);
+    let other = 6 - w - s;
+    assert!(lab.announced(other).unwrap().is_empty());
+    // The established connection survives: the new node's Maglev ring is the same.
+    kept.set_timeout(Duration::from_secs(3));
+    assert_eq!(
+        kept.get()
+            .expect("the connection died with the failover")
+            .name,
+        before
+    );
+}
+
+/// The API server's list requests for `resource` so far.
+fn lists(lab: &Lab, resource: &str) -> usize {
+    lab.api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(resource) && !r.query.contains("watch"))
+        .count()
+}
+
+#[test]
+fn e2e_kube_watch_cuts_410_and_api_outage() {
+    let _ = lb_userspace::netns::remove_stale(PREFIX);
+    let mut lab = Lab::start(2, &[1, 2]);
+    lab.api
+        .create(&slice("whoami", &[(1, Cond::Ready), (2, Cond::Ready)]))
+        .unwrap();
+    lab.api.create(&whoami_service("whoami", &[])).unwrap();
+    let vip = lab.wait_ip("whoami");
+    for i in 1..=2 {
+        wait_for(&format!("node-{i} to program"), CONVERGE, || {
+            let p = lab.programmed(i)?;
+            if p.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        });
+    }
+    let h1 = lab.http1(vip, 20).unwrap();
+    assert_eq!(succeeded(&h1), 20, "{h1}");
+    let steady: Vec<u64> = (1..=2).map(|i| lab.map_changes(i)).collect();
+
+    // Cut every watch: the daemons re-watch from their resourceVersion; nothing changes.
+    let watches = |lab: &Lab| {
+        lab.api
+            .requests()
+            .iter()
+            .filter(|r| r.query.contains("watch"))
+            .count()
+    };
+    let w0 = watches(&lab);
+    lab.api.cut_watches();
+    wait_for("the daemons to re-watch", CONVERGE, || {
+        if watches(&lab) >= w0 + 10 {
+            Ok(())
+        } else {
+            Err(format!("{} watches", watches(&lab)))
+        }
+    });
+    // Forget the history and cut again: every watch gets 410 in-stream and re-lists.
+    let l0 = lists(&lab, "/services");
+    lab.api.compact();
+    lab.api.cut_watches();
+    wait_for(
+        "the daemons to re-list Services after 410",
+        CONVERGE,
+        || {
+            let l = lists(&lab, "/services");
+            if l >= l0 + 2 {
+                Ok(())
+            } else {
+                Err(format!("{l} lists (before: {l0})"))
+            }
+        },
+    );
+    let h1 = lab.http1(vip, 20).unwrap();
+    assert_eq!(succeeded(&h1), 20, "{h1}");
+    let after: Vec<u64> = (1..=2).map(|i| lab.map_changes(i)).collect();
+    assert_eq!(
+        after,
+        steady,
+        "a relist of an unchanged cluster wrote the maps\n{}",
+        lab.logs()
+    );
+
+    // 500s on the next requests: retried, and a new Service still converges.
+    lab.api.fail_next(6, 500);
+    lab.api.create(&whoami_service("second", &[])).unwrap();
+    let vip2 = lab.wait_ip("second");
+    assert_ne!(vip2, vip);
+
+    // The API server goes away: forwarding and announcements carry on unchanged.
+    let announced: Vec<Vec<String>> = (1..=2).map(|i| lab.announced(i).unwrap()).collect();
+    lab.api.set_down(true);
+    let down_at = Instant::now();
+    wait_for("both daemons to notice the outage", CONVERGE, || {
+        let c: Vec<Value> = (1..=2)
+            .map(|i| lab.status(i).unwrap()["kubernetes"]["connected"].clone())
+            .collect();
+        if c.iter().all(|v| v == false) {
+            Ok(())
+        } else {
+            Err(format!("{c:?}"))
+        }
+    });
+    // Longer than a lease: nobody is declared dead while nobody can renew.
+    while down_at.elapsed() < Duration::from_millis(2500) {
+        assert!(
+            quick_get(&lab.client, vip) || quick_get(&lab.client, vip),
+            "traffic stopped with the API server down"
+        );
+    }
+    let still: Vec<Vec<String>> = (1..=2).map(|i| lab.announced(i).unwrap()).collect();
+    assert_eq!(still, announced);
+    // Meanwhile the cluster changes (pod-2 stops serving); the daemons converge on return.
+    lab.api
+        .replace(&slice("whoami", &[(1, Cond::Ready), (2, Cond::NotServing)]))
+        .unwrap();
+    lab.api.set_down(false);
+    wait_for("the daemons to converge after the outage", CONVERGE, || {
+        let h1 = lab.http1(vip, 10)?;
+        let pb = per_backend(&h1);
+        if succeeded(&h1) == 10 && pb.keys().collect::<Vec<_>>() == ["pod-1"] {
+            Ok(())
+        } else {
+            Err(format!("{h1}"))
+        }
+    });
+}
+
+fn condition(svc: &Service, type_: &str) -> Option<(String, String, String)> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn wait_condition(lab: &Lab, name: &str, type_: &str, status: &str, reason: &str) -> String {
+    wait_for(
+        &format!("{name}: {type_}={status} ({reason})"),
+        CONVERGE,
+        || {
+            let svc = lab.service(name).ok_or("no Service")?;
+            match condition(&svc, type_) {
+                Some((s, r, m)) if s == status && r == reason => Ok(m),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+}
+
+#[test]
+fn e2e_kube_pool_exhaustion_shared_ips_and_events() {
+    let _ = lb_userspace::netns::remove_stale(PREFIX);
+    let lab = Lab::start(1, &[]);
+    // A two-address pool.
+    let pool = lab
+        .api
+        .get_json("lb.dev/v1alpha1", "IPPool", None, "lan")
+        .unwrap();
+    let mut pool: IPPool = serde_json::from_value(pool).unwrap();
+    pool.spec.addresses = vec!["198.18.0.100/31".into()];
+    lab.api
+        .replace_json(serde_json::to_value(&pool).unwrap())
+        .unwrap();
+    lab.api.create(&whoami_service("a", &[])).unwrap();
+    assert_eq!(lab.wait_ip("a"), Ipv4Addr::new(198, 18, 0, 100));
+    lab.api.create(&whoami_service("b", &[])).unwrap();
+    assert_eq!(lab.wait_ip("b"), Ipv4Addr::new(198, 18, 0, 101));
+    lab.api.create(&whoami_service("c", &[])).unwrap();
+    let msg = wait_condition(
+        &lab,
+        "c",
+        "lb.dev/AddressAllocated",
+        "False",
+        "PoolExhausted",
+    );
+    assert!(msg.contains("lan"), "the message names the pool: {msg}");
+    assert!(lb_userspace::kube::status::ingress_ips(&lab.service("c").unwrap()).is_empty());
+    // ... and an Event says so.
+    wait_for("a PoolExhausted Event on c", CONVERGE, || {
+        let evs = lab.api.list::<k8s_openapi::api::events::v1::Event>();
+        evs.iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("PoolExhausted")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("c")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .map(|_| ())
+            .ok_or(format!("{} events", evs.len()))
+    });
+    // Freeing an address lets c have it.
+    lab.api.delete::<Service>(Some("default"), "a").unwrap();
+    assert_eq!(lab.wait_ip("c"), Ipv4Addr::new(198, 18, 0, 100));
+    wait_condition(&lab, "c", "lb.dev/AddressAllocated", "True", "Allocated");
+
+    // Requesting an address another Service holds, without a sharing key: refused.
+    lab.api
+        .create(&whoami_service(
+            "d",
+            &[("metallb.io/loadBalancerIPs", "198.18.0.101")],
+        ))
+        .unwrap();
+    let msg = wait_condition(
+        &lab,
+        "d",
+        "lb.dev/AddressAllocated",
+        "False",
+        "AddressInUse",
+    );
+    assert!(msg.contains("198.18.0.101"), "{msg}");
+    // Sharing: same key, same ports → port conflict; same key, other port → shared.
+    lab.api.delete::<Service>(Some("default"), "d").unwrap();
+    lab.api.delete::<Service>(Some("default"), "b").unwrap();
+    let shared = [
+        ("metallb.io/allow-shared-ip", "web"),
+        ("metallb.io/loadBalancerIPs", "198.18.0.101"),
+    ];
+    lab.api.create(&whoami_service("e", &shared)).unwrap();
+    assert_eq!(lab.wait_ip("e"), Ipv4Addr::new(198, 18, 0, 101));
+    lab.api.create(&whoami_service("f", &shared)).unwrap();
+    let msg = wait_condition(
+        &lab,
+        "f",
+        "lb.dev/AddressAllocated",
+        "False",
+        "PortConflict",
+    );
+    assert!(msg.contains("443"), "{msg}");
+    let mut g = whoami_service("g", &shared);
+    for p in g.spec.as_mut().unwrap().ports.as_mut().unwrap() {
+        p.port = 8080;
+    }
+    lab.api.create(&g).unwrap();
+    assert_eq!(lab.wait_ip("g"), Ipv4Addr::new(198, 18, 0, 101));
+    // Both share one address on the node: 443 and 8080, TCP and UDP.
+    wait_for("e and g programmed on one address", CONVERGE, || {
+        let p = lab.programmed(1)?;
+        let want: Vec<String> = [
+            "198.18.0.100:443/tcp",
+            "198.18.0.100:443/udp",
+            "198.18.0.101:443/tcp",
+            "198.18.0.101:443/udp",
+            "198.18.0.101:8080/tcp",
+            "198.18.0.101:8080/udp",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if p == want {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+
+    // An unsupported protocol is reported, and the rest of the Service still works.
+    let mut h = whoami_service("h", &shared);
+    for p in h.spec.as_mut().unwrap().ports.as_mut().unwrap() {
+        p.port = 9000;
+    }
+    h.spec.as_mut().unwrap().ports.as_mut().unwrap()[1].protocol = Some("SCTP".into());
+    lab.api.create(&h).unwrap();
+    wait_condition(
+        &lab,
+        "h",
+        "lb.dev/ConfigValid",
+        "False",
+        "UnsupportedProtocol",
+    );
+}
