@@ -692,8 +692,14 @@ mod tests {
         assert_eq!(source_range_key(1, &v6, FAMILY_V6).addr, v6);
         assert_eq!(source_range_prefix_len(FAMILY_V4, 24), 32 + 96 + 24);
         assert_eq!(source_range_prefix_len(FAMILY_V6, 64), 32 + 64);
-        assert_eq!(source_range_prefix_len(FAMILY_V4, 32), SOURCE_RANGE_LOOKUP_LEN);
-        assert_eq!(source_range_prefix_len(FAMILY_V6, 128), SOURCE_RANGE_LOOKUP_LEN);
+        assert_eq!(
+            source_range_prefix_len(FAMILY_V4, 32),
+            SOURCE_RANGE_LOOKUP_LEN
+        );
+        assert_eq!(
+            source_range_prefix_len(FAMILY_V6, 128),
+            SOURCE_RANGE_LOOKUP_LEN
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ mod rnat;
 mod stats;
 mod steer;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     FlowKey, Reason, SOURCE_RANGE_LOOKUP_LEN, VIP_F_SOURCE_RANGES, VipKey, source_range_key,
 };

@@ -2,9 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray,
-    },
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry,
