@@ -31,9 +31,13 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // The manifest directory of this run, not of the build script's compilation
+    // (`env!`): worktrees sharing one CARGO_TARGET_DIR share the compiled build script, and a
+    // path baked into it would watch another worktree's lb-ebpf for changes.
+    let root_dir = format!("{}/../lb-ebpf", env::var("CARGO_MANIFEST_DIR")?);
     let pkg = aya_build::Package {
         name: "lb-ebpf",
-        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf"),
+        root_dir: &root_dir,
         ..Default::default()
     };
     aya_build::build_ebpf([pkg], aya_build::Toolchain::Nightly)

@@ -19,6 +19,9 @@ pub const MAX_SERVER_IDS: u32 = 16384;
 pub const CONN_TABLE_ENTRIES: u32 = 65536;
 /// Capacity of `LB_LEARNED` (an LRU: the oldest learned CIDs go first).
 pub const LEARNED_CID_ENTRIES: u32 = 65536;
+/// Capacity of `LB_SRC_RANGES`: allowed client prefixes over all VIPs (each data-plane VIP,
+/// i.e. each address, port and protocol, holds its own copy of its entry's ranges).
+pub const MAX_SOURCE_RANGES: u32 = 16384;
 
 /// Stride of one Maglev ring in `LB_MAGLEV`: the largest ring a VIP may use. A VIP's own
 /// ring size (a prime no larger than this) is in its [`VipMeta`].
@@ -60,6 +63,9 @@ pub mod map_names {
     /// Learned-CID mode: (VIP index, server-chosen CID) -> backend id, filled by the reverse
     /// NAT from the backends' long-header replies.
     pub const LEARNED: &str = "LB_LEARNED";
+    /// loadBalancerSourceRanges: LPM trie of (VIP index, client prefix) for VIPs with
+    /// [`VIP_F_SOURCE_RANGES`](super::VIP_F_SOURCE_RANGES).
+    pub const SOURCE_RANGES: &str = "LB_SRC_RANGES";
 }
 
 /// Program names in the BPF object.
@@ -94,6 +100,15 @@ pub const VIP_F_QUIC_LB: u32 = 1;
 pub const VIP_F_LEARNED_CID: u32 = 2;
 /// Shift of the learned CID length in `VipMeta::flags`.
 pub const VIP_LEARNED_CID_LEN_SHIFT: u32 = 8;
+/// Kubernetes `loadBalancerSourceRanges`: only clients whose source address falls in one of
+/// the VIP's prefixes in `LB_SRC_RANGES` get through; the others are dropped
+/// (`drop_source_range`). VIPs without the flag never look at the trie.
+pub const VIP_F_SOURCE_RANGES: u32 = 4;
+/// Kubernetes `sessionAffinity: ClientIP`: Maglev hashes only the client address
+/// ([`affinity_key`]), so every new flow of one client picks the same backend while the
+/// ring is unchanged. The connection table still pins each flow; QUIC packets routed by
+/// connection ID are unaffected (the CID names the backend).
+pub const VIP_F_AFFINITY_CLIENT_IP: u32 = 8;
 
 /// `VipMeta::flags` for learned-CID mode with CIDs of `cid_len` octets.
 pub const fn learned_cid_flags(cid_len: u8) -> u32 {
@@ -228,6 +243,21 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+/// The Maglev hash input of a VIP with [`VIP_F_AFFINITY_CLIENT_IP`]: the client address and
+/// family of `flow`, everything else (destination, ports, protocol) zero.
+#[inline(always)]
+pub fn affinity_key(flow: &FlowKey) -> FlowKey {
+    FlowKey {
+        src: flow.src,
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        family: flow.family,
+        _pad: [0; 2],
+    }
+}
+
 pub const CONN_F_VALID: u32 = 1;
 
 /// `LB_CONNS` value. The table is a per-CPU LRU hash (each CPU sees its own value; a key
@@ -238,6 +268,43 @@ pub const CONN_F_VALID: u32 = 1;
 pub struct ConnEntry {
     pub backend: u32,
     pub flags: u32,
+}
+
+/// The data of an `LB_SRC_RANGES` key (an LPM trie key is a prefix length, then this):
+/// the VIP index, then the client address as IPv6, IPv4 as IPv4-mapped (`::ffff:a.b.c.d`),
+/// so one trie serves both families. The prefix length covers the 32 bits of the index
+/// (always matched whole) plus the address bits: [`source_range_prefix_len`].
+#[repr(C, align(4))]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    pub vip_index: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of an `LB_SRC_RANGES` key matched for a prefix of `len` bits of an address of
+/// `family` (an IPv4 prefix sits behind the 96 bits of the IPv4-mapped form).
+#[inline(always)]
+pub const fn source_range_prefix_len(family: u8, len: u8) -> u32 {
+    32 + if family == FAMILY_V4 { 96 } else { 0 } + len as u32
+}
+
+/// Prefix length of a lookup: the whole key.
+pub const SOURCE_RANGE_LOOKUP_LEN: u32 = 32 + 128;
+
+/// `LB_SRC_RANGES` key data for `addr` (a key-form address: IPv4 in the first four octets)
+/// of `family` under VIP `vip_index`.
+#[inline(always)]
+pub fn source_range_key(vip_index: u32, addr: &[u8; 16], family: u8) -> SourceRangeKey {
+    let mut k = SourceRangeKey {
+        vip_index,
+        addr: *addr,
+    };
+    if family == FAMILY_V4 {
+        k.addr = [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+        ];
+    }
+    k
 }
 
 /// Per-CPU counter slot.
@@ -320,9 +387,11 @@ pub enum Reason {
     /// Learned-CID mode: the DCID is a CID a backend chose (learned from its reply), and that
     /// backend got the packet.
     RoutedLearnedCid = 20,
+    /// The VIP has `loadBalancerSourceRanges` and the client's address is in none of them.
+    DropSourceRange = 21,
 }
 
-pub const REASON_COUNT: u32 = 21;
+pub const REASON_COUNT: u32 = 22;
 const _: () = assert!(REASON_COUNT <= REASON_STRIDE);
 /// Slots in a [`CounterBlock`] (room for future reasons without a layout change).
 pub const REASON_STRIDE: u32 = 32;
@@ -350,6 +419,7 @@ impl Reason {
         Reason::DropAdjustFailed,
         Reason::FibCached,
         Reason::RoutedLearnedCid,
+        Reason::DropSourceRange,
     ];
 
     /// Stable snake_case name, used in metrics labels and the bench's counter proofs.
@@ -376,6 +446,7 @@ impl Reason {
             Reason::DropAdjustFailed => "drop_adjust_failed",
             Reason::FibCached => "fib_cached",
             Reason::RoutedLearnedCid => "routed_learned_cid",
+            Reason::DropSourceRange => "drop_source_range",
         }
     }
 }
@@ -546,6 +617,7 @@ mod pod {
     unsafe impl aya::Pod for RnatKey {}
     unsafe impl aya::Pod for RnatValue {}
     unsafe impl aya::Pod for LearnedKey {}
+    unsafe impl aya::Pod for SourceRangeKey {}
 }
 
 #[cfg(test)]
@@ -568,6 +640,66 @@ mod tests {
         assert_eq!(size_of::<RnatKey>(), 20);
         assert_eq!(size_of::<RnatValue>(), 24);
         assert_eq!(size_of::<LearnedKey>(), 28);
+        assert_eq!(size_of::<SourceRangeKey>(), 20);
+    }
+
+    #[test]
+    fn affinity_key_keeps_only_the_client_address() {
+        let mut a = FlowKey {
+            sport: 40000,
+            dport: 443,
+            proto: PROTO_UDP,
+            family: FAMILY_V4,
+            ..Default::default()
+        };
+        a.src[..4].copy_from_slice(&[198, 18, 0, 2]);
+        a.dst[..4].copy_from_slice(&[198, 18, 0, 100]);
+        let k = affinity_key(&a);
+        let mut want = FlowKey {
+            family: FAMILY_V4,
+            ..Default::default()
+        };
+        want.src[..4].copy_from_slice(&[198, 18, 0, 2]);
+        assert_eq!(k, want);
+        // Another port, protocol or VIP of the same client: the same key, the same hash.
+        let mut b = a;
+        b.sport = 51234;
+        b.dport = 80;
+        b.proto = PROTO_TCP;
+        b.dst[3] = 101;
+        assert_eq!(affinity_key(&b), k);
+        assert_eq!(
+            crate::hash::flow_hash(&affinity_key(&b)),
+            crate::hash::flow_hash(&k)
+        );
+        // Another client: another key.
+        let mut c = a;
+        c.src[3] = 3;
+        assert_ne!(affinity_key(&c), k);
+    }
+
+    #[test]
+    fn source_range_keys_map_ipv4_into_ipv6() {
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[198, 18, 0, 7]);
+        let k = source_range_key(3, &v4, FAMILY_V4);
+        assert_eq!(k.vip_index, 3);
+        assert_eq!(
+            k.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 7]
+        );
+        let v6 = [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        assert_eq!(source_range_key(1, &v6, FAMILY_V6).addr, v6);
+        assert_eq!(source_range_prefix_len(FAMILY_V4, 24), 32 + 96 + 24);
+        assert_eq!(source_range_prefix_len(FAMILY_V6, 64), 32 + 64);
+        assert_eq!(
+            source_range_prefix_len(FAMILY_V4, 32),
+            SOURCE_RANGE_LOOKUP_LEN
+        );
+        assert_eq!(
+            source_range_prefix_len(FAMILY_V6, 128),
+            SOURCE_RANGE_LOOKUP_LEN
+        );
     }
 
     #[test]

@@ -14,8 +14,11 @@ mod rnat;
 mod stats;
 mod steer;
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Reason, VipKey};
+use lb_common::{
+    FlowKey, Reason, SOURCE_RANGE_LOOKUP_LEN, VIP_F_SOURCE_RANGES, VipKey, source_range_key,
+};
 
 use crate::{
     packet::{Parsed, parse},
@@ -45,6 +48,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         }
     };
     let counters = VipCounters::new(vip.index, pkt_len);
+    // One branch for VIPs without loadBalancerSourceRanges.
+    if vip.flags & VIP_F_SOURCE_RANGES != 0 && !source_allowed(vip.index, &p.flow) {
+        counters.count(Reason::DropSourceRange);
+        return xdp_action::XDP_DROP;
+    }
     let (backend_id, backend) = match steer::choose_backend(&ctx, &p, &vip, &counters) {
         Ok(b) => b,
         Err(reason) => {
@@ -56,6 +64,16 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (verdict, reason) = rewrite::dnat_and_forward(&ctx, &p, backend_id, &backend, &counters);
     counters.count(reason);
     verdict
+}
+
+/// Is the client's address in one of the VIP's source ranges?
+#[inline(always)]
+fn source_allowed(vip_index: u32, flow: &FlowKey) -> bool {
+    let key = Key::new(
+        SOURCE_RANGE_LOOKUP_LEN,
+        source_range_key(vip_index, &flow.src, flow.family),
+    );
+    maps::LB_SRC_RANGES.get(&key).is_some()
 }
 
 /// Benchmark harness: every iteration of BPF_PROG_TEST_RUN reuses one buffer, so restore the

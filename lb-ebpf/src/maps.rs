@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry,
@@ -73,3 +73,10 @@ pub static LB_RNAT_STATS: PerCpuArray<Counter> =
 #[map(name = "LB_LEARNED")]
 pub static LB_LEARNED: LruHashMap<lb_common::LearnedKey, u32> =
     LruHashMap::with_max_entries(lb_common::LEARNED_CID_ENTRIES, 0);
+
+/// loadBalancerSourceRanges: (VIP index, client prefix) -> 1, longest-prefix matched. Read
+/// only for VIPs with `VIP_F_SOURCE_RANGES`; IPv4 clients as IPv4-mapped IPv6
+/// (`lb_common::source_range_key`).
+#[map(name = "LB_SRC_RANGES")]
+pub static LB_SRC_RANGES: LpmTrie<lb_common::SourceRangeKey, u32> =
+    LpmTrie::with_max_entries(lb_common::MAX_SOURCE_RANGES, 0);

@@ -5,7 +5,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_VALID, ConnEntry, FlowKey, LearnedKey, MAGLEV_RING_MAX,
     PROTO_TCP, PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_MAX_CID_LEN, QUIC_LB_UNROUTABLE_CR,
-    Reason, ServerIdKey, VIP_F_LEARNED_CID, VIP_F_QUIC_LB, VipMeta,
+    Reason, ServerIdKey, VIP_F_AFFINITY_CLIENT_IP, VIP_F_LEARNED_CID, VIP_F_QUIC_LB, VipMeta,
+    affinity_key,
     hash::flow_hash,
     quic,
     quic_lb::{self, Mode},
@@ -102,7 +103,14 @@ fn maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<(u32, Backen
     if vip.ring_size == 0 || vip.ring_size > MAGLEV_RING_MAX {
         return Err(Reason::DropNoBackend);
     }
-    let slot = vip.ring_base() + flow_hash(flow) % vip.ring_size;
+    // sessionAffinity ClientIP: hash the client address only, so all of a client's flows
+    // pick one backend; the table below still pins each flow by its own 5-tuple.
+    let hash = if vip.flags & VIP_F_AFFINITY_CLIENT_IP != 0 {
+        flow_hash(&affinity_key(flow))
+    } else {
+        flow_hash(flow)
+    };
+    let slot = vip.ring_base() + hash % vip.ring_size;
     let id = *LB_MAGLEV.get(slot).ok_or(Reason::DropBadBackend)?;
     let b = valid_backend(id, flow.family).ok_or(Reason::DropBadBackend)?;
     let _ = LB_CONNS.insert(

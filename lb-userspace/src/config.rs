@@ -27,6 +27,8 @@
 //! quic = true                     # default: true when the VIP has [[vips.quic_lb]] configs
 //! maglev_table_size = 65537       # prime, <= 65537, >= the backends with weight > 0
 //! learned_cid_len = 8             # optional, 1..=20: learned-CID mode (see below)
+//! session_affinity = "client_ip"  # or "none" (default): Kubernetes sessionAffinity
+//! source_ranges = ["198.18.0.0/24"]  # optional: loadBalancerSourceRanges (see below)
 //!
 //! [[vips.quic_lb]]
 //! config_id = 0                   # config rotation value 0..=6
@@ -60,11 +62,25 @@
 //!   long-header replies, and packets whose DCID is a learned CID go to that backend even
 //!   when the client's address or port changed. Other packets use the connection table and
 //!   Maglev as usual. Not combinable with QUIC-LB (`[[vips.quic_lb]]` / `quic = true`).
+//! - **`source_ranges`** (Kubernetes `loadBalancerSourceRanges`): CIDR prefixes of the VIP's
+//!   family with no host bits set; the XDP program drops packets from any other client
+//!   (`drop_source_range`). Absent or empty: every client. Reloads add new ranges before the
+//!   VIP's flag is set or old ranges are removed, and clear the flag before removing the
+//!   last ones, so no allowed client is ever dropped in between.
+//! - **`session_affinity = "client_ip"`** (Kubernetes `sessionAffinity: ClientIP`): Maglev
+//!   hashes only the client address for new flows, so one client's flows share a backend
+//!   while the backend set is unchanged; there is no affinity timeout. QUIC routed by
+//!   connection ID is unaffected (the CID comes first).
+//! - **Removing a backend** evicts the connection-table entries that name it (no flow
+//!   lingers, and a backend that later gets its id inherits nothing); removing it from one
+//!   VIP while another keeps it evicts that VIP's flows only. Draining (weight 0) evicts
+//!   nothing: its flows keep reaching it, as Kubernetes expects of a terminating endpoint.
 //! - **`key_file`** is read relative to the config file's directory. It holds the key as 32 hex
 //!   digits (surrounding whitespace ignored) or as 16 raw octets.
 //! - **Capacity.** At most [`lb_common::MAX_VIPS`] (address, port, protocol) VIPs,
 //!   [`lb_common::MAX_BACKENDS`] distinct backend (address, port) pairs (a backend shared by
-//!   several VIPs counts once) and [`lb_common::MAX_SERVER_IDS`] server-ID entries.
+//!   several VIPs counts once), [`lb_common::MAX_SERVER_IDS`] server-ID entries and
+//!   [`lb_common::MAX_SOURCE_RANGES`] source ranges (ranges x ports x protocols).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -75,8 +91,9 @@ use std::{
 };
 
 use lb_common::{
-    MAGLEV_RING_DEFAULT, MAGLEV_RING_MAX, MAX_BACKENDS, MAX_SERVER_IDS, MAX_VIPS, PROTO_TCP,
-    PROTO_UDP, VIP_F_QUIC_LB, VipKey,
+    MAGLEV_RING_DEFAULT, MAGLEV_RING_MAX, MAX_BACKENDS, MAX_SERVER_IDS, MAX_SOURCE_RANGES,
+    MAX_VIPS, PROTO_TCP, PROTO_UDP, VIP_F_AFFINITY_CLIENT_IP, VIP_F_QUIC_LB, VIP_F_SOURCE_RANGES,
+    VipKey,
     maglev::{MaglevError, is_prime},
     quic_lb,
 };
@@ -273,6 +290,10 @@ struct RawVip {
     maglev_table_size: Option<Spanned<i64>>,
     #[serde(default)]
     learned_cid_len: Option<Spanned<i64>>,
+    #[serde(default)]
+    session_affinity: Option<Spanned<String>>,
+    #[serde(default)]
+    source_ranges: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     quic_lb: Vec<Spanned<RawQuicLb>>,
     #[serde(default)]
@@ -548,6 +569,33 @@ fn parse_addr(s: &str) -> Result<IpAddr, String> {
     Ok(a)
 }
 
+/// One `source_ranges` entry: a CIDR prefix of the VIP's family (when the VIP address is
+/// known) with no host bits set.
+fn parse_source_range(s: &str, vip: Option<IpAddr>) -> Result<ipnet::IpNet, String> {
+    let net: ipnet::IpNet = s.parse().map_err(|_| {
+        format!(
+            "{s:?} is not a CIDR prefix; write address/length, e.g. \"198.18.0.0/24\" or \
+             \"fd00::/64\" (a single client: \"198.18.0.7/32\")"
+        )
+    })?;
+    if let Some(va) = vip
+        && va.is_ipv4() != net.addr().is_ipv4()
+    {
+        return Err(format!(
+            "{net} is {} but the VIP {va} is {}; source ranges need the VIP's address family",
+            family(&net.addr()),
+            family(&va)
+        ));
+    }
+    if net.trunc() != net {
+        return Err(format!(
+            "{net} has host bits set; the prefix is {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
 fn family(a: &IpAddr) -> &'static str {
     if a.is_ipv4() { "IPv4" } else { "IPv6" }
 }
@@ -683,6 +731,8 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
     let mut backend_limit_reported = false;
     let mut server_id_count: u32 = 0;
     let mut sid_limit_reported = false;
+    let mut source_range_count: u32 = 0;
+    let mut range_limit_reported = false;
 
     for (vi, sv) in raw.vips.iter().enumerate() {
         let v = sv.get_ref();
@@ -959,6 +1009,62 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
                 }
             }
         };
+
+        let session_affinity = match &v.session_affinity {
+            None => SessionAffinity::None,
+            Some(a) => match a.get_ref().as_str() {
+                "none" => SessionAffinity::None,
+                "client_ip" => SessionAffinity::ClientIp,
+                other => {
+                    errs.at(
+                        a.span(),
+                        &format!("{vf}.session_affinity"),
+                        format!(
+                            "{other:?} is not a session affinity: use \"none\" (hash the whole \
+                             5-tuple) or \"client_ip\" (every flow of a client to one backend)"
+                        ),
+                    );
+                    SessionAffinity::None
+                }
+            },
+        };
+
+        let mut source_ranges: Vec<ipnet::IpNet> = Vec::new();
+        if let Some(list) = &v.source_ranges {
+            let mut seen: HashMap<ipnet::IpNet, usize> = HashMap::new();
+            for (ri, r) in list.get_ref().iter().enumerate() {
+                let field = format!("{vf}.source_ranges[{ri}]");
+                match parse_source_range(r.get_ref(), addr) {
+                    Err(m) => errs.at(r.span(), &field, m),
+                    Ok(net) => {
+                        if let Some(line) = seen.get(&net) {
+                            errs.at(
+                                r.span(),
+                                &field,
+                                format!("{net} is listed twice (also on line {line}); list each range once"),
+                            );
+                        } else {
+                            seen.insert(net, errs.line_of(&r.span()));
+                            source_ranges.push(net);
+                        }
+                    }
+                }
+            }
+            let n = (source_ranges.len() * ports.len() * protocols.len()) as u32;
+            source_range_count = source_range_count.saturating_add(n);
+            if source_range_count > MAX_SOURCE_RANGES && !range_limit_reported {
+                range_limit_reported = true;
+                errs.at(
+                    list.span(),
+                    &format!("{vf}.source_ranges"),
+                    format!(
+                        "this entry brings the source-range entries (ranges x ports x protocols) to \
+                         {source_range_count}; the data plane has room for {MAX_SOURCE_RANGES}; \
+                         merge adjacent ranges into shorter prefixes"
+                    ),
+                );
+            }
+        }
 
         // Backends.
         let mut backends = Vec::new();
@@ -1260,8 +1366,8 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
                 quic_lb: configs,
                 maglev_table_size,
                 learned_cid_len,
-                session_affinity: SessionAffinity::None,
-                source_ranges: Vec::new(),
+                session_affinity,
+                source_ranges,
                 backends,
             });
         }
@@ -1447,8 +1553,11 @@ pub struct PlannedVip {
     /// Index in the per-VIP arrays (rings, QUIC-LB configs, counters).
     pub index: u32,
     /// `VIP_F_QUIC_LB` for a UDP VIP with QUIC-LB routing on; `learned_cid_flags(len)` for
-    /// a UDP VIP in learned-CID mode.
+    /// a UDP VIP in learned-CID mode; plus `VIP_F_SOURCE_RANGES` when `source_ranges` is not
+    /// empty and `VIP_F_AFFINITY_CLIENT_IP` for `session_affinity = "client_ip"`.
     pub flags: u32,
+    /// Allowed client prefixes (sorted); empty: every client.
+    pub source_ranges: Vec<ipnet::IpNet>,
     /// Slots of the Maglev table to publish: the configured size, or 0 when no backend has
     /// a weight above zero (the VIP then drops new flows).
     pub ring_size: u32,
@@ -1619,17 +1728,28 @@ impl Plan {
             };
             let mut quic_cfgs = if quic { v.quic_lb.clone() } else { Vec::new() };
             quic_cfgs.sort_by_key(|c| c.config_id());
+            let mut source_ranges = v.source_ranges.clone();
+            source_ranges.sort();
+            source_ranges.dedup();
+            let mut flags = if quic {
+                VIP_F_QUIC_LB
+            } else if v.learned_cid_len > 0 && key.proto == Protocol::Udp {
+                lb_common::learned_cid_flags(v.learned_cid_len)
+            } else {
+                0
+            };
+            if !source_ranges.is_empty() {
+                flags |= VIP_F_SOURCE_RANGES;
+            }
+            if v.session_affinity == SessionAffinity::ClientIp {
+                flags |= VIP_F_AFFINITY_CLIENT_IP;
+            }
             vips.push(PlannedVip {
                 name: v.name.clone(),
                 key,
                 index: indexes[&key],
-                flags: if quic {
-                    VIP_F_QUIC_LB
-                } else if v.learned_cid_len > 0 && key.proto == Protocol::Udp {
-                    lb_common::learned_cid_flags(v.learned_cid_len)
-                } else {
-                    0
-                },
+                flags,
+                source_ranges,
                 ring_size: if backends.iter().any(|b| b.weight > 0) {
                     v.maglev_table_size
                 } else {
@@ -1687,8 +1807,32 @@ pub enum Change {
         ring_size: u32,
         backends: Vec<WeightedBackend>,
     },
+    /// Change only the flags of a VIP whose ring is unchanged (source ranges, session
+    /// affinity turned on or off).
+    SetVipFlags {
+        key: VipId,
+        flags: u32,
+    },
+    AddSourceRange {
+        vip_index: u32,
+        range: ipnet::IpNet,
+    },
     RemoveVip {
         key: VipId,
+    },
+    /// Evict the connection-table entries of the VIP's flows that name `backend`: the
+    /// backend left this VIP but still serves another, so its id stays valid.
+    EvictVipFlows {
+        key: VipId,
+        backend: u32,
+    },
+    RemoveSourceRange {
+        vip_index: u32,
+        range: ipnet::IpNet,
+    },
+    /// Evict every connection-table entry naming `id` (before the id is reused).
+    EvictBackendFlows {
+        id: u32,
     },
     RemoveServerId {
         vip_index: u32,
@@ -1738,7 +1882,20 @@ impl fmt::Display for Change {
                 "publish VIP {index} ({key}): {ring_size}-slot ring over {} backends",
                 backends.len()
             ),
+            Change::SetVipFlags { key, flags } => {
+                write!(f, "set flags of VIP {key} to {flags:#x}")
+            }
+            Change::AddSourceRange { vip_index, range } => {
+                write!(f, "allow source range {range} on VIP {vip_index}")
+            }
             Change::RemoveVip { key } => write!(f, "remove VIP {key}"),
+            Change::EvictVipFlows { key, backend } => {
+                write!(f, "evict flows of VIP {key} to backend {backend}")
+            }
+            Change::RemoveSourceRange { vip_index, range } => {
+                write!(f, "remove source range {range} of VIP {vip_index}")
+            }
+            Change::EvictBackendFlows { id } => write!(f, "evict flows to backend {id}"),
             Change::RemoveServerId {
                 vip_index,
                 config_id,
@@ -1766,22 +1923,29 @@ impl Plan {
     /// 1. `SetBackend` for new backend ids: everything written later may name them.
     /// 2. `SetQuicConfig`, then `SetServerId`, new or changed: a VIP that turns QUIC-LB on in
     ///    step 3 finds its configs and server IDs already there; a CID that decodes to a new
-    ///    server ID before its VIP exists is never looked up.
-    /// 3. `PublishVip` for new VIPs and VIPs whose flags, ring size or weighted backends
+    ///    server ID before its VIP exists is never looked up. Then `AddSourceRange` for new
+    ///    ranges: a VIP that gains `VIP_F_SOURCE_RANGES` in step 3 already finds them (no
+    ///    allowed client is dropped), and a VIP whose ranges change has the new ones before
+    ///    the old ones go in step 5.
+    /// 3. `PublishVip` for new VIPs and VIPs whose ring size, weighted backends or flags
     ///    changed: the spare ring is written, then one map update flips the VIP, so a packet
     ///    sees either the whole old table or the whole new one. Rings stop naming removed
-    ///    backends here.
+    ///    backends here. When only the source-range or affinity flags changed, `SetVipFlags`
+    ///    (one map update, no ring rewrite) instead.
     /// 4. `RemoveVip` for VIPs that are gone: their packets pass untouched from now on.
-    /// 5. `RemoveServerId`, then `ClearQuicConfig`, for entries that are gone (a VIP that
-    ///    turned QUIC-LB off in step 3 no longer reads them).
+    /// 5. `EvictVipFlows` for backends that left a VIP but still serve another (their id
+    ///    stays valid, so pinned flows would keep reaching them); `RemoveSourceRange`,
+    ///    `RemoveServerId`, then `ClearQuicConfig`, for entries that are gone (a VIP that
+    ///    dropped its ranges or QUIC-LB in step 3 no longer reads them).
     /// 6. Only when a number freed by this reload is reused (maps full, see [`Plan::build`]):
-    ///    `SetBackend` of the reused ids, then the configs, server IDs and rings that belong to
-    ///    a reused VIP index or name a reused backend id. Their previous users were retired in
-    ///    steps 3-5, so the new entries never mix with the old ones. (A flow pinned to the
-    ///    removed backend that owned a reused id may briefly reach its successor; it had lost
-    ///    its backend anyway.)
+    ///    `EvictBackendFlows` and `SetBackend` of the reused ids (so the new backend inherits
+    ///    no flow of the old one), then the configs, server IDs, source ranges and rings that
+    ///    belong to a reused VIP index or name a reused backend id. Their previous users were
+    ///    retired in steps 3-5, so the new entries never mix with the old ones.
     /// 7. `ClearBackend` for ids that are gone, last: by now no ring, server ID or VIP names
-    ///    them (connection-table entries still may; those flows lost their backend).
+    ///    them; clearing also evicts the connection-table entries that still do
+    ///    ([`Dataplane::clear_backend`]). Drained backends (weight 0) are still in the plan:
+    ///    they keep their entry and their flows.
     pub fn diff(old: &Plan, new: &Plan) -> Vec<Change> {
         let old_be: BTreeMap<u32, (IpAddr, u16)> = old
             .backends
@@ -1826,6 +1990,13 @@ impl Plan {
         };
         let (old_cfgs, new_cfgs) = (cfgs(old), cfgs(new));
         let (old_sids, new_sids) = (sids(old), sids(new));
+        let ranges = |p: &Plan| -> BTreeSet<(u32, ipnet::IpNet)> {
+            p.vips
+                .iter()
+                .flat_map(|v| v.source_ranges.iter().map(move |r| (v.index, *r)))
+                .collect()
+        };
+        let (old_ranges, new_ranges) = (ranges(old), ranges(new));
 
         let mut early = Vec::new();
         let mut late = Vec::new();
@@ -1838,11 +2009,14 @@ impl Plan {
                     addr: *addr,
                     port: *port,
                 }),
-                Some(o) if o != &(*addr, *port) => late.push(Change::SetBackend {
-                    id: *id,
-                    addr: *addr,
-                    port: *port,
-                }),
+                Some(o) if o != &(*addr, *port) => {
+                    late.push(Change::EvictBackendFlows { id: *id });
+                    late.push(Change::SetBackend {
+                        id: *id,
+                        addr: *addr,
+                        port: *port,
+                    });
+                }
                 Some(_) => {}
             }
         }
@@ -1873,19 +2047,38 @@ impl Plan {
                 early.push(change);
             }
         }
+        // 2: source ranges (after the rest of step 2: nothing there depends on them).
+        for r @ (idx, range) in &new_ranges {
+            let change = Change::AddSourceRange {
+                vip_index: *idx,
+                range: *range,
+            };
+            if reused_idx.contains(idx) {
+                late.push(change);
+            } else if !old_ranges.contains(r) {
+                early.push(change);
+            }
+        }
         // 3: rings.
+        const FLAGS_ONLY: u32 = VIP_F_SOURCE_RANGES | VIP_F_AFFINITY_CLIENT_IP;
         for (idx, v) in &new_vips {
             let ring = v.ring_backends();
             let changed = match old_vips.get(idx) {
                 None => true,
                 Some(o) => {
                     o.key != v.key
-                        || o.flags != v.flags
                         || o.ring_size != v.ring_size
                         || o.ring_backends() != ring
+                        || (o.flags ^ v.flags) & !FLAGS_ONLY != 0
                 }
             };
             if !changed {
+                if old_vips.get(idx).is_some_and(|o| o.flags != v.flags) {
+                    early.push(Change::SetVipFlags {
+                        key: v.key,
+                        flags: v.flags,
+                    });
+                }
                 continue;
             }
             let is_late =
@@ -1910,7 +2103,34 @@ impl Plan {
                 early.push(Change::RemoveVip { key: v.key });
             }
         }
-        // 5: server IDs, then configs, that are gone (or belong to a reused index).
+        // 5: flows of backends that left a VIP but stay in use elsewhere (a backend that is
+        // gone altogether is evicted by ClearBackend in step 7).
+        for (idx, v) in &new_vips {
+            let Some(o) = old_vips.get(idx).filter(|o| o.key == v.key) else {
+                continue;
+            };
+            for b in &o.backends {
+                if new_be.get(&b.id) == Some(&(b.addr, b.port))
+                    && !reused_ids.contains(&b.id)
+                    && !v.backends.iter().any(|n| n.id == b.id)
+                {
+                    early.push(Change::EvictVipFlows {
+                        key: v.key,
+                        backend: b.id,
+                    });
+                }
+            }
+        }
+        // 5: source ranges, server IDs, then configs, that are gone (or belong to a reused
+        // index).
+        for r @ (idx, range) in &old_ranges {
+            if reused_idx.contains(idx) || !new_ranges.contains(r) {
+                early.push(Change::RemoveSourceRange {
+                    vip_index: *idx,
+                    range: *range,
+                });
+            }
+        }
         for (idx, cfg, sid) in old_sids.keys() {
             if reused_idx.contains(idx) || !new_sids.contains_key(&(*idx, *cfg, sid.clone())) {
                 early.push(Change::RemoveServerId {
@@ -1986,7 +2206,16 @@ pub fn apply(dp: &mut Dataplane, changes: &[Change]) -> Result<(), ApplyError> {
             Change::PublishVip {
                 key, index, flags, ..
             } => dp.publish_ring(&key.key(), *index, *flags, table.as_deref().unwrap_or(&[])),
+            Change::SetVipFlags { key, flags } => dp.set_vip_flags(&key.key(), *flags),
+            Change::AddSourceRange { vip_index, range } => dp.add_source_range(*vip_index, *range),
             Change::RemoveVip { key } => dp.remove_vip(&key.key()),
+            Change::EvictVipFlows { key, backend } => {
+                dp.evict_vip_backend_flows(&key.key(), *backend).map(|_| ())
+            }
+            Change::RemoveSourceRange { vip_index, range } => {
+                dp.remove_source_range(*vip_index, *range)
+            }
+            Change::EvictBackendFlows { id } => dp.evict_backend_flows(*id).map(|_| ()),
             Change::RemoveServerId {
                 vip_index,
                 config_id,
@@ -2104,10 +2333,25 @@ mod tests {
             "quic defaults to true when the VIP has QUIC-LB configs"
         );
         assert_eq!(v6.backends[1].server_ids, vec![(0, vec![0x0a, 0x02])]);
+        assert_eq!(
+            v6.source_ranges,
+            vec![
+                "fd00:18::/64".parse::<ipnet::IpNet>().unwrap(),
+                "fd00:1800::/24".parse().unwrap()
+            ]
+        );
+        assert_eq!(v6.session_affinity, SessionAffinity::None);
         let dns = &c.vips[2];
         assert!(!dns.quic);
         assert_eq!(dns.maglev_table_size, 251);
         assert_eq!(dns.backends[0].weight, 1);
+        assert_eq!(dns.session_affinity, SessionAffinity::ClientIp);
+        assert_eq!(
+            dns.source_ranges,
+            vec!["198.18.0.0/15".parse::<ipnet::IpNet>().unwrap()]
+        );
+        assert!(web.source_ranges.is_empty());
+        assert_eq!(web.session_affinity, SessionAffinity::None);
     }
 
     #[test]
@@ -2124,9 +2368,17 @@ mod tests {
             vec![
                 ("tcp 198.18.0.100:443".to_string(), 0, 0),
                 ("udp 198.18.0.100:443".to_string(), 1, VIP_F_QUIC_LB),
-                ("tcp [fd00:18::100]:443".to_string(), 2, 0),
-                ("udp [fd00:18::100]:443".to_string(), 3, VIP_F_QUIC_LB),
-                ("udp 198.18.0.100:53".to_string(), 4, 0),
+                ("tcp [fd00:18::100]:443".to_string(), 2, VIP_F_SOURCE_RANGES),
+                (
+                    "udp [fd00:18::100]:443".to_string(),
+                    3,
+                    VIP_F_QUIC_LB | VIP_F_SOURCE_RANGES
+                ),
+                (
+                    "udp 198.18.0.100:53".to_string(),
+                    4,
+                    VIP_F_SOURCE_RANGES | VIP_F_AFFINITY_CLIENT_IP
+                ),
             ]
         );
         // 198.19.0.10 and .11 serve two VIPs on different ports: distinct backends.
@@ -3089,6 +3341,316 @@ backends = [
             "{err}"
         );
         Ok(())
+    }
+
+    // ---- source ranges, session affinity, eviction ------------------------------------
+
+    fn policy_vip(addr: &str, extra: &str) -> String {
+        format!(
+            "interfaces = [\"eth0\"]\n\
+             [[vips]]\n\
+             address = \"{addr}\"\n\
+             ports = [80]\n\
+             protocols = [\"tcp\"]\n\
+             maglev_table_size = 251\n\
+             {extra}\n\
+             backends = [{{ address = \"{}\", port = 8080 }}]\n",
+            if addr.contains(':') {
+                "fd00:19::1"
+            } else {
+                "198.19.0.1"
+            }
+        )
+    }
+
+    #[test]
+    fn source_ranges_and_affinity_parse() {
+        let c = parse(&policy_vip(
+            "198.18.0.1",
+            "source_ranges = [\"198.18.0.0/24\", \"203.0.113.7/32\"]\nsession_affinity = \"client_ip\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.vips[0].source_ranges,
+            vec![
+                "198.18.0.0/24".parse::<ipnet::IpNet>().unwrap(),
+                "203.0.113.7/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.vips[0].session_affinity, SessionAffinity::ClientIp);
+        let c = parse(&policy_vip(
+            "fd00:18::1",
+            "source_ranges = [\"fd00::/64\", \"::/0\"]",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.vips[0].source_ranges.len(), 2);
+        assert_eq!(c.vips[0].session_affinity, SessionAffinity::None);
+        // Explicit defaults.
+        let c = parse(&policy_vip(
+            "198.18.0.1",
+            "source_ranges = []\nsession_affinity = \"none\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.vips[0].source_ranges.is_empty());
+        assert_eq!(c.vips[0].session_affinity, SessionAffinity::None);
+    }
+
+    #[test]
+    fn source_range_and_affinity_checks() {
+        assert_error(
+            &policy_vip("198.18.0.1", "source_ranges = [\"198.18.0.1/24\"]"),
+            "lb.toml:7:18: vips[0].source_ranges[0]: 198.18.0.1/24 has host bits set; the prefix \
+             is 198.18.0.0/24",
+        );
+        assert_error(
+            &policy_vip("fd00:18::1", "source_ranges = [\"fd00::1/64\"]"),
+            "lb.toml:7:18: vips[0].source_ranges[0]: fd00::1/64 has host bits set; the prefix is \
+             fd00::/64",
+        );
+        assert_error(
+            &policy_vip(
+                "198.18.0.1",
+                "source_ranges = [\"198.18.0.0/24\", \"fd00::/64\"]",
+            ),
+            "lb.toml:7:35: vips[0].source_ranges[1]: fd00::/64 is IPv6 but the VIP 198.18.0.1 is \
+             IPv4; source ranges need the VIP's address family",
+        );
+        assert_error(
+            &policy_vip("fd00:18::1", "source_ranges = [\"198.18.0.0/24\"]"),
+            "lb.toml:7:18: vips[0].source_ranges[0]: 198.18.0.0/24 is IPv4 but the VIP fd00:18::1 \
+             is IPv6; source ranges need the VIP's address family",
+        );
+        assert_error_like(
+            &policy_vip("198.18.0.1", "source_ranges = [\"198.18.0.7\"]"),
+            "lb.toml:7:18: vips[0].source_ranges[0]: ",
+            "is not a CIDR prefix; write address/length",
+        );
+        assert_error_like(
+            &policy_vip("198.18.0.1", "source_ranges = [\"198.18.0.0/33\"]"),
+            "lb.toml:7:18: vips[0].source_ranges[0]: ",
+            "is not a CIDR prefix",
+        );
+        assert_error(
+            &policy_vip(
+                "198.18.0.1",
+                "source_ranges = [\"198.18.0.0/24\",\n  \"198.18.0.0/24\"]",
+            ),
+            "lb.toml:8:3: vips[0].source_ranges[1]: 198.18.0.0/24 is listed twice (also on line \
+             7); list each range once",
+        );
+        assert_error(
+            &policy_vip("198.18.0.1", "session_affinity = \"ClientIP\""),
+            "lb.toml:7:20: vips[0].session_affinity: \"ClientIP\" is not a session affinity: use \
+             \"none\" (hash the whole 5-tuple) or \"client_ip\" (every flow of a client to one \
+             backend)",
+        );
+        // Not a list of strings: a structural error, one at a time.
+        assert_error_like(
+            &policy_vip("198.18.0.1", "source_ranges = \"198.18.0.0/24\""),
+            "lb.toml:7:17: vips[0].source_ranges: ",
+            "expected a sequence",
+        );
+    }
+
+    #[test]
+    fn source_range_capacity_is_checked() {
+        // 2 ports x 2 protocols x n ranges per entry.
+        let ranges = |n: u32, third: u32| -> String {
+            let v: Vec<String> = (0..n)
+                .map(|i| format!("\"10.{third}.{}.{}/32\"", i / 256, i % 256))
+                .collect();
+            v.join(", ")
+        };
+        let per_entry = MAX_SOURCE_RANGES / 4;
+        let text = format!(
+            "interfaces = [\"eth0\"]\n\
+             [[vips]]\naddress = \"198.18.0.1\"\nports = [1, 2]\nprotocols = [\"tcp\", \"udp\"]\n\
+             source_ranges = [{}]\n\
+             [[vips]]\naddress = \"198.18.0.2\"\nports = [1]\nprotocols = [\"tcp\"]\n\
+             source_ranges = [\"198.18.0.0/24\"]\n",
+            ranges(per_entry, 0)
+        );
+        assert_error(
+            &text,
+            &format!(
+                "lb.toml:11:17: vips[1].source_ranges: this entry brings the source-range entries \
+                 (ranges x ports x protocols) to {}; the data plane has room for \
+                 {MAX_SOURCE_RANGES}; merge adjacent ranges into shorter prefixes",
+                MAX_SOURCE_RANGES + 1
+            ),
+        );
+        // Exactly full is fine.
+        parse(&text.replace("source_ranges = [\"198.18.0.0/24\"]\n", ""))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn source_ranges_and_affinity_set_vip_flags() {
+        let p = plan(
+            &policy_vip(
+                "198.18.0.1",
+                "source_ranges = [\"203.0.113.0/24\", \"198.18.0.0/24\"]\nsession_affinity = \"client_ip\"",
+            ),
+            None,
+        );
+        assert_eq!(
+            p.vips[0].flags,
+            VIP_F_SOURCE_RANGES | VIP_F_AFFINITY_CLIENT_IP
+        );
+        assert_eq!(
+            p.vips[0].source_ranges,
+            vec![
+                "198.18.0.0/24".parse::<ipnet::IpNet>().unwrap(),
+                "203.0.113.0/24".parse().unwrap()
+            ],
+            "sorted"
+        );
+        let p = plan(&policy_vip("198.18.0.1", ""), None);
+        assert_eq!(p.vips[0].flags, 0);
+        assert!(p.vips[0].source_ranges.is_empty());
+        // With QUIC-LB on the UDP VIP the bits combine.
+        let p = plan(
+            &quic_vip(
+                "source_ranges = [\"198.18.0.0/15\"]\nsession_affinity = \"client_ip\"",
+                &be("198.19.0.1", 1, "server_id = \"0a01\"\n"),
+            ),
+            None,
+        );
+        let udp = p
+            .vips
+            .iter()
+            .find(|v| v.key.proto == Protocol::Udp)
+            .unwrap();
+        assert_eq!(
+            udp.flags,
+            VIP_F_QUIC_LB | VIP_F_SOURCE_RANGES | VIP_F_AFFINITY_CLIENT_IP
+        );
+        let tcp = p
+            .vips
+            .iter()
+            .find(|v| v.key.proto == Protocol::Tcp)
+            .unwrap();
+        assert_eq!(tcp.flags, VIP_F_SOURCE_RANGES | VIP_F_AFFINITY_CLIENT_IP);
+        assert_eq!(udp.source_ranges, tcp.source_ranges);
+    }
+
+    fn diff_strings(old: &str, new: &str) -> Vec<String> {
+        let o = plan(old, None);
+        let n = plan(new, Some(&o));
+        Plan::diff(&o, &n).iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn diff_orders_source_range_changes_safely() {
+        let open = policy_vip("198.18.0.1", "");
+        let ranged = policy_vip(
+            "198.18.0.1",
+            "source_ranges = [\"198.18.0.0/24\", \"203.0.113.0/24\"]",
+        );
+        let changed = policy_vip(
+            "198.18.0.1",
+            "source_ranges = [\"198.18.0.0/24\", \"198.18.7.0/24\"]",
+        );
+        // Closing an open VIP: the entries first, then the flag (no allowed client dropped).
+        assert_eq!(
+            diff_strings(&open, &ranged),
+            vec![
+                "allow source range 198.18.0.0/24 on VIP 0",
+                "allow source range 203.0.113.0/24 on VIP 0",
+                "set flags of VIP tcp 198.18.0.1:80 to 0x4",
+            ]
+        );
+        // Opening it again: the flag first, then the entries.
+        assert_eq!(
+            diff_strings(&ranged, &open),
+            vec![
+                "set flags of VIP tcp 198.18.0.1:80 to 0x0",
+                "remove source range 198.18.0.0/24 of VIP 0",
+                "remove source range 203.0.113.0/24 of VIP 0",
+            ]
+        );
+        // Changing the ranges: add the new before removing the old; the flag stays.
+        assert_eq!(
+            diff_strings(&ranged, &changed),
+            vec![
+                "allow source range 198.18.7.0/24 on VIP 0",
+                "remove source range 203.0.113.0/24 of VIP 0",
+            ]
+        );
+        // Affinity alone flips the flag in place, without rewriting the ring.
+        assert_eq!(
+            diff_strings(
+                &open,
+                &open.replace(
+                    "\n\nbackends",
+                    "\nsession_affinity = \"client_ip\"\nbackends"
+                )
+            ),
+            vec!["set flags of VIP tcp 198.18.0.1:80 to 0x8"]
+        );
+        // A new VIP with ranges: its entries before its first publish; a removed VIP's
+        // entries after it is gone.
+        let two = format!(
+            "{ranged}[[vips]]\naddress = \"198.18.0.2\"\nports = [80]\nprotocols = [\"tcp\"]\n\
+             maglev_table_size = 251\nsource_ranges = [\"198.18.0.0/16\"]\n\
+             backends = [{{ address = \"198.19.0.1\", port = 8080 }}]\n"
+        );
+        assert_eq!(
+            diff_strings(&ranged, &two),
+            vec![
+                "allow source range 198.18.0.0/16 on VIP 1",
+                "publish VIP 1 (tcp 198.18.0.2:80): 251-slot ring over 1 backends",
+            ]
+        );
+        assert_eq!(
+            diff_strings(&two, &ranged),
+            vec![
+                "remove VIP tcp 198.18.0.2:80",
+                "remove source range 198.18.0.0/16 of VIP 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn diff_evicts_flows_of_removed_backends_but_not_drained_ones() {
+        let two_vips = |b2: &str, web_extra: &str| {
+            format!(
+                "interfaces = [\"eth0\"]\n\
+                 [[vips]]\naddress = \"198.18.0.1\"\nports = [80]\nprotocols = [\"tcp\"]\n\
+                 maglev_table_size = 251\n\
+                 backends = [{{ address = \"198.19.0.1\", port = 1 }}{b2}]\n\
+                 [[vips]]\naddress = \"198.18.0.2\"\nports = [80]\nprotocols = [\"tcp\"]\n\
+                 maglev_table_size = 251\n\
+                 backends = [{{ address = \"198.19.0.1\", port = 1 }}{web_extra}]\n"
+            )
+        };
+        let both = two_vips(", { address = \"198.19.0.2\", port = 1 }", "");
+        // Backend 1 (198.19.0.2:1) leaves its only VIP: gone, cleared (which evicts) last.
+        assert_eq!(
+            diff_strings(&both, &two_vips("", "")),
+            vec![
+                "publish VIP 0 (tcp 198.18.0.1:80): 251-slot ring over 1 backends",
+                "clear backend 1",
+            ]
+        );
+        // Drained (weight 0): out of the ring, but its entry and flows stay.
+        assert_eq!(
+            diff_strings(
+                &both,
+                &two_vips(", { address = \"198.19.0.2\", port = 1, weight = 0 }", "")
+            ),
+            vec!["publish VIP 0 (tcp 198.18.0.1:80): 251-slot ring over 1 backends"]
+        );
+        // Backend 0 leaves VIP 0 but still serves VIP 1: its flows of VIP 0 only.
+        let shared = two_vips(", { address = \"198.19.0.2\", port = 1 }", "");
+        let moved = shared.replacen("{ address = \"198.19.0.1\", port = 1 }, ", "", 1);
+        assert_eq!(
+            diff_strings(&shared, &moved),
+            vec![
+                "publish VIP 0 (tcp 198.18.0.1:80): 251-slot ring over 1 backends",
+                "evict flows of VIP tcp 198.18.0.1:80 to backend 0",
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::{collections::HashMap as StdHashMap, net::IpAddr, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         tc::SchedClassifierLinkId, xdp::XdpLinkId,
@@ -18,7 +21,8 @@ use lb_common::{
     VipMeta, maglev_ring_base, map_names, program_names, quic_lb,
 };
 use lb_common::{
-    LearnedKey, PROTO_TCP, PROTO_UDP, RNAT_REASON_COUNT, RnatKey, RnatReason, RnatValue,
+    CONN_F_VALID, LearnedKey, MAX_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, RNAT_REASON_COUNT, RnatKey,
+    RnatReason, RnatValue, SourceRangeKey, source_range_key, source_range_prefix_len,
 };
 use thiserror::Error;
 
@@ -213,6 +217,7 @@ pub struct Dataplane {
     rnat: HashMap<MapData, RnatKey, RnatValue>,
     rnat_stats: PerCpuArray<MapData, Counter>,
     learned: HashMap<MapData, LearnedKey, u32>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// Links made by `attach_rnat` (TC ingress), by interface index.
     rnat_links: StdHashMap<u32, SchedClassifierLinkId>,
 }
@@ -256,6 +261,8 @@ impl Dataplane {
             .map_err(map_err(map_names::RNAT_STATS))?;
         let learned =
             HashMap::try_from(take(map_names::LEARNED)?).map_err(map_err(map_names::LEARNED))?;
+        let source_ranges = LpmTrie::try_from(take(map_names::SOURCE_RANGES)?)
+            .map_err(map_err(map_names::SOURCE_RANGES))?;
         let mut dp = Dataplane {
             ebpf,
             vips,
@@ -273,6 +280,7 @@ impl Dataplane {
             rnat,
             rnat_stats,
             learned,
+            source_ranges,
             rnat_links: StdHashMap::new(),
         };
         dp.set_settings(&Settings {
@@ -366,8 +374,172 @@ impl Dataplane {
             .map_err(map_err(map_names::SETTINGS))
     }
 
+    /// Invalidate backend `id`, then evict the connection-table entries that name it
+    /// ([`evict_backend_flows`](Self::evict_backend_flows)), so a later backend under the
+    /// same id does not inherit its flows. Call it once no ring or server ID names `id`.
     pub fn clear_backend(&mut self, id: u32) -> Result<()> {
-        self.set_backend(id, &Backend::default())
+        self.set_backend(id, &Backend::default())?;
+        self.evict_backend_flows(id)?;
+        Ok(())
+    }
+
+    /// Delete every `LB_CONNS` entry that names backend `id`, on every CPU; returns how many
+    /// flows were evicted. A flow whose other CPUs' entries name other backends keeps those
+    /// (only the slots naming `id` are zeroed). Those flows take Maglev again on their next
+    /// packet. Weight-0 (draining) backends are not evicted by anyone: their flows stay.
+    pub fn evict_backend_flows(&mut self, id: u32) -> Result<usize> {
+        self.evict_flows(id, |_| true)
+    }
+
+    /// [`evict_backend_flows`](Self::evict_backend_flows) for the flows of one VIP only: what
+    /// removing a backend from one VIP needs when other VIPs still use it.
+    pub fn evict_vip_backend_flows(&mut self, vip: &VipKey, id: u32) -> Result<usize> {
+        self.evict_flows(id, |f| {
+            f.dst == vip.addr
+                && f.dport == vip.port
+                && f.proto == vip.proto
+                && f.family == vip.family
+        })
+    }
+
+    fn evict_flows(&mut self, id: u32, flow_matches: impl Fn(&FlowKey) -> bool) -> Result<usize> {
+        let names_id = |e: &ConnEntry| e.flags & CONN_F_VALID != 0 && e.backend == id;
+        // Keys first: deleting while walking the hash table would restart the walk.
+        let keys: Vec<FlowKey> = self
+            .conns
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| flow_matches(k))
+            .collect();
+        let mut evicted = 0;
+        for k in keys {
+            // Gone already (LRU eviction) is fine.
+            let Ok(values) = self.conns.get(&k, 0) else {
+                continue;
+            };
+            if !values.iter().any(names_id) {
+                continue;
+            }
+            evicted += 1;
+            let others = values
+                .iter()
+                .any(|e| e.flags & CONN_F_VALID != 0 && e.backend != id);
+            if !others {
+                let _ = self.conns.remove(&k);
+                continue;
+            }
+            let kept: Vec<ConnEntry> = values
+                .iter()
+                .map(|e| {
+                    if names_id(e) {
+                        ConnEntry::default()
+                    } else {
+                        *e
+                    }
+                })
+                .collect();
+            let kept = PerCpuValues::try_from(kept)
+                .map_err(|e| DataplaneError::Invalid(format!("building per-CPU values: {e}")))?;
+            self.conns
+                .insert(k, kept, 0)
+                .map_err(map_err(map_names::CONNS))?;
+        }
+        Ok(evicted)
+    }
+
+    /// Every flow in the connection table with its valid per-CPU entries (tests, debugging).
+    pub fn conn_table(&self) -> Vec<(FlowKey, Vec<ConnEntry>)> {
+        self.conns
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| {
+                let valid = v
+                    .iter()
+                    .filter(|e| e.flags & CONN_F_VALID != 0)
+                    .copied()
+                    .collect();
+                (k, valid)
+            })
+            .filter(|(_, v): &(FlowKey, Vec<ConnEntry>)| !v.is_empty())
+            .collect()
+    }
+
+    /// Change only the flags of an existing VIP (its ring stays live): one map update.
+    pub fn set_vip_flags(&mut self, key: &VipKey, flags: u32) -> Result<()> {
+        let Some(mut meta) = self.vip(key) else {
+            return Err(DataplaneError::Invalid(format!(
+                "setting the flags of a VIP that is not in {}",
+                map_names::VIPS
+            )));
+        };
+        meta.flags = flags;
+        self.set_vip(key, &meta)
+    }
+
+    // ---- loadBalancerSourceRanges ---------------------------------------------------
+
+    /// Allow clients in `net` to reach VIP `vip_index` (effective while the VIP has
+    /// `VIP_F_SOURCE_RANGES`). `net` must have no host bits set. Adding a range twice is
+    /// fine. Fails when `LB_SRC_RANGES` is full ([`MAX_SOURCE_RANGES`] entries).
+    pub fn add_source_range(&mut self, vip_index: u32, net: ipnet::IpNet) -> Result<()> {
+        let key = source_range_lpm_key(vip_index, net)?;
+        self.source_ranges
+            .insert(&key, 1, 0)
+            .map_err(|e| match &e {
+                aya::maps::MapError::SyscallError(s)
+                    if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) =>
+                {
+                    DataplaneError::Invalid(format!(
+                        "adding source range {net} of VIP {vip_index}: {} is full                          ({MAX_SOURCE_RANGES} ranges over all VIPs)",
+                        map_names::SOURCE_RANGES
+                    ))
+                }
+                _ => DataplaneError::Map {
+                    name: map_names::SOURCE_RANGES,
+                    source: e,
+                },
+            })
+    }
+
+    /// Remove one range of VIP `vip_index`; a range that is not there is not an error.
+    pub fn remove_source_range(&mut self, vip_index: u32, net: ipnet::IpNet) -> Result<()> {
+        let key = source_range_lpm_key(vip_index, net)?;
+        match self.source_ranges.remove(&key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(s))
+                if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(DataplaneError::Map {
+                name: map_names::SOURCE_RANGES,
+                source: e,
+            }),
+        }
+    }
+
+    /// The ranges installed for VIP `vip_index`, sorted.
+    pub fn source_ranges(&self, vip_index: u32) -> Vec<ipnet::IpNet> {
+        let mut v: Vec<ipnet::IpNet> = self
+            .source_ranges
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.data().vip_index == vip_index)
+            .filter_map(|k| net_of_source_range_key(&k))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Would a client at `addr` be allowed by VIP `vip_index`'s ranges (the lookup the XDP
+    /// program makes)?
+    pub fn source_range_allows(&self, vip_index: u32, addr: IpAddr) -> bool {
+        let (a, family) = addr_key(addr);
+        let key = LpmKey::new(
+            lb_common::SOURCE_RANGE_LOOKUP_LEN,
+            source_range_key(vip_index, &a, family),
+        );
+        self.source_ranges.get(&key, 0).is_ok()
     }
 
     pub fn vip(&self, key: &VipKey) -> Option<VipMeta> {
@@ -842,6 +1014,36 @@ impl Dataplane {
             data: out,
             duration: r.duration,
         })
+    }
+}
+
+/// The `LB_SRC_RANGES` key of `net` under VIP `vip_index`.
+fn source_range_lpm_key(vip_index: u32, net: ipnet::IpNet) -> Result<LpmKey<SourceRangeKey>> {
+    if net.trunc() != net {
+        return Err(DataplaneError::Invalid(format!(
+            "source range {net} has host bits set; use {}",
+            net.trunc()
+        )));
+    }
+    let (a, family) = addr_key(net.addr());
+    Ok(LpmKey::new(
+        source_range_prefix_len(family, net.prefix_len()),
+        source_range_key(vip_index, &a, family),
+    ))
+}
+
+fn net_of_source_range_key(k: &LpmKey<SourceRangeKey>) -> Option<ipnet::IpNet> {
+    let (d, bits) = (k.data(), k.prefix_len().checked_sub(32)?);
+    let mapped = d.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if mapped && bits >= 96 {
+        let v4 = std::net::Ipv4Addr::new(d.addr[12], d.addr[13], d.addr[14], d.addr[15]);
+        ipnet::Ipv4Net::new(v4, (bits - 96) as u8)
+            .ok()
+            .map(Into::into)
+    } else {
+        ipnet::Ipv6Net::new(d.addr.into(), bits as u8)
+            .ok()
+            .map(Into::into)
     }
 }
 
