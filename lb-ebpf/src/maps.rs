@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry,
@@ -28,12 +28,14 @@ pub static LB_SERVER_IDS: HashMap<ServerIdKey, u32> = HashMap::with_max_entries(
 pub static LB_QUIC_CFG: Array<QuicLbConfig> =
     Array::with_max_entries(MAX_VIPS * QUIC_LB_CONFIGS_PER_VIP, 0);
 
-/// Connection table: per-CPU LRU, as in Katran: no cross-CPU contention on the hot path;
-/// a flow that lands on another CPU re-runs Maglev, which gives the same answer unless the
-/// ring changed.
+/// Connection table: one LRU shared by all CPUs. Katran keeps one per CPU, which relies on
+/// a flow's packets always arriving on one CPU; where they do not (veth, generic XDP, RSS
+/// changes, a client whose sender thread moves), a per-CPU table misses and re-runs Maglev,
+/// and once the ring has changed (a backend drained or added) that sends an established
+/// flow to another backend. Draining (KEP-1669: existing flows stay) needs the shared table.
 #[map(name = "LB_CONNS")]
-pub static LB_CONNS: LruPerCpuHashMap<FlowKey, ConnEntry> =
-    LruPerCpuHashMap::with_max_entries(CONN_TABLE_ENTRIES, 0);
+pub static LB_CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(CONN_TABLE_ENTRIES, 0);
 
 #[map(name = "LB_STATS")]
 pub static LB_STATS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);

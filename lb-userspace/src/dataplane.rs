@@ -6,7 +6,7 @@ use std::{collections::HashMap as StdHashMap, net::IpAddr, time::Duration};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray,
+        Array, HashMap, MapData, PerCpuArray, ProgramArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
@@ -206,7 +206,7 @@ pub struct Dataplane {
     maglev: Array<MapData, u32>,
     server_ids: HashMap<MapData, ServerIdKey, u32>,
     quic_cfg: Array<MapData, QuicLbConfig>,
-    conns: PerCpuHashMap<MapData, FlowKey, ConnEntry>,
+    conns: HashMap<MapData, FlowKey, ConnEntry>,
     stats: PerCpuArray<MapData, CounterBlock>,
     vip_stats: PerCpuArray<MapData, CounterBlock>,
     backend_stats: PerCpuArray<MapData, Counter>,
@@ -245,7 +245,7 @@ impl Dataplane {
         let quic_cfg =
             Array::try_from(take(map_names::QUIC_CFG)?).map_err(map_err(map_names::QUIC_CFG))?;
         let conns =
-            PerCpuHashMap::try_from(take(map_names::CONNS)?).map_err(map_err(map_names::CONNS))?;
+            HashMap::try_from(take(map_names::CONNS)?).map_err(map_err(map_names::CONNS))?;
         let stats =
             PerCpuArray::try_from(take(map_names::STATS)?).map_err(map_err(map_names::STATS))?;
         let vip_stats = PerCpuArray::try_from(take(map_names::VIP_STATS)?)
@@ -403,64 +403,31 @@ impl Dataplane {
     }
 
     fn evict_flows(&mut self, id: u32, flow_matches: impl Fn(&FlowKey) -> bool) -> Result<usize> {
-        let names_id = |e: &ConnEntry| e.flags & CONN_F_VALID != 0 && e.backend == id;
         // Keys first: deleting while walking the hash table would restart the walk.
-        let keys: Vec<FlowKey> = self
+        let doomed: Vec<FlowKey> = self
             .conns
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| flow_matches(k))
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, e)| flow_matches(k) && e.flags & CONN_F_VALID != 0 && e.backend == id)
+            .map(|(k, _)| k)
             .collect();
         let mut evicted = 0;
-        for k in keys {
-            // Gone already (LRU eviction) is fine.
-            let Ok(values) = self.conns.get(&k, 0) else {
-                continue;
-            };
-            if !values.iter().any(names_id) {
-                continue;
+        for k in doomed {
+            // Gone already (LRU eviction, or the program replaced it) is fine.
+            if self.conns.remove(&k).is_ok() {
+                evicted += 1;
             }
-            evicted += 1;
-            let others = values
-                .iter()
-                .any(|e| e.flags & CONN_F_VALID != 0 && e.backend != id);
-            if !others {
-                let _ = self.conns.remove(&k);
-                continue;
-            }
-            let kept: Vec<ConnEntry> = values
-                .iter()
-                .map(|e| {
-                    if names_id(e) {
-                        ConnEntry::default()
-                    } else {
-                        *e
-                    }
-                })
-                .collect();
-            let kept = PerCpuValues::try_from(kept)
-                .map_err(|e| DataplaneError::Invalid(format!("building per-CPU values: {e}")))?;
-            self.conns
-                .insert(k, kept, 0)
-                .map_err(map_err(map_names::CONNS))?;
         }
         Ok(evicted)
     }
 
-    /// Every flow in the connection table with its valid per-CPU entries (tests, debugging).
+    /// Every flow in the connection table with its entry, when valid (tests, debugging).
     pub fn conn_table(&self) -> Vec<(FlowKey, Vec<ConnEntry>)> {
         self.conns
             .iter()
             .filter_map(|r| r.ok())
-            .map(|(k, v)| {
-                let valid = v
-                    .iter()
-                    .filter(|e| e.flags & CONN_F_VALID != 0)
-                    .copied()
-                    .collect();
-                (k, valid)
-            })
-            .filter(|(_, v): &(FlowKey, Vec<ConnEntry>)| !v.is_empty())
+            .filter(|(_, e)| e.flags & CONN_F_VALID != 0)
+            .map(|(k, e)| (k, vec![e]))
             .collect()
     }
 
@@ -673,15 +640,12 @@ impl Dataplane {
         Ok(sum(&v))
     }
 
-    /// The connection-table entries for a flow, one per CPU that holds a valid one.
+    /// The connection-table entry for a flow, if it holds a valid one (empty or one entry;
+    /// a list so tests read the same as when the table was per CPU).
     pub fn conn_entries(&self, flow: &FlowKey) -> Vec<ConnEntry> {
         match self.conns.get(flow, 0) {
-            Ok(v) => v
-                .iter()
-                .filter(|e| e.flags & lb_common::CONN_F_VALID != 0)
-                .copied()
-                .collect(),
-            Err(_) => Vec::new(),
+            Ok(e) if e.flags & lb_common::CONN_F_VALID != 0 => vec![e],
+            _ => Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! that moved: global and per VIP per reason, and per backend, packets and bytes.
 //!
 //! Run as root, single-threaded (the testbed pins the thread to one CPU because the
-//! connection table and the FIB cache are per-CPU):
+//! FIB cache is per-CPU):
 //!
 //! ```sh
 //! cargo test -p lb-userspace --test xdp_fixtures -- --test-threads=1
