@@ -1134,3 +1134,178 @@ fn e2e_kube_pool_exhaustion_shared_ips_and_events() {
         "UnsupportedProtocol",
     );
 }
+
+/// Packets node `i` counted for `reason` on the VIP (address, port, protocol).
+fn vip_counter(lab: &Lab, i: u8, vip: Ipv4Addr, proto: &str, reason: &str) -> u64 {
+    let s = lab.status(i).unwrap();
+    s["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["addr"] == vip.to_string() && v["port"] == 443 && v["proto"] == proto)
+        .map(|v| v["counters"][reason]["packets"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn holders(lab: &Lab, nodes: u8, vip: Ipv4Addr) -> Vec<u8> {
+    (1..=nodes)
+        .filter(|i| {
+            lab.announced(*i)
+                .unwrap_or_default()
+                .contains(&vip.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn e2e_kube_local_policy_source_ranges_and_affinity() {
+    let _ = lb_userspace::netns::remove_stale(PREFIX);
+    let lab = Lab::start(2, &[1, 2]);
+
+    // externalTrafficPolicy: Local with its only ready pod on one node: that node announces,
+    // whatever the ranking says; when the pod moves, so does the announcement.
+    let vip = POOL_FIRST;
+    let ranked_first = election::vip_winner(IpAddr::V4(vip), ["node-1", "node-2"]).unwrap();
+    let (host, other): (u8, u8) = if ranked_first == "node-1" {
+        (2, 1)
+    } else {
+        (1, 2)
+    };
+    let mut local = whoami_service("local", &[]);
+    local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+    lab.api
+        .create(&slice(
+            "local",
+            &[(host, Cond::Ready), (other, Cond::NotServing)],
+        ))
+        .unwrap();
+    lab.api.create(&local).unwrap();
+    assert_eq!(lab.wait_ip("local"), vip);
+    wait_for(
+        "only the node with the local endpoint to announce",
+        CONVERGE,
+        || {
+            let h = holders(&lab, 2, vip);
+            if h == [host] {
+                Ok(())
+            } else {
+                Err(format!("{h:?}"))
+            }
+        },
+    );
+    let h1 = lab.http1(vip, 10).unwrap();
+    assert_eq!(succeeded(&h1), 10, "{h1}");
+    assert_eq!(
+        per_backend(&h1).keys().collect::<Vec<_>>(),
+        [&format!("pod-{host}")]
+    );
+    lab.api
+        .replace(&slice(
+            "local",
+            &[(host, Cond::NotServing), (other, Cond::Ready)],
+        ))
+        .unwrap();
+    wait_for("the announcement to follow the pod", CONVERGE, || {
+        let h = holders(&lab, 2, vip);
+        if h == [other] {
+            Ok(())
+        } else {
+            Err(format!("{h:?}"))
+        }
+    });
+    wait_for("traffic to reach the moved pod", CONVERGE, || {
+        let h1 = lab.http1(vip, 5)?;
+        let pb = per_backend(&h1);
+        if succeeded(&h1) == 5 && pb.keys().collect::<Vec<_>>() == [&format!("pod-{other}")] {
+            Ok(())
+        } else {
+            Err(format!("{h1}"))
+        }
+    });
+    lab.api.delete::<Service>(Some("default"), "local").unwrap();
+
+    // loadBalancerSourceRanges that leave the client out: dropped in XDP and counted.
+    let mut restricted = whoami_service("restricted", &[]);
+    restricted
+        .spec
+        .as_mut()
+        .unwrap()
+        .load_balancer_source_ranges = Some(vec!["198.18.1.0/24".into()]);
+    lab.api
+        .create(&slice("restricted", &[(1, Cond::Ready), (2, Cond::Ready)]))
+        .unwrap();
+    lab.api.create(&restricted).unwrap();
+    let rvip = lab.wait_ip("restricted");
+    let announcer = wait_for(
+        "an announcer for the restricted VIP",
+        CONVERGE,
+        || match holders(&lab, 2, rvip).as_slice() {
+            [one] => Ok(*one),
+            h => Err(format!("{h:?}")),
+        },
+    );
+    assert!(
+        !quick_get(&lab.client, rvip),
+        "a client outside the ranges got through"
+    );
+    let dropped = vip_counter(&lab, announcer, rvip, "tcp", "drop_source_range");
+    assert!(dropped >= 1, "no drop_source_range on node-{announcer}");
+    // Widening the ranges to the client's /24 opens it.
+    let mut svc = lab.service("restricted").unwrap();
+    svc.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["198.18.0.0/24".into()]);
+    lab.api.replace(&svc).unwrap();
+    wait_for("the widened range to let the client in", CONVERGE, || {
+        if quick_get(&lab.client, rvip) {
+            Ok(())
+        } else {
+            Err("dropped".into())
+        }
+    });
+
+    // Without affinity 30 connections spread over both pods.
+    let h1 = lab.http1(rvip, 30).unwrap();
+    assert_eq!(succeeded(&h1), 30, "{h1}");
+    assert_eq!(per_backend(&h1).len(), 2, "{h1}");
+
+    // A second Service on the same pods and port: the stateless reverse NAT cannot tell
+    // the two VIPs' replies apart, so the younger one is refused, visibly.
+    let mut sticky = whoami_service("sticky", &[]);
+    sticky.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+    lab.api
+        .create(&slice("sticky", &[(1, Cond::Ready), (2, Cond::Ready)]))
+        .unwrap();
+    lab.api.create(&sticky).unwrap();
+    let svip = lab.wait_ip("sticky");
+    let msg = wait_condition(
+        &lab,
+        "sticky",
+        "lb.dev/ConfigValid",
+        "False",
+        "SharedBackend",
+    );
+    assert!(msg.contains(&format!("{rvip}:443")), "{msg}");
+    assert!(
+        quick_get(&lab.client, rvip),
+        "the older Service stopped working"
+    );
+    lab.api
+        .delete::<Service>(Some("default"), "restricted")
+        .unwrap();
+    wait_condition(&lab, "sticky", "lb.dev/ConfigValid", "True", "Valid");
+
+    // sessionAffinity: ClientIP: every new connection of this client reaches one pod.
+    wait_for("the sticky VIP to answer", CONVERGE, || {
+        if quick_get(&lab.client, svip) {
+            Ok(())
+        } else {
+            Err("no answer".into())
+        }
+    });
+    let h1 = lab.http1(svip, 30).unwrap();
+    assert_eq!(succeeded(&h1), 30, "{h1}");
+    assert_eq!(
+        per_backend(&h1).len(),
+        1,
+        "ClientIP affinity spread one client: {h1}"
+    );
+}

@@ -70,7 +70,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     ops::RangeInclusive,
 };
 
@@ -148,6 +148,7 @@ pub fn translate(view: &ClusterView) -> Desired {
         .filter_map(|s| translate_service(view, s, &mut problems))
         .collect();
     resolve_port_conflicts(&mut outs, &mut problems);
+    resolve_backend_conflicts(&mut outs, &mut problems);
     let announce = announce_sets(&outs, &mut problems);
     let mut vips: Vec<VipConfig> = outs.into_iter().flat_map(|o| o.vips).collect();
     vips.sort_by_key(|v| (v.addr, v.ports[0], v.protocols[0]));
@@ -917,6 +918,58 @@ fn resolve_port_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) 
     }
 }
 
+/// Give each pod (address, port, protocol) to the oldest VIP that reaches it. The reverse
+/// NAT is stateless: it knows which VIP a reply comes from only by the pod's address, port
+/// and protocol, so one pod port can answer for one VIP (address, port) only. A younger VIP
+/// whose backends include one already taken keeps no backends (it drops new flows) and its
+/// Service says why, instead of blocking every other update.
+fn resolve_backend_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) {
+    let mut by_age: Vec<usize> = (0..outs.len()).collect();
+    by_age.sort_by(|a, b| {
+        (&outs[*a].created, &outs[*a].key).cmp(&(&outs[*b].created, &outs[*b].key))
+    });
+    type Owner = (IpAddr, u16, ServiceKey);
+    let mut owner: BTreeMap<(IpAddr, u16, Protocol), Owner> = BTreeMap::new();
+    for i in by_age {
+        let out = &mut outs[i];
+        let key = out.key.clone();
+        for v in &mut out.vips {
+            let proto = v.protocols[0];
+            let taken = v.backends.iter().find_map(|b| {
+                owner
+                    .get(&(b.addr, b.port, proto))
+                    .filter(|(a, p, _)| (*a, *p) != (v.addr, v.ports[0]))
+                    .map(|o| (b, o))
+            });
+            if let Some((b, (a, p, by))) = taken {
+                problems.push(problem(
+                    &key,
+                    "SharedBackend",
+                    format!(
+                        "{} {}/{} would reach pod port {} {}, which already answers for {} of \
+                         Service {}/{}; lb's reverse NAT tells replies apart by pod address, \
+                         port and protocol only, so this port has no backends: give one of \
+                         the Services another targetPort",
+                        v.addr,
+                        v.ports[0],
+                        proto.name(),
+                        SocketAddr::new(b.addr, b.port),
+                        proto.name(),
+                        SocketAddr::new(*a, *p),
+                        by.0,
+                        by.1
+                    ),
+                ));
+                v.backends.clear();
+                continue;
+            }
+            for b in &v.backends {
+                owner.insert((b.addr, b.port, proto), (v.addr, v.ports[0], key.clone()));
+            }
+        }
+    }
+}
+
 /// Which nodes may announce each address that has VIPs.
 fn announce_sets(outs: &[ServiceOut], problems: &mut Vec<Problem>) -> BTreeMap<IpAddr, Eligible> {
     let mut users: BTreeMap<IpAddr, Vec<&ServiceOut>> = BTreeMap::new();
@@ -1575,6 +1628,61 @@ mod tests {
         );
         // Every VIP is still programmed: Cluster services work from any node.
         assert_eq!(d.vips.len(), 3);
+    }
+
+    #[test]
+    fn a_pod_port_answers_for_one_vip_only() {
+        use k8s_openapi::jiff::Timestamp;
+        // Two Services on two addresses select the same pods and port: the reverse NAT
+        // could not tell their replies apart, so the younger one gets no backends.
+        let mut old = svc(
+            "zz-old",
+            &["198.18.0.100"],
+            &[("", 80, "TCP"), ("", 443, "UDP")],
+        );
+        old.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_000).unwrap()));
+        let mut new = svc(
+            "aa-new",
+            &["198.18.0.101"],
+            &[("", 80, "TCP"), ("", 81, "UDP")],
+        );
+        new.metadata.creation_timestamp = Some(Time(Timestamp::from_second(2_000).unwrap()));
+        let pods = |name: &str| {
+            slice(
+                name,
+                name,
+                "IPv4",
+                &[("", 8080, "TCP"), ("", 8080, "UDP")],
+                vec![ep("198.19.0.1", "n")],
+            )
+        };
+        let d = World::new(vec![new, old], vec![pods("zz-old"), pods("aa-new")]).run("n");
+        assert_eq!(
+            d.vips
+                .iter()
+                .map(|v| (v.name.as_deref().unwrap(), weights(v)))
+                .collect::<Vec<_>>(),
+            vec![
+                ("web/zz-old:80/tcp", vec![(ip("198.19.0.1"), 8080, 1)]),
+                ("web/zz-old:443/udp", vec![(ip("198.19.0.1"), 8080, 1)]),
+                ("web/aa-new:80/tcp", vec![]),
+                ("web/aa-new:81/udp", vec![]),
+            ]
+        );
+        assert_eq!(
+            reasons(&d),
+            vec![("aa-new", "SharedBackend"), ("aa-new", "SharedBackend")]
+        );
+        assert!(
+            d.problems[0].message.contains("198.19.0.1:8080"),
+            "{:?}",
+            d.problems
+        );
+        assert!(
+            d.problems[0].message.contains("198.18.0.100:80"),
+            "{:?}",
+            d.problems
+        );
     }
 
     #[test]
