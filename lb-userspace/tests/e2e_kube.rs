@@ -610,7 +610,9 @@ fn e2e_kube_service_lifecycle_kubectl_and_drain() {
     }
     let winner = election::vip_winner(IpAddr::V4(vip), ["node-1", "node-2", "node-3"]).unwrap();
     wait_for("exactly the elected node to announce", CONVERGE, || {
-        let a: Vec<(u8, Vec<String>)> = (1..=3).map(|i| (i, lab.announced(i).unwrap())).collect();
+        let a = (1..=3)
+            .map(|i| lab.announced(i).map(|v| (i, v)))
+            .collect::<Result<Vec<(u8, Vec<String>)>, String>>()?;
         let holders: Vec<String> = a
             .iter()
             .filter(|(_, v)| v.contains(&vip.to_string()))
@@ -804,7 +806,9 @@ fn e2e_kube_announcer_failover_within_two_seconds() {
         .unwrap();
     assert_eq!(lab.wait_ip("whoami"), vip);
     wait_for("the first-ranked node to announce alone", CONVERGE, || {
-        let a: Vec<Vec<String>> = (1..=3).map(|i| lab.announced(i).unwrap()).collect();
+        let a = (1..=3)
+            .map(|i| lab.announced(i))
+            .collect::<Result<Vec<Vec<String>>, String>>()?;
         let holders: Vec<u8> = (1..=3)
             .filter(|i| a[usize::from(*i - 1)].contains(&vip.to_string()))
             .collect();
@@ -952,6 +956,14 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
     assert_ne!(vip2, vip);
 
     // The API server goes away: forwarding and announcements carry on unchanged.
+    for v in [vip, vip2] {
+        wait_for(&format!("one announcer for {v}"), CONVERGE, || {
+            match holders(&lab, 2, v).len() {
+                1 => Ok(()),
+                n => Err(format!("{n} announcers")),
+            }
+        });
+    }
     let announced: Vec<Vec<String>> = (1..=2).map(|i| lab.announced(i).unwrap()).collect();
     lab.api.set_down(true);
     let down_at = Instant::now();
