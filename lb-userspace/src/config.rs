@@ -213,6 +213,9 @@ impl Errors<'_> {
 struct RawConfig {
     #[serde(default)]
     interfaces: Option<Spanned<Vec<Spanned<RawInterface>>>>,
+    /// The XDP mode of interfaces listed by bare name (default "native").
+    #[serde(default)]
+    xdp_mode: Option<Spanned<String>>,
     #[serde(default)]
     backend_interfaces: Vec<Spanned<String>>,
     #[serde(default)]
@@ -618,7 +621,27 @@ struct ServerIdSeen {
     line: usize,
 }
 
+fn parse_xdp_mode(m: &Spanned<String>, field: &str, errs: &mut Errors) -> XdpMode {
+    match m.get_ref().as_str() {
+        "native" => XdpMode::Native,
+        "generic" => XdpMode::Generic,
+        other => {
+            errs.at(
+                m.span(),
+                field,
+                format!("{other:?} is not an XDP mode: use \"native\" or \"generic\""),
+            );
+            XdpMode::Native
+        }
+    }
+}
+
 fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
+    let default_mode = raw
+        .xdp_mode
+        .as_ref()
+        .map(|m| parse_xdp_mode(m, "xdp_mode", errs))
+        .unwrap_or_default();
     let mut interfaces = Vec::new();
     match &raw.interfaces {
         None => errs.at(
@@ -660,21 +683,8 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
                     seen.insert(name.clone(), errs.line_of(&name_span));
                 }
                 let xdp_mode = match mode {
-                    None => XdpMode::Native,
-                    Some(m) => {
-                        match m.get_ref().as_str() {
-                            "native" => XdpMode::Native,
-                            "generic" => XdpMode::Generic,
-                            other => {
-                                errs.at(
-                                m.span(),
-                                &format!("{field}.xdp_mode"),
-                                format!("{other:?} is not an XDP mode: use \"native\" or \"generic\""),
-                            );
-                                XdpMode::Native
-                            }
-                        }
-                    }
+                    None => default_mode,
+                    Some(m) => parse_xdp_mode(m, &format!("{field}.xdp_mode"), errs),
                 };
                 interfaces.push(Interface { name, xdp_mode });
             }
@@ -2460,7 +2470,7 @@ backends = [
         assert_error(
             "interfaces = [\"eth0\"]\nmetrics = \"x\"\n",
             "lb.toml:2:1: metrics: unknown field `metrics`, expected one of `interfaces`, \
-             `backend_interfaces`, `metrics_addr`, `vips`, `kubernetes`",
+             `xdp_mode`, `backend_interfaces`, `metrics_addr`, `vips`, `kubernetes`",
         );
         // Wrong type.
         assert_error(
@@ -3650,6 +3660,29 @@ backends = [
                 "publish VIP 0 (tcp 198.18.0.1:80): 251-slot ring over 1 backends",
                 "evict flows of VIP tcp 198.18.0.1:80 to backend 0",
             ]
+        );
+    }
+
+    #[test]
+    fn top_level_xdp_mode_applies_to_bare_names_only() {
+        let c = Config::parse(
+            "xdp_mode = \"generic\"\ninterfaces = [\"eth0\", { name = \"eth1\", xdp_mode = \"native\" }]\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let modes: Vec<XdpMode> = c.interfaces.iter().map(|i| i.xdp_mode).collect();
+        assert_eq!(modes, [XdpMode::Generic, XdpMode::Native]);
+        let e = Config::parse(
+            "xdp_mode = \"skb\"\ninterfaces = [\"eth0\"]\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("t.toml:1:12: xdp_mode: \"skb\" is not an XDP mode"),
+            "{e}"
         );
     }
 

@@ -383,6 +383,7 @@ fn configmap_holds_a_kube_mode_lb_toml() {
         keys,
         BTreeSet::from([
             "interfaces",
+            "xdp_mode",
             "backend_interfaces",
             "metrics_addr",
             "kubernetes"
@@ -390,6 +391,11 @@ fn configmap_holds_a_kube_mode_lb_toml() {
         "kube mode: node settings and [kubernetes], no [[vips]]"
     );
     assert_eq!(t["interfaces"], toml::Value::from(vec!["eth0"]));
+    assert_eq!(
+        t["xdp_mode"].as_str(),
+        Some("generic"),
+        "kind's veths need generic XDP"
+    );
     assert_eq!(t["backend_interfaces"], toml::Value::from(vec!["veth*"]));
     assert_eq!(t["metrics_addr"].as_str(), Some("0.0.0.0:9100"));
     let k = t["kubernetes"].as_table().expect("[kubernetes] is a table");
@@ -411,7 +417,7 @@ fn configmap_holds_a_kube_mode_lb_toml() {
         k["lease_duration_ms"].as_integer().unwrap(),
         k["lease_renew_ms"].as_integer().unwrap(),
     );
-    assert_eq!((duration, renew), (1500, 500));
+    assert_eq!((duration, renew), (1200, 300));
     assert!(renew < duration);
 }
 

@@ -685,18 +685,19 @@ fn e2e_kube_service_lifecycle_kubectl_and_drain() {
         }
     }
     let mut on_3 = on_3.expect("no connection of 60 reached pod-3");
-    let changes_before = lab.map_changes(1);
+    let changes_before: Vec<u64> = (1..=3).map(|i| lab.map_changes(i)).collect();
     lab.api
         .replace(&slice(
             "whoami",
             &[(1, Cond::Ready), (2, Cond::Ready), (3, Cond::Terminating)],
         ))
         .unwrap();
-    wait_for("node-1 to drain pod-3", CONVERGE, || {
-        if lab.map_changes(1) > changes_before {
+    wait_for("every node to drain pod-3", CONVERGE, || {
+        let now: Vec<u64> = (1..=3).map(|i| lab.map_changes(i)).collect();
+        if now.iter().zip(&changes_before).all(|(n, b)| n > b) {
             Ok(())
         } else {
-            Err("no map change".into())
+            Err(format!("map changes {now:?}, before {changes_before:?}"))
         }
     });
     let h1 = lab.http1(vip, 30).unwrap();
@@ -957,12 +958,14 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
 
     // The API server goes away: forwarding and announcements carry on unchanged.
     for v in [vip, vip2] {
-        wait_for(&format!("one announcer for {v}"), CONVERGE, || {
-            match holders(&lab, 2, v).len() {
+        wait_for(
+            &format!("one announcer for {v}"),
+            CONVERGE,
+            || match holders(&lab, 2, v).len() {
                 1 => Ok(()),
                 n => Err(format!("{n} announcers")),
-            }
-        });
+            },
+        );
     }
     let announced: Vec<Vec<String>> = (1..=2).map(|i| lab.announced(i).unwrap()).collect();
     lab.api.set_down(true);

@@ -35,10 +35,20 @@ pub const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 /// PyPI packages the tests (and the demo) use, installed into the project-local virtualenv
 /// `.venv/` (pinned: the tests parse what this version's API returns).
-pub const PYTHON_PACKAGES: &[(&str, &str)] = &[(
-    "aioquic==1.7.2",
-    "a real HTTP/3 client for the end-to-end tests",
-)];
+/// (pip requirement, module to import to check it is there, why).
+pub const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "aioquic==1.7.2",
+        "aioquic",
+        "a real HTTP/3 client for the end-to-end tests",
+    ),
+    (
+        "helm-python-sdk==0.2.2",
+        "helm_python",
+        "Helm's own template engine, so deploy_manifests renders the chart as `helm template` \
+         would (no helm binary is packaged for these registries)",
+    ),
+];
 /// The virtualenv, relative to the workspace root.
 pub const VENV_DIR: &str = ".venv";
 
@@ -71,8 +81,7 @@ fn python_venv(apt: &mut Apt) -> Result<()> {
             )?;
         }
     }
-    for (spec, why) in PYTHON_PACKAGES {
-        let module = spec.split("==").next().unwrap_or(spec);
+    for (spec, module, why) in PYTHON_PACKAGES {
         let present = Command::new(&py)
             .args(["-c", &format!("import {module}")])
             .stderr(std::process::Stdio::null())

@@ -78,7 +78,10 @@ fn cargo_test(test_args: &[String]) -> Command {
     .args(test_args)
     .env("RUST_BACKTRACE", "1")
     // The Python with aioquic (from `.venv`): end-to-end tests drive the real client.
-    .env("LB_TEST_PYTHON", crate::setup::venv_python());
+    .env("LB_TEST_PYTHON", crate::setup::venv_python())
+    // Setup installed Helm's engine: the chart must render through it, not only through
+    // deploy_manifests' own subset renderer.
+    .env("LB_REQUIRE_HELM_ENGINE", "1");
     cmd
 }
 
