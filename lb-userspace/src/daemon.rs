@@ -515,12 +515,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
         tokio::spawn(control(listener, state.clone(), reload_config.clone()));
         spawn_metrics(&state)?;
         spawn_rescan(&state);
+        let mut lease_holder = None;
         if let Some(kube_opts) = opts.kube {
             let client = crate::kube::controller::client(&kube_opts).await?;
+            lease_holder = Some((client.clone(), kube_opts.node_name.clone()));
             tokio::spawn(crate::kube::controller::run(
                 client,
                 kube_opts,
-                config,
+                config.clone(),
                 state.clone(),
             ));
         }
@@ -548,6 +550,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
+        }
+        if let Some((client, node)) = &lease_holder {
+            crate::kube::controller::give_up_lease(client, &config.kubernetes, node).await;
         }
         state.lock().expect("state lock").shutdown();
         let _ = std::fs::remove_file(&opts.control_socket);

@@ -873,6 +873,40 @@ fn e2e_kube_announcer_failover_within_two_seconds() {
             .name,
         before
     );
+
+    // A graceful stop (SIGTERM, as in a rolling update) deletes the Lease: the last node
+    // takes over without waiting for the lease to expire.
+    let pid = lab.node(s).daemon.as_ref().unwrap().id();
+    let stopped_at = Instant::now();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let handover = wait_for("the last node to take over", CONVERGE, || {
+        if holders(&lab, 3, vip) == [other] {
+            Ok(stopped_at.elapsed())
+        } else {
+            Err(format!("{:?}", holders(&lab, 3, vip)))
+        }
+    });
+    println!(
+        "graceful handover: node-{other} announces {vip} {} ms after node-{s}'s daemon got SIGTERM",
+        handover.as_millis()
+    );
+    assert!(
+        handover < Duration::from_millis(1200),
+        "the handover waited for the lease to expire ({handover:?}): was the Lease deleted?\n{}",
+        lab.logs()
+    );
+    let status = lab.node_mut(s).daemon.as_mut().unwrap().wait().unwrap();
+    assert!(
+        status.success(),
+        "lb run exited with {status}\n{}",
+        lab.log(s)
+    );
+    assert!(
+        lab.log(s).contains("deleted: the other nodes take over"),
+        "{}",
+        lab.log(s)
+    );
 }
 
 /// The API server's list requests for `resource` so far.

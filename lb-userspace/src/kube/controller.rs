@@ -63,6 +63,9 @@ use crate::{
 
 /// The namespace of the Leases when neither the config nor `$POD_NAMESPACE` names one.
 pub const DEFAULT_LEASE_NAMESPACE: &str = "lb-system";
+/// Set at shutdown: the Lease is no longer renewed (it is deleted instead).
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Secrets and pod annotations are re-read at most this often.
 const CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -71,6 +74,39 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (the DaemonSet passes `spec.nodeName`).
     pub node_name: String,
+}
+
+/// Where the heartbeat Leases live: the config's `lease_namespace`, else `$POD_NAMESPACE`,
+/// else `lb-system`.
+pub fn lease_namespace(settings: &KubeSettings) -> String {
+    settings
+        .lease_namespace
+        .clone()
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_LEASE_NAMESPACE.to_owned())
+}
+
+/// Shutdown: stop renewing and delete this node's Lease, so the other nodes take its VIPs
+/// over at once instead of after a lease duration (a rolling update moves VIPs quickly).
+pub async fn give_up_lease(client: &Client, settings: &KubeSettings, node: &str) {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ns = lease_namespace(settings);
+    let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let name = election::lease_name(node);
+    match tokio::time::timeout(
+        Duration::from_secs(1),
+        api.delete(&name, &Default::default()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => info!("Lease {ns}/{name} deleted: the other nodes take over this node's VIPs"),
+        Ok(Err(e)) => warn!("deleting Lease {ns}/{name}: {e}; its VIPs move when it expires"),
+        Err(_) => warn!("deleting Lease {ns}/{name} timed out; its VIPs move when it expires"),
+    }
 }
 
 /// A client from `--kubeconfig`, or inferred (in-cluster, then `$KUBECONFIG`).
@@ -363,15 +399,7 @@ struct Controller {
 /// `lb run --kube`'s control loop; runs until the process ends.
 pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mutex<State>>) {
     let settings = base.kubernetes.clone();
-    let lease_ns = settings
-        .lease_namespace
-        .clone()
-        .or_else(|| {
-            std::env::var("POD_NAMESPACE")
-                .ok()
-                .filter(|s| !s.is_empty())
-        })
-        .unwrap_or_else(|| DEFAULT_LEASE_NAMESPACE.to_owned());
+    let lease_ns = lease_namespace(&settings);
     let notify = Arc::new(Notify::new());
     let stores = Stores {
         services: reflect(
@@ -753,6 +781,9 @@ async fn renew_lease(
     let mut failing = false;
     loop {
         tick.tick().await;
+        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let started = Instant::now();
         let lease = json!({
             "apiVersion": "coordination.k8s.io/v1",

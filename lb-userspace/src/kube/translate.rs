@@ -285,6 +285,7 @@ fn translate_service(
         }
     };
     let ports = service_ports(spec, &key, problems);
+    unsupported_fields(spec, &key, problems);
     let quic = if ports.iter().any(|p| p.proto == Protocol::Udp) {
         quic_configs(view, svc, &key, problems)
     } else {
@@ -413,6 +414,32 @@ fn problem(key: &ServiceKey, reason: &'static str, message: String) -> Problem {
         service: key.clone(),
         reason,
         message,
+    }
+}
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+const AFFINITY_TIMEOUT_DEFAULT: i32 = 10_800;
+
+/// Fields lb accepts but cannot honour exactly: said on the Service, never silently.
+fn unsupported_fields(spec: &ServiceSpec, key: &ServiceKey, problems: &mut Vec<Problem>) {
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    if spec.session_affinity.as_deref() == Some("ClientIP")
+        && timeout.is_some_and(|t| t != AFFINITY_TIMEOUT_DEFAULT)
+    {
+        problems.push(problem(
+            key,
+            "UnsupportedField",
+            format!(
+                "sessionAffinityConfig.clientIP.timeoutSeconds {} is not honoured: lb's ClientIP \
+                 affinity is a hash of the client address, so it lasts as long as the set of \
+                 endpoints does, with no timeout",
+                timeout.unwrap_or_default()
+            ),
+        ));
     }
 }
 
@@ -1628,6 +1655,37 @@ mod tests {
         );
         // Every VIP is still programmed: Cluster services work from any node.
         assert_eq!(d.vips.len(), 3);
+    }
+
+    #[test]
+    fn an_affinity_timeout_is_reported_as_unsupported() {
+        use k8s_openapi::api::core::v1::{ClientIPConfig, SessionAffinityConfig};
+        let mut s = svc("web", &["198.18.0.100"], &[("", 80, "TCP")]);
+        let spec = s.spec.as_mut().unwrap();
+        spec.session_affinity = Some("ClientIP".into());
+        spec.session_affinity_config = Some(SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(60),
+            }),
+        });
+        let pods = slice(
+            "web",
+            "a",
+            "IPv4",
+            &[("", 8080, "TCP")],
+            vec![ep("198.19.0.1", "n")],
+        );
+        let d = World::new(vec![s.clone()], vec![pods.clone()]).run("n");
+        assert_eq!(reasons(&d), vec![("web", "UnsupportedField")]);
+        assert_eq!(d.vips[0].session_affinity, SessionAffinity::ClientIp);
+        // The default timeout is what lb does anyway (while the endpoints last): no problem.
+        s.spec.as_mut().unwrap().session_affinity_config = Some(SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(10_800),
+            }),
+        });
+        let d = World::new(vec![s], vec![pods]).run("n");
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
     }
 
     #[test]
