@@ -22,7 +22,7 @@
 mod support;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -33,7 +33,10 @@ use fake_apiserver::FakeApiServer;
 use k8s_openapi::{
     ByteString,
     api::{
-        core::v1::{Node, NodeCondition, NodeStatus, Secret, Service, ServicePort, ServiceSpec},
+        core::v1::{
+            Node, NodeCondition, NodeStatus, ObjectReference, Secret, Service, ServicePort,
+            ServiceSpec,
+        },
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
@@ -46,7 +49,7 @@ use lb_userspace::{
         election,
     },
     netns::{Mac, NetNs, veth_pair},
-    topology::{http_get_in, stop_children},
+    topology::{self, http_get_in, stop_children},
 };
 use serde_json::Value;
 
@@ -197,6 +200,12 @@ fn slice(service: &str, on: &[(u8, Cond)]) -> EndpointSlice {
             .map(|(i, c)| Endpoint {
                 addresses: vec![pod_addr(*i).to_string()],
                 node_name: Some(node_name(*i)),
+                target_ref: Some(ObjectReference {
+                    kind: Some("Pod".into()),
+                    namespace: Some("default".into()),
+                    name: Some(format!("pod-{i}")),
+                    ..Default::default()
+                }),
                 conditions: Some(EndpointConditions {
                     ready: Some(*c == Cond::Ready),
                     serving: Some(*c != Cond::NotServing),
@@ -906,6 +915,111 @@ fn e2e_kube_announcer_failover_within_two_seconds() {
         lab.log(s).contains("deleted: the other nodes take over"),
         "{}",
         lab.log(s)
+    );
+    assert_rbac_is_least_privilege(&lab);
+}
+
+/// (API group, resource[/subresource], verb, namespace) of every request the daemons made.
+fn used_permissions(lab: &Lab) -> BTreeSet<(String, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for r in lab.api.requests() {
+        let parts: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => ("", rest),
+            ["apis", group, _version, rest @ ..] => (*group, rest),
+            _ => continue, // discovery, /version
+        };
+        let (ns, rest) = match rest {
+            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (*ns, rest),
+            rest => ("", rest),
+        };
+        let (resource, name) = match rest {
+            [res] => (res.to_string(), None),
+            [res, name] => (res.to_string(), Some(*name)),
+            [res, name, sub] => (format!("{res}/{sub}"), Some(*name)),
+            _ => continue,
+        };
+        let watch = r
+            .query
+            .split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1");
+        let verb = match (r.method.as_str(), name) {
+            ("GET", _) if watch => "watch",
+            ("GET", Some(_)) => "get",
+            ("GET", None) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            _ => continue,
+        };
+        out.insert((group.to_owned(), resource, verb.to_owned(), ns.to_owned()));
+    }
+    out
+}
+
+/// deploy/manifests/10-rbac.yaml grants everything the daemons did, and nothing they did
+/// not, but for the listed exceptions (with the reason).
+fn assert_rbac_is_least_privilege(lab: &Lab) {
+    let text =
+        std::fs::read_to_string(topology::workspace_path("deploy/manifests/10-rbac.yaml")).unwrap();
+    // (group, resource, verb) -> the namespace it is limited to ("" = cluster-wide).
+    let mut granted: BTreeMap<(String, String, String), String> = BTreeMap::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        let scope = match v["kind"].as_str() {
+            Some("ClusterRole") => String::new(),
+            Some("Role") => v["metadata"]["namespace"].as_str().unwrap().to_owned(),
+            _ => continue,
+        };
+        for rule in v["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for res in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        granted.insert(
+                            (
+                                g.as_str().unwrap().into(),
+                                res.as_str().unwrap().into(),
+                                verb.as_str().unwrap().into(),
+                            ),
+                            scope.clone(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let used = used_permissions(lab);
+    for (g, res, verb, ns) in &used {
+        match granted.get(&(g.clone(), res.clone(), verb.clone())) {
+            Some(scope) if scope.is_empty() || scope == ns => {}
+            other => panic!(
+                "the daemons did {verb} {g}/{res} in {ns:?}, which deploy/manifests/10-rbac.yaml \
+                 does not grant (grant: {other:?})"
+            ),
+        }
+    }
+    let used_keys: BTreeSet<(String, String, String)> = used
+        .iter()
+        .map(|(g, r, v, _)| (g.clone(), r.clone(), v.clone()))
+        .collect();
+    // Granted but never seen here: a lease's first server-side apply is a create on a real
+    // API server (the fake cannot tell), and an event repeated becomes a patch of a series.
+    let expected_unused: BTreeSet<(String, String, String)> = [
+        ("coordination.k8s.io", "leases", "create"),
+        ("events.k8s.io", "events", "patch"),
+    ]
+    .iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .collect();
+    let unused: BTreeSet<(String, String, String)> = granted
+        .keys()
+        .filter(|k| !used_keys.contains(*k))
+        .cloned()
+        .collect();
+    assert_eq!(
+        unused, expected_unused,
+        "granted but not used by the daemons"
     );
 }
 
