@@ -1181,6 +1181,64 @@ fn wait_condition(lab: &Lab, name: &str, type_: &str, status: &str, reason: &str
 fn e2e_kube_pool_exhaustion_shared_ips_and_events() {
     let _ = lb_userspace::netns::remove_stale(PREFIX);
     let lab = Lab::start(1, &[]);
+    // Dual-stack: an IPv6 pool beside the IPv4 one, a RequireDualStack Service gets one
+    // address of each family and both are programmed.
+    let v6 = IPPool::new(
+        "lan-v6",
+        IPPoolSpec {
+            addresses: vec!["fd00:18::100/124".into()],
+            auto_assign: true,
+            service_selector: None,
+        },
+    );
+    lab.api
+        .create_json(serde_json::to_value(&v6).unwrap())
+        .unwrap();
+    let mut ds = whoami_service("ds", &[]);
+    let spec = ds.spec.as_mut().unwrap();
+    spec.ip_family_policy = Some("RequireDualStack".into());
+    spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+    lab.api.create(&ds).unwrap();
+    let ips = wait_for("ds to get two addresses", CONVERGE, || {
+        let svc = lab.service("ds").ok_or("no Service")?;
+        let ips = lb_userspace::kube::status::ingress_ips(&svc);
+        if ips.len() == 2 {
+            Ok(ips)
+        } else {
+            Err(format!("{ips:?}"))
+        }
+    });
+    assert_eq!(
+        ips,
+        [
+            "198.18.0.100".parse::<IpAddr>().unwrap(),
+            "fd00:18::100".parse().unwrap()
+        ]
+    );
+    wait_for("both families programmed", CONVERGE, || {
+        let p = lab.programmed(1)?;
+        let want = [
+            "198.18.0.100:443/tcp",
+            "198.18.0.100:443/udp",
+            "fd00:18::100:443/tcp",
+            "fd00:18::100:443/udp",
+        ];
+        if p == want {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+    lab.api.delete::<Service>(Some("default"), "ds").unwrap();
+    wait_for("ds removed", CONVERGE, || {
+        let p = lab.programmed(1)?;
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+
     // A two-address pool.
     let pool = lab
         .api
