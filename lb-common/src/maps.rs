@@ -66,6 +66,8 @@ pub mod map_names {
     /// loadBalancerSourceRanges: LPM trie of (VIP index, client prefix) for VIPs with
     /// [`VIP_F_SOURCE_RANGES`](super::VIP_F_SOURCE_RANGES).
     pub const SOURCE_RANGES: &str = "LB_SRC_RANGES";
+    /// `LB_RNAT_CFG[0]`: run-time knobs of the reverse-NAT program ([`RnatSettings`](super::RnatSettings)).
+    pub const RNAT_CFG: &str = "LB_RNAT_CFG";
 }
 
 /// Program names in the BPF object.
@@ -535,6 +537,20 @@ pub struct RnatValue {
 /// `RnatValue::backend` when the backend id is not known.
 pub const RNAT_NO_BACKEND: u32 = u32::MAX;
 
+/// [`RnatSettings::flags`]: forward rewritten replies from the program (`bpf_fib_lookup`,
+/// then `bpf_redirect`, or `bpf_redirect_neigh` when the neighbour is not resolved yet)
+/// instead of handing them to the node's stack, so they bypass its netfilter (conntrack
+/// never saw the client's packets, which XDP steered; masquerade rules would rewrite the
+/// source). A reply the FIB cannot route is passed to the stack as before.
+pub const RNAT_F_FORWARD: u32 = 1;
+
+/// `LB_RNAT_CFG[0]`. All zero (the state after loading): rewrite and pass to the stack.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RnatSettings {
+    pub flags: u32,
+}
+
 /// `LB_LEARNED` key: a server-chosen connection ID of one VIP, zero-padded to 20 octets.
 #[repr(C, align(4))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -546,8 +562,10 @@ pub struct LearnedKey {
 }
 
 /// Outcome of one packet through the reverse-NAT TC program; `LB_RNAT_STATS[reason]`
-/// counts them (a partition: every packet bumps exactly one). Separate from the XDP
-/// program's [`Reason`] so neither numbering moves when the other grows.
+/// counts them. Every packet bumps exactly one of the first seven; with
+/// [`RNAT_F_FORWARD`], a `Rewritten` reply also bumps `Forwarded` or `FibFallback`.
+/// Separate from the XDP program's [`Reason`] so neither numbering moves when the other
+/// grows.
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RnatReason {
@@ -566,9 +584,15 @@ pub enum RnatReason {
     /// A backend reply whose rewrite failed half-way in a kernel helper: dropped, as it can
     /// no longer reach the client intact.
     DropRewriteFailed = 6,
+    /// Forwarding on: the rewritten reply was sent out of the FIB's egress interface by the
+    /// program (the node's stack and netfilter never saw it).
+    Forwarded = 7,
+    /// Forwarding on: the rewritten reply went to the node's stack after all (no route,
+    /// forwarding off, too big for the egress MTU, or a VLAN tag in the frame).
+    FibFallback = 8,
 }
 
-pub const RNAT_REASON_COUNT: u32 = 7;
+pub const RNAT_REASON_COUNT: u32 = 9;
 /// Slots in `LB_RNAT_STATS` (room for future reasons without a layout change).
 pub const RNAT_REASON_STRIDE: u32 = 16;
 const _: () = assert!(RNAT_REASON_COUNT <= RNAT_REASON_STRIDE);
@@ -582,6 +606,8 @@ impl RnatReason {
         RnatReason::PassFragment,
         RnatReason::PassIpv6Ext,
         RnatReason::DropRewriteFailed,
+        RnatReason::Forwarded,
+        RnatReason::FibFallback,
     ];
 
     /// Stable snake_case name, for metrics labels and test messages.
@@ -594,6 +620,8 @@ impl RnatReason {
             RnatReason::PassFragment => "pass_fragment",
             RnatReason::PassIpv6Ext => "pass_ipv6_ext",
             RnatReason::DropRewriteFailed => "drop_rewrite_failed",
+            RnatReason::Forwarded => "forwarded",
+            RnatReason::FibFallback => "fib_fallback",
         }
     }
 }
@@ -618,6 +646,7 @@ mod pod {
     unsafe impl aya::Pod for RnatValue {}
     unsafe impl aya::Pod for LearnedKey {}
     unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for RnatSettings {}
 }
 
 #[cfg(test)]

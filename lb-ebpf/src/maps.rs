@@ -82,3 +82,7 @@ pub static LB_LEARNED: LruHashMap<lb_common::LearnedKey, u32> =
 #[map(name = "LB_SRC_RANGES")]
 pub static LB_SRC_RANGES: LpmTrie<lb_common::SourceRangeKey, u32> =
     LpmTrie::with_max_entries(lb_common::MAX_SOURCE_RANGES, 0);
+
+/// `lb_tc_rnat`'s knobs (`lb_common::RnatSettings`); all zero after loading.
+#[map(name = "LB_RNAT_CFG")]
+pub static LB_RNAT_CFG: Array<lb_common::RnatSettings> = Array::with_max_entries(1, 0);

@@ -10,6 +10,10 @@
 //! (a local source is a martian) and strict `rp_filter` (1) on the backend-facing interface
 //! drops it (the route back to the VIP does not go out there); use 0 or 2 (loose).
 //!
+//! With `RNAT_F_FORWARD` (`LB_RNAT_CFG`; `lb run` sets it) the program then sends the
+//! rewritten reply out itself through the FIB ([`forward`]), so the node's stack and its
+//! netfilter never see it; what the FIB cannot route still goes to the stack as above.
+//!
 //! Stateless: `LB_RNAT` maps (backend address, backend port, protocol) to (VIP, VIP port),
 //! so there is no connection table to lose or to keep in sync across nodes.
 //!
@@ -22,18 +26,29 @@
 //! 0xffff. Reading uses direct packet access (after `bpf_skb_pull_data` if the headers are
 //! not all in the linear part).
 
+use core::{
+    mem::{size_of, zeroed},
+    ptr::null_mut,
+};
+
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_skb_store_bytes},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
+        TC_ACT_SHOT, bpf_fib_lookup,
+    },
+    helpers::generated::{
+        bpf_fib_lookup as fib_lookup, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
+        bpf_redirect_neigh, bpf_skb_store_bytes,
+    },
     programs::TcContext,
 };
 use lb_common::{
-    LearnedKey, PROTO_UDP, QUIC_LB_MAX_CID_LEN, RNAT_NO_BACKEND, Reason, RnatKey, RnatReason,
-    RnatValue, VipKey, quic,
+    LearnedKey, PROTO_UDP, QUIC_LB_MAX_CID_LEN, RNAT_F_FORWARD, RNAT_NO_BACKEND, Reason, RnatKey,
+    RnatReason, RnatValue, VipKey, quic,
 };
 
 use crate::{
-    maps::{LB_LEARNED, LB_RNAT, LB_RNAT_STATS, LB_VIPS},
+    maps::{LB_LEARNED, LB_RNAT, LB_RNAT_CFG, LB_RNAT_STATS, LB_VIPS},
     packet::{self, Parsed, read, word},
     steer::learned_mask,
 };
@@ -77,6 +92,13 @@ struct Reply {
     key: RnatKey,
     /// End of the UDP payload (UDP length, not frame length).
     l4_end: usize,
+    /// The client: destination address and port (network order) of the reply.
+    dst: [u8; 16],
+    dport_raw: u16,
+    /// IPv4 TOS or the IPv6 flow-info word, for the FIB lookup.
+    tos_or_flowinfo: u32,
+    /// An 802.1Q tag in the frame itself (not offloaded to skb metadata).
+    vlan: bool,
 }
 
 #[inline(always)]
@@ -125,12 +147,91 @@ fn run(ctx: &TcContext, len: u32) -> (i32, RnatReason) {
         word(&vip.addr, 2),
         word(&vip.addr, 3),
     ];
-    match rewrite(ctx, &reply, &new_src, vip.port.to_be()) {
-        Ok(()) => (TC_ACT_OK, RnatReason::Rewritten),
+    if rewrite(ctx, &reply, &new_src, vip.port.to_be()).is_err() {
         // Ours, but half rewritten: it could only reach the client with a bad checksum or
         // from the backend's address.
-        Err(()) => (TC_ACT_SHOT, RnatReason::DropRewriteFailed),
+        return (TC_ACT_SHOT, RnatReason::DropRewriteFailed);
     }
+    if LB_RNAT_CFG
+        .get(0)
+        .is_some_and(|s| s.flags & RNAT_F_FORWARD != 0)
+    {
+        let (verdict, how) = forward(ctx, &reply, &new_src, vip.port.to_be());
+        count(how, len as u64);
+        return (verdict, RnatReason::Rewritten);
+    }
+    (TC_ACT_OK, RnatReason::Rewritten)
+}
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Send the rewritten reply towards the client ourselves: `bpf_fib_lookup` from the VIP to
+/// the client, new MACs, `bpf_redirect` out of the egress interface; when the next hop's
+/// neighbour entry is not resolved yet, `bpf_redirect_neigh`, which resolves it (and does
+/// not check the MTU first). The node's stack, and so its netfilter, never sees the reply:
+/// kube-proxy's conntrack would call a SYN-ACK whose SYN it never saw INVALID and drop it,
+/// and CNI masquerade rules would rewrite the source. TTL / hop limit are not decremented
+/// (as on the XDP path). Anything the FIB cannot route (no route, forwarding off, larger
+/// than the egress MTU) or a frame carrying its VLAN tag goes to the stack: `TC_ACT_OK`.
+#[inline(always)]
+fn forward(ctx: &TcContext, r: &Reply, src: &[u32; 4], sport_raw: u16) -> (i32, RnatReason) {
+    let fallback = (TC_ACT_OK, RnatReason::FibFallback);
+    let skb = ctx.skb.skb;
+    // A tag in the frame or in the skb's metadata belongs to the ingress segment: leave
+    // such replies to the stack rather than carry the tag out of another interface.
+    // SAFETY: reading a field of our own context.
+    if r.vlan || unsafe { (*skb).vlan_present } != 0 {
+        return fallback;
+    }
+    // SAFETY: plain C struct; all-zero is its documented initial state.
+    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    fib.l4_protocol = r.key.proto;
+    fib.sport = sport_raw;
+    fib.dport = r.dport_raw;
+    // tot_len 0: the kernel checks the skb itself against the egress MTU (GSO aware).
+    fib.__bindgen_anon_1.tot_len = 0;
+    // SAFETY: reading a field of our own context.
+    fib.ifindex = unsafe { (*skb).ifindex };
+    if r.is_v6 {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_2.flowinfo = r.tos_or_flowinfo;
+        fib.__bindgen_anon_3.ipv6_src = *src;
+        fib.__bindgen_anon_4.ipv6_dst = [
+            word(&r.dst, 0),
+            word(&r.dst, 1),
+            word(&r.dst, 2),
+            word(&r.dst, 3),
+        ];
+    } else {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_2.tos = r.tos_or_flowinfo as u8;
+        fib.__bindgen_anon_3.ipv4_src = src[0];
+        fib.__bindgen_anon_4.ipv4_dst = word(&r.dst, 0);
+    }
+    // SAFETY: helper on our own skb with a stack struct of the size we pass.
+    let rc = unsafe { fib_lookup(skb.cast(), &mut fib, size_of::<bpf_fib_lookup>() as i32, 0) };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&fib.dmac);
+        macs[6..].copy_from_slice(&fib.smac);
+        // SAFETY: helper copies 12 octets from our stack; it checks the offset.
+        if unsafe { bpf_skb_store_bytes(skb.cast(), 0, macs.as_ptr().cast(), 12, 0) } != 0 {
+            return fallback;
+        }
+        // SAFETY: helper without pointers.
+        let v = unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+        if v == TC_ACT_REDIRECT {
+            return (v, RnatReason::Forwarded);
+        }
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // SAFETY: no parameters: the helper looks the next hop up itself.
+        let v = unsafe { bpf_redirect_neigh(fib.ifindex, null_mut(), 0, 0) } as i32;
+        if v == TC_ACT_REDIRECT {
+            return (v, RnatReason::Forwarded);
+        }
+    }
+    fallback
 }
 
 /// Learned-CID mode: if the reply's VIP is in that mode and the reply is a QUIC long-header
@@ -220,6 +321,10 @@ fn parse(ctx: &TcContext) -> Result<Reply, RnatReason> {
             family: p.flow.family,
         },
         l4_end: p.l4_end,
+        dst: p.flow.dst,
+        dport_raw: p.flow.dport.to_be(),
+        tos_or_flowinfo: p.tos_or_flowinfo,
+        vlan: p.vlan,
     })
 }
 

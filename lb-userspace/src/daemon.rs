@@ -228,6 +228,12 @@ impl State {
                 .with_context(|| format!("announcing VIPs on {}", iface.name))?;
             self.announcers.push(ann);
         }
+        if !self.config.backend_interfaces.is_empty() {
+            // Replies bypass the node's stack and netfilter (see lb_common::RNAT_F_FORWARD).
+            self.dp
+                .set_rnat_forward(true)
+                .context("turning on forwarding in the reverse NAT")?;
+        }
         for name in self.config.backend_interfaces.clone() {
             if is_pattern(&name) {
                 continue; // attached by rescan_backend_interfaces, now and as links appear

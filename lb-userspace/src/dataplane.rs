@@ -218,6 +218,7 @@ pub struct Dataplane {
     rnat_stats: PerCpuArray<MapData, Counter>,
     learned: HashMap<MapData, LearnedKey, u32>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    rnat_cfg: Array<MapData, lb_common::RnatSettings>,
     /// Links made by `attach_rnat` (TC ingress), by interface index.
     rnat_links: StdHashMap<u32, SchedClassifierLinkId>,
 }
@@ -263,6 +264,8 @@ impl Dataplane {
             HashMap::try_from(take(map_names::LEARNED)?).map_err(map_err(map_names::LEARNED))?;
         let source_ranges = LpmTrie::try_from(take(map_names::SOURCE_RANGES)?)
             .map_err(map_err(map_names::SOURCE_RANGES))?;
+        let rnat_cfg =
+            Array::try_from(take(map_names::RNAT_CFG)?).map_err(map_err(map_names::RNAT_CFG))?;
         let mut dp = Dataplane {
             ebpf,
             vips,
@@ -281,6 +284,7 @@ impl Dataplane {
             rnat_stats,
             learned,
             source_ranges,
+            rnat_cfg,
             rnat_links: StdHashMap::new(),
         };
         dp.set_settings(&Settings {
@@ -934,6 +938,26 @@ impl Dataplane {
             .map_err(prog_err(program_names::TC_RNAT))?;
         self.rnat_links.insert(ifindex, id);
         Ok(())
+    }
+
+    /// Whether the reverse NAT forwards rewritten replies itself (`RNAT_F_FORWARD`: FIB
+    /// lookup and redirect, bypassing the node's stack and netfilter) or hands them to the
+    /// stack (the state after `load`).
+    pub fn set_rnat_forward(&mut self, on: bool) -> Result<()> {
+        let v = lb_common::RnatSettings {
+            flags: if on { lb_common::RNAT_F_FORWARD } else { 0 },
+        };
+        self.rnat_cfg
+            .set(0, v, 0)
+            .map_err(map_err(map_names::RNAT_CFG))
+    }
+
+    pub fn rnat_forward(&self) -> Result<bool> {
+        let v = self
+            .rnat_cfg
+            .get(&0, 0)
+            .map_err(map_err(map_names::RNAT_CFG))?;
+        Ok(v.flags & lb_common::RNAT_F_FORWARD != 0)
     }
 
     /// Detach what `attach_rnat` attached to `ifindex` (the clsact qdisc stays).

@@ -514,6 +514,19 @@ fn e2e_static_daemon_routes_real_traffic() {
     assert!(packets(VIP_CID, "tcp", "maglev") > 0, "{metrics}");
     assert_eq!(packets(VIP_NOCID, "udp", "routed_cid"), 0, "{metrics}");
     assert!(packets(VIP_NOCID, "udp", "maglev") > 0, "{metrics}");
+    // The reverse NAT sent the replies out itself (lb run turns forwarding on), none through
+    // the node's stack.
+    let rnat = |reason: &str| -> u64 {
+        let prefix = format!("lb_rnat_packets_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    assert!(rnat("rewritten") > 0, "{metrics}");
+    assert_eq!(rnat("forwarded"), rnat("rewritten"), "{metrics}");
+    assert_eq!(rnat("fib_fallback"), 0, "{metrics}");
 
     // (vi) The counters are exact: N plain datagrams (not QUIC: fixed bit clear, too short for
     // a stateless reset, so nothing answers) to the 4-tuple VIP from one source port.

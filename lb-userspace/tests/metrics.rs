@@ -295,14 +295,14 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
             zeros += 1;
         }
     }
-    // 5 VIPs x 16 per-VIP reasons x 2, 21 node reasons x 2 (minus the 3 non-zero), 6
-    // backends x 2 (minus 1), 7 reverse-NAT reasons x 2.
+    // 5 VIPs x 17 per-VIP reasons x 2, 22 node reasons x 2 (minus the 3 non-zero), 6
+    // backends x 2 (minus 1), 9 reverse-NAT reasons x 2.
     let per_vip = Reason::ALL
         .iter()
         .filter(|r| metrics::counted_per_vip(**r))
         .count();
-    assert_eq!(per_vip, 16);
-    assert_eq!(zeros, (5 * 16 - 2) * 2 + (21 - 3) * 2 + (6 - 1) * 2 + 7 * 2);
+    assert_eq!(per_vip, 17);
+    assert_eq!(zeros, (5 * 17 - 2) * 2 + (22 - 3) * 2 + (6 - 1) * 2 + 9 * 2);
     // Parse-failure reasons have no per-VIP series at all.
     assert!(!text.contains(
         r#"lb_packets_total{vip="198.18.0.100",port="443",proto="udp",reason="pass_not_vip"}"#

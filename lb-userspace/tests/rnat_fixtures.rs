@@ -553,6 +553,161 @@ fn set_rnat_refuses_mixed_families_and_other_protocols() -> Result<()> {
     Ok(())
 }
 
+// ---- forwarding -----------------------------------------------------------------------------
+
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// With forwarding on, inside a node namespace whose FIB knows the clients: a reply to a
+/// client with a neighbour entry is rewritten, gets the FIB's MACs (the egress interface's
+/// own as source, the client's as destination) and is redirected (`forwarded`); one to a
+/// client whose neighbour is unresolved is redirected through `bpf_redirect_neigh` with its
+/// MACs left for the kernel to fill in; one the FIB cannot route, and a VLAN-tagged frame,
+/// are rewritten and passed to the stack (`fib_fallback`). With forwarding off, TC_ACT_OK
+/// and `rewritten` only, as in every other fixture.
+#[test]
+fn forwarding_redirects_with_fib_macs_or_falls_back() -> Result<()> {
+    require_root()?;
+    let client = NetNs::create("lbfc")?;
+    let node = NetNs::create("lbfn")?;
+    let ext_mac = [2, 0, 0, 0, 0, 1];
+    let c = veth_pair(
+        &client,
+        "eth0",
+        [2, 0xc1, 0, 0, 0, 2],
+        &node,
+        "ext",
+        ext_mac,
+    )?;
+    node.addr_add("ext", "198.18.0.1/24")?;
+    node.addr_add("ext", "fd00:18::1/64")?;
+    node.sysctl("net.ipv4.ip_forward", "1")?;
+    node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    node.neigh_add(CLIENT_V4.into(), c.mac, "ext")?;
+    node.neigh_add(CLIENT_V6.into(), c.mac, "ext")?;
+
+    let mut dp = loaded()?;
+    dp.set_rnat_forward(true)?;
+    let _in_node = node.enter()?;
+
+    let run = |dp: &mut Dataplane,
+               what: &str,
+               reply: &Reply,
+               verdict: u32,
+               want: &[u8],
+               how: &[RnatReason]| {
+        let pkt = reply.bytes();
+        let before = dp.rnat_stats().expect("reading LB_RNAT_STATS");
+        let r = dp
+            .test_run_rnat(&pkt)
+            .unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN failed: {e}"));
+        let d = dp
+            .rnat_stats()
+            .expect("reading LB_RNAT_STATS")
+            .delta(&before);
+        assert_eq!(
+            r.verdict,
+            verdict,
+            "{what}: return code; moved: {:?}",
+            d.nonzero()
+        );
+        assert!(
+            r.data == want,
+            "{what}: output differs\n{}\nexpected: {}\ngot:      {}",
+            hex_diff(want, &r.data),
+            hex(want),
+            hex(&r.data)
+        );
+        verify_checksums(&r.data).unwrap_or_else(|e| panic!("{what}: bad checksums: {e}"));
+        for reason in RnatReason::ALL {
+            let n = u64::from(reason == RnatReason::Rewritten || how.contains(&reason));
+            assert_eq!(
+                (d.get(reason).packets, d.get(reason).bytes),
+                (n, n * pkt.len() as u64),
+                "{what}: counter {}; moved: {:?}",
+                reason.name(),
+                d.nonzero()
+            );
+        }
+    };
+    let with_macs = |reply: &Reply, src: [u8; 6], dst: [u8; 6]| -> Vec<u8> {
+        let mut b = reply.to_vip_source().bytes();
+        b[..6].copy_from_slice(&dst);
+        b[6..12].copy_from_slice(&src);
+        b
+    };
+
+    let ack = L4::Tcp(tcp_flags::SYN | tcp_flags::ACK);
+    for reply in [
+        Reply::v4(L4::Udp),
+        Reply::v6(L4::Udp),
+        Reply::v4(ack),
+        Reply::v6(ack),
+    ] {
+        let want = with_macs(&reply, ext_mac, c.mac);
+        run(
+            &mut dp,
+            &format!("{reply:?} to a resolved client"),
+            &reply,
+            TC_ACT_REDIRECT,
+            &want,
+            &[RnatReason::Forwarded],
+        );
+    }
+    for reply in [
+        Reply::new(L4::Udp, BACKEND_V4, Ipv4Addr::new(198, 18, 0, 3)),
+        Reply::new(
+            L4::Udp,
+            BACKEND_V6,
+            Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3),
+        ),
+    ] {
+        let want = reply.to_vip_source().bytes();
+        run(
+            &mut dp,
+            "unresolved neighbour",
+            &reply,
+            TC_ACT_REDIRECT,
+            &want,
+            &[RnatReason::Forwarded],
+        );
+    }
+    for reply in [
+        Reply::new(L4::Udp, BACKEND_V4, Ipv4Addr::new(198, 19, 250, 1)),
+        Reply::new(
+            L4::Udp,
+            BACKEND_V6,
+            Ipv6Addr::new(0xfd00, 0x19, 0x250, 0, 0, 0, 0, 1),
+        ),
+    ] {
+        let want = reply.to_vip_source().bytes();
+        run(
+            &mut dp,
+            "no route",
+            &reply,
+            TC_ACT_OK,
+            &want,
+            &[RnatReason::FibFallback],
+        );
+    }
+    let mut tagged = Reply::v4(L4::Udp);
+    tagged.vlan = Some(42);
+    let want = tagged.to_vip_source().bytes();
+    run(
+        &mut dp,
+        "VLAN tag in the frame",
+        &tagged,
+        TC_ACT_OK,
+        &want,
+        &[RnatReason::FibFallback],
+    );
+
+    dp.set_rnat_forward(false)?;
+    let reply = Reply::v4(L4::Udp);
+    let want = reply.to_vip_source().bytes();
+    run(&mut dp, "forwarding off", &reply, TC_ACT_OK, &want, &[]);
+    Ok(())
+}
+
 // ---- end to end ---------------------------------------------------------------------------
 
 /// client ns — node ns — backend ns over veths. The backend sends UDP replies from its own
@@ -562,17 +717,52 @@ fn set_rnat_refuses_mixed_families_and_other_protocols() -> Result<()> {
 /// sees CHECKSUM_PARTIAL skbs (the client's kernel verifies the final checksum); with
 /// offload on, a UDP GSO send also checks that a GSO skb rewritten once segments into
 /// datagrams that all come from the VIP with valid checksums.
+///
+/// Then the same with forwarding on (`set_rnat_forward`): every rewritten reply is counted
+/// `forwarded`, and the node's stack forwards none of them (its IP forwarding counters
+/// move only for the unmapped datagram, which the stack routes as before).
 #[test]
 fn end_to_end_client_receives_reply_from_vip() -> Result<()> {
     require_root()?;
-    for backend_tx_offload in [false, true] {
-        end_to_end(backend_tx_offload)
-            .with_context(|| format!("backend TX checksum offload {backend_tx_offload}"))?;
+    for forward in [false, true] {
+        for backend_tx_offload in [false, true] {
+            end_to_end(backend_tx_offload, forward).with_context(|| {
+                format!("backend TX checksum offload {backend_tx_offload}, forwarding {forward}")
+            })?;
+        }
     }
     Ok(())
 }
 
-fn end_to_end(backend_tx_offload: bool) -> Result<()> {
+/// The node's count of datagrams its stack forwarded (IPv4 `ForwDatagrams`, IPv6
+/// `Ip6OutForwDatagrams`), read inside its namespace.
+fn stack_forwarded(node: &NetNs, v6: bool) -> Result<u64> {
+    let (file, name) = if v6 {
+        ("/proc/thread-self/net/snmp6", "Ip6OutForwDatagrams")
+    } else {
+        ("/proc/thread-self/net/snmp", "ForwDatagrams")
+    };
+    let text = node.run_in(|| std::fs::read_to_string(file))??;
+    if v6 {
+        for l in text.lines() {
+            let mut f = l.split_whitespace();
+            if f.next() == Some(name) {
+                return Ok(f.next().context("snmp6 value")?.parse()?);
+            }
+        }
+    } else {
+        let ip: Vec<&str> = text.lines().filter(|l| l.starts_with("Ip: ")).collect();
+        ensure!(ip.len() == 2, "no Ip: lines in {file}");
+        let names: Vec<&str> = ip[0].split_whitespace().collect();
+        let values: Vec<&str> = ip[1].split_whitespace().collect();
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            return Ok(values[i].parse()?);
+        }
+    }
+    anyhow::bail!("no {name} in {file}")
+}
+
+fn end_to_end(backend_tx_offload: bool, forward: bool) -> Result<()> {
     let client = NetNs::create("lbrc")?;
     let node = NetNs::create("lbrn")?;
     let backend = NetNs::create("lbrb")?;
@@ -613,6 +803,8 @@ fn end_to_end(backend_tx_offload: bool) -> Result<()> {
     }
 
     let mut dp = loaded()?;
+    dp.set_rnat_forward(forward)?;
+    assert_eq!(dp.rnat_forward()?, forward);
     {
         let _in_node = node.enter()?;
         dp.attach_rnat(b.ifindex)
@@ -636,6 +828,7 @@ fn end_to_end(backend_tx_offload: bool) -> Result<()> {
         let unmapped = backend.run_in(|| UdpSocket::bind(SocketAddr::new(backend_ip, 8444)))??;
 
         let before = dp.rnat_stats()?;
+        let stack_before = stack_forwarded(&node, vip.is_ipv6())?;
         let msg = format!("reply via {vip}");
         mapped.send_to(msg.as_bytes(), to_client)?;
         let mut buf = [0u8; 256];
@@ -654,6 +847,20 @@ fn end_to_end(backend_tx_offload: bool) -> Result<()> {
             1,
             "one reply rewritten: {:?}",
             d.nonzero()
+        );
+        assert_eq!(
+            (
+                d.packets(RnatReason::Forwarded),
+                d.packets(RnatReason::FibFallback)
+            ),
+            (u64::from(forward), 0),
+            "forwarded by the program when forwarding is on: {:?}",
+            d.nonzero()
+        );
+        assert_eq!(
+            stack_forwarded(&node, vip.is_ipv6())? - stack_before,
+            u64::from(!forward),
+            "the node's stack forwards the reply only when the program does not"
         );
 
         // A port that is not mapped passes untouched: the client sees the backend itself.
@@ -706,6 +913,12 @@ fn end_to_end(backend_tx_offload: bool) -> Result<()> {
                 "one GSO skb or three segments rewritten, not {n}: {:?}",
                 d.nonzero()
             );
+            assert_eq!(
+                d.packets(RnatReason::Forwarded),
+                if forward { n } else { 0 },
+                "a GSO skb is forwarded whole: {:?}",
+                d.nonzero()
+            );
             gso_rewrites += n;
         }
     }
@@ -722,6 +935,13 @@ fn end_to_end(backend_tx_offload: bool) -> Result<()> {
         "{:?}",
         s.nonzero()
     );
+    assert_eq!(
+        s.packets(RnatReason::Forwarded),
+        if forward { 2 + gso_rewrites } else { 0 },
+        "{:?}",
+        s.nonzero()
+    );
+    assert_eq!(s.packets(RnatReason::FibFallback), 0, "{:?}", s.nonzero());
     assert!(
         s.packets(RnatReason::PassNotBackend) >= 2,
         "{:?}",
