@@ -91,7 +91,6 @@ fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Result<T, St
 }
 
 struct LabNode {
-    name: String,
     ns: NetNs,
     pod: NetNs,
     daemon: Option<Child>,
@@ -218,6 +217,20 @@ fn slice(service: &str, on: &[(u8, Cond)]) -> EndpointSlice {
     }
 }
 
+/// An auto-assigning IPPool (a custom resource: created as JSON).
+fn create_pool(api: &FakeApiServer, name: &str, addresses: &str) {
+    let pool = IPPool::new(
+        name,
+        IPPoolSpec {
+            addresses: vec![addresses.into()],
+            auto_assign: true,
+            service_selector: None,
+        },
+    );
+    api.create_json(serde_json::to_value(&pool).unwrap())
+        .unwrap();
+}
+
 fn quic_secret() -> Secret {
     Secret {
         metadata: meta(Some("default"), "whoami-quic-lb"),
@@ -268,17 +281,7 @@ impl Lab {
         for i in 1..=nodes {
             lab.api.create(&ready_node(&node_name(i))).unwrap();
         }
-        let pool = IPPool::new(
-            "lan",
-            IPPoolSpec {
-                addresses: vec!["198.18.0.100-198.18.0.109".into()],
-                auto_assign: true,
-                service_selector: None,
-            },
-        );
-        lab.api
-            .create_json(serde_json::to_value(&pool).unwrap())
-            .unwrap();
+        create_pool(&lab.api, "lan", "198.18.0.100-198.18.0.109");
         lab.api.create(&quic_secret()).unwrap();
         for &i in pods {
             lab.start_pod(i);
@@ -342,7 +345,6 @@ impl Lab {
         let api = self.api.clone();
         self.rt.spawn(async move { api.serve(listener).await });
         self.nodes.push(LabNode {
-            name: node_name(i),
             ns,
             pod,
             daemon: None,
@@ -567,7 +569,7 @@ fn per_backend(v: &Value) -> BTreeMap<String, u64> {
 #[test]
 fn e2e_kube_service_lifecycle_kubectl_and_drain() {
     let _ = lb_userspace::netns::remove_stale(PREFIX);
-    let mut lab = Lab::start(3, &[1, 2, 3]);
+    let lab = Lab::start(3, &[1, 2, 3]);
     lab.api
         .create(&slice(
             "whoami",
@@ -1035,7 +1037,7 @@ fn lists(lab: &Lab, resource: &str) -> usize {
 #[test]
 fn e2e_kube_watch_cuts_410_and_api_outage() {
     let _ = lb_userspace::netns::remove_stale(PREFIX);
-    let mut lab = Lab::start(2, &[1, 2]);
+    let lab = Lab::start(2, &[1, 2]);
     lab.api
         .create(&slice("whoami", &[(1, Cond::Ready), (2, Cond::Ready)]))
         .unwrap();
@@ -1183,17 +1185,7 @@ fn e2e_kube_pool_exhaustion_shared_ips_and_events() {
     let lab = Lab::start(1, &[]);
     // Dual-stack: an IPv6 pool beside the IPv4 one, a RequireDualStack Service gets one
     // address of each family and both are programmed.
-    let v6 = IPPool::new(
-        "lan-v6",
-        IPPoolSpec {
-            addresses: vec!["fd00:18::100/124".into()],
-            auto_assign: true,
-            service_selector: None,
-        },
-    );
-    lab.api
-        .create_json(serde_json::to_value(&v6).unwrap())
-        .unwrap();
+    create_pool(&lab.api, "lan-v6", "fd00:18::100/124");
     let mut ds = whoami_service("ds", &[]);
     let spec = ds.spec.as_mut().unwrap();
     spec.ip_family_policy = Some("RequireDualStack".into());

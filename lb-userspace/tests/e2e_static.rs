@@ -20,8 +20,7 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Command, Stdio},
     sync::{

@@ -232,10 +232,13 @@ fn ns_name<K: Resource>(o: &K) -> (String, String) {
     )
 }
 
+/// QUIC-LB configs of a Secret annotation, or what is wrong with them.
+type QuicConfigs = Result<Vec<lb_common::quic_lb::Config>, String>;
+
 /// A read-through cache of Secrets and pod annotations, re-read after [`CACHE_TTL`].
 #[derive(Default)]
 struct Lookups {
-    secrets: BTreeMap<(String, String), (Instant, Result<Vec<lb_common::quic_lb::Config>, String>)>,
+    secrets: BTreeMap<(String, String), (Instant, QuicConfigs)>,
     pods: BTreeMap<(String, String), (Instant, Option<String>)>,
 }
 
@@ -244,7 +247,7 @@ impl Lookups {
         &mut self,
         client: &Client,
         services: &[Service],
-    ) -> BTreeMap<(String, String), Result<Vec<lb_common::quic_lb::Config>, String>> {
+    ) -> BTreeMap<(String, String), QuicConfigs> {
         let mut out = BTreeMap::new();
         for svc in services {
             let Some(names) = svc
@@ -335,11 +338,7 @@ impl Lookups {
     }
 }
 
-async fn read_quic_secrets(
-    client: &Client,
-    ns: &str,
-    names: &str,
-) -> Result<Vec<lb_common::quic_lb::Config>, String> {
+async fn read_quic_secrets(client: &Client, ns: &str, names: &str) -> QuicConfigs {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut out = Vec::new();
     for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {

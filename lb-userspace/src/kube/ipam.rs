@@ -1381,6 +1381,7 @@ fn shared_address(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::test_support::{annotate, spec};
     use k8s_openapi::api::core::v1::{
         LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceStatus,
     };
@@ -1480,18 +1481,6 @@ mod tests {
             protocol: protocol.map(Into::into),
             ..Default::default()
         }
-    }
-
-    fn spec(s: &mut Service) -> &mut ServiceSpec {
-        s.spec.as_mut().unwrap()
-    }
-
-    fn annotate(mut s: Service, key: &str, value: &str) -> Service {
-        s.metadata
-            .annotations
-            .get_or_insert_default()
-            .insert(key.into(), value.into());
-        s
     }
 
     fn labelled(mut s: Service, labels: &[(&str, &str)]) -> Service {

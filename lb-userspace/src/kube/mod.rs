@@ -8,4 +8,6 @@ pub mod crd;
 pub mod election;
 pub mod ipam;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 pub mod translate;

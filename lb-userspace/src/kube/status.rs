@@ -89,8 +89,6 @@ pub fn transitions<'a>(svc: &Service, want: &'a WantedStatus) -> Vec<&'a Want> {
 
 /// Apply `want` to the status subresource (server-side apply, field manager `lb`).
 pub async fn write(client: &Client, svc: &Service, want: &WantedStatus) -> kube::Result<()> {
-    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-    let name = svc.metadata.name.as_deref().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let conditions: Vec<Condition> = want
         .conditions
@@ -116,11 +114,28 @@ pub async fn write(client: &Client, svc: &Service, want: &WantedStatus) -> kube:
         .iter()
         .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
         .collect();
+    apply_status(
+        client,
+        svc,
+        json!({"loadBalancer": {"ingress": ingress}, "conditions": conditions}),
+    )
+    .await
+}
+
+/// Server-side apply (field manager `lb`, forced) of `status` to the Service's status:
+/// what lb applied before and leaves out now is removed.
+async fn apply_status(
+    client: &Client,
+    svc: &Service,
+    status: serde_json::Value,
+) -> kube::Result<()> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
     let patch = json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": ns},
-        "status": {"loadBalancer": {"ingress": ingress}, "conditions": conditions},
+        "status": status,
     });
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
     api.patch_status(
@@ -160,20 +175,10 @@ pub fn written_by_lb(svc: &Service) -> bool {
 /// Take lb's address and conditions off a Service that is no longer lb's (its type or
 /// loadBalancerClass changed): the address goes back to the pool.
 pub async fn release(client: &Client, svc: &Service) -> kube::Result<()> {
-    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-    let name = svc.metadata.name.as_deref().unwrap_or_default();
-    let patch = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": ns},
-        "status": {"loadBalancer": {"ingress": []}, "conditions": []},
-    });
-    let api: Api<Service> = Api::namespaced(client.clone(), ns);
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+    apply_status(
+        client,
+        svc,
+        json!({"loadBalancer": {"ingress": []}, "conditions": []}),
     )
-    .await?;
-    Ok(())
+    .await
 }

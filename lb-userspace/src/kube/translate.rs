@@ -1131,6 +1131,7 @@ mod tests {
 
     use super::*;
     use crate::config::{Config, Interface, Plan, XdpMode};
+    use crate::kube::test_support::{annotate, spec};
 
     const NS: &str = "web";
 
@@ -1177,18 +1178,6 @@ mod tests {
                 ..Default::default()
             }),
         }
-    }
-
-    fn spec(s: &mut Service) -> &mut ServiceSpec {
-        s.spec.as_mut().unwrap()
-    }
-
-    fn annotate(mut s: Service, key: &str, value: &str) -> Service {
-        s.metadata
-            .annotations
-            .get_or_insert_default()
-            .insert(key.into(), value.into());
-        s
     }
 
     fn local(mut s: Service) -> Service {
