@@ -10,8 +10,9 @@
 //!   addresses into the static config model ([`super::translate`]) and applies the
 //!   difference to the maps through the same plan/diff/apply path as `lb run --config`.
 //!   An unchanged cluster (a relist, a resync) produces an empty diff: no map writes.
-//! - Every `lease_renew` the node renews its Lease; every tick it recomputes which VIPs
-//!   it announces.
+//! - Every `lease_renew` the node renews its Lease; Lease changes and a tick of half that
+//!   recompute which VIPs it announces, without a full sync. A failed status write or map
+//!   update makes the next tick a full sync again.
 //! - When the API server goes away the data plane keeps its last state, announcements
 //!   freeze, and the watches retry (backoff capped at 2 s) and re-list on return.
 
@@ -393,6 +394,8 @@ struct Controller {
     services_seen: usize,
     /// Pool warnings already logged (they repeat on every sync until fixed).
     warned: BTreeSet<String>,
+    /// A status write or map update failed: the next tick is a full sync again.
+    retry: bool,
 }
 
 /// `lb run --kube`'s control loop; runs until the process ends.
@@ -400,6 +403,7 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
     let settings = base.kubernetes.clone();
     let lease_ns = lease_namespace(&settings);
     let notify = Arc::new(Notify::new());
+    let lease_notify = Arc::new(Notify::new());
     let stores = Stores {
         services: reflect(
             Api::all(client.clone()),
@@ -425,10 +429,11 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
             notify.clone(),
             "IPPools",
         ),
+        // Leases change several times a second: they wake the election, not a full sync.
         leases: reflect(
             Api::namespaced(client.clone(), &lease_ns),
             watcher::Config::default().labels(LEASE_LABEL),
-            notify.clone(),
+            lease_notify.clone(),
             "Leases",
         ),
     };
@@ -467,6 +472,7 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
         last_connected: false,
         services_seen: 0,
         warned: BTreeSet::new(),
+        retry: false,
     };
     info!("Kubernetes: waiting for the first complete list of every watched resource");
     c.stores.wait_ready().await;
@@ -478,7 +484,7 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
     let mut full = true;
     let mut last_full = Instant::now();
     loop {
-        if full || last_full.elapsed() >= CACHE_TTL {
+        if full || c.retry || last_full.elapsed() >= CACHE_TTL {
             c.sync().await;
             last_full = Instant::now();
         } else {
@@ -486,6 +492,7 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
         }
         full = tokio::select! {
             _ = notify.notified() => true,
+            _ = lease_notify.notified() => false,
             _ = tokio::time::sleep(tick) => false,
         };
     }
@@ -550,6 +557,7 @@ impl Controller {
     }
 
     async fn sync(&mut self) {
+        self.retry = false;
         let services = snapshot(&self.stores.services);
         let (ours, others): (Vec<Service>, Vec<Service>) = services
             .into_iter()
@@ -596,6 +604,7 @@ impl Controller {
                 st.last_sync_error = None;
             }
             Err(e) => {
+                self.retry = true;
                 let msg = format!("{e:#}");
                 if st.last_sync_error.as_deref() != Some(&msg) {
                     warn!("Kubernetes sync rejected, data plane unchanged: {msg}");
@@ -643,7 +652,10 @@ impl Controller {
             let (ns, name) = ns_name(svc);
             match status::release(&self.client, svc).await {
                 Ok(()) => info!("Service {ns}/{name} is no longer lb's: address released"),
-                Err(e) => warn!("releasing the status of Service {ns}/{name}: {e}"),
+                Err(e) => {
+                    self.retry = true;
+                    warn!("releasing the status of Service {ns}/{name}: {e}");
+                }
             }
         }
     }
@@ -732,6 +744,7 @@ impl Controller {
                 }
                 Err(e) => {
                     self.status_errors += 1;
+                    self.retry = true;
                     warn!("writing the status of Service {}/{}: {e}", key.0, key.1);
                 }
             }
