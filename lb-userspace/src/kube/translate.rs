@@ -81,7 +81,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
-use lb_common::{MAGLEV_RING_DEFAULT, quic_lb};
+use lb_common::{MAGLEV_RING_DEFAULT, MAX_VIPS, quic_lb};
 
 use crate::config::{BackendConfig, Protocol, SessionAffinity, VipConfig};
 
@@ -149,6 +149,7 @@ pub fn translate(view: &ClusterView) -> Desired {
         .collect();
     resolve_port_conflicts(&mut outs, &mut problems);
     resolve_backend_conflicts(&mut outs, &mut problems);
+    enforce_capacity(&mut outs, &mut problems);
     let announce = announce_sets(&outs, &mut problems);
     let mut vips: Vec<VipConfig> = outs.into_iter().flat_map(|o| o.vips).collect();
     vips.sort_by_key(|v| (v.addr, v.ports[0], v.protocols[0]));
@@ -997,6 +998,34 @@ fn resolve_backend_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem
     }
 }
 
+/// The data plane holds [`MAX_VIPS`] (address, port, protocol) VIPs. Older Services keep
+/// theirs; a Service that would not fit entirely gets none, and says so, rather than the
+/// whole update being refused.
+fn enforce_capacity(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) {
+    let mut by_age: Vec<usize> = (0..outs.len()).collect();
+    by_age.sort_by(|a, b| {
+        (&outs[*a].created, &outs[*a].key).cmp(&(&outs[*b].created, &outs[*b].key))
+    });
+    let mut used = 0usize;
+    for i in by_age {
+        let out = &mut outs[i];
+        if used + out.vips.len() <= MAX_VIPS as usize {
+            used += out.vips.len();
+            continue;
+        }
+        problems.push(problem(
+            &out.key,
+            "DataPlaneFull",
+            format!(
+                "its {} ports would take the data plane past its {MAX_VIPS} VIPs (address, \
+                 port, protocol), {used} of which older Services use; it is not served",
+                out.vips.len()
+            ),
+        ));
+        out.vips.clear();
+    }
+}
+
 /// Which nodes may announce each address that has VIPs.
 fn announce_sets(outs: &[ServiceOut], problems: &mut Vec<Problem>) -> BTreeMap<IpAddr, Eligible> {
     let mut users: BTreeMap<IpAddr, Vec<&ServiceOut>> = BTreeMap::new();
@@ -1675,6 +1704,36 @@ mod tests {
         });
         let d = World::new(vec![s], vec![pods]).run("n");
         assert!(d.problems.is_empty(), "{:?}", d.problems);
+    }
+
+    #[test]
+    fn services_past_the_data_plane_capacity_are_refused_youngest_first() {
+        use k8s_openapi::jiff::Timestamp;
+        let ports = [("", 80, "TCP"), ("", 80, "UDP")];
+        let n = MAX_VIPS as usize / 2 + 1;
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for i in 0..n {
+            let name = format!("s{i:02}");
+            let ip = format!("198.18.1.{i}");
+            let mut s = svc(&name, &[ip.as_str()], &ports);
+            s.metadata.creation_timestamp =
+                Some(Time(Timestamp::from_second(1_000 + i as i64).unwrap()));
+            services.push(s);
+            let pod = format!("198.19.1.{i}");
+            slices.push(slice(
+                &name,
+                &name,
+                "IPv4",
+                &[("", 8080, "TCP"), ("", 8080, "UDP")],
+                vec![ep(&pod, "n")],
+            ));
+        }
+        let d = World::new(services, slices).run("n");
+        assert_eq!(d.vips.len(), MAX_VIPS as usize);
+        let youngest = format!("s{:02}", n - 1);
+        assert_eq!(reasons(&d), vec![(youngest.as_str(), "DataPlaneFull")]);
+        assert!(!d.announce.contains_key(&ip(&format!("198.18.1.{}", n - 1))));
     }
 
     #[test]
