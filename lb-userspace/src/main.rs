@@ -57,8 +57,9 @@ enum Command {
         /// loadBalancerClass, their EndpointSlices, Nodes and IPPools.
         #[arg(long)]
         kube: bool,
-        /// Kubeconfig for --kube (default: in-cluster credentials, else $KUBECONFIG).
-        #[arg(long, env = "KUBECONFIG", requires = "kube")]
+        /// Kubeconfig for --kube (default: in-cluster credentials, else $KUBECONFIG);
+        /// ignored without --kube.
+        #[arg(long, env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
         /// This node's name, as in its Node object (the DaemonSet sets NODE_NAME).
         #[arg(long, env = "NODE_NAME", required_if_eq("kube", "true"))]

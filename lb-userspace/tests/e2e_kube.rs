@@ -1522,3 +1522,83 @@ fn e2e_kube_local_policy_source_ranges_and_affinity() {
         "ClientIP affinity spread one client: {h1}"
     );
 }
+
+#[test]
+fn kube_cli_errors_name_the_bad_input() {
+    let dir = std::env::temp_dir().join(format!("lb-kube-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(LB);
+        cmd.args(args)
+            .env_remove("KUBECONFIG")
+            .env_remove("NODE_NAME");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // --kube needs the node's name.
+    let (code, err) = run(&["run", "--kube", "--config", "x.toml"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--node-name"), "{err}");
+    // A KUBECONFIG in the environment does not get in the way of static mode.
+    let missing = dir.join("missing.toml");
+    let (code, err) = run(
+        &["run", "--config", missing.to_str().unwrap()],
+        &[("KUBECONFIG", "/nonexistent")],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("missing.toml: cannot read the config file"),
+        "{err}"
+    );
+    // [[vips]] with --kube: refused before anything is loaded, saying what to keep.
+    let with_vips = dir.join("vips.toml");
+    std::fs::write(
+        &with_vips,
+        "interfaces = [\"lo\"]\n[[vips]]\naddress = \"198.18.0.100\"\nports = [443]\nprotocols = [\"tcp\"]\n\
+         [[vips.backends]]\naddress = \"198.19.0.10\"\nport = 8443\n",
+    )
+    .unwrap();
+    let (code, err) = run(
+        &[
+            "run",
+            "--kube",
+            "--node-name",
+            "n1",
+            "--config",
+            with_vips.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("[[vips]] is not allowed with --kube"), "{err}");
+    // A bad [kubernetes] table is reported like any config error.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "interfaces = [\"lo\"]\n[kubernetes]\nlease_renew_ms = 10\n",
+    )
+    .unwrap();
+    let (code, err) = run(
+        &[
+            "run",
+            "--kube",
+            "--node-name",
+            "n1",
+            "--config",
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("bad.toml:3:18: kubernetes.lease_renew_ms: 10 is out of range"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
