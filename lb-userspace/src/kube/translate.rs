@@ -87,6 +87,9 @@ use crate::config::{BackendConfig, Protocol, SessionAffinity, VipConfig};
 
 /// Service annotation: the Secret(s) holding the Service's QUIC-LB config(s), comma-separated.
 pub const QUIC_LB_SECRET_ANNOTATION: &str = "lb.dev/quic-lb-secret";
+/// Service annotation: learned-CID mode on the UDP ports, for QUIC servers without QUIC-LB
+/// (the value is their connection ID length, 1..=20; quic-go: 4, aioquic: 8).
+pub const LEARNED_CID_ANNOTATION: &str = "lb.dev/learned-cid-len";
 /// Pod annotation: the pod's QUIC-LB server ID in hex, overriding [`server_id_from_ip`].
 pub const SERVER_ID_ANNOTATION: &str = "lb.dev/quic-lb-server-id";
 /// EndpointSlice label naming the Service the slice belongs to.
@@ -261,6 +264,8 @@ struct Shared<'a> {
     source_ranges: Vec<ipnet::IpNet>,
     /// `Some` when the UDP ports route QUIC by server ID.
     quic: Option<Vec<quic_lb::Config>>,
+    /// Learned-CID mode on the UDP ports (server CID length); 0: off.
+    learned_cid_len: u8,
 }
 
 fn translate_service(
@@ -299,6 +304,7 @@ fn translate_service(
             Some("ClientIP") => SessionAffinity::ClientIp,
             _ => SessionAffinity::None,
         },
+        learned_cid_len: learned_cid_len(svc, &key, quic.is_some(), problems),
         source_ranges,
         quic,
     };
@@ -387,7 +393,10 @@ fn vip_config(
         quic: quic.is_some(),
         quic_lb: quic.cloned().unwrap_or_default(),
         maglev_table_size: MAGLEV_RING_DEFAULT,
-        learned_cid_len: 0,
+        learned_cid_len: match (quic, port.proto) {
+            (None, Protocol::Udp) => shared.learned_cid_len,
+            _ => 0,
+        },
         session_affinity: shared.affinity,
         source_ranges,
         backends,
@@ -416,6 +425,64 @@ fn problem(key: &ServiceKey, reason: &'static str, message: String) -> Problem {
         reason,
         message,
     }
+}
+
+/// The `lb.dev/learned-cid-len` annotation, checked. Learned CIDs are recorded by the
+/// reverse NAT of the node the replies pass, which is the pod's node: the announcing node
+/// knows them only for its own pods, so the mode needs `externalTrafficPolicy: Local`
+/// (said as a problem otherwise, and still programmed).
+fn learned_cid_len(
+    svc: &Service,
+    key: &ServiceKey,
+    quic_lb: bool,
+    problems: &mut Vec<Problem>,
+) -> u8 {
+    let Some(v) = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LEARNED_CID_ANNOTATION))
+    else {
+        return 0;
+    };
+    let Some(len) = v.trim().parse::<u8>().ok().filter(|n| (1..=20).contains(n)) else {
+        problems.push(problem(
+            key,
+            "InvalidLearnedCidLen",
+            format!(
+                "{LEARNED_CID_ANNOTATION} {v:?} is not a connection ID length: give the QUIC \
+                 servers' CID length, 1..=20 (quic-go 4, aioquic 8)"
+            ),
+        ));
+        return 0;
+    };
+    if quic_lb {
+        problems.push(problem(
+            key,
+            "ConflictingQuicModes",
+            format!(
+                "{LEARNED_CID_ANNOTATION} and {QUIC_LB_SECRET_ANNOTATION} are both set; QUIC-LB \
+                 routing is used, remove one of them"
+            ),
+        ));
+        return 0;
+    }
+    let local = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.external_traffic_policy.as_deref())
+        == Some("Local");
+    if !local {
+        problems.push(problem(
+            key,
+            "LearnedCidNeedsLocal",
+            "learned-CID mode learns each server's CIDs on the node its replies pass (the \
+             pod's node), so with externalTrafficPolicy: Cluster the announcing node knows \
+             them only for its own pods; set externalTrafficPolicy: Local"
+                .to_owned(),
+        ));
+    }
+    len
 }
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
@@ -1734,6 +1801,63 @@ mod tests {
         let youngest = format!("s{:02}", n - 1);
         assert_eq!(reasons(&d), vec![(youngest.as_str(), "DataPlaneFull")]);
         assert!(!d.announce.contains_key(&ip(&format!("198.18.1.{}", n - 1))));
+    }
+
+    #[test]
+    fn learned_cid_annotation_sets_the_mode_on_udp_ports() {
+        let ports = [("https", 443, "TCP"), ("h3", 443, "UDP")];
+        let pods = slice(
+            "web",
+            "a",
+            "IPv4",
+            &[("https", 8443, "TCP"), ("h3", 8443, "UDP")],
+            vec![ep("198.19.0.1", "n")],
+        );
+        let run = |s: Service| World::new(vec![s], vec![pods.clone()]).run("n");
+        let lens = |d: &Desired| d.vips.iter().map(|v| v.learned_cid_len).collect::<Vec<_>>();
+
+        let s = local(annotate(
+            svc("web", &["198.18.0.100"], &ports),
+            LEARNED_CID_ANNOTATION,
+            "4",
+        ));
+        let d = run(s);
+        assert_eq!(lens(&d), [0, 4], "TCP off, UDP learned");
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+
+        // Cluster policy: programmed, and the Service says why it will mostly not help.
+        let d = run(annotate(
+            svc("web", &["198.18.0.100"], &ports),
+            LEARNED_CID_ANNOTATION,
+            "8",
+        ));
+        assert_eq!(lens(&d), [0, 8]);
+        assert_eq!(reasons(&d), vec![("web", "LearnedCidNeedsLocal")]);
+
+        let d = run(local(annotate(
+            svc("web", &["198.18.0.100"], &ports),
+            LEARNED_CID_ANNOTATION,
+            "21",
+        )));
+        assert_eq!(lens(&d), [0, 0]);
+        assert_eq!(reasons(&d), vec![("web", "InvalidLearnedCidLen")]);
+
+        // With a QUIC-LB Secret as well, QUIC-LB wins.
+        let both = annotate(
+            local(annotate(
+                svc("web", &["198.18.0.100"], &ports),
+                LEARNED_CID_ANNOTATION,
+                "4",
+            )),
+            QUIC_LB_SECRET_ANNOTATION,
+            "web-quic",
+        );
+        let d = World::new(vec![both], vec![pods.clone()])
+            .secret("web-quic", Ok(vec![quic_cfg(0, 1)]))
+            .run("n");
+        assert_eq!(lens(&d), [0, 0]);
+        assert!(d.vips[1].quic);
+        assert_eq!(reasons(&d), vec![("web", "ConflictingQuicModes")]);
     }
 
     #[test]
