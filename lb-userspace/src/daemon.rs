@@ -655,3 +655,26 @@ fn spawn_metrics(state: &Arc<Mutex<State>>) -> Result<()> {
     info!("metrics on http://{addr}/metrics and /status");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_interface_patterns_match_like_a_shell() {
+        let p = |s: &str| vec![s.to_owned()];
+        assert!(is_pattern_match(&p("veth*"), "veth1a2b3c"));
+        assert!(is_pattern_match(&p("veth*"), "veth"));
+        assert!(!is_pattern_match(&p("veth*"), "eth0"));
+        assert!(is_pattern_match(&p("pod?"), "pod0"));
+        assert!(!is_pattern_match(&p("pod?"), "pod10"));
+        assert!(is_pattern_match(&p("*-be"), "cali-be"));
+        assert!(is_pattern_match(&["cni0".into(), "lxc*".into()], "lxc12"));
+        assert!(is_pattern("veth*") && is_pattern("pod?") && !is_pattern("eth0"));
+    }
+
+    #[test]
+    fn links_lists_loopback() {
+        assert!(links().iter().any(|(name, i)| name == "lo" && *i > 0));
+    }
+}
