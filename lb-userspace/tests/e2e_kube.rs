@@ -1564,17 +1564,20 @@ fn kube_cli_errors_name_the_bad_input() {
          [[vips.backends]]\naddress = \"198.19.0.10\"\nport = 8443\n",
     )
     .unwrap();
-    let (code, err) = run(
-        &[
-            "run",
-            "--kube",
-            "--node-name",
-            "n1",
-            "--config",
-            with_vips.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let run_kube = |config: &std::path::Path| {
+        run(
+            &[
+                "run",
+                "--kube",
+                "--node-name",
+                "n1",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let (code, err) = run_kube(&with_vips);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("[[vips]] is not allowed with --kube"), "{err}");
     // A bad [kubernetes] table is reported like any config error.
@@ -1584,17 +1587,7 @@ fn kube_cli_errors_name_the_bad_input() {
         "interfaces = [\"lo\"]\n[kubernetes]\nlease_renew_ms = 10\n",
     )
     .unwrap();
-    let (code, err) = run(
-        &[
-            "run",
-            "--kube",
-            "--node-name",
-            "n1",
-            "--config",
-            bad.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, err) = run_kube(&bad);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("bad.toml:3:18: kubernetes.lease_renew_ms: 10 is out of range"),

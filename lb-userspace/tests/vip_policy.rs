@@ -61,18 +61,7 @@ fn expect_denied(lb: &Lb, what: &str, p: &Pkt, vip: u32) {
 
 /// Redirected to backend `id` (0..3 IPv4, 3..6 IPv6 behind `be`), exact bytes and counters.
 fn expect_to(lb: &Lb, what: &str, p: &Pkt, steering: &[Reason], id: u32, vip: u32) {
-    let reasons: Vec<Reason> = steering.iter().copied().chain([Redirect]).collect();
-    lb.check(
-        what,
-        &p.bytes(),
-        Want {
-            verdict: XDP_REDIRECT,
-            out: &redirected(p, id),
-            reasons: &reasons,
-            vip: Some(vip),
-            backend: Some(id),
-        },
-    );
+    expect_redirect_on(lb, what, p, steering, id, vip);
 }
 
 fn proto_of(p: &Pkt) -> u8 {

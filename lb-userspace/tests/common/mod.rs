@@ -512,6 +512,18 @@ pub fn vip_of(p: &Pkt) -> u32 {
 /// Run `p` (one of the standard VIPs) and require: steered by `steering`, redirected to
 /// backend `id` with exact bytes, and exactly these counters.
 pub fn expect_redirect(lb: &Lb, what: &str, p: &Pkt, steering: &[Reason], id: u32) -> RunResult {
+    expect_redirect_on(lb, what, p, steering, id, vip_of(p))
+}
+
+/// [`expect_redirect`] for a VIP of the test's own, counted under VIP index `vip`.
+pub fn expect_redirect_on(
+    lb: &Lb,
+    what: &str,
+    p: &Pkt,
+    steering: &[Reason],
+    id: u32,
+    vip: u32,
+) -> RunResult {
     let reasons: Vec<Reason> = steering.iter().copied().chain([Redirect]).collect();
     lb.check(
         what,
@@ -520,7 +532,7 @@ pub fn expect_redirect(lb: &Lb, what: &str, p: &Pkt, steering: &[Reason], id: u3
             verdict: XDP_REDIRECT,
             out: &redirected(p, id),
             reasons: &reasons,
-            vip: Some(vip_of(p)),
+            vip: Some(vip),
             backend: Some(id),
         },
     )
