@@ -1025,14 +1025,14 @@ fn assert_rbac_is_least_privilege(lab: &Lab) {
     );
 }
 
-/// The API server's list requests for `resource` so far.
-fn lists(lab: &Lab, resource: &str) -> usize {
-    lab.api
-        .requests()
-        .iter()
-        .filter(|r| r.method == "GET" && r.path.ends_with(resource) && !r.query.contains("watch"))
-        .count()
-}
+/// What the daemons watch, as the fake API server counts requests (`plural[.group]`).
+const WATCHED: [&str; 5] = [
+    "services",
+    "endpointslices.discovery.k8s.io",
+    "nodes",
+    "ippools.lb.dev",
+    "leases.coordination.k8s.io",
+];
 
 #[test]
 fn e2e_kube_watch_cuts_410_and_api_outage() {
@@ -1058,13 +1058,7 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
     let steady: Vec<u64> = (1..=2).map(|i| lab.map_changes(i)).collect();
 
     // Cut every watch: the daemons re-watch from their resourceVersion; nothing changes.
-    let watches = |lab: &Lab| {
-        lab.api
-            .requests()
-            .iter()
-            .filter(|r| r.query.contains("watch"))
-            .count()
-    };
+    let watches = |lab: &Lab| WATCHED.iter().map(|r| lab.api.watch_count(r)).sum::<u64>();
     let w0 = watches(&lab);
     lab.api.cut_watches();
     wait_for("the daemons to re-watch", CONVERGE, || {
@@ -1075,14 +1069,14 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
         }
     });
     // Forget the history and cut again: every watch gets 410 in-stream and re-lists.
-    let l0 = lists(&lab, "/services");
+    let l0 = lab.api.list_count("services");
     lab.api.compact();
     lab.api.cut_watches();
     wait_for(
         "the daemons to re-list Services after 410",
         CONVERGE,
         || {
-            let l = lists(&lab, "/services");
+            let l = lab.api.list_count("services");
             if l >= l0 + 2 {
                 Ok(())
             } else {

@@ -261,11 +261,7 @@ impl Lookups {
             };
             let ns = svc.metadata.namespace.clone().unwrap_or_default();
             let key = (ns.clone(), names.clone());
-            let fresh = self
-                .secrets
-                .get(&key)
-                .is_some_and(|(at, _)| at.elapsed() < CACHE_TTL);
-            if !fresh {
+            if !fresh(&self.secrets, &key) {
                 let v = read_quic_secrets(client, &ns, names).await;
                 self.secrets.insert(key.clone(), (Instant::now(), v));
             }
@@ -311,11 +307,7 @@ impl Lookups {
                 }
                 let Some(pod) = &r.name else { continue };
                 let key = (ns.clone(), pod.clone());
-                let fresh = self
-                    .pods
-                    .get(&key)
-                    .is_some_and(|(at, _)| at.elapsed() < CACHE_TTL);
-                if !fresh {
+                if !fresh(&self.pods, &key) {
                     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                     let v = match api.get_opt(pod).await {
                         Ok(p) => p.and_then(|p| {
@@ -337,6 +329,13 @@ impl Lookups {
         }
         out
     }
+}
+
+/// Whether `cache` holds `key`, read less than [`CACHE_TTL`] ago.
+fn fresh<V>(cache: &BTreeMap<(String, String), (Instant, V)>, key: &(String, String)) -> bool {
+    cache
+        .get(key)
+        .is_some_and(|(at, _)| at.elapsed() < CACHE_TTL)
 }
 
 async fn read_quic_secrets(client: &Client, ns: &str, names: &str) -> QuicConfigs {

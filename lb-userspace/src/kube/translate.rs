@@ -978,12 +978,19 @@ fn drop_collisions(
 
 // ---- across Services -------------------------------------------------------------------------
 
-/// Give each (address, port, protocol) to its oldest claimant; the others lose that VIP.
-fn resolve_port_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) {
+/// Indexes of `outs`, oldest Service first (creation time, then namespace/name): who wins
+/// every conflict between Services.
+fn oldest_first(outs: &[ServiceOut]) -> Vec<usize> {
     let mut by_age: Vec<usize> = (0..outs.len()).collect();
     by_age.sort_by(|a, b| {
         (&outs[*a].created, &outs[*a].key).cmp(&(&outs[*b].created, &outs[*b].key))
     });
+    by_age
+}
+
+/// Give each (address, port, protocol) to its oldest claimant; the others lose that VIP.
+fn resolve_port_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) {
+    let by_age = oldest_first(outs);
     let mut owner: BTreeMap<(IpAddr, u16, Protocol), ServiceKey> = BTreeMap::new();
     for i in by_age {
         let out = &mut outs[i];
@@ -1019,10 +1026,7 @@ fn resolve_port_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) 
 /// whose backends include one already taken keeps no backends (it drops new flows) and its
 /// Service says why, instead of blocking every other update.
 fn resolve_backend_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) {
-    let mut by_age: Vec<usize> = (0..outs.len()).collect();
-    by_age.sort_by(|a, b| {
-        (&outs[*a].created, &outs[*a].key).cmp(&(&outs[*b].created, &outs[*b].key))
-    });
+    let by_age = oldest_first(outs);
     type Owner = (IpAddr, u16, ServiceKey);
     let mut owner: BTreeMap<(IpAddr, u16, Protocol), Owner> = BTreeMap::new();
     for i in by_age {
@@ -1069,10 +1073,7 @@ fn resolve_backend_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem
 /// theirs; a Service that would not fit entirely gets none, and says so, rather than the
 /// whole update being refused.
 fn enforce_capacity(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) {
-    let mut by_age: Vec<usize> = (0..outs.len()).collect();
-    by_age.sort_by(|a, b| {
-        (&outs[*a].created, &outs[*a].key).cmp(&(&outs[*b].created, &outs[*b].key))
-    });
+    let by_age = oldest_first(outs);
     let mut used = 0usize;
     for i in by_age {
         let out = &mut outs[i];
