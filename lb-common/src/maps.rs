@@ -56,6 +56,8 @@ pub mod map_names {
     pub const SETTINGS: &str = "LB_SETTINGS";
     pub const BENCH_TEMPLATE: &str = "BENCH_TEMPLATE";
     pub const BENCH_TARGET: &str = "BENCH_TARGET";
+    /// The TC harness's tail-call target: the reverse NAT, or the empty TC program.
+    pub const BENCH_TC_TARGET: &str = "BENCH_TC_TARGET";
     /// Reverse NAT: (backend address, port, protocol) -> (VIP, VIP port).
     pub const RNAT: &str = "LB_RNAT";
     /// Per-CPU counters of the reverse-NAT program, one slot per [`RnatReason`](super::RnatReason).
@@ -78,6 +80,11 @@ pub mod program_names {
     pub const BENCH_HARNESS: &str = "lb_bench_harness";
     /// Does nothing (XDP_PASS): the floor every benchmark ratio is taken against.
     pub const BENCH_EMPTY: &str = "lb_bench_empty";
+    /// The same harness for TC: restores the template skb, then tail-calls
+    /// `BENCH_TC_TARGET[0]`.
+    pub const BENCH_TC_HARNESS: &str = "lb_bench_tc_harness";
+    /// Does nothing (TC_ACT_OK): the floor of the TC cases.
+    pub const BENCH_TC_EMPTY: &str = "lb_bench_tc_empty";
     /// Reverse NAT: TC (clsact ingress) on the interfaces that face backends.
     pub const TC_RNAT: &str = "lb_tc_rnat";
 }

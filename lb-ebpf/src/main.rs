@@ -112,6 +112,45 @@ pub fn lb_bench_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The TC benchmark harness: as `lb_bench_harness`, for the reverse NAT. BPF_PROG_TEST_RUN
+/// with `repeat` reuses one skb, so restore the template (`BENCH_TEMPLATE[0]`, the same
+/// length as the skb) with `bpf_skb_store_bytes`, then tail-call `BENCH_TC_TARGET[0]`.
+#[aya_ebpf::macros::classifier]
+pub fn lb_bench_tc_harness(ctx: aya_ebpf::programs::TcContext) -> i32 {
+    const TC_ACT_OK: i32 = aya_ebpf::bindings::TC_ACT_OK;
+    let Some(t) = maps::BENCH_TEMPLATE.get_ptr(0) else {
+        return TC_ACT_OK;
+    };
+    let len = unsafe { (*t).len } as usize;
+    if len == 0 || len > lb_common::BENCH_TEMPLATE_MAX || len != ctx.len() as usize {
+        return TC_ACT_OK;
+    }
+    let data = unsafe { (*t).data.as_ptr() };
+    // SAFETY: helper copies `len` (bounded above) octets from the map value into our skb.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_store_bytes(
+            ctx.skb.skb.cast(),
+            0,
+            data as *const _,
+            len as u32,
+            0,
+        )
+    };
+    if rc != 0 {
+        return TC_ACT_OK;
+    }
+    unsafe {
+        let _ = maps::BENCH_TC_TARGET.tail_call(&ctx, 0);
+    }
+    TC_ACT_OK
+}
+
+/// The floor of the TC cases.
+#[aya_ebpf::macros::classifier]
+pub fn lb_bench_tc_empty(_ctx: aya_ebpf::programs::TcContext) -> i32 {
+    aya_ebpf::bindings::TC_ACT_OK
+}
+
 /// Reverse NAT on the interfaces that face backends (TC ingress): a reply from a backend's
 /// (address, port, protocol) leaves from its VIP. Never drops what is not ours (`rnat`).
 #[aya_ebpf::macros::classifier]

@@ -59,6 +59,10 @@ pub static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 #[map(name = "BENCH_TARGET")]
 pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// The TC harness's target (a separate array: a program array holds one program type).
+#[map(name = "BENCH_TC_TARGET")]
+pub static BENCH_TC_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Reverse NAT for `lb_tc_rnat`: backend (address, port, protocol) -> (VIP, VIP port).
 #[map(name = "LB_RNAT")]
 pub static LB_RNAT: HashMap<lb_common::RnatKey, lb_common::RnatValue> =

@@ -12,13 +12,14 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use lb_common::{MAGLEV_RING_DEFAULT, Reason, Settings};
+use lb_common::{MAGLEV_RING_DEFAULT, PROTO_TCP, PROTO_UDP, Reason, RnatReason, Settings};
 
 use crate::{
-    dataplane::{Dataplane, ReasonCounters},
+    dataplane::{CounterReason, Counters, Dataplane},
     packet::{Packet, quic, tcp_flags},
     testbed::{
-        CLIENT_MAC, CLIENT_V4, CLIENT_V6, EXT_MAC, OTHER_V4, Testbed, VIP_V4, VIP_V6, fixture,
+        BE_MAC, CLIENT_MAC, CLIENT_V4, CLIENT_V6, EXT_MAC, OTHER_V4, Testbed, VIP_V4, VIP_V6,
+        backend_mac, backend_v4, backend_v6, fixture,
     },
 };
 
@@ -32,11 +33,21 @@ pub struct Options {
     pub rounds: u32,
 }
 
-/// One benchmark case: a packet, and the reasons its path must bump by `repeat`.
+/// Which program a case measures, and the reasons its path must bump by `repeat`.
+#[derive(Clone, Copy)]
+enum Path {
+    /// The XDP load balancer (floor: the XDP harness with the empty XDP program).
+    Xdp(&'static [Reason]),
+    /// The reverse NAT on TC ingress of the backend-facing interface, forwarding on
+    /// (floor: the TC harness with the empty TC program).
+    Tc(&'static [RnatReason]),
+}
+
+/// One benchmark case: a packet, and the path it must take.
 struct Case {
     name: &'static str,
     packet: Vec<u8>,
-    expect: &'static [Reason],
+    expect: Path,
     /// Packets run once (not measured) before the case, e.g. the SYN before an established
     /// flow. The case's own packet is always run once too, so the connection table and the
     /// FIB cache are in their steady state when measuring starts.
@@ -47,6 +58,31 @@ struct Case {
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+/// The client port of the flows the TC cases reply to.
+const TC_CLIENT_PORT: u16 = 50000;
+
+/// A reply from backend 0 (`be`) to the client, as it enters the node at TC ingress.
+fn reply(v6: bool, proto: u8, sport: u16) -> Vec<u8> {
+    let p = Packet::eth(backend_mac(0), BE_MAC);
+    let p = if v6 {
+        p.ipv6(backend_v6(0), CLIENT_V6)
+    } else {
+        p.ipv4(backend_v4(0), CLIENT_V4)
+    };
+    let p = if proto == PROTO_UDP {
+        p.udp(sport, TC_CLIENT_PORT)
+            .payload(quic::short(&fixture::dcid(0, [1, 2, 3, 4, 5, 6]), 64))
+    } else {
+        p.tcp(sport, TC_CLIENT_PORT)
+            .flags(tcp_flags::ACK)
+            .seq(1)
+            .ack(1)
+            .payload(vec![0x55; 64])
+    };
+    p.build()
+}
 
 fn udp(src: IpAddr, dst: IpAddr, dport: u16, payload: Vec<u8>) -> Vec<u8> {
     let p = Packet::eth(CLIENT_MAC, EXT_MAC);
@@ -99,13 +135,43 @@ fn cases() -> Vec<Case> {
     let case = |name, packet, expect, warmup| Case {
         name,
         packet,
-        expect,
+        expect: Path::Xdp(expect),
         warmup,
         fib_cache: true,
     };
+    let tc = |name, packet, expect| Case {
+        name,
+        packet,
+        expect: Path::Tc(expect),
+        warmup: vec![],
+        fib_cache: true,
+    };
+    let port = fixture::BACKEND_PORT;
     use Reason::*;
+    use RnatReason::{Forwarded, PassNotBackend, Rewritten};
     vec![
         case("floor", short(c4, v4), &[], vec![]),
+        tc("tc_floor", reply(false, PROTO_UDP, port), &[]),
+        tc(
+            "rnat_reply_udp_v4",
+            reply(false, PROTO_UDP, port),
+            &[Rewritten, Forwarded],
+        ),
+        tc(
+            "rnat_reply_udp_v6",
+            reply(true, PROTO_UDP, port),
+            &[Rewritten, Forwarded],
+        ),
+        tc(
+            "rnat_reply_tcp_v4",
+            reply(false, PROTO_TCP, port),
+            &[Rewritten, Forwarded],
+        ),
+        tc(
+            "rnat_not_ours_v4",
+            reply(false, PROTO_UDP, port + 1),
+            &[PassNotBackend],
+        ),
         case(
             "non_vip_pass",
             udp(
@@ -174,14 +240,14 @@ fn cases() -> Vec<Case> {
         Case {
             name: "quic_short_plaintext_v4_fib_uncached",
             packet: short(c4, v4),
-            expect: &[RoutedCid, Redirect],
+            expect: Path::Xdp(&[RoutedCid, Redirect]),
             warmup: vec![],
             fib_cache: false,
         },
         Case {
             name: "quic_short_plaintext_v6_fib_uncached",
             packet: short(c6, v6),
-            expect: &[RoutedCid, Redirect],
+            expect: Path::Xdp(&[RoutedCid, Redirect]),
             warmup: vec![],
             fib_cache: false,
         },
@@ -203,8 +269,24 @@ fn ns(d: Duration) -> f64 {
     d.as_secs_f64() * 1e9
 }
 
+fn is_floor(case: &Case) -> bool {
+    case.name == "floor" || case.name == "tc_floor"
+}
+
 fn measure(dp: &mut Dataplane, tb: &Testbed, case: &Case, repeat: u32) -> Result<Duration> {
-    let floor = case.name == "floor";
+    match case.expect {
+        Path::Xdp(expect) => measure_xdp(dp, tb, case, expect, repeat),
+        Path::Tc(expect) => measure_tc(dp, tb, case, expect, repeat),
+    }
+}
+
+fn measure_xdp(
+    dp: &mut Dataplane,
+    tb: &Testbed,
+    case: &Case,
+    expect: &[Reason],
+    repeat: u32,
+) -> Result<Duration> {
     // A cached case measures the cache-hit path. The default lifetime would expire (and
     // refresh, one lookup per lifetime) somewhere inside a long run, which the exact counter
     // proof below would rightly reject; an hour keeps every iteration on the one path.
@@ -219,43 +301,95 @@ fn measure(dp: &mut Dataplane, tb: &Testbed, case: &Case, repeat: u32) -> Result
     for w in case.warmup.iter().chain([&case.packet]) {
         dp.test_run(w, tb.ext_ifindex)?;
     }
-    dp.bench_prepare(&case.packet, floor)?;
+    dp.bench_prepare(&case.packet, is_floor(case))?;
     let before = dp.stats()?;
     let r = dp.bench_run(&case.packet, tb.ext_ifindex, repeat)?;
     let delta = dp.stats()?.delta(&before);
-    prove_path(case, repeat, r.verdict, &delta)?;
-    Ok(r.duration)
-}
-
-/// The counters must show that every iteration took the case's path, and nothing else.
-fn prove_path(case: &Case, repeat: u32, verdict: u32, delta: &ReasonCounters) -> Result<()> {
-    let want_verdict = if case.expect.contains(&Reason::Redirect) {
+    let want_verdict = if expect.contains(&Reason::Redirect) {
         XDP_REDIRECT
     } else {
         XDP_PASS
     };
+    prove_path(case.name, repeat, (r.verdict, want_verdict), expect, &delta)?;
+    Ok(r.duration)
+}
+
+fn measure_tc(
+    dp: &mut Dataplane,
+    tb: &Testbed,
+    case: &Case,
+    expect: &[RnatReason],
+    repeat: u32,
+) -> Result<Duration> {
+    dp.set_rnat_forward(true)?;
+    dp.bench_prepare_tc(&case.packet, is_floor(case))?;
+    let before = dp.rnat_stats()?;
+    let r = dp.bench_run_tc(&case.packet, tb.be_ifindex, repeat)?;
+    let delta = dp.rnat_stats()?.delta(&before);
+    let want_verdict = if expect.contains(&RnatReason::Forwarded) {
+        TC_ACT_REDIRECT
+    } else {
+        TC_ACT_OK
+    };
+    prove_path(case.name, repeat, (r.verdict, want_verdict), expect, &delta)?;
+    Ok(r.duration)
+}
+
+/// The counters must show that every iteration took the case's path, and nothing else.
+fn prove_path<R: CounterReason, const N: usize>(
+    name: &str,
+    repeat: u32,
+    (verdict, want_verdict): (u32, u32),
+    expect: &[R],
+    delta: &Counters<R, N>,
+) -> Result<()>
+where
+    R: PartialEq,
+{
     ensure!(
         verdict == want_verdict,
-        "bench case {}: verdict {verdict}, expected {want_verdict}; counters moved: {:?}",
-        case.name,
+        "bench case {name}: verdict {verdict}, expected {want_verdict}; counters moved: {:?}",
         delta.nonzero()
     );
-    for r in Reason::ALL {
-        let want = if case.expect.contains(&r) {
+    for &r in R::ALL {
+        let want = if expect.contains(&r) {
             repeat as u64
         } else {
             0
         };
         if delta.packets(r) != want {
             bail!(
-                "bench case {}: counter {} advanced by {}, expected {want} (repeat {repeat}); \
+                "bench case {name}: counter {} advanced by {}, expected {want} (repeat {repeat}); \
                  the measured path is not the intended one. All counters that moved: {:?}",
-                case.name,
                 r.name(),
                 delta.packets(r),
                 delta.nonzero()
             );
         }
+    }
+    Ok(())
+}
+
+/// The reverse-NAT state the TC cases reply through: backend 0 (v4 and v6, UDP and TCP)
+/// answers for the VIP.
+fn program_replies(dp: &mut Dataplane) -> Result<()> {
+    for proto in [PROTO_UDP, PROTO_TCP] {
+        dp.set_rnat_backend(
+            backend_v4(0).into(),
+            fixture::BACKEND_PORT,
+            proto,
+            VIP_V4.into(),
+            fixture::VIP_PORT,
+            Some(fixture::v4_backend_id(0)),
+        )?;
+        dp.set_rnat_backend(
+            backend_v6(0).into(),
+            fixture::BACKEND_PORT,
+            proto,
+            VIP_V6.into(),
+            fixture::VIP_PORT,
+            Some(fixture::v6_backend_id(0)),
+        )?;
     }
     Ok(())
 }
@@ -266,6 +400,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut dp = Dataplane::load().context("loading the XDP program")?;
     fixture::program_standard(&mut dp, MAGLEV_RING_DEFAULT)
         .context("programming the bench VIPs")?;
+    program_replies(&mut dp).context("programming the reverse NAT")?;
     let cases = cases();
     // samples[i]: case i's ns/packet per round; ratios[i]: case i over the floor measured
     // right before it. The machine's speed drifts (shared hosts, frequency scaling); pairing
@@ -278,22 +413,33 @@ pub fn run(opts: &Options) -> Result<()> {
         opts.rounds,
         opts.repeat
     );
-    let floor = &cases[0];
+    let floor_of = |case: &Case| match case.expect {
+        Path::Xdp(_) => 0,
+        Path::Tc(_) => cases.iter().position(|c| c.name == "tc_floor").unwrap_or(0),
+    };
     for round in 0..opts.rounds {
-        for (i, case) in cases.iter().enumerate().skip(1) {
-            let f = ns(measure(&mut dp, &tb, floor, opts.repeat)?);
+        for (i, case) in cases.iter().enumerate() {
+            if is_floor(case) {
+                continue;
+            }
+            let fi = floor_of(case);
+            let f = ns(measure(&mut dp, &tb, &cases[fi], opts.repeat)?);
             let c = ns(measure(&mut dp, &tb, case, opts.repeat)?);
             ensure!(
                 f > 0.0,
                 "the floor measured 0 ns; the kernel's timer is too coarse here"
             );
-            samples[0].push(f);
+            samples[fi].push(f);
             samples[i].push(c);
             ratios[i].push(c / f);
         }
         eprintln!("bench: round {}/{} done", round + 1, opts.rounds);
     }
-    ratios[0] = vec![1.0];
+    for (i, case) in cases.iter().enumerate() {
+        if is_floor(case) {
+            ratios[i] = vec![1.0];
+        }
+    }
     let floor_ns = median(samples[0].clone());
     let results: Vec<CaseResult> = cases
         .iter()
@@ -309,7 +455,8 @@ pub fn run(opts: &Options) -> Result<()> {
         println!("{:<38} {:>10.1} {:>7.2}x", r.name, r.ns, r.ratio);
     }
     println!(
-        "(medians of {} rounds; ratio = median of case / the floor measured just before it)",
+        "(medians of {} rounds; ratio = median of case / the floor measured just before it: \
+         `floor` for XDP cases, `tc_floor` for the reverse NAT's)",
         opts.rounds
     );
     if let Some(path) = &opts.json {

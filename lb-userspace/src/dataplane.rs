@@ -701,6 +701,72 @@ impl Dataplane {
         targets
             .set(0, &fd, 0)
             .map_err(map_err(map_names::BENCH_TARGET))?;
+        self.set_bench_template(packet)
+    }
+
+    /// Run the harness `repeat` times on `packet` (which must be the prepared template).
+    pub fn bench_run(&self, packet: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<RunResult> {
+        run(
+            self.xdp_ref(program_names::BENCH_HARNESS)?,
+            packet,
+            ingress_ifindex,
+            repeat,
+        )
+    }
+
+    /// [`bench_prepare`](Self::bench_prepare) for the TC harness: `BENCH_TC_TARGET[0]` =
+    /// the reverse NAT, or the empty TC program when `floor` is set.
+    pub fn bench_prepare_tc(&mut self, packet: &[u8], floor: bool) -> Result<()> {
+        self.load_rnat()?;
+        for name in [
+            program_names::BENCH_TC_HARNESS,
+            program_names::BENCH_TC_EMPTY,
+        ] {
+            let prog = self.classifier(name)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(prog_err(name))?;
+            }
+        }
+        let target = if floor {
+            program_names::BENCH_TC_EMPTY
+        } else {
+            program_names::TC_RNAT
+        };
+        let fd = self
+            .classifier(target)?
+            .fd()
+            .map_err(prog_err(target))?
+            .try_clone()
+            .map_err(|e| {
+                DataplaneError::Invalid(format!("duplicating the {target} program fd: {e}"))
+            })?;
+        let mut targets: ProgramArray<_> = ProgramArray::try_from(
+            self.ebpf
+                .map_mut(map_names::BENCH_TC_TARGET)
+                .ok_or(DataplaneError::MissingMap(map_names::BENCH_TC_TARGET))?,
+        )
+        .map_err(map_err(map_names::BENCH_TC_TARGET))?;
+        targets
+            .set(0, &fd, 0)
+            .map_err(map_err(map_names::BENCH_TC_TARGET))?;
+        self.set_bench_template(packet)
+    }
+
+    /// Run the TC harness `repeat` times on `packet` (the prepared template), as if it
+    /// entered on `ifindex` (0: the namespace's loopback).
+    pub fn bench_run_tc(&mut self, packet: &[u8], ifindex: u32, repeat: u32) -> Result<RunResult> {
+        let name = program_names::BENCH_TC_HARNESS;
+        run_tc(self.classifier(name)?, packet, ifindex, repeat)
+    }
+
+    fn set_bench_template(&mut self, packet: &[u8]) -> Result<()> {
+        if packet.len() > lb_common::BENCH_TEMPLATE_MAX {
+            return Err(DataplaneError::Invalid(format!(
+                "bench packet of {} octets is longer than the harness template ({})",
+                packet.len(),
+                lb_common::BENCH_TEMPLATE_MAX
+            )));
+        }
         let mut t = BenchTemplate {
             len: packet.len() as u32,
             data: [0; lb_common::BENCH_TEMPLATE_MAX],
@@ -717,14 +783,12 @@ impl Dataplane {
             .map_err(map_err(map_names::BENCH_TEMPLATE))
     }
 
-    /// Run the harness `repeat` times on `packet` (which must be the prepared template).
-    pub fn bench_run(&self, packet: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<RunResult> {
-        run(
-            self.xdp_ref(program_names::BENCH_HARNESS)?,
-            packet,
-            ingress_ifindex,
-            repeat,
-        )
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        prog.try_into().map_err(prog_err(name))
     }
 }
 
@@ -783,12 +847,7 @@ fn ifname(ifindex: u32) -> Result<String> {
 
 impl Dataplane {
     fn rnat_prog(&mut self) -> Result<&mut SchedClassifier> {
-        let name = program_names::TC_RNAT;
-        let prog = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::MissingProgram(name))?;
-        prog.try_into().map_err(prog_err(name))
+        self.classifier(program_names::TC_RNAT)
     }
 
     /// Load (verify) the reverse-NAT TC program; a no-op if it is loaded already. `load`
@@ -1093,6 +1152,45 @@ fn run(xdp: &Xdp, packet: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<Ru
         ..TestRunOptions::new()
     };
     let r = xdp.test_run(opts).map_err(prog_err("test_run"))?;
+    out.truncate(r.data_size_out as usize);
+    Ok(RunResult {
+        verdict: r.return_value,
+        data: out,
+        duration: r.duration,
+    })
+}
+
+/// `struct __sk_buff` as BPF_PROG_TEST_RUN takes it in `ctx_in` for TC programs: all zero
+/// but `ifindex` (the device the skb is built on; the program's FIB lookups start there).
+#[repr(C)]
+struct SkBuffCtx {
+    before_ifindex: [u32; 10],
+    ifindex: u32,
+    rest: [u32; 37],
+}
+
+fn run_tc(prog: &SchedClassifier, packet: &[u8], ifindex: u32, repeat: u32) -> Result<RunResult> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let ctx = SkBuffCtx {
+        before_ifindex: [0; 10],
+        ifindex,
+        rest: [0; 37],
+    };
+    // SAFETY: SkBuffCtx is repr(C) plain data (192 octets, the size of `struct __sk_buff`).
+    let ctx_bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&ctx as *const SkBuffCtx).cast::<u8>(),
+            std::mem::size_of::<SkBuffCtx>(),
+        )
+    };
+    let opts = TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ctx_in: (ifindex != 0).then_some(ctx_bytes),
+        repeat,
+        ..TestRunOptions::new()
+    };
+    let r = prog.test_run(opts).map_err(prog_err("test_run"))?;
     out.truncate(r.data_size_out as usize);
     Ok(RunResult {
         verdict: r.return_value,

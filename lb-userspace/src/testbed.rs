@@ -9,7 +9,7 @@
 //! | what | IPv4 | IPv6 | where |
 //! |---|---|---|---|
 //! | node, external side | 198.18.0.1/24 | fd00:18::1/64 | `ext` |
-//! | client | 198.18.0.2 | fd00:18::2 | (only ever a source address) |
+//! | client | 198.18.0.2 | fd00:18::2 | neighbour on `ext` (replies of the reverse NAT) |
 //! | VIP | 198.18.0.100 | fd00:18::100 | (only in the VIP map) |
 //! | backend reached back out of `ext` | 198.18.0.50 | fd00:18::50 | neighbour on `ext` |
 //! | node, backend side | 198.19.0.1/24 | fd00:19::1/64 | `be` |
@@ -113,6 +113,9 @@ impl Testbed {
         }
         neigh(TX_BACKEND_V4.into(), TX_BACKEND_MAC, "ext")?;
         neigh(TX_BACKEND_V6.into(), TX_BACKEND_MAC, "ext")?;
+        // The reverse NAT's replies go back to the client through the FIB.
+        neigh(CLIENT_V4.into(), CLIENT_MAC, "ext")?;
+        neigh(CLIENT_V6.into(), CLIENT_MAC, "ext")?;
         Ok(())
     }
 }
