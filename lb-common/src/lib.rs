@@ -8,7 +8,9 @@ pub mod csum;
 pub mod hash;
 pub mod maglev;
 pub mod maps;
+pub mod mark;
 pub mod quic;
 pub mod quic_lb;
+pub mod reply;
 
 pub use maps::*;

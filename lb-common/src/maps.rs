@@ -56,10 +56,17 @@ pub mod map_names {
     pub const SETTINGS: &str = "LB_SETTINGS";
     pub const BENCH_TEMPLATE: &str = "BENCH_TEMPLATE";
     pub const BENCH_TARGET: &str = "BENCH_TARGET";
+    /// `lb_xdp`'s tail call for packets that may carry a steering mark: `[0]` = `lb_xdp_peer`.
+    pub const PEER_PROG: &str = "LB_PEER_PROG";
     /// The TC harness's tail-call target: the reverse NAT, or the empty TC program.
     pub const BENCH_TC_TARGET: &str = "BENCH_TC_TARGET";
-    /// Reverse NAT: (backend address, port, protocol) -> (VIP, VIP port).
-    pub const RNAT: &str = "LB_RNAT";
+    /// Reverse NAT: the reply of every flow lb steered (the reply's own 5-tuple) -> the VIP
+    /// and port it must leave from ([`ReplyNat`](super::ReplyNat)).
+    pub const REPLIES: &str = "LB_REPLIES";
+    /// The interfaces the reverse NAT is attached to (ifindex -> 1): a backend reached out
+    /// of any other interface is behind another node, and its packets carry the steering
+    /// mark.
+    pub const BACKEND_IFS: &str = "LB_BACKEND_IFS";
     /// Per-CPU counters of the reverse-NAT program, one slot per [`RnatReason`](super::RnatReason).
     pub const RNAT_STATS: &str = "LB_RNAT_STATS";
     /// Learned-CID mode: (VIP index, server-chosen CID) -> backend id, filled by the reverse
@@ -76,6 +83,9 @@ pub mod map_names {
 pub mod program_names {
     /// The load balancer: XDP on the node's external interface(s).
     pub const XDP_LB: &str = "lb_xdp";
+    /// The backend's node: packets with another node's steering mark (tail-called by
+    /// `lb_xdp` through `LB_PEER_PROG`).
+    pub const XDP_PEER: &str = "lb_xdp_peer";
     /// Benchmark harness: restores the template packet, then tail-calls `BENCH_TARGET[0]`.
     pub const BENCH_HARNESS: &str = "lb_bench_harness";
     /// Does nothing (XDP_PASS): the floor every benchmark ratio is taken against.
@@ -388,7 +398,9 @@ pub enum Reason {
     DropNoBackend = 16,
     /// The connection table or ring named a backend id with no valid backend.
     DropBadBackend = 17,
-    /// Stripping the VLAN tag before a redirect failed (the frame is half rewritten).
+    /// Moving the head of the frame failed (stripping the VLAN tag before a redirect,
+    /// inserting or removing the steering mark, building an ICMP reply): the frame is half
+    /// rewritten.
     DropAdjustFailed = 18,
     /// Forwarded with this CPU's cached FIB result for the backend (counted with `Tx` or
     /// `Redirect`); the others did a `bpf_fib_lookup`.
@@ -398,9 +410,30 @@ pub enum Reason {
     RoutedLearnedCid = 20,
     /// The VIP has `loadBalancerSourceRanges` and the client's address is in none of them.
     DropSourceRange = 21,
+    /// The flow's reply entry could not be recorded: `LB_REPLIES` is full. The packet is
+    /// dropped (its replies could not be rewritten); established flows keep their entries.
+    DropFlowTableFull = 22,
+    /// Counted with the forwarding reason: the backend is behind another node, so the
+    /// packet left with the steering mark.
+    MarkedForPeer = 23,
+    /// Steering reason on the backend's node: the packet arrived with another node's
+    /// steering mark; its flow was recorded, the mark removed, the packet delivered.
+    FromPeer = 24,
+    /// A steering mark naming a VIP this node does not have (configuration not yet in
+    /// sync, or forged): dropped.
+    DropBadMark = 25,
+    /// The packet with the steering mark would exceed the egress MTU: the client was sent
+    /// an ICMP "fragmentation needed" / ICMPv6 "packet too big" (XDP_TX) instead.
+    IcmpTooBig = 26,
+    /// Too big for the egress MTU with the steering mark, and no ICMP could be built (an
+    /// IPv4 header with options): dropped.
+    DropTooBig = 27,
+    /// A packet with a steering mark whose backend is not behind this node: passed on with
+    /// the mark, untouched.
+    PassMarkTransit = 28,
 }
 
-pub const REASON_COUNT: u32 = 22;
+pub const REASON_COUNT: u32 = 29;
 const _: () = assert!(REASON_COUNT <= REASON_STRIDE);
 /// Slots in a [`CounterBlock`] (room for future reasons without a layout change).
 pub const REASON_STRIDE: u32 = 32;
@@ -429,6 +462,13 @@ impl Reason {
         Reason::FibCached,
         Reason::RoutedLearnedCid,
         Reason::DropSourceRange,
+        Reason::DropFlowTableFull,
+        Reason::MarkedForPeer,
+        Reason::FromPeer,
+        Reason::DropBadMark,
+        Reason::IcmpTooBig,
+        Reason::DropTooBig,
+        Reason::PassMarkTransit,
     ];
 
     /// Stable snake_case name, used in metrics labels and the bench's counter proofs.
@@ -456,6 +496,13 @@ impl Reason {
             Reason::FibCached => "fib_cached",
             Reason::RoutedLearnedCid => "routed_learned_cid",
             Reason::DropSourceRange => "drop_source_range",
+            Reason::DropFlowTableFull => "drop_flow_table_full",
+            Reason::MarkedForPeer => "marked_for_peer",
+            Reason::FromPeer => "from_peer",
+            Reason::DropBadMark => "drop_bad_mark",
+            Reason::IcmpTooBig => "icmp_too_big",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::PassMarkTransit => "pass_mark_transit",
         }
     }
 }
@@ -485,11 +532,14 @@ pub struct FibCacheEntry {
     /// Hits since the clock was last read: the program reads the clock (a helper call) only
     /// every [`FIB_CACHE_CLOCK_EVERY`] hits, so an expired entry may serve that many more
     /// packets on a CPU before it is looked up again.
-    pub unchecked: u16,
+    pub unchecked: u8,
+    /// 1 when the egress is not a backend-facing interface (`LB_BACKEND_IFS`): the backend
+    /// is behind another node, so packets to it carry the steering mark (when on).
+    pub remote: u8,
 }
 
 /// See [`FibCacheEntry::unchecked`].
-pub const FIB_CACHE_CLOCK_EVERY: u16 = 32;
+pub const FIB_CACHE_CLOCK_EVERY: u8 = 32;
 
 /// `LB_SETTINGS[0]`: run-time knobs of the XDP program.
 #[repr(C)]
@@ -497,7 +547,15 @@ pub const FIB_CACHE_CLOCK_EVERY: u16 = 32;
 pub struct Settings {
     /// How long a cached FIB result may be used; 0 disables the cache.
     pub fib_cache_ttl_ns: u64,
+    /// `SETTINGS_F_*`.
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// [`Settings::flags`]: packets steered to a backend that is not behind one of this node's
+/// backend-facing interfaces (`LB_BACKEND_IFS`) carry the steering mark ([`crate::mark`]),
+/// so the node in front of the backend rewrites its replies. Off after loading.
+pub const SETTINGS_F_MARK_REMOTE: u32 = 1;
 
 /// Default FIB cache lifetime: a neighbour or route change reaches the data plane within
 /// this long even if nobody tells `lb`.
@@ -511,38 +569,89 @@ pub const BENCH_TEMPLATE_MAX: usize = 256;
 #[derive(Copy, Clone)]
 pub struct BenchTemplate {
     pub len: u32,
+    /// How far the program under test moves the frame's head (`bpf_xdp_adjust_head`'s
+    /// delta: -8 inserting an IPv4 steering mark, +8 removing one, 0 for most paths). The
+    /// XDP harness undoes it, and any change of the tail, before restoring the bytes, so
+    /// every iteration starts from the same frame at the same place.
+    pub head_delta: i32,
     pub data: [u8; BENCH_TEMPLATE_MAX],
 }
 
-/// Capacity of `LB_RNAT`: one entry per (backend address, port, protocol).
-pub const MAX_RNAT: u32 = 16384;
+/// Default capacity of `LB_REPLIES` (the `[reverse_nat] max_flows` setting overrides it at
+/// load time).
+pub const REPLY_TABLE_ENTRIES: u32 = 262_144;
+/// Capacity of `LB_BACKEND_IFS`.
+pub const MAX_BACKEND_IFS: u32 = 4096;
 
-/// `LB_RNAT` key: a backend's (address, port, protocol) as its replies carry them in their
-/// source. Same layout as [`VipKey`]. Stateless reverse NAT needs the key to name one VIP:
-/// a backend (address, port, protocol) may serve only one (VIP, VIP port).
-#[repr(C, align(4))]
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RnatKey {
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub proto: u8,
-    pub family: u8,
-}
+/// [`ReplyNat::flags`]: a reply of the flow went through the reverse NAT.
+pub const REPLY_F_REPLIED: u8 = 1;
+/// [`ReplyNat::flags`]: a TCP FIN or RST went by, in either direction: the flow is ending.
+pub const REPLY_F_CLOSING: u8 = 2;
+/// [`ReplyNat::flags`]: recorded from another node's steering mark ([`crate::mark`]): the
+/// flow was steered elsewhere and only delivered here.
+pub const REPLY_F_PEER: u8 = 4;
+/// [`ReplyNat::backend`] when the entry names no local backend id (peer entries).
+pub const REPLY_NO_BACKEND: u32 = u32::MAX;
 
-/// `LB_RNAT` value: the source the reply must leave with. Same family as the key (no NAT46).
-#[repr(C, align(4))]
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RnatValue {
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub _pad: [u8; 2],
-    /// The backend's id in `LB_BACKENDS`, for learned-CID mode; [`RNAT_NO_BACKEND`] when
-    /// unknown (nothing is learned from its replies).
+/// `LB_REPLIES` value: where the replies of one steered flow must come from. The key is the
+/// reply's own [`FlowKey`] ([`reply_key`]): source = the backend's address and port,
+/// destination = the client's. Written by the XDP program when it steers a packet (or
+/// receives one with another node's steering mark), read by the reverse NAT for every
+/// reply; a reply without an entry is not lb's and passes untouched.
+#[repr(C, align(8))]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplyNat {
+    /// The VIP the client sent to (the reply's new source), port in host order.
+    pub vip: [u8; 16],
+    pub vip_port: u16,
+    /// `REPLY_F_*`.
+    pub flags: u8,
+    /// The VIP's learned-CID length (learned-CID mode), 0 otherwise: the reverse NAT learns
+    /// the backend's CIDs from the replies when it is set.
+    pub learned_cid_len: u8,
+    /// The backend's id in `LB_BACKENDS` ([`REPLY_NO_BACKEND`] for peer entries).
     pub backend: u32,
+    /// The VIP's index (learned-CID keys).
+    pub vip_index: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns()` when the entry was written, refreshed by replies at most
+    /// every [`REPLY_REFRESH_NS`]: what idle timeouts count from.
+    pub last_ns: u64,
 }
 
-/// `RnatValue::backend` when the backend id is not known.
-pub const RNAT_NO_BACKEND: u32 = u32::MAX;
+/// The reverse NAT rewrites `last_ns` at most this often per flow, so a busy flow does not
+/// write a shared cache line on every reply.
+pub const REPLY_REFRESH_NS: u64 = 1_000_000_000;
+
+/// The `LB_REPLIES` key of the replies to `flow` (a client's packet as it arrived) once it
+/// is steered to the backend at `backend_addr`:`backend_port`.
+#[inline(always)]
+pub fn reply_key(flow: &FlowKey, backend_addr: &[u8; 16], backend_port: u16) -> FlowKey {
+    FlowKey {
+        src: *backend_addr,
+        dst: flow.src,
+        sport: backend_port,
+        dport: flow.sport,
+        proto: flow.proto,
+        family: flow.family,
+        _pad: [0; 2],
+    }
+}
+
+/// The connection-table (`LB_CONNS`) key of the flow a reply entry belongs to: the
+/// client's packets as they arrive, to the VIP.
+#[inline(always)]
+pub fn flow_of_reply(reply: &FlowKey, nat: &ReplyNat) -> FlowKey {
+    FlowKey {
+        src: reply.dst,
+        dst: nat.vip,
+        sport: reply.dport,
+        dport: nat.vip_port,
+        proto: reply.proto,
+        family: reply.family,
+        _pad: [0; 2],
+    }
+}
 
 /// [`RnatSettings::flags`]: forward rewritten replies from the program (`bpf_fib_lookup`,
 /// then `bpf_redirect`, or `bpf_redirect_neigh` when the neighbour is not resolved yet)
@@ -578,8 +687,10 @@ pub struct LearnedKey {
 pub enum RnatReason {
     /// Source rewritten to the VIP.
     Rewritten = 0,
-    /// UDP/TCP, but (source address, port, protocol) is not in `LB_RNAT`; or not UDP/TCP.
-    PassNotBackend = 1,
+    /// Not the reply of a flow lb steered (no `LB_REPLIES` entry for its 5-tuple: kubelet
+    /// probes, pod-to-pod, ClusterIP and NodePort traffic, a backend's own connections), or
+    /// not UDP/TCP: untouched.
+    PassNotSteered = 1,
     /// Truncated or inconsistent headers (also: IPv6 UDP with checksum 0).
     PassMalformed = 2,
     /// Not IPv4/IPv6, or more than one VLAN tag.
@@ -607,7 +718,7 @@ const _: () = assert!(RNAT_REASON_COUNT <= RNAT_REASON_STRIDE);
 impl RnatReason {
     pub const ALL: [RnatReason; RNAT_REASON_COUNT as usize] = [
         RnatReason::Rewritten,
-        RnatReason::PassNotBackend,
+        RnatReason::PassNotSteered,
         RnatReason::PassMalformed,
         RnatReason::PassNotIp,
         RnatReason::PassFragment,
@@ -621,7 +732,7 @@ impl RnatReason {
     pub const fn name(self) -> &'static str {
         match self {
             RnatReason::Rewritten => "rewritten",
-            RnatReason::PassNotBackend => "pass_not_backend",
+            RnatReason::PassNotSteered => "pass_not_steered",
             RnatReason::PassMalformed => "pass_malformed",
             RnatReason::PassNotIp => "pass_not_ip",
             RnatReason::PassFragment => "pass_fragment",
@@ -649,8 +760,7 @@ mod pod {
     unsafe impl aya::Pod for BenchTemplate {}
     unsafe impl aya::Pod for FibCacheEntry {}
     unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for RnatKey {}
-    unsafe impl aya::Pod for RnatValue {}
+    unsafe impl aya::Pod for ReplyNat {}
     unsafe impl aya::Pod for LearnedKey {}
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for RnatSettings {}
@@ -672,9 +782,8 @@ mod tests {
         assert_eq!(size_of::<ConnEntry>(), 8);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<FibCacheEntry>(), 32);
-        assert_eq!(size_of::<Settings>(), 8);
-        assert_eq!(size_of::<RnatKey>(), 20);
-        assert_eq!(size_of::<RnatValue>(), 24);
+        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<ReplyNat>(), 40);
         assert_eq!(size_of::<LearnedKey>(), 28);
         assert_eq!(size_of::<SourceRangeKey>(), 20);
     }

@@ -7,8 +7,12 @@
 #![no_std]
 #![no_main]
 
+mod flows;
+mod icmp;
 mod maps;
+mod mark;
 mod packet;
+mod peer;
 mod rewrite;
 mod rnat;
 mod stats;
@@ -30,6 +34,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let pkt_len = (ctx.data_end() - ctx.data()) as u64;
     let mut p = Parsed::new();
     if let Err(reason) = parse(&ctx, &mut p) {
+        // A steering mark on an IPv6 packet is an extension header.
+        if reason == Reason::PassIpv6Ext {
+            to_peer_program(&ctx);
+        }
         count(reason, pkt_len);
         return xdp_action::XDP_PASS;
     }
@@ -42,7 +50,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     // Copy the value out: userspace may replace the element while we run.
     let vip = match unsafe { maps::LB_VIPS.get(&key) } {
         Some(v) => *v,
+        // An IPv4 header with options may carry a steering mark.
         None => {
+            if !p.is_v6 && p.l4_off - p.l3_off > packet::IPV4_HLEN {
+                to_peer_program(&ctx);
+            }
             count(Reason::PassNotVip, pkt_len);
             return xdp_action::XDP_PASS;
         }
@@ -53,17 +65,39 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         counters.count(Reason::DropSourceRange);
         return xdp_action::XDP_DROP;
     }
-    let (backend_id, backend) = match steer::choose_backend(&ctx, &p, &vip, &counters) {
-        Ok(b) => b,
+    let choice = match steer::choose_backend(&ctx, &p, &vip, &counters) {
+        Ok(c) => c,
         Err(reason) => {
             counters.count(reason);
             return xdp_action::XDP_DROP;
         }
     };
-    counters.count_backend(backend_id);
-    let (verdict, reason) = rewrite::dnat_and_forward(&ctx, &p, backend_id, &backend, &counters);
-    counters.count(reason);
-    verdict
+    let steered = rewrite::Steered {
+        backend_id: choice.id,
+        backend: choice.backend,
+        pinned: choice.pinned,
+        vip: key,
+        vip_index: vip.index,
+        learned_cid_len: vip.learned_cid_len() as u8,
+    };
+    rewrite::deliver(&ctx, &p, &steered, &counters)
+}
+
+/// Hand a packet that may carry another node's steering mark to `lb_xdp_peer`. Returns
+/// only if that program is not installed (the caller then counts and passes the packet as
+/// it would have).
+#[inline(always)]
+fn to_peer_program(ctx: &XdpContext) {
+    // SAFETY: a tail call with our own context; on success it does not return.
+    unsafe {
+        let _ = maps::LB_PEER_PROG.tail_call(ctx, 0);
+    }
+}
+
+/// The backend's node: packets another node steered here with the steering mark.
+#[xdp]
+pub fn lb_xdp_peer(ctx: XdpContext) -> u32 {
+    peer::deliver(&ctx)
 }
 
 /// Is the client's address in one of the VIP's source ranges?
@@ -85,7 +119,21 @@ pub fn lb_bench_harness(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let len = unsafe { (*t).len } as usize;
+    let head_delta = unsafe { (*t).head_delta };
     let data = unsafe { (*t).data.as_ptr() };
+    // The previous iteration moved the head or the tail (a steering mark, an ICMP reply):
+    // put both back where they were.
+    if len != ctx.data_end() - ctx.data() {
+        use aya_ebpf::helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail};
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -head_delta) } != 0 {
+            return xdp_action::XDP_PASS;
+        }
+        // black_box: see icmp::make_room (no arithmetic on the packet end pointer).
+        let tail = len as i32 - core::hint::black_box(ctx.data_end() - ctx.data()) as i32;
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, tail) } != 0 {
+            return xdp_action::XDP_PASS;
+        }
+    }
     if len == 0 || len > lb_common::BENCH_TEMPLATE_MAX || len != ctx.data_end() - ctx.data() {
         return xdp_action::XDP_PASS;
     }
@@ -151,8 +199,8 @@ pub fn lb_bench_tc_empty(_ctx: aya_ebpf::programs::TcContext) -> i32 {
     aya_ebpf::bindings::TC_ACT_OK
 }
 
-/// Reverse NAT on the interfaces that face backends (TC ingress): a reply from a backend's
-/// (address, port, protocol) leaves from its VIP. Never drops what is not ours (`rnat`).
+/// Reverse NAT on the interfaces that face backends (TC ingress): the reply of a flow lb
+/// steered leaves from the VIP its client used; nothing else is touched (`rnat`).
 #[aya_ebpf::macros::classifier]
 pub fn lb_tc_rnat(ctx: aya_ebpf::programs::TcContext) -> i32 {
     rnat::rnat(&ctx)

@@ -6,8 +6,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry,
-    FlowKey, MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKENDS, MAX_SERVER_IDS, MAX_VIPS,
-    QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, ServerIdKey, Settings, VipKey, VipMeta,
+    FlowKey, MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKEND_IFS, MAX_BACKENDS, MAX_SERVER_IDS,
+    MAX_VIPS, QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REPLY_TABLE_ENTRIES, ReplyNat, ServerIdKey,
+    Settings, VipKey, VipMeta,
 };
 
 #[map(name = "LB_VIPS")]
@@ -59,14 +60,50 @@ pub static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 #[map(name = "BENCH_TARGET")]
 pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// Per-CPU room for the fast path's larger temporaries (the reply entry and its key, the
+/// FIB lookup's parameters): the program would not fit the 512-octet BPF stack with them.
+/// Nothing survives a packet; userspace never reads it.
+#[map(name = "LB_SCRATCH")]
+pub static LB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// See [`LB_SCRATCH`].
+#[repr(C)]
+pub struct Scratch {
+    pub reply: FlowKey,
+    pub nat: ReplyNat,
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+}
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: one slot per CPU, and a BPF program is not preempted by itself on its CPU
+    // (XDP and TC run with preemption off), so nothing else uses it while we do.
+    LB_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// `LB_PEER_PROG[0]`: `lb_xdp_peer`, which `lb_xdp` tail-calls for packets that may carry
+/// another node's steering mark (userspace installs it when it loads the object).
+#[map(name = "LB_PEER_PROG")]
+pub static LB_PEER_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// The TC harness's target (a separate array: a program array holds one program type).
 #[map(name = "BENCH_TC_TARGET")]
 pub static BENCH_TC_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// Reverse NAT for `lb_tc_rnat`: backend (address, port, protocol) -> (VIP, VIP port).
-#[map(name = "LB_RNAT")]
-pub static LB_RNAT: HashMap<lb_common::RnatKey, lb_common::RnatValue> =
-    HashMap::with_max_entries(lb_common::MAX_RNAT, 0);
+/// Reverse NAT: the reply of every flow steered here (or delivered here with another
+/// node's steering mark) -> the VIP and port it must leave from. A plain hash, not an LRU:
+/// when it is full a new flow is refused and counted (`drop_flow_table_full`) rather than
+/// an established flow silently losing its entry; the daemon sweeps idle entries
+/// (`lb_common::reply`). Its capacity is set at load time from the config.
+#[map(name = "LB_REPLIES")]
+pub static LB_REPLIES: HashMap<FlowKey, ReplyNat> =
+    HashMap::with_max_entries(REPLY_TABLE_ENTRIES, 0);
+
+/// The interfaces the reverse NAT is attached to: a backend reached out of any other
+/// interface is behind another node.
+#[map(name = "LB_BACKEND_IFS")]
+pub static LB_BACKEND_IFS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_BACKEND_IFS, 0);
 
 /// `lb_tc_rnat`'s counters, indexed by `lb_common::RnatReason`.
 #[map(name = "LB_RNAT_STATS")]

@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason, mark};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -12,11 +12,14 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPV6_HLEN: usize = 40;
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 const UDP_HLEN: usize = 8;
 const TCP_MIN_HLEN: usize = 20;
 
+pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// What the rest of the program needs to know about a UDP/TCP packet.
@@ -37,6 +40,10 @@ pub struct Parsed {
     pub ip_tot_len: u16,
     /// IPv4 TOS or the IPv6 flow-info word (network order), for the FIB lookup.
     pub tos_or_flowinfo: u32,
+    /// Where another node's steering mark starts (`lb_common::mark`: the IPv4 option right
+    /// after the fixed header, or the IPv6 Destination Options header); 0 when there is
+    /// none.
+    pub mark_off: usize,
 }
 
 /// The two program types that parse packets: XDP (`lb_xdp`) and TC (`lb_tc_rnat`). One
@@ -129,6 +136,13 @@ pub fn word(addr: &[u8; 16], i: usize) -> u32 {
 }
 
 impl Parsed {
+    /// A TCP SYN without ACK: a new connection (possibly reusing an old 5-tuple).
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.flow.proto == PROTO_TCP
+            && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+
     pub const fn new() -> Self {
         Parsed {
             vlan: false,
@@ -148,13 +162,28 @@ impl Parsed {
             tcp_flags: 0,
             ip_tot_len: 0,
             tos_or_flowinfo: 0,
+            mark_off: 0,
         }
     }
 }
 
-/// Fill `p` from the packet, or say why the packet is not ours.
+/// Fill `p` from the packet, or say why the packet is not ours. Steering marks are not
+/// looked for (a marked IPv6 packet is `PassIpv6Ext`): see [`parse_marked`].
 #[inline(always)]
 pub fn parse<C: PacketCtx>(ctx: &C, p: &mut Parsed) -> Result<(), Reason> {
+    parse_with::<C, false>(ctx, p)
+}
+
+/// [`parse`], also recognising another node's steering mark (`Parsed::mark_off`). Kept
+/// off the main path on purpose: a branch on the mark there would double the states the
+/// verifier walks through everything after it.
+#[inline(always)]
+pub fn parse_marked<C: PacketCtx>(ctx: &C, p: &mut Parsed) -> Result<(), Reason> {
+    parse_with::<C, true>(ctx, p)
+}
+
+#[inline(always)]
+fn parse_with<C: PacketCtx, const MARKS: bool>(ctx: &C, p: &mut Parsed) -> Result<(), Reason> {
     let pkt_len = ctx.packet_len();
     let mut ethertype = be16(ctx, 12).ok_or(Reason::PassMalformed)?;
     let mut l3_off = ETH_HLEN;
@@ -171,8 +200,8 @@ pub fn parse<C: PacketCtx>(ctx: &C, p: &mut Parsed) -> Result<(), Reason> {
     p.vlan = vlan;
     p.l3_off = l3_off;
     match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, p, pkt_len)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, p, pkt_len)?,
+        ETH_P_IP => parse_ipv4::<C, MARKS>(ctx, p, pkt_len)?,
+        ETH_P_IPV6 => parse_ipv6::<C, MARKS>(ctx, p, pkt_len)?,
         _ => return Err(Reason::PassNotIp),
     }
     match p.flow.proto {
@@ -209,7 +238,11 @@ pub fn parse<C: PacketCtx>(ctx: &C, p: &mut Parsed) -> Result<(), Reason> {
 }
 
 #[inline(always)]
-fn parse_ipv4<C: PacketCtx>(ctx: &C, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
+fn parse_ipv4<C: PacketCtx, const MARKS: bool>(
+    ctx: &C,
+    p: &mut Parsed,
+    pkt_len: usize,
+) -> Result<(), Reason> {
     let l3 = p.l3_off;
     // Version, IHL, TOS, total length | ID, flags, fragment offset | TTL, protocol, checksum.
     // One bounds check for the fixed header, then plain word loads.
@@ -229,6 +262,16 @@ fn parse_ipv4<C: PacketCtx>(ctx: &C, p: &mut Parsed, pkt_len: usize) -> Result<(
     if w1 & 0x3fff != 0 {
         return Err(Reason::PassFragment);
     }
+    // Options: another node's steering mark is always the first one.
+    if MARKS && ihl >= IPV4_HLEN + mark::IPV4_LEN {
+        // LLVM knows from the length checks above that the option is inside the packet and
+        // would drop the bounds check the verifier needs; hide the offset from it.
+        let off = core::hint::black_box(l3 + IPV4_HLEN);
+        let opt = read::<[u8; mark::IPV4_LEN], _>(ctx, off).ok_or(Reason::PassMalformed)?;
+        if mark::parse_ipv4_option(&opt).is_some() {
+            p.mark_off = l3 + IPV4_HLEN;
+        }
+    }
     p.flow.proto = (w2 >> 16) as u8;
     p.flow.family = FAMILY_V4;
     set_word(&mut p.flow.src, 0, src);
@@ -241,7 +284,11 @@ fn parse_ipv4<C: PacketCtx>(ctx: &C, p: &mut Parsed, pkt_len: usize) -> Result<(
 }
 
 #[inline(always)]
-fn parse_ipv6<C: PacketCtx>(ctx: &C, p: &mut Parsed, pkt_len: usize) -> Result<(), Reason> {
+fn parse_ipv6<C: PacketCtx, const MARKS: bool>(
+    ctx: &C,
+    p: &mut Parsed,
+    pkt_len: usize,
+) -> Result<(), Reason> {
     let l3 = p.l3_off;
     // Version, traffic class, flow label | payload length, next header, hop limit.
     let h = load::<[u32; 10], _>(ctx, l3).ok_or(Reason::PassMalformed)?;
@@ -253,7 +300,20 @@ fn parse_ipv6<C: PacketCtx>(ctx: &C, p: &mut Parsed, pkt_len: usize) -> Result<(
     if l3 + IPV6_HLEN + payload_len > pkt_len {
         return Err(Reason::PassMalformed);
     }
-    let next = (w1 >> 8) as u8;
+    let mut next = (w1 >> 8) as u8;
+    let mut l4_off = l3 + IPV6_HLEN;
+    // Another node's steering mark: a Destination Options header of exactly our form
+    // (other destination options, like every other extension header, are not walked).
+    if MARKS && next == mark::IPPROTO_DSTOPTS {
+        let h = read::<[u8; mark::IPV6_LEN], _>(ctx, l4_off).ok_or(Reason::PassIpv6Ext)?;
+        if let Some((upper, _, _)) = mark::parse_ipv6_dstopts(&h)
+            && payload_len >= mark::IPV6_LEN
+        {
+            p.mark_off = l4_off;
+            l4_off += mark::IPV6_LEN;
+            next = upper;
+        }
+    }
     match next {
         PROTO_UDP | PROTO_TCP => {}
         // Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP,
@@ -270,8 +330,8 @@ fn parse_ipv6<C: PacketCtx>(ctx: &C, p: &mut Parsed, pkt_len: usize) -> Result<(
         set_word(&mut p.flow.src, i, h[2 + i]);
         set_word(&mut p.flow.dst, i, h[6 + i]);
     }
-    p.l4_off = l3 + IPV6_HLEN;
-    p.l4_end = p.l4_off + payload_len;
+    p.l4_off = l4_off;
+    p.l4_end = l3 + IPV6_HLEN + payload_len;
     p.ip_tot_len = (IPV6_HLEN + payload_len) as u16;
     // Traffic class and flow label, in network order as bpf_fib_lookup wants them.
     p.tos_or_flowinfo = w0 & u32::to_be(0x0fff_ffff);

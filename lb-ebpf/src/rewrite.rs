@@ -10,11 +10,16 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use lb_common::{Backend, FIB_CACHE_CLOCK_EVERY, FibCacheEntry, PROTO_UDP, Reason, csum};
+use lb_common::{
+    Backend, FIB_CACHE_CLOCK_EVERY, FibCacheEntry, PROTO_UDP, Reason, SETTINGS_F_MARK_REMOTE,
+    Settings, VipKey, csum,
+};
 
 use crate::{
-    maps::{LB_FIB_CACHE, LB_SETTINGS},
-    packet::{Parsed, ptr_at, word},
+    flows, icmp,
+    maps::{LB_BACKEND_IFS, LB_FIB_CACHE, LB_SETTINGS, scratch},
+    mark,
+    packet::{Parsed, TCP_FLAG_FIN, TCP_FLAG_RST, ptr_at, word},
     stats::VipCounters,
 };
 
@@ -22,53 +27,135 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const VLAN_HLEN: usize = 4;
 
+/// A VIP packet whose backend is chosen.
+pub struct Steered {
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// The backend came from the connection table (`steer::Choice::pinned`).
+    pub pinned: bool,
+    pub vip: VipKey,
+    pub vip_index: u32,
+    pub learned_cid_len: u8,
+}
+
+/// Record the flow for the reverse NAT, then DNAT and forward; counts what happened and
+/// returns the verdict.
+#[inline(always)]
+pub fn deliver(ctx: &XdpContext, p: &Parsed, s: &Steered, counters: &VipCounters) -> u32 {
+    // Before the backend sees the packet, so its first reply finds the entry. A flow pinned
+    // in the connection table was recorded with its first packet (the sweep deletes the
+    // two together), so only its FIN or RST, which marks the entry closing, looks again:
+    // one lookup saved on most TCP packets.
+    if !s.pinned || p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+        let target = flows::Target {
+            vip: &s.vip.addr,
+            vip_port: s.vip.port,
+            flags: 0,
+            learned_cid_len: s.learned_cid_len,
+            backend: s.backend_id,
+            vip_index: s.vip_index,
+        };
+        let (addr, port) = (&s.backend.addr, s.backend.port);
+        if flows::record(&p.flow, addr, port, &target, p.is_syn(), p.tcp_flags).is_err() {
+            counters.count(Reason::DropFlowTableFull);
+            return xdp_action::XDP_DROP;
+        }
+    }
+    counters.count_backend(s.backend_id);
+    let (verdict, reason) = dnat_and_forward(ctx, p, s.backend_id, &s.backend, &s.vip, counters);
+    counters.count(reason);
+    verdict
+}
+
 /// Rewrite the destination to `backend`, then forward. Returns the verdict and the reason to
 /// count. Only called for packets `parse` accepted, so every offset below was checked once;
 /// the checks are repeated because the verifier needs them at each access.
+///
+/// A backend whose next hop is not one of the node's backend-facing interfaces is behind
+/// another node: when marking is on, the packet leaves with the steering mark for `vip`
+/// (`lb_common::mark`) so that node's reverse NAT rewrites the replies. A packet the mark
+/// would make too big for the egress MTU is answered with an ICMP "too big" instead,
+/// before anything is rewritten (the message quotes the client's packet).
 #[inline(always)]
 pub fn dnat_and_forward(
     ctx: &XdpContext,
     p: &Parsed,
     backend_id: u32,
     backend: &Backend,
+    vip: &VipKey,
     counters: &VipCounters,
 ) -> (u32, Reason) {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let settings = settings();
+    let hop = match cached_hop(backend_id, ingress, p.ip_tot_len, settings.fib_cache_ttl_ns) {
+        Some(hop) => {
+            counters.count(Reason::FibCached);
+            Ok(hop)
+        }
+        None => fib(ctx, p, &backend.addr, backend.port, p.ip_tot_len, ingress).inspect(|hop| {
+            remember_hop(backend_id, ingress, hop, settings.fib_cache_ttl_ns);
+        }),
+    };
+    let (remote, mtu) = match &hop {
+        Ok(h) => (h.remote, h.mtu),
+        Err(miss) => (miss.remote, 0),
+    };
+    let mark = remote && settings.flags & SETTINGS_F_MARK_REMOTE != 0;
+    let mark_len = mark::len_for(p) as u16;
+    if mark && mtu != 0 && p.ip_tot_len > mtu.saturating_sub(mark_len) {
+        return icmp::too_big(ctx, p, (mtu - mark_len) as u32);
+    }
     if dnat(ctx, p, backend).is_none() {
         return (xdp_action::XDP_PASS, Reason::PassMalformed);
     }
-    let ingress = ctx.ingress_ifindex() as u32;
-    let hop = match cached_hop(backend_id, ingress, p.ip_tot_len) {
-        Some(hop) => {
-            counters.count(Reason::FibCached);
-            hop
+    if mark {
+        if mark::insert(ctx, p, &vip.addr, vip.port).is_none() {
+            return (xdp_action::XDP_DROP, Reason::DropAdjustFailed);
         }
-        None => match fib(ctx, p, backend, ingress) {
-            Ok(hop) => {
-                remember_hop(backend_id, ingress, &hop);
-                hop
-            }
-            Err(reason) => return (xdp_action::XDP_PASS, reason),
-        },
-    };
-    send(ctx, p, ingress, &hop)
+        counters.count(Reason::MarkedForPeer);
+    }
+    match hop {
+        Ok(hop) => send(ctx, p, ingress, &hop),
+        Err(miss) => (xdp_action::XDP_PASS, miss.reason),
+    }
+}
+
+#[inline(always)]
+fn settings() -> Settings {
+    LB_SETTINGS.get(0).copied().unwrap_or(Settings {
+        fib_cache_ttl_ns: 0,
+        flags: 0,
+        _pad: 0,
+    })
+}
+
+/// Is `ifindex` one of the interfaces the reverse NAT is attached to (a local backend)?
+#[inline(always)]
+pub fn is_backend_if(ifindex: u32) -> bool {
+    // SAFETY: reading a value we do not keep.
+    unsafe { LB_BACKEND_IFS.get(&ifindex) }.is_some()
 }
 
 /// Where to send a packet for a backend: what a successful FIB lookup says.
-struct NextHop {
-    egress: u32,
+pub struct NextHop {
+    pub egress: u32,
     dmac: [u8; 6],
     smac: [u8; 6],
-    mtu: u16,
+    pub mtu: u16,
+    /// The egress is not a backend-facing interface: the backend is behind another node.
+    pub remote: bool,
+}
+
+/// A FIB lookup that found no usable next hop: the reason to count, and whether the egress
+/// it did find (with no neighbour entry yet) leads away from this node's backends.
+pub struct FibMiss {
+    pub reason: Reason,
+    pub remote: bool,
 }
 
 #[inline(always)]
-fn cache_ttl() -> u64 {
-    LB_SETTINGS.get(0).map(|s| s.fib_cache_ttl_ns).unwrap_or(0)
-}
-
-#[inline(always)]
-fn cached_hop(backend_id: u32, ingress: u32, ip_tot_len: u16) -> Option<NextHop> {
-    if cache_ttl() == 0 {
+fn cached_hop(backend_id: u32, ingress: u32, ip_tot_len: u16, ttl: u64) -> Option<NextHop> {
+    if ttl == 0 {
         return None;
     }
     // SAFETY: this CPU's slot of a live map.
@@ -92,12 +179,12 @@ fn cached_hop(backend_id: u32, ingress: u32, ip_tot_len: u16) -> Option<NextHop>
         dmac: e.dmac,
         smac: e.smac,
         mtu: e.mtu,
+        remote: e.remote != 0,
     })
 }
 
 #[inline(always)]
-fn remember_hop(backend_id: u32, ingress: u32, hop: &NextHop) {
-    let ttl = cache_ttl();
+fn remember_hop(backend_id: u32, ingress: u32, hop: &NextHop, ttl: u64) {
     // mtu 0: a kernel that does not report the MTU on success; never cache then.
     if ttl == 0 || hop.mtu == 0 {
         return;
@@ -113,6 +200,7 @@ fn remember_hop(backend_id: u32, ingress: u32, hop: &NextHop) {
                 smac: hop.smac,
                 mtu: hop.mtu,
                 unchecked: 0,
+                remote: hop.remote as u8,
             };
         }
     }
@@ -175,41 +263,62 @@ fn dnat(ctx: &XdpContext, p: &Parsed, b: &Backend) -> Option<()> {
     Some(())
 }
 
+/// `bpf_fib_lookup` from the client (`p`'s source) to `dst`:`dport`, for a packet of
+/// `tot_len` octets arriving on `ingress`.
 #[inline(always)]
-fn fib(ctx: &XdpContext, p: &Parsed, b: &Backend, ingress: u32) -> Result<NextHop, Reason> {
+pub fn fib(
+    ctx: &XdpContext,
+    p: &Parsed,
+    dst: &[u8; 16],
+    dport: u16,
+    tot_len: u16,
+    ingress: u32,
+) -> Result<NextHop, FibMiss> {
+    let Some(sc) = scratch() else {
+        return Err(FibMiss {
+            reason: Reason::PassFibFailed,
+            remote: false,
+        });
+    };
+    let fib = &mut sc.fib;
     // SAFETY: plain C struct; all-zero is its documented initial state.
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    *fib = unsafe { zeroed() };
     fib.l4_protocol = p.flow.proto;
     fib.sport = p.flow.sport.to_be();
-    fib.dport = b.port.to_be();
-    fib.__bindgen_anon_1.tot_len = p.ip_tot_len;
+    fib.dport = dport.to_be();
+    fib.__bindgen_anon_1.tot_len = tot_len;
     fib.ifindex = ingress;
     if p.is_v6 {
         fib.family = AF_INET6;
         fib.__bindgen_anon_2.flowinfo = p.tos_or_flowinfo;
         fib.__bindgen_anon_3.ipv6_src = words(&p.flow.src);
-        fib.__bindgen_anon_4.ipv6_dst = words(&b.addr);
+        fib.__bindgen_anon_4.ipv6_dst = words(dst);
     } else {
         fib.family = AF_INET;
         fib.__bindgen_anon_2.tos = p.tos_or_flowinfo as u8;
-        fib.__bindgen_anon_3.ipv4_src =
-            u32::from_ne_bytes([p.flow.src[0], p.flow.src[1], p.flow.src[2], p.flow.src[3]]);
-        fib.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
+        fib.__bindgen_anon_3.ipv4_src = word(&p.flow.src, 0);
+        fib.__bindgen_anon_4.ipv4_dst = word(dst, 0);
     }
     let rc = unsafe {
         fib_lookup(
             ctx.ctx.cast(),
-            &mut fib,
+            fib as *mut bpf_fib_lookup,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
     };
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return Err(Reason::PassNoNeighbour);
+        // The kernel filled in the egress before it looked for the neighbour.
+        return Err(FibMiss {
+            reason: Reason::PassNoNeighbour,
+            remote: !is_backend_if(fib.ifindex),
+        });
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(Reason::PassFibFailed);
+        return Err(FibMiss {
+            reason: Reason::PassFibFailed,
+            remote: false,
+        });
     }
     // SAFETY: on success the kernel leaves the egress MTU in this union member.
     let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
@@ -218,12 +327,13 @@ fn fib(ctx: &XdpContext, p: &Parsed, b: &Backend, ingress: u32) -> Result<NextHo
         dmac: fib.dmac,
         smac: fib.smac,
         mtu,
+        remote: !is_backend_if(fib.ifindex),
     })
 }
 
 /// Rewrite the MACs and hand the frame to its egress interface.
 #[inline(always)]
-fn send(ctx: &XdpContext, p: &Parsed, ingress: u32, hop: &NextHop) -> (u32, Reason) {
+pub fn send(ctx: &XdpContext, p: &Parsed, ingress: u32, hop: &NextHop) -> (u32, Reason) {
     let Some(eth) = ptr_at::<[u8; 12], _>(ctx, 0) else {
         return (xdp_action::XDP_PASS, Reason::PassMalformed);
     };

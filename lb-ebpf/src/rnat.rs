@@ -1,4 +1,4 @@
-//! Reverse NAT (`lb_tc_rnat`): replies from a backend leave the node from the VIP.
+//! Reverse NAT (`lb_tc_rnat`): the replies of flows lb steered leave the node from the VIP.
 //!
 //! Attach point: TC (clsact) **ingress** of the interfaces that face backends. A backend's
 //! reply to a client enters the node there and is then routed by the kernel out of the
@@ -10,12 +10,17 @@
 //! (a local source is a martian) and strict `rp_filter` (1) on the backend-facing interface
 //! drops it (the route back to the VIP does not go out there); use 0 or 2 (loose).
 //!
+//! Which replies: exactly those with an entry in the reply table (`LB_REPLIES`, keyed by the
+//! reply's own 5-tuple), which the XDP program writes for every flow it steers, or
+//! delivers here with another node's steering mark. Everything else from a backend
+//! (answers to kubelet's probes, pod-to-pod, ClusterIP and NodePort traffic through
+//! kube-proxy, the pod's own outbound connections) passes untouched, counted
+//! `pass_not_steered`. The entry names the VIP, so one backend port can answer for any
+//! number of VIPs, each client hearing from the address it used.
+//!
 //! With `RNAT_F_FORWARD` (`LB_RNAT_CFG`; `lb run` sets it) the program then sends the
 //! rewritten reply out itself through the FIB ([`forward`]), so the node's stack and its
 //! netfilter never see it; what the FIB cannot route still goes to the stack as above.
-//!
-//! Stateless: `LB_RNAT` maps (backend address, backend port, protocol) to (VIP, VIP port),
-//! so there is no connection table to lose or to keep in sync across nodes.
 //!
 //! Checksums go through the kernel helpers (`bpf_skb_store_bytes`, `bpf_l3_csum_replace`,
 //! `bpf_l4_csum_replace`), not direct packet writes: on an skb the L4 checksum may be
@@ -43,12 +48,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    LearnedKey, PROTO_UDP, QUIC_LB_MAX_CID_LEN, RNAT_F_FORWARD, RNAT_NO_BACKEND, Reason, RnatKey,
-    RnatReason, RnatValue, VipKey, quic,
+    FlowKey, LearnedKey, PROTO_UDP, QUIC_LB_MAX_CID_LEN, REPLY_NO_BACKEND, RNAT_F_FORWARD, Reason,
+    ReplyNat, RnatReason, quic,
 };
 
 use crate::{
-    maps::{LB_LEARNED, LB_RNAT, LB_RNAT_CFG, LB_RNAT_STATS, LB_VIPS},
+    flows,
+    maps::{LB_LEARNED, LB_RNAT_CFG, LB_RNAT_STATS},
     packet::{self, Parsed, read, word},
     steer::learned_mask,
 };
@@ -89,7 +95,9 @@ struct Reply {
     /// Source address words and port as they are on the wire (network order in memory).
     src: [u32; 4],
     sport_raw: u16,
-    key: RnatKey,
+    /// The reply's 5-tuple: its key in the reply table.
+    flow: FlowKey,
+    tcp_flags: u8,
     /// End of the UDP payload (UDP length, not frame length).
     l4_end: usize,
     /// The client: destination address and port (network order) of the reply.
@@ -133,21 +141,20 @@ fn run(ctx: &TcContext, len: u32) -> (i32, RnatReason) {
         Ok(r) => r,
         Err(reason) => return (TC_ACT_OK, reason),
     };
-    // Copy the value out: userspace may replace the element while we run.
-    let vip = match unsafe { LB_RNAT.get(reply.key) } {
-        Some(v) => *v,
-        None => return (TC_ACT_OK, RnatReason::PassNotBackend),
+    let Some(nat) = flows::reply_seen(&reply.flow, reply.tcp_flags) else {
+        return (TC_ACT_OK, RnatReason::PassNotSteered);
     };
-    if reply.key.proto == PROTO_UDP && vip.backend != RNAT_NO_BACKEND {
-        learn(ctx, &reply, &vip);
+    if reply.flow.proto == PROTO_UDP && nat.learned_cid_len != 0 && nat.backend != REPLY_NO_BACKEND
+    {
+        learn(ctx, &reply, &nat);
     }
     let new_src = [
-        word(&vip.addr, 0),
-        word(&vip.addr, 1),
-        word(&vip.addr, 2),
-        word(&vip.addr, 3),
+        word(&nat.vip, 0),
+        word(&nat.vip, 1),
+        word(&nat.vip, 2),
+        word(&nat.vip, 3),
     ];
-    if rewrite(ctx, &reply, &new_src, vip.port.to_be()).is_err() {
+    if rewrite(ctx, &reply, &new_src, nat.vip_port.to_be()).is_err() {
         // Ours, but half rewritten: it could only reach the client with a bad checksum or
         // from the backend's address.
         return (TC_ACT_SHOT, RnatReason::DropRewriteFailed);
@@ -156,7 +163,7 @@ fn run(ctx: &TcContext, len: u32) -> (i32, RnatReason) {
         .get(0)
         .is_some_and(|s| s.flags & RNAT_F_FORWARD != 0)
     {
-        let (verdict, how) = forward(ctx, &reply, &new_src, vip.port.to_be());
+        let (verdict, how) = forward(ctx, &reply, &new_src, nat.vip_port.to_be());
         count(how, len as u64);
         return (verdict, RnatReason::Rewritten);
     }
@@ -186,7 +193,7 @@ fn forward(ctx: &TcContext, r: &Reply, src: &[u32; 4], sport_raw: u16) -> (i32, 
     }
     // SAFETY: plain C struct; all-zero is its documented initial state.
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    fib.l4_protocol = r.key.proto;
+    fib.l4_protocol = r.flow.proto;
     fib.sport = sport_raw;
     fib.dport = r.dport_raw;
     // tot_len 0: the kernel checks the skb itself against the egress MTU (GSO aware).
@@ -239,18 +246,9 @@ fn forward(ctx: &TcContext, r: &Reply, src: &[u32; 4], sport_raw: u16) -> (i32, 
 /// (VIP index, SCID) -> the backend in `LB_LEARNED`. Only reads the packet; anything that
 /// does not fit is skipped silently (the packet is rewritten as usual).
 #[inline(always)]
-fn learn(ctx: &TcContext, r: &Reply, vip: &RnatValue) {
-    let vkey = VipKey {
-        addr: vip.addr,
-        port: vip.port,
-        proto: r.key.proto,
-        family: r.key.family,
-    };
-    let Some(meta) = (unsafe { LB_VIPS.get(&vkey) }) else {
-        return;
-    };
-    let (index, len) = (meta.index, meta.learned_cid_len());
-    if len == 0 || len > QUIC_LB_MAX_CID_LEN {
+fn learn(ctx: &TcContext, r: &Reply, nat: &ReplyNat) {
+    let (index, len) = (nat.vip_index, nat.learned_cid_len as usize);
+    if len > QUIC_LB_MAX_CID_LEN {
         return;
     }
     let payload = r.l4_off + UDP_HLEN;
@@ -283,7 +281,7 @@ fn learn(ctx: &TcContext, r: &Reply, vip: &RnatValue) {
         _pad: [0; 3],
         cid,
     };
-    let _ = LB_LEARNED.insert(&key, &vip.backend, 0);
+    let _ = LB_LEARNED.insert(&key, &nat.backend, 0);
 }
 
 /// The reply's source, or why the packet is not ours. The XDP program's parser
@@ -296,8 +294,8 @@ fn parse(ctx: &TcContext) -> Result<Reply, RnatReason> {
         Reason::PassNotIp => RnatReason::PassNotIp,
         Reason::PassFragment => RnatReason::PassFragment,
         Reason::PassIpv6Ext => RnatReason::PassIpv6Ext,
-        // Not UDP or TCP: nothing a backend of ours sends.
-        Reason::PassNotVip => RnatReason::PassNotBackend,
+        // Not UDP or TCP: nothing lb steers.
+        Reason::PassNotVip => RnatReason::PassNotSteered,
         _ => RnatReason::PassMalformed,
     })?;
     let udp = p.flow.proto == PROTO_UDP;
@@ -314,12 +312,8 @@ fn parse(ctx: &TcContext) -> Result<Reply, RnatReason> {
             word(&p.flow.src, 3),
         ],
         sport_raw: p.flow.sport.to_be(),
-        key: RnatKey {
-            addr: p.flow.src,
-            port: p.flow.sport,
-            proto: p.flow.proto,
-            family: p.flow.family,
-        },
+        flow: p.flow,
+        tcp_flags: p.tcp_flags,
         l4_end: p.l4_end,
         dst: p.flow.dst,
         dport_raw: p.flow.dport.to_be(),

@@ -16,7 +16,9 @@ fn bump(c: *mut Counter, bytes: u64) {
 
 #[inline(always)]
 fn slot(block: *mut CounterBlock, reason: Reason) -> *mut Counter {
-    // SAFETY: every Reason is below REASON_STRIDE (checked in lb-common's tests).
+    // SAFETY: every Reason is below REASON_STRIDE (checked in lb-common's tests). A reason
+    // must never come back from a BPF subprogram through the stack: the verifier would lose
+    // its value (and LLVM would drop any mask, knowing the enum's range).
     unsafe { (*block).by_reason.as_mut_ptr().add(reason as usize) }
 }
 

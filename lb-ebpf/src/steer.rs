@@ -4,9 +4,8 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_VALID, ConnEntry, FlowKey, LearnedKey, MAGLEV_RING_MAX,
-    PROTO_TCP, PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_MAX_CID_LEN, QUIC_LB_UNROUTABLE_CR,
-    Reason, ServerIdKey, VIP_F_AFFINITY_CLIENT_IP, VIP_F_LEARNED_CID, VIP_F_QUIC_LB, VipMeta,
-    affinity_key,
+    PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_MAX_CID_LEN, QUIC_LB_UNROUTABLE_CR, Reason,
+    ServerIdKey, VIP_F_AFFINITY_CLIENT_IP, VIP_F_LEARNED_CID, VIP_F_QUIC_LB, VipMeta, affinity_key,
     hash::flow_hash,
     quic,
     quic_lb::{self, Mode},
@@ -14,11 +13,20 @@ use lb_common::{
 
 use crate::{
     maps::{LB_BACKENDS, LB_CONNS, LB_LEARNED, LB_MAGLEV, LB_QUIC_CFG, LB_SERVER_IDS},
-    packet::{Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, load, read},
+    packet::{Parsed, load, read},
     stats::VipCounters,
 };
 
 const UDP_HLEN: usize = 8;
+
+/// The backend chosen for a packet.
+pub struct Choice {
+    pub id: u32,
+    pub backend: Backend,
+    /// Taken from the connection table: the flow's reply entry was recorded when the entry
+    /// was made (and the daemon's sweep deletes both together).
+    pub pinned: bool,
+}
 
 /// Pick the backend for a VIP packet and count how it was picked. `Err` is a drop reason.
 #[inline(always)]
@@ -27,7 +35,7 @@ pub fn choose_backend(
     p: &Parsed,
     vip: &VipMeta,
     c: &VipCounters,
-) -> Result<(u32, Backend), Reason> {
+) -> Result<Choice, Reason> {
     let flow = &p.flow;
     if flow.proto == PROTO_UDP && vip.flags & VIP_F_QUIC_LB != 0 {
         match quic_server(ctx, p, vip) {
@@ -36,7 +44,11 @@ pub fn choose_backend(
                 // unknown one: fall back, so a live server answers with a stateless reset.
                 if let Some(b) = valid_backend(id, flow.family) {
                     c.count(Reason::RoutedCid);
-                    return Ok((id, b));
+                    return Ok(Choice {
+                        id,
+                        backend: b,
+                        pinned: false,
+                    });
                 }
                 c.count(Reason::FallbackUnknownServer);
             }
@@ -48,12 +60,16 @@ pub fn choose_backend(
         if let Some(id) = learned_server(ctx, p, vip) {
             if let Some(b) = valid_backend(id, flow.family) {
                 c.count(Reason::RoutedLearnedCid);
-                return Ok((id, b));
+                return Ok(Choice {
+                    id,
+                    backend: b,
+                    pinned: false,
+                });
             }
         }
         return table_or_maglev(flow, vip, c);
     }
-    if flow.proto == PROTO_TCP && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+    if p.is_syn() {
         // A new connection always consults Maglev, so a reused 5-tuple does not inherit a
         // stale entry.
         return maglev(flow, vip, c);
@@ -82,16 +98,16 @@ fn valid_backend(id: u32, family: u8) -> Option<Backend> {
 }
 
 #[inline(always)]
-fn table_or_maglev(
-    flow: &FlowKey,
-    vip: &VipMeta,
-    c: &VipCounters,
-) -> Result<(u32, Backend), Reason> {
+fn table_or_maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<Choice, Reason> {
     if let Some(e) = unsafe { LB_CONNS.get(flow) } {
         if e.flags & CONN_F_VALID != 0 {
             if let Some(b) = valid_backend(e.backend, flow.family) {
                 c.count(Reason::LruHit);
-                return Ok((e.backend, b));
+                return Ok(Choice {
+                    id: e.backend,
+                    backend: b,
+                    pinned: true,
+                });
             }
         }
     }
@@ -99,7 +115,7 @@ fn table_or_maglev(
 }
 
 #[inline(always)]
-fn maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<(u32, Backend), Reason> {
+fn maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<Choice, Reason> {
     if vip.ring_size == 0 || vip.ring_size > MAGLEV_RING_MAX {
         return Err(Reason::DropNoBackend);
     }
@@ -122,7 +138,11 @@ fn maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<(u32, Backen
         0,
     );
     c.count(Reason::Maglev);
-    Ok((id, b))
+    Ok(Choice {
+        id,
+        backend: b,
+        pinned: false,
+    })
 }
 
 /// The backend id named by the server ID in the packet's DCID, or why there is none.

@@ -9,10 +9,14 @@
 //! every round and no other reason moves; otherwise the bench fails rather than report a
 //! figure for the wrong path.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail, ensure};
-use lb_common::{MAGLEV_RING_DEFAULT, PROTO_TCP, PROTO_UDP, Reason, RnatReason, Settings};
+use lb_common::{MAGLEV_RING_DEFAULT, PROTO_TCP, PROTO_UDP, Reason, RnatReason};
 
 use crate::{
     dataplane::{CounterReason, Counters, Dataplane},
@@ -54,10 +58,17 @@ struct Case {
     warmup: Vec<Vec<u8>>,
     /// Whether the next-hop cache is on (the default); off measures `bpf_fib_lookup` itself.
     fib_cache: bool,
+    /// How far the path moves the frame's head (the steering mark: -8 to insert it, +8 to
+    /// remove it); the harness undoes it before every iteration.
+    head_delta: i32,
 }
 
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
+/// The server ID the bench maps to the backend reached back out of `ext`: a backend
+/// behind another node, so its packets carry the steering mark.
+const PEER_SERVER_INDEX: u8 = 0x4f;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 /// The client port of the flows the TC cases reply to.
@@ -110,14 +121,15 @@ fn tcp(flags: u8) -> Vec<u8> {
 }
 
 fn cases() -> Vec<Case> {
-    let short = |src: IpAddr, dst: IpAddr| {
+    let short_to = |src: IpAddr, dst: IpAddr, server: u8| {
         udp(
             src,
             dst,
             fixture::VIP_PORT,
-            quic::short(&fixture::dcid(0, [1, 2, 3, 4, 5, 6]), 64),
+            quic::short(&fixture::dcid(server, [1, 2, 3, 4, 5, 6]), 64),
         )
     };
+    let short = |src: IpAddr, dst: IpAddr| short_to(src, dst, 0);
     let (c4, c6, v4, v6) = (
         IpAddr::from(CLIENT_V4),
         IpAddr::from(CLIENT_V6),
@@ -138,6 +150,7 @@ fn cases() -> Vec<Case> {
         expect: Path::Xdp(expect),
         warmup,
         fib_cache: true,
+        head_delta: 0,
     };
     let tc = |name, packet, expect| Case {
         name,
@@ -145,10 +158,18 @@ fn cases() -> Vec<Case> {
         expect: Path::Tc(expect),
         warmup: vec![],
         fib_cache: true,
+        head_delta: 0,
     };
     let port = fixture::BACKEND_PORT;
+    // A packet another node steered to backend 0 with the steering mark, as it arrives.
+    let from_peer = Packet::eth(CLIENT_MAC, EXT_MAC)
+        .ipv4(CLIENT_V4, backend_v4(0))
+        .steering_mark(v4, fixture::VIP_PORT)
+        .udp(50000, port)
+        .payload(quic::short(&fixture::dcid(0, [1, 2, 3, 4, 5, 6]), 64))
+        .build();
     use Reason::*;
-    use RnatReason::{Forwarded, PassNotBackend, Rewritten};
+    use RnatReason::{Forwarded, PassNotSteered, Rewritten};
     vec![
         case("floor", short(c4, v4), &[], vec![]),
         tc("tc_floor", reply(false, PROTO_UDP, port), &[]),
@@ -170,7 +191,7 @@ fn cases() -> Vec<Case> {
         tc(
             "rnat_not_ours_v4",
             reply(false, PROTO_UDP, port + 1),
-            &[PassNotBackend],
+            &[PassNotSteered],
         ),
         case(
             "non_vip_pass",
@@ -223,6 +244,22 @@ fn cases() -> Vec<Case> {
             &[FallbackInitial, LruHit, FibCached, Redirect],
             vec![],
         ),
+        Case {
+            name: "quic_short_to_peer_v4",
+            packet: short_to(c4, v4, PEER_SERVER_INDEX),
+            expect: Path::Xdp(&[RoutedCid, FibCached, MarkedForPeer, Tx]),
+            warmup: vec![],
+            fib_cache: true,
+            head_delta: -(lb_common::mark::IPV4_LEN as i32),
+        },
+        Case {
+            name: "quic_short_from_peer_v4",
+            packet: from_peer,
+            expect: Path::Xdp(&[FromPeer, Redirect]),
+            warmup: vec![],
+            fib_cache: true,
+            head_delta: lb_common::mark::IPV4_LEN as i32,
+        },
         case(
             "tcp_syn_v4",
             tcp(tcp_flags::SYN),
@@ -243,6 +280,7 @@ fn cases() -> Vec<Case> {
             expect: Path::Xdp(&[RoutedCid, Redirect]),
             warmup: vec![],
             fib_cache: false,
+            head_delta: 0,
         },
         Case {
             name: "quic_short_plaintext_v6_fib_uncached",
@@ -250,6 +288,7 @@ fn cases() -> Vec<Case> {
             expect: Path::Xdp(&[RoutedCid, Redirect]),
             warmup: vec![],
             fib_cache: false,
+            head_delta: 0,
         },
     ]
 }
@@ -295,18 +334,18 @@ fn measure_xdp(
     } else {
         0
     };
-    dp.set_settings(&Settings {
-        fib_cache_ttl_ns: ttl,
-    })?;
+    dp.set_fib_cache_ttl(ttl)?;
     for w in case.warmup.iter().chain([&case.packet]) {
         dp.test_run(w, tb.ext_ifindex)?;
     }
-    dp.bench_prepare(&case.packet, is_floor(case))?;
+    dp.bench_prepare(&case.packet, is_floor(case), case.head_delta)?;
     let before = dp.stats()?;
     let r = dp.bench_run(&case.packet, tb.ext_ifindex, repeat)?;
     let delta = dp.stats()?.delta(&before);
     let want_verdict = if expect.contains(&Reason::Redirect) {
         XDP_REDIRECT
+    } else if expect.contains(&Reason::Tx) {
+        XDP_TX
     } else {
         XDP_PASS
     };
@@ -370,26 +409,42 @@ where
     Ok(())
 }
 
-/// The reverse-NAT state the TC cases reply through: backend 0 (v4 and v6, UDP and TCP)
-/// answers for the VIP.
-fn program_replies(dp: &mut Dataplane) -> Result<()> {
+/// The state the TC and steering-mark cases need: the reverse NAT attached to `be` (so
+/// backends behind it are local and the one back out of `ext` is behind a peer), marking on,
+/// a server ID for that peer's backend, and reply entries for backend 0's replies to the
+/// client (v4 and v6, UDP and TCP), as the XDP program writes them when it steers.
+fn program_replies(dp: &mut Dataplane, tb: &Testbed) -> Result<()> {
+    dp.attach_rnat(tb.be_ifindex)?;
+    dp.set_mark_remote(true)?;
+    dp.set_server_id(
+        fixture::VIP_V4_QUIC,
+        fixture::QUIC_CR,
+        &fixture::server_id(PEER_SERVER_INDEX),
+        fixture::TX_V4_ID,
+    )?;
     for proto in [PROTO_UDP, PROTO_TCP] {
-        dp.set_rnat_backend(
-            backend_v4(0).into(),
-            fixture::BACKEND_PORT,
-            proto,
-            VIP_V4.into(),
-            fixture::VIP_PORT,
-            Some(fixture::v4_backend_id(0)),
-        )?;
-        dp.set_rnat_backend(
-            backend_v6(0).into(),
-            fixture::BACKEND_PORT,
-            proto,
-            VIP_V6.into(),
-            fixture::VIP_PORT,
-            Some(fixture::v6_backend_id(0)),
-        )?;
+        for (backend, client, vip, id) in [
+            (
+                IpAddr::from(backend_v4(0)),
+                IpAddr::from(CLIENT_V4),
+                IpAddr::from(VIP_V4),
+                fixture::v4_backend_id(0),
+            ),
+            (
+                backend_v6(0).into(),
+                CLIENT_V6.into(),
+                VIP_V6.into(),
+                fixture::v6_backend_id(0),
+            ),
+        ] {
+            dp.set_reply_flow(
+                SocketAddr::new(backend, fixture::BACKEND_PORT),
+                SocketAddr::new(client, TC_CLIENT_PORT),
+                proto,
+                SocketAddr::new(vip, fixture::VIP_PORT),
+                Some(id),
+            )?;
+        }
     }
     Ok(())
 }
@@ -400,7 +455,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut dp = Dataplane::load().context("loading the XDP program")?;
     fixture::program_standard(&mut dp, MAGLEV_RING_DEFAULT)
         .context("programming the bench VIPs")?;
-    program_replies(&mut dp).context("programming the reverse NAT")?;
+    program_replies(&mut dp, &tb).context("programming the reverse NAT")?;
     let cases = cases();
     // samples[i]: case i's ns/packet per round; ratios[i]: case i over the floor measured
     // right before it. The machine's speed drifts (shared hosts, frequency scaling); pairing

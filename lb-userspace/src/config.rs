@@ -224,6 +224,26 @@ struct RawConfig {
     vips: Vec<Spanned<RawVip>>,
     #[serde(default)]
     kubernetes: Option<Spanned<RawKubernetes>>,
+    #[serde(default)]
+    reverse_nat: Option<Spanned<RawReverseNat>>,
+}
+
+/// `[reverse_nat]`: the reply table and the steering mark.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReverseNat {
+    #[serde(default)]
+    max_flows: Option<Spanned<i64>>,
+    #[serde(default)]
+    tcp_timeout_s: Option<Spanned<i64>>,
+    #[serde(default)]
+    udp_timeout_s: Option<Spanned<i64>>,
+    #[serde(default)]
+    unreplied_timeout_s: Option<Spanned<i64>>,
+    #[serde(default)]
+    closing_timeout_s: Option<Spanned<i64>>,
+    #[serde(default)]
+    mark_remote: Option<bool>,
 }
 
 /// `[kubernetes]`: settings of `lb run --kube`.
@@ -423,7 +443,34 @@ pub struct Config {
     pub vips: Vec<VipConfig>,
     /// The `[kubernetes]` table, with defaults filled in (used by `lb run --kube`).
     pub kubernetes: KubeSettings,
+    /// The `[reverse_nat]` table, with defaults filled in.
+    pub reverse_nat: ReverseNatSettings,
 }
+
+/// The reply table's size and idle timeouts, and the steering mark (`[reverse_nat]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseNatSettings {
+    /// Capacity of the reply table: flows whose replies can be rewritten at once. Fixed at
+    /// start-up.
+    pub max_flows: u32,
+    pub timeouts: lb_common::reply::ReplyTimeouts,
+    /// Packets to a backend behind another node carry the steering mark, so that node's lb
+    /// rewrites the replies.
+    pub mark_remote: bool,
+}
+
+impl Default for ReverseNatSettings {
+    fn default() -> Self {
+        ReverseNatSettings {
+            max_flows: lb_common::REPLY_TABLE_ENTRIES,
+            timeouts: lb_common::reply::ReplyTimeouts::DEFAULT,
+            mark_remote: true,
+        }
+    }
+}
+
+/// Largest `[reverse_nat] max_flows`: 16 Mi flows, about 2.2 GiB of kernel memory.
+pub const MAX_REPLY_FLOWS: i64 = 1 << 24;
 
 /// Settings of `lb run --kube` (the `[kubernetes]` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1384,6 +1431,7 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
     }
 
     let kubernetes = validate_kubernetes(raw.kubernetes.as_ref(), errs);
+    let reverse_nat = validate_reverse_nat(raw.reverse_nat.as_ref(), errs);
     Config {
         file: errs.src.file.to_owned(),
         interfaces,
@@ -1391,7 +1439,79 @@ fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         metrics_addr,
         vips,
         kubernetes,
+        reverse_nat,
     }
+}
+
+fn validate_reverse_nat(
+    raw: Option<&Spanned<RawReverseNat>>,
+    errs: &mut Errors,
+) -> ReverseNatSettings {
+    let mut r = ReverseNatSettings::default();
+    let Some(raw) = raw else {
+        return r;
+    };
+    let raw = raw.get_ref();
+    let int =
+        |v: &Option<Spanned<i64>>, field: &str, lo: i64, hi: i64, unit: &str, errs: &mut Errors| {
+            v.as_ref().and_then(|v| match int_in(*v.get_ref(), lo, hi) {
+                Some(n) => Some(n as u64),
+                None => {
+                    errs.at(
+                        v.span(),
+                        field,
+                        format!("{} is out of range; use {lo}..={hi}{unit}", v.get_ref()),
+                    );
+                    None
+                }
+            })
+        };
+    if let Some(n) = int(
+        &raw.max_flows,
+        "reverse_nat.max_flows",
+        1,
+        MAX_REPLY_FLOWS,
+        " flows",
+        errs,
+    ) {
+        r.max_flows = n as u32;
+    }
+    const DAY: i64 = 86_400;
+    let t = &mut r.timeouts;
+    for (v, field, hi, slot) in [
+        (
+            &raw.tcp_timeout_s,
+            "reverse_nat.tcp_timeout_s",
+            7 * DAY,
+            &mut t.tcp_ns,
+        ),
+        (
+            &raw.udp_timeout_s,
+            "reverse_nat.udp_timeout_s",
+            DAY,
+            &mut t.udp_ns,
+        ),
+        (
+            &raw.unreplied_timeout_s,
+            "reverse_nat.unreplied_timeout_s",
+            DAY,
+            &mut t.unreplied_ns,
+        ),
+        (
+            &raw.closing_timeout_s,
+            "reverse_nat.closing_timeout_s",
+            DAY,
+            &mut t.closing_ns,
+        ),
+    ] {
+        if let Some(secs) = int(v, field, 1, hi, " seconds", errs) {
+            *slot = secs * 1_000_000_000;
+        }
+    }
+    if let Some(m) = raw.mark_remote {
+        r.mark_remote = m;
+    }
+    r
 }
 
 fn validate_kubernetes(raw: Option<&Spanned<RawKubernetes>>, errs: &mut Errors) -> KubeSettings {
@@ -2470,7 +2590,8 @@ backends = [
         assert_error(
             "interfaces = [\"eth0\"]\nmetrics = \"x\"\n",
             "lb.toml:2:1: metrics: unknown field `metrics`, expected one of `interfaces`, \
-             `xdp_mode`, `backend_interfaces`, `metrics_addr`, `vips`, `kubernetes`",
+             `xdp_mode`, `backend_interfaces`, `metrics_addr`, `vips`, `kubernetes`, \
+             `reverse_nat`",
         );
         // Wrong type.
         assert_error(
@@ -3738,5 +3859,66 @@ backends = [
         .unwrap_err()
         .to_string();
         assert!(e.contains("lease_ttl"), "{e}");
+    }
+
+    #[test]
+    fn reverse_nat_table_defaults_and_values() {
+        let c = Config::parse("interfaces = [\"eth0\"]\n", "t.toml", Path::new(".")).unwrap();
+        assert_eq!(c.reverse_nat, ReverseNatSettings::default());
+        assert_eq!(c.reverse_nat.max_flows, 262_144);
+        assert!(c.reverse_nat.mark_remote);
+        let c = Config::parse(
+            "interfaces = [\"eth0\"]\n[reverse_nat]\nmax_flows = 1000\ntcp_timeout_s = 3600\n\
+             udp_timeout_s = 60\nunreplied_timeout_s = 5\nclosing_timeout_s = 2\n\
+             mark_remote = false\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let s = 1_000_000_000;
+        assert_eq!(
+            c.reverse_nat,
+            ReverseNatSettings {
+                max_flows: 1000,
+                timeouts: lb_common::reply::ReplyTimeouts {
+                    tcp_ns: 3600 * s,
+                    udp_ns: 60 * s,
+                    unreplied_ns: 5 * s,
+                    closing_ns: 2 * s,
+                },
+                mark_remote: false,
+            }
+        );
+    }
+
+    #[test]
+    fn reverse_nat_table_errors_name_the_field() {
+        let e = Config::parse(
+            "interfaces = [\"eth0\"]\n[reverse_nat]\nmax_flows = 0\ntcp_timeout_s = 700000\n\
+             closing_timeout_s = -1\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "t.toml:3:13: reverse_nat.max_flows: 0 is out of range; use 1..=16777216 flows"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("reverse_nat.tcp_timeout_s: 700000 is out of range; use 1..=604800 seconds"),
+            "{e}"
+        );
+        assert!(e.contains("reverse_nat.closing_timeout_s: -1"), "{e}");
+        let e = Config::parse(
+            "interfaces = [\"eth0\"]\n[reverse_nat]\nmax_entries = 5\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `max_entries`"), "{e}");
     }
 }

@@ -9,7 +9,7 @@
 //! and the running state stays as it was. SIGINT/SIGTERM detach everything that was attached.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -27,7 +27,7 @@ use tokio::{
 use crate::{
     announce::{AnnounceOptions, Announcer, AnnouncerHandle},
     config::{self, Config, Plan, XdpMode},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, LoadOptions, monotonic_ns},
     metrics::{
         self, BackendLabel, DaemonStats, Format, Labels, MetricsSource, QuicLabel, VipLabel,
     },
@@ -45,17 +45,14 @@ pub struct RunOptions {
     pub kube: Option<crate::kube::controller::KubeOptions>,
 }
 
-/// A reverse-NAT entry: replies from (backend address, port, protocol) leave as (VIP, port);
-/// the third value is the backend's id (what learned-CID mode records).
-type RnatKey = (IpAddr, u16, u8);
-type RnatMap = BTreeMap<RnatKey, (IpAddr, u16, u32)>;
+/// How often the reply table is swept for idle flows.
+pub const REPLY_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Everything the daemon owns while it runs.
 pub struct State {
     pub dp: Dataplane,
     pub config: Config,
     pub plan: Plan,
-    rnat: RnatMap,
     /// XDP and reverse-NAT attachments, by interface index, for detaching at exit.
     xdp_ifindexes: Vec<(String, u32)>,
     rnat_ifindexes: Vec<(String, u32)>,
@@ -123,32 +120,6 @@ fn ifindex(name: &str) -> Result<u32> {
     Ok(i)
 }
 
-/// The reverse-NAT entries a plan needs. A backend (address, port, protocol) can stand for
-/// one VIP only, since the reverse NAT keeps no per-connection state.
-fn rnat_entries(plan: &Plan) -> Result<RnatMap> {
-    let mut out = RnatMap::new();
-    for vip in &plan.vips {
-        let proto = vip.key.proto.number();
-        for b in &vip.backends {
-            let target = (vip.key.addr, vip.key.port, b.id);
-            if let Some(other) = out.insert((b.addr, b.port, proto), target)
-                && other != target
-            {
-                bail!(
-                    "backend {} serves both {} and {}:{} over {}: replies could not be told \
-                     apart (the reverse NAT is stateless); give one of them another backend port",
-                    SocketAddr::new(b.addr, b.port),
-                    vip.key,
-                    other.0,
-                    other.1,
-                    vip.key.proto.name()
-                );
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn vip_addresses(plan: &Plan) -> Vec<IpAddr> {
     let set: BTreeSet<IpAddr> = plan.vips.iter().map(|v| v.key.addr).collect();
     set.into_iter().collect()
@@ -159,23 +130,24 @@ impl State {
     /// the caller dropping the state (and the kernel, for the BPF links of a dead process).
     fn start(config: Config, announce_plan: bool) -> Result<State> {
         let plan = Plan::build(&config, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let rnat = rnat_entries(&plan)?;
-        let mut dp = Dataplane::load().context("loading the BPF object")?;
+        let mut dp = Dataplane::load_with(LoadOptions {
+            reply_flows: config.reverse_nat.max_flows,
+        })
+        .context("loading the BPF object")?;
+        dp.set_mark_remote(config.reverse_nat.mark_remote)
+            .context("setting the steering mark")?;
         let t = Instant::now();
-        for ((addr, port, proto), (vip, vip_port, id)) in &rnat {
-            dp.set_rnat_backend(*addr, *port, *proto, *vip, *vip_port, Some(*id))?;
-        }
         let changes = Plan::diff(&Plan::default(), &plan);
         config::apply(&mut dp, &changes).context("programming the maps")?;
         let last_sync = t.elapsed();
         let stats = DaemonStats::new(env!("CARGO_PKG_VERSION"));
         stats.observe_map_sync(last_sync);
+        stats.set_reply_capacity(config.reverse_nat.max_flows);
         let labels = labels(&plan);
         let mut state = State {
             dp,
             config,
             plan,
-            rnat,
             xdp_ifindexes: Vec::new(),
             rnat_ifindexes: Vec::new(),
             announcers: Vec::new(),
@@ -327,6 +299,15 @@ impl State {
                 path.display()
             );
         }
+        if config.reverse_nat.max_flows != self.config.reverse_nat.max_flows {
+            bail!(
+                "{}: reverse_nat.max_flows changed ({} -> {}); the reply table is sized at \
+                 start-up, so restart lb to change it (nothing was applied)",
+                path.display(),
+                self.config.reverse_nat.max_flows,
+                config.reverse_nat.max_flows
+            );
+        }
         self.apply_config(config)
     }
 
@@ -334,28 +315,18 @@ impl State {
     /// On an error before the first map write nothing changes.
     pub fn apply_config(&mut self, config: Config) -> Result<usize> {
         let plan = Plan::build(&config, Some(&self.plan)).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let rnat = rnat_entries(&plan)?;
         let changes = Plan::diff(&self.plan, &plan);
-        if changes.is_empty() && rnat == self.rnat {
+        if config.reverse_nat.mark_remote != self.config.reverse_nat.mark_remote {
+            self.dp
+                .set_mark_remote(config.reverse_nat.mark_remote)
+                .context("setting the steering mark")?;
+        }
+        if changes.is_empty() {
             self.config = config;
             return Ok(0);
         }
         let t = Instant::now();
-        // New reverse-NAT entries first (a backend must answer from the VIP before it gets
-        // packets), stale ones last (after no VIP sends to them).
-        for (key, target) in &rnat {
-            if self.rnat.get(key) != Some(target) {
-                let ((addr, port, proto), (vip, vip_port, id)) = (key, target);
-                self.dp
-                    .set_rnat_backend(*addr, *port, *proto, *vip, *vip_port, Some(*id))?;
-            }
-        }
         config::apply(&mut self.dp, &changes).context("applying the new config")?;
-        for key in self.rnat.keys() {
-            if !rnat.contains_key(key) {
-                self.dp.remove_rnat(key.0, key.1, key.2)?;
-            }
-        }
         self.last_sync = t.elapsed();
         self.stats.observe_map_sync(self.last_sync);
         self.labels = labels(&plan);
@@ -369,8 +340,23 @@ impl State {
         }
         self.config = config;
         self.plan = plan;
-        self.rnat = rnat;
         Ok(changes.len())
+    }
+
+    /// One sweep of the reply table (see [`spawn_reply_sweep`]); its figures go to the
+    /// metrics.
+    pub fn sweep_replies(&mut self) {
+        let t = Instant::now();
+        let timeouts = self.config.reverse_nat.timeouts;
+        let swept = self.dp.sweep_replies(monotonic_ns(), &timeouts);
+        let took = t.elapsed();
+        self.stats.reply_sweep(&swept, took);
+        if took > Duration::from_millis(200) {
+            warn!(
+                "sweeping the reply table took {took:?} for {} flows",
+                swept.scanned
+            );
+        }
     }
 
     fn shutdown(&mut self) {
@@ -521,6 +507,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         tokio::spawn(control(listener, state.clone(), reload_config.clone()));
         spawn_metrics(&state)?;
         spawn_rescan(&state);
+        spawn_reply_sweep(&state);
         let mut lease_holder = None;
         if let Some(kube_opts) = opts.kube {
             let client = crate::kube::controller::client(&kube_opts).await?;
@@ -589,6 +576,19 @@ fn spawn_rescan(state: &Arc<Mutex<State>>) {
                 .lock()
                 .expect("state lock")
                 .rescan_backend_interfaces();
+        }
+    });
+}
+
+/// Delete idle reply-table entries every [`REPLY_SWEEP_INTERVAL`], with the timeouts of the
+/// current config (`lb_common::reply`): nothing in the kernel expires them.
+fn spawn_reply_sweep(state: &Arc<Mutex<State>>) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REPLY_SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            state.lock().expect("state lock").sweep_replies();
         }
     });
 }

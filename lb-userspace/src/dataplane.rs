@@ -21,8 +21,9 @@ use lb_common::{
     VipMeta, maglev_ring_base, map_names, program_names, quic_lb,
 };
 use lb_common::{
-    CONN_F_VALID, LearnedKey, MAX_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, RNAT_REASON_COUNT, RnatKey,
-    RnatReason, RnatValue, SourceRangeKey, source_range_key, source_range_prefix_len,
+    CONN_F_VALID, LearnedKey, MAX_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, REPLY_TABLE_ENTRIES,
+    RNAT_REASON_COUNT, ReplyNat, RnatReason, SETTINGS_F_MARK_REMOTE, SourceRangeKey, flow_of_reply,
+    reply::ReplyTimeouts, source_range_key, source_range_prefix_len,
 };
 use thiserror::Error;
 
@@ -214,7 +215,10 @@ pub struct Dataplane {
     settings: Array<MapData, Settings>,
     /// Links made by `attach`, by interface index.
     links: StdHashMap<u32, XdpLinkId>,
-    rnat: HashMap<MapData, RnatKey, RnatValue>,
+    replies: HashMap<MapData, FlowKey, ReplyNat>,
+    /// Capacity of `LB_REPLIES` as loaded.
+    reply_capacity: u32,
+    backend_ifs: HashMap<MapData, u32, u32>,
     rnat_stats: PerCpuArray<MapData, Counter>,
     learned: HashMap<MapData, LearnedKey, u32>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
@@ -223,17 +227,66 @@ pub struct Dataplane {
     rnat_links: StdHashMap<u32, SchedClassifierLinkId>,
 }
 
+/// Sizes fixed when the object is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Capacity of the reply table (`LB_REPLIES`): flows whose replies can be rewritten at
+    /// once.
+    pub reply_flows: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            reply_flows: REPLY_TABLE_ENTRIES,
+        }
+    }
+}
+
+/// What one sweep of the reply table did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Entries looked at.
+    pub scanned: usize,
+    /// Entries deleted as idle past their timeout.
+    pub expired: usize,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which stamps
+/// the reply table.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl Dataplane {
     /// Load the embedded object and the load balancer program (through the verifier).
     pub fn load() -> Result<Self> {
-        Self::load_bytes(BPF_OBJECT)
+        Self::load_bytes(BPF_OBJECT, LoadOptions::default())
     }
 
-    pub fn load_bytes(object: &[u8]) -> Result<Self> {
+    /// [`load`](Self::load) with map sizes other than the defaults.
+    pub fn load_with(opts: LoadOptions) -> Result<Self> {
+        Self::load_bytes(BPF_OBJECT, opts)
+    }
+
+    pub fn load_bytes(object: &[u8], opts: LoadOptions) -> Result<Self> {
         if object.is_empty() {
             return Err(DataplaneError::NotBuilt);
         }
-        let mut ebpf = EbpfLoader::new().load(object)?;
+        if opts.reply_flows == 0 {
+            return Err(DataplaneError::Invalid(
+                "the reply table needs room for at least one flow".into(),
+            ));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::REPLIES, opts.reply_flows)
+            .load(object)?;
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name));
         let vips = HashMap::try_from(take(map_names::VIPS)?).map_err(map_err(map_names::VIPS))?;
@@ -257,7 +310,10 @@ impl Dataplane {
             .map_err(map_err(map_names::FIB_CACHE))?;
         let settings =
             Array::try_from(take(map_names::SETTINGS)?).map_err(map_err(map_names::SETTINGS))?;
-        let rnat = HashMap::try_from(take(map_names::RNAT)?).map_err(map_err(map_names::RNAT))?;
+        let replies =
+            HashMap::try_from(take(map_names::REPLIES)?).map_err(map_err(map_names::REPLIES))?;
+        let backend_ifs = HashMap::try_from(take(map_names::BACKEND_IFS)?)
+            .map_err(map_err(map_names::BACKEND_IFS))?;
         let rnat_stats = PerCpuArray::try_from(take(map_names::RNAT_STATS)?)
             .map_err(map_err(map_names::RNAT_STATS))?;
         let learned =
@@ -280,7 +336,9 @@ impl Dataplane {
             fib_cache,
             settings,
             links: StdHashMap::new(),
-            rnat,
+            replies,
+            reply_capacity: opts.reply_flows,
+            backend_ifs,
             rnat_stats,
             learned,
             source_ranges,
@@ -289,9 +347,35 @@ impl Dataplane {
         };
         dp.set_settings(&Settings {
             fib_cache_ttl_ns: FIB_CACHE_TTL_DEFAULT_NS,
+            ..Settings::default()
         })?;
         dp.load_program(program_names::XDP_LB)?;
+        dp.install_peer_program()?;
         Ok(dp)
+    }
+
+    /// Load `lb_xdp_peer` and put it where `lb_xdp` tail-calls it (`LB_PEER_PROG[0]`):
+    /// without it, packets with another node's steering mark would pass untouched.
+    fn install_peer_program(&mut self) -> Result<()> {
+        self.load_program(program_names::XDP_PEER)?;
+        let fd = self
+            .xdp(program_names::XDP_PEER)?
+            .fd()
+            .map_err(prog_err(program_names::XDP_PEER))?
+            .try_clone()
+            .map_err(|e| {
+                DataplaneError::Invalid(format!(
+                    "duplicating the {} program fd: {e}",
+                    program_names::XDP_PEER
+                ))
+            })?;
+        let mut progs: ProgramArray<_> = ProgramArray::try_from(
+            self.ebpf
+                .map_mut(map_names::PEER_PROG)
+                .ok_or(DataplaneError::MissingMap(map_names::PEER_PROG))?,
+        )
+        .map_err(map_err(map_names::PEER_PROG))?;
+        progs.set(0, &fd, 0).map_err(map_err(map_names::PEER_PROG))
     }
 
     fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp> {
@@ -376,6 +460,25 @@ impl Dataplane {
         self.settings
             .set(0, s, 0)
             .map_err(map_err(map_names::SETTINGS))
+    }
+
+    /// Change the next-hop cache's lifetime only (0: off).
+    pub fn set_fib_cache_ttl(&mut self, ttl_ns: u64) -> Result<()> {
+        let mut s = self.settings()?;
+        s.fib_cache_ttl_ns = ttl_ns;
+        self.set_settings(&s)
+    }
+
+    /// Whether packets to a backend behind another node carry the steering mark
+    /// (`SETTINGS_F_MARK_REMOTE`; off after loading).
+    pub fn set_mark_remote(&mut self, on: bool) -> Result<()> {
+        let mut s = self.settings()?;
+        if on {
+            s.flags |= SETTINGS_F_MARK_REMOTE;
+        } else {
+            s.flags &= !SETTINGS_F_MARK_REMOTE;
+        }
+        self.set_settings(&s)
     }
 
     /// Invalidate backend `id`, then evict the connection-table entries that name it
@@ -668,8 +771,9 @@ impl Dataplane {
     }
 
     /// Prepare the benchmark harness: `BENCH_TARGET[0]` = the load balancer, or the empty
-    /// program when `floor` is set; `BENCH_TEMPLATE[0]` = `packet`.
-    pub fn bench_prepare(&mut self, packet: &[u8], floor: bool) -> Result<()> {
+    /// program when `floor` is set; `BENCH_TEMPLATE[0]` = `packet`, which the program under
+    /// test moves the head of by `head_delta` octets (see `lb_common::BenchTemplate`).
+    pub fn bench_prepare(&mut self, packet: &[u8], floor: bool, head_delta: i32) -> Result<()> {
         if packet.len() > lb_common::BENCH_TEMPLATE_MAX {
             return Err(DataplaneError::Invalid(format!(
                 "bench packet of {} octets is longer than the harness template ({})",
@@ -701,7 +805,7 @@ impl Dataplane {
         targets
             .set(0, &fd, 0)
             .map_err(map_err(map_names::BENCH_TARGET))?;
-        self.set_bench_template(packet)
+        self.set_bench_template(packet, head_delta)
     }
 
     /// Run the harness `repeat` times on `packet` (which must be the prepared template).
@@ -749,7 +853,7 @@ impl Dataplane {
         targets
             .set(0, &fd, 0)
             .map_err(map_err(map_names::BENCH_TC_TARGET))?;
-        self.set_bench_template(packet)
+        self.set_bench_template(packet, 0)
     }
 
     /// Run the TC harness `repeat` times on `packet` (the prepared template), as if it
@@ -759,7 +863,7 @@ impl Dataplane {
         run_tc(self.classifier(name)?, packet, ifindex, repeat)
     }
 
-    fn set_bench_template(&mut self, packet: &[u8]) -> Result<()> {
+    fn set_bench_template(&mut self, packet: &[u8], head_delta: i32) -> Result<()> {
         if packet.len() > lb_common::BENCH_TEMPLATE_MAX {
             return Err(DataplaneError::Invalid(format!(
                 "bench packet of {} octets is longer than the harness template ({})",
@@ -769,6 +873,7 @@ impl Dataplane {
         }
         let mut t = BenchTemplate {
             len: packet.len() as u32,
+            head_delta,
             data: [0; lb_common::BENCH_TEMPLATE_MAX],
         };
         t.data[..packet.len()].copy_from_slice(packet);
@@ -808,23 +913,30 @@ pub fn learned_key(vip_index: u32, cid: &[u8]) -> Option<LearnedKey> {
     Some(k)
 }
 
-/// `LB_RNAT` key for replies from `backend`:`port` over `proto`.
-pub fn rnat_key(backend: IpAddr, port: u16, proto: u8) -> RnatKey {
-    let (addr, family) = addr_key(backend);
-    RnatKey {
-        addr,
-        port,
+/// The reply-table key of replies from `backend` to `client` over `proto`.
+pub fn reply_flow_key(
+    backend: std::net::SocketAddr,
+    client: std::net::SocketAddr,
+    proto: u8,
+) -> FlowKey {
+    let (src, family) = addr_key(backend.ip());
+    FlowKey {
+        src,
+        dst: addr_key(client.ip()).0,
+        sport: backend.port(),
+        dport: client.port(),
         proto,
         family,
+        _pad: [0; 2],
     }
 }
 
-fn check_rnat_proto(proto: u8) -> Result<()> {
+fn check_l4_proto(proto: u8) -> Result<()> {
     if proto == PROTO_UDP || proto == PROTO_TCP {
         Ok(())
     } else {
         Err(DataplaneError::Invalid(format!(
-            "reverse NAT protocol {proto}: only UDP ({PROTO_UDP}) and TCP ({PROTO_TCP}) are rewritten"
+            "protocol {proto}: lb steers and rewrites only UDP ({PROTO_UDP}) and TCP ({PROTO_TCP})"
         )))
     }
 }
@@ -860,69 +972,91 @@ impl Dataplane {
         prog.load().map_err(prog_err(program_names::TC_RNAT))
     }
 
-    /// Replies from `backend`:`backend_port` over `proto` leave from `vip`:`vip_port`.
-    /// Replaces an existing entry for the backend (a backend address, port and protocol can
-    /// stand for one VIP only: the reverse NAT is stateless).
-    pub fn set_rnat(
-        &mut self,
-        backend: IpAddr,
-        backend_port: u16,
-        proto: u8,
-        vip: IpAddr,
-        vip_port: u16,
-    ) -> Result<()> {
-        self.set_rnat_backend(backend, backend_port, proto, vip, vip_port, None)
+    // ---- the reply table -----------------------------------------------------------
+
+    /// Capacity of the reply table, as loaded.
+    pub fn reply_capacity(&self) -> u32 {
+        self.reply_capacity
     }
 
-    /// [`set_rnat`](Self::set_rnat), also naming the backend's id in `LB_BACKENDS`: what
-    /// learned-CID mode records for the CIDs this backend chooses (without it, nothing is
-    /// learned from its replies).
-    pub fn set_rnat_backend(
-        &mut self,
-        backend: IpAddr,
-        backend_port: u16,
+    /// Every entry of the reply table: (the reply's 5-tuple, where it must come from).
+    pub fn reply_flows(&self) -> Vec<(FlowKey, ReplyNat)> {
+        self.replies.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// The entry for replies from `backend` to `client` over `proto`, if any.
+    pub fn reply_flow(
+        &self,
+        backend: std::net::SocketAddr,
+        client: std::net::SocketAddr,
         proto: u8,
-        vip: IpAddr,
-        vip_port: u16,
+    ) -> Option<ReplyNat> {
+        self.replies
+            .get(&reply_flow_key(backend, client, proto), 0)
+            .ok()
+    }
+
+    /// Write a reply-table entry directly, as the XDP program would when steering a flow of
+    /// `client` through `vip` to `backend` (tests, the bench). `backend_id` is what
+    /// learned-CID mode records; `None` for an entry like another node's (no local id). The
+    /// VIP's index and learned-CID length come from `LB_VIPS` (0 when it is not there).
+    pub fn set_reply_flow(
+        &mut self,
+        backend: std::net::SocketAddr,
+        client: std::net::SocketAddr,
+        proto: u8,
+        vip: std::net::SocketAddr,
         backend_id: Option<u32>,
     ) -> Result<()> {
-        check_rnat_proto(proto)?;
-        if backend.is_ipv4() != vip.is_ipv4() {
+        check_l4_proto(proto)?;
+        if backend.is_ipv4() != vip.is_ipv4() || client.is_ipv4() != vip.is_ipv4() {
             return Err(DataplaneError::Invalid(format!(
-                "reverse NAT from backend {backend} to VIP {vip}: the families differ \
+                "reply entry {backend} -> {client} from VIP {vip}: the families differ \
                  (lb does not translate between IPv4 and IPv6)"
             )));
         }
-        let (addr, _) = addr_key(vip);
-        let value = RnatValue {
-            addr,
-            port: vip_port,
-            _pad: [0; 2],
-            backend: backend_id.unwrap_or(lb_common::RNAT_NO_BACKEND),
+        let meta = self
+            .vip(&vip_key(vip.ip(), vip.port(), proto))
+            .unwrap_or_default();
+        let value = ReplyNat {
+            vip: addr_key(vip.ip()).0,
+            vip_port: vip.port(),
+            vip_index: meta.index,
+            learned_cid_len: meta.learned_cid_len() as u8,
+            backend: backend_id.unwrap_or(lb_common::REPLY_NO_BACKEND),
+            flags: if backend_id.is_none() {
+                lb_common::REPLY_F_PEER
+            } else {
+                0
+            },
+            last_ns: monotonic_ns(),
+            ..ReplyNat::default()
         };
-        self.rnat
-            .insert(rnat_key(backend, backend_port, proto), value, 0)
-            .map_err(map_err(map_names::RNAT))
+        self.replies
+            .insert(reply_flow_key(backend, client, proto), value, 0)
+            .map_err(map_err(map_names::REPLIES))
     }
 
-    pub fn remove_rnat(&mut self, backend: IpAddr, backend_port: u16, proto: u8) -> Result<()> {
-        self.rnat
-            .remove(&rnat_key(backend, backend_port, proto))
-            .map_err(map_err(map_names::RNAT))
-    }
-
-    /// The (VIP, VIP port) replies from this backend are rewritten to, if any.
-    pub fn rnat(&self, backend: IpAddr, backend_port: u16, proto: u8) -> Option<(IpAddr, u16)> {
-        let v = self
-            .rnat
-            .get(&rnat_key(backend, backend_port, proto), 0)
-            .ok()?;
-        let ip = if backend.is_ipv4() {
-            IpAddr::from([v.addr[0], v.addr[1], v.addr[2], v.addr[3]])
-        } else {
-            IpAddr::from(v.addr)
-        };
-        Some((ip, v.port))
+    /// Delete the reply-table entries idle past their timeout at `now_ns`
+    /// ([`monotonic_ns`]), and for each the connection-table entry of its flow, so the
+    /// flow's next packet records it again. Keys are collected first (deleting while
+    /// walking a hash table restarts the walk); an entry deleted meanwhile is fine.
+    pub fn sweep_replies(&mut self, now_ns: u64, timeouts: &ReplyTimeouts) -> SweepStats {
+        let mut stats = SweepStats::default();
+        let mut doomed = Vec::new();
+        for (k, v) in self.replies.iter().filter_map(|r| r.ok()) {
+            stats.scanned += 1;
+            if timeouts.expired(&v, k.proto, now_ns) {
+                doomed.push((k, v));
+            }
+        }
+        for (k, v) in doomed {
+            if self.replies.remove(&k).is_ok() {
+                stats.expired += 1;
+            }
+            let _ = self.conns.remove(&flow_of_reply(&k, &v));
+        }
+        stats
     }
 
     /// Learned-CID mode: the backend id learned for `cid` under VIP `vip_index`, if any.
@@ -996,7 +1130,17 @@ impl Dataplane {
             .attach(&name, TcAttachType::Ingress)
             .map_err(prog_err(program_names::TC_RNAT))?;
         self.rnat_links.insert(ifindex, id);
-        Ok(())
+        // Backends out of this interface are local: no steering mark towards them.
+        self.backend_ifs
+            .insert(ifindex, 1, 0)
+            .map_err(map_err(map_names::BACKEND_IFS))
+    }
+
+    /// The interfaces the reverse NAT is attached to, as the XDP program sees them.
+    pub fn backend_ifindexes(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.backend_ifs.keys().filter_map(|k| k.ok()).collect();
+        v.sort_unstable();
+        v
     }
 
     /// Whether the reverse NAT forwards rewritten replies itself (`RNAT_F_FORWARD`: FIB
@@ -1026,6 +1170,8 @@ impl Dataplane {
                 "reverse NAT is not attached to ifindex {ifindex}"
             )));
         };
+        // Gone already (an interface that vanished) is fine.
+        let _ = self.backend_ifs.remove(&ifindex);
         self.rnat_prog()?
             .detach(id)
             .map_err(prog_err(program_names::TC_RNAT))

@@ -22,7 +22,7 @@
 //! | `lb_node_bytes_total` | counter | `reason` | octets of those packets |
 //! | `lb_backend_packets_total` | counter | `vip`, `port`, `proto`, `backend` | packets sent to one backend (`backend` = `address:port`). The kernel counts per backend, not per (VIP, backend): a backend that serves several VIPs has one series whose `vip`, `port` and `proto` list them all, comma-separated and sorted (e.g. `proto="tcp,udp"`) |
 //! | `lb_backend_bytes_total` | counter | `vip`, `port`, `proto`, `backend` | octets sent to that backend, as they arrived |
-//! | `lb_rnat_packets_total` | counter | `reason` | packets seen by the reverse-NAT TC program (`rewritten`, `pass_not_backend`, ...) |
+//! | `lb_rnat_packets_total` | counter | `reason` | packets seen by the reverse-NAT TC program (`rewritten`, `pass_not_steered`, ...) |
 //! | `lb_rnat_bytes_total` | counter | `reason` | octets of those packets |
 //! | `lb_map_sync_duration_seconds` | histogram | | time to write one new plan into the maps (config load or reload, Kubernetes update) |
 //! | `lb_config_reloads_total` | counter | `result` (`ok`, `error`) | configuration reloads; on `error` the data plane keeps its last good state |
@@ -31,6 +31,10 @@
 //! | `lb_backends` | gauge | | distinct backends (address, port) the daemon has programmed |
 //! | `lb_fib_cache_ttl_seconds` | gauge | | lifetime of the XDP program's next-hop cache (`LB_SETTINGS`); 0 = off |
 //! | `lb_scrape_map_errors` | gauge | | map reads that failed during this scrape (their series are left out) |
+//! | `lb_reply_flows` | gauge | | flows in the reply table (replies the reverse NAT rewrites), as of the last sweep |
+//! | `lb_reply_flows_capacity` | gauge | | flows the reply table can hold (`[reverse_nat] max_flows`) |
+//! | `lb_reply_flows_expired_total` | counter | | reply-table entries the sweep deleted as idle |
+//! | `lb_reply_sweep_duration_seconds` | gauge | | how long the last sweep of the reply table took |
 //!
 //! Every VIP has a series for each reason the program counts per VIP (all but the
 //! `pass_*` parse reasons, which are node-wide only), zeros included, so `rate()` works from
@@ -62,7 +66,7 @@ use prometheus_client::{
         MetricType,
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
         info::Info,
     },
@@ -73,7 +77,9 @@ use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-use crate::dataplane::{Dataplane, DataplaneError, ReasonCounters, RnatCounters, vip_key};
+use crate::dataplane::{
+    Dataplane, DataplaneError, ReasonCounters, RnatCounters, SweepStats, vip_key,
+};
 
 /// Content type of the Prometheus text exposition format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -175,7 +181,18 @@ pub struct DaemonStats {
     /// (count, total nanoseconds) of `map_sync`, for `/status` (the histogram keeps its own).
     map_sync_totals: Arc<(AtomicU64, AtomicU64)>,
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    reply_table: ReplyTableStats,
     version: &'static str,
+}
+
+/// The reply table as the daemon's sweeps see it (counting entries needs a walk of the
+/// table, which the sweep does anyway; a scrape does not).
+#[derive(Clone, Debug, Default)]
+struct ReplyTableStats {
+    flows: Gauge,
+    capacity: Gauge,
+    expired: Counter,
+    sweep_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for DaemonStats {
@@ -198,8 +215,22 @@ impl DaemonStats {
             map_sync: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             map_sync_totals: Arc::default(),
             reloads,
+            reply_table: ReplyTableStats::default(),
             version,
         }
+    }
+
+    /// The reply table holds at most `n` flows.
+    pub fn set_reply_capacity(&self, n: u32) {
+        self.reply_table.capacity.set(n as i64);
+    }
+
+    /// One sweep of the reply table finished: what it found and how long it took.
+    pub fn reply_sweep(&self, s: &SweepStats, took: Duration) {
+        let r = &self.reply_table;
+        r.flows.set((s.scanned - s.expired) as i64);
+        r.expired.inc_by(s.expired as u64);
+        r.sweep_seconds.set(took.as_secs_f64());
     }
 
     /// One plan written into the maps took `d`.
@@ -521,6 +552,28 @@ fn registry(snap: Snapshot, labels: &Labels, extra: &DaemonStats) -> Registry {
         "Configuration reloads by result",
         extra.reloads.clone(),
     );
+    let r = &extra.reply_table;
+    reg.register(
+        "lb_reply_flows",
+        "Flows in the reply table (whose replies the reverse NAT rewrites), as of the last sweep",
+        r.flows.clone(),
+    );
+    reg.register(
+        "lb_reply_flows_capacity",
+        "Flows the reply table can hold; past that, new flows are dropped (drop_flow_table_full)",
+        r.capacity.clone(),
+    );
+    reg.register(
+        "lb_reply_flows_expired",
+        "Reply-table entries deleted by the sweep as idle past their timeout",
+        r.expired.clone(),
+    );
+    reg.register_with_unit(
+        "lb_reply_sweep_duration",
+        "Time the last sweep of the reply table took",
+        Unit::Seconds,
+        r.sweep_seconds.clone(),
+    );
     // `info` in OpenMetrics (`lb_build_info{version} 1`), a gauge of 1 in the 0.0.4 text.
     reg.register(
         "lb_build",
@@ -631,7 +684,10 @@ pub fn status_snapshot(s: &Snapshot, extra: &DaemonStats) -> Value {
     });
     json!({
         "version": extra.version,
-        "settings": s.settings.map(|st| json!({ "fib_cache_ttl_ns": st.fib_cache_ttl_ns })),
+        "settings": s.settings.map(|st| json!({
+            "fib_cache_ttl_ns": st.fib_cache_ttl_ns,
+            "mark_remote": st.flags & lb_common::SETTINGS_F_MARK_REMOTE != 0,
+        })),
         "vips": vips,
         "backends": backends,
         "counters": s.global.as_ref().map(|g| counters_json(g, |_| true)),
@@ -639,6 +695,12 @@ pub fn status_snapshot(s: &Snapshot, extra: &DaemonStats) -> Value {
         "config_reloads": {
             "ok": extra.config_reloads(true),
             "error": extra.config_reloads(false),
+        },
+        "reply_table": {
+            "flows": extra.reply_table.flows.get(),
+            "capacity": extra.reply_table.capacity.get(),
+            "expired": extra.reply_table.expired.get(),
+            "last_sweep_seconds": extra.reply_table.sweep_seconds.get(),
         },
         "map_sync": {
             "count": extra.map_sync_totals.0.load(Ordering::Relaxed),

@@ -307,6 +307,27 @@ impl Packet {
         self
     }
 
+    /// lb's steering mark for `vip`:`port` (`lb_common::mark`), as a steering node adds it
+    /// to a packet for a backend behind another node: the first IPv4 option (before any
+    /// given with [`ip_options`](Self::ip_options)), or a Destination Options header in
+    /// front of any other IPv6 extension header. Call after `ipv4`/`ipv6`.
+    pub fn steering_mark(mut self, vip: std::net::IpAddr, port: u16) -> Self {
+        match (&self.l3, vip) {
+            (L3Spec::V4 { .. }, std::net::IpAddr::V4(v)) => {
+                let mut o = lb_common::mark::ipv4_option(v.octets(), port).to_vec();
+                o.extend_from_slice(&self.ip_options);
+                self.ip_options = o;
+            }
+            (L3Spec::V6 { .. }, std::net::IpAddr::V6(v)) => {
+                let h = lb_common::mark::ipv6_dstopts(0, v.octets(), port);
+                // The option TLV; the builder adds the next-header, length and PadN octets.
+                self.ext6.insert(0, Ext6::DestOpts(h[2..22].to_vec()));
+            }
+            _ => panic!("test bug: a steering mark needs ipv4/ipv6 of the VIP's family first"),
+        }
+        self
+    }
+
     /// Force the IPv4 header checksum field (e.g. a wrong one) instead of computing it.
     pub fn ip_checksum(mut self, value: u16) -> Self {
         self.ip_checksum = Some(value);

@@ -12,8 +12,8 @@
 //!   plaintext, server ID 2 octets, nonce 6); backends `198.19.N.10:8443` with server ID
 //!   `0a0N`.
 //! - VIP 198.18.0.101, port 443, UDP only, `quic = false`: 4-tuple Maglev only; backends
-//!   `198.19.N.10:8444`. A second backend port per pod because the stateless reverse NAT maps
-//!   one (backend address, port, protocol) to one VIP.
+//!   `198.19.N.10:8444`, served by a second `lb backend` per pod without QUIC-LB connection
+//!   IDs (a server that is not QUIC-LB aware, as behind a 4-tuple balancer).
 //! - The VIPs are on no interface: the node's announcer answers ARP for them on n0.
 //! - Each backend namespace runs two `lb backend` processes (ports 8443 and 8444), and
 //!   `lb attach` on its eth0: XDP_REDIRECT into a veth only delivers when the peer end has an

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use common::*;
 use lb_common::{
-    PROTO_UDP, RNAT_NO_BACKEND, Reason::*, RnatReason, VIP_F_LEARNED_CID, learned_cid_flags,
+    PROTO_UDP, REPLY_NO_BACKEND, Reason::*, RnatReason, VIP_F_LEARNED_CID, learned_cid_flags,
 };
 use lb_userspace::{
     packet::{Packet, quic},
@@ -52,17 +52,55 @@ fn program_learned(lb: &mut Lb) -> Result<()> {
             flags: learned_cid_flags(CID_LEN),
         };
         publish(&mut lb.dp, &vip, backends, RING)?;
-        for (id, b) in backends {
-            lb.dp
-                .set_rnat_backend(*b, BACKEND_PORT, PROTO_UDP, addr, LEARNED_PORT, Some(*id))?;
-        }
     }
     lb.dp.load_rnat().context("loading lb_tc_rnat (verifier)")?;
     Ok(())
 }
 
-/// A backend's reply as it enters the node from `be`: from backend:8443 to the client.
-fn reply(backend: IpAddr, client: IpAddr, cport: u16, payload: &[u8]) -> Vec<u8> {
+/// The id of fixture backend `addr` (v4 or v6).
+fn id_of(addr: IpAddr) -> u32 {
+    (0..BACKENDS)
+        .find_map(|i| {
+            if addr == IpAddr::from(backend_v4(i)) {
+                Some(v4_backend_id(i))
+            } else if addr == IpAddr::from(backend_v6(i)) {
+                Some(v6_backend_id(i))
+            } else {
+                None
+            }
+        })
+        .expect("a fixture backend")
+}
+
+/// The reverse NAT's entry for a flow the XDP program steered from `client`:`cport` to
+/// `backend`:8443 through the VIP of the client's family on `vip_port`, naming the
+/// backend's id when `with_id`.
+fn steered(lb: &mut Lb, backend: IpAddr, client: IpAddr, cport: u16, vip_port: u16, with_id: bool) {
+    let vip: IpAddr = if client.is_ipv4() {
+        VIP_V4.into()
+    } else {
+        VIP_V6.into()
+    };
+    lb.dp
+        .set_reply_flow(
+            std::net::SocketAddr::new(backend, BACKEND_PORT),
+            std::net::SocketAddr::new(client, cport),
+            PROTO_UDP,
+            std::net::SocketAddr::new(vip, vip_port),
+            with_id.then(|| id_of(backend)),
+        )
+        .expect("writing a reply entry");
+}
+
+/// A reply of a flow steered through the learned VIP, as it enters the node from `be`:
+/// from backend:8443 to the client (its reply entry written first).
+fn reply(lb: &mut Lb, backend: IpAddr, client: IpAddr, cport: u16, payload: &[u8]) -> Vec<u8> {
+    steered(lb, backend, client, cport, LEARNED_PORT, true);
+    reply_bytes(backend, client, cport, payload)
+}
+
+/// The bytes of a reply from backend:8443 to the client, as it enters the node from `be`.
+fn reply_bytes(backend: IpAddr, client: IpAddr, cport: u16, payload: &[u8]) -> Vec<u8> {
     let p = Packet::eth(BE_PEER_MAC, BE_MAC);
     let p = match (backend, client) {
         (IpAddr::V4(b), IpAddr::V4(c)) => p.ipv4(b, c),
@@ -158,6 +196,7 @@ fn server_long_header_reply_is_learned_then_rebound_client_follows_it() -> Resul
                 assert_eq!(lb.dp.learned_cid(vip, &scid), None);
                 // The server's Initial answer: DCID = the client's CID, SCID = its own.
                 let pkt = reply(
+                    lb,
                     backend(i),
                     client,
                     40000,
@@ -277,27 +316,32 @@ fn only_fitting_replies_are_learned() -> Result<()> {
             }),
         ];
         for (what, payload) in &cases {
-            run_reply(lb, what, &reply(b, c, 40000, payload));
+            let pkt = reply(lb, b, c, 40000, payload);
+            run_reply(lb, what, &pkt);
             assert!(
                 lb.dp.learned_cids().is_empty(),
                 "{what}: learned {:?}",
                 lb.dp.learned_cids()
             );
         }
-        // A backend whose reverse-NAT entry has no backend id (`set_rnat`): nothing learned.
-        lb.dp
-            .set_rnat(b, BACKEND_PORT, PROTO_UDP, VIP_V4.into(), LEARNED_PORT)?;
-        assert_eq!(
-            lb.dp.rnat(b, BACKEND_PORT, PROTO_UDP),
-            Some((VIP_V4.into(), LEARNED_PORT))
-        );
+        // A flow whose reply entry names no backend id (one another node steered here):
+        // nothing learned.
+        steered(lb, b, c, 40000, LEARNED_PORT, false);
+        let nat = lb
+            .dp
+            .reply_flow(
+                std::net::SocketAddr::new(b, BACKEND_PORT),
+                std::net::SocketAddr::new(c, 40000),
+                PROTO_UDP,
+            )
+            .expect("the entry just written");
+        assert_eq!(nat.backend, REPLY_NO_BACKEND);
         run_reply(
             lb,
             "no backend id",
-            &reply(b, c, 40000, &quic::handshake(&CLIENT_CID, &SERVER_CID, 64)),
+            &reply_bytes(b, c, 40000, &quic::handshake(&CLIENT_CID, &SERVER_CID, 64)),
         );
         assert!(lb.dp.learned_cids().is_empty());
-        let _ = RNAT_NO_BACKEND;
         Ok(())
     })
 }
@@ -306,29 +350,21 @@ fn only_fitting_replies_are_learned() -> Result<()> {
 fn vip_without_learned_mode_learns_nothing_and_removal_forgets() -> Result<()> {
     with_lb(RING, FibCache::Off, |lb| {
         program_learned(lb)?;
-        // The plain UDP VIP (port 53) with a reverse NAT carrying backend ids.
+        // A flow of the plain UDP VIP (port 53), its reply entry naming the backend id.
         let (b, c) = (IpAddr::from(backend_v4(1)), IpAddr::from(CLIENT_V4));
-        lb.dp.set_rnat_backend(
-            b,
-            BACKEND_PORT + 1,
-            PROTO_UDP,
-            VIP_V4.into(),
-            PLAIN_UDP_PORT,
-            Some(v4_backend_id(1)),
-        )?;
-        let pkt = Packet::eth(BE_PEER_MAC, BE_MAC)
-            .ipv4(backend_v4(1), CLIENT_V4)
-            .udp(BACKEND_PORT + 1, 40000)
-            .payload(quic::handshake(&CLIENT_CID, &SERVER_CID, 64))
-            .build();
+        steered(lb, b, c, 40001, PLAIN_UDP_PORT, true);
+        let pkt = reply_bytes(b, c, 40001, &quic::handshake(&CLIENT_CID, &SERVER_CID, 64));
         run_reply(lb, "plain VIP", &pkt);
         assert!(lb.dp.learned_cids().is_empty());
         // Learn one on the learned VIP, then remove the VIP: the entry goes with it.
-        run_reply(
+        let pkt = reply(
             lb,
-            "learned VIP",
-            &reply(b, c, 40000, &quic::handshake(&CLIENT_CID, &SERVER_CID, 64)),
+            b,
+            c,
+            40000,
+            &quic::handshake(&CLIENT_CID, &SERVER_CID, 64),
         );
+        run_reply(lb, "learned VIP", &pkt);
         assert_eq!(
             lb.dp.learned_cid(LEARNED_VIP, &SERVER_CID),
             Some(v4_backend_id(1))

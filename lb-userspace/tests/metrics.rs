@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use lb_common::{Counter, PROTO_TCP, PROTO_UDP, Reason, Settings};
+use lb_common::{Counter, PROTO_TCP, PROTO_UDP, Reason};
 use lb_userspace::{
     dataplane::{Dataplane, ReasonCounters},
     metrics::{
@@ -180,9 +180,7 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
     let mut dp = Dataplane::load().context("loading the XDP program (verifier)")?;
     program_standard(&mut dp, RING)?;
     // No next-hop cache: every packet counts `redirect` and never `fib_cached`.
-    dp.set_settings(&Settings {
-        fib_cache_ttl_ns: 0,
-    })?;
+    dp.set_fib_cache_ttl(0)?;
 
     let mut quic_len = 0;
     for n in 0..QUIC_PACKETS as u8 {

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use lb_common::{PROTO_TCP, PROTO_UDP, RnatReason};
+use lb_common::{PROTO_TCP, PROTO_UDP, RnatReason, reply::ReplyTimeouts};
 use lb_userspace::{
     dataplane::{Dataplane, RnatCounters},
     netns::{NetNs, require_root, veth_pair},
@@ -141,30 +141,42 @@ impl Reply {
     }
 }
 
-/// A loaded object with the reverse NAT of the standard backend (v4 and v6, UDP and TCP,
-/// port 8443) to the VIP (port 443).
+/// A loaded object with the reverse NAT program verified; its reply table is empty.
 fn loaded() -> Result<Dataplane> {
     require_root()?;
     let mut dp = Dataplane::load().context("loading the BPF object")?;
     dp.load_rnat()
         .context("loading lb_tc_rnat (the verifier runs here)")?;
-    for proto in [PROTO_UDP, PROTO_TCP] {
-        dp.set_rnat(
-            BACKEND_V4.into(),
-            BACKEND_PORT,
-            proto,
-            VIP_V4.into(),
-            VIP_PORT,
-        )?;
-        dp.set_rnat(
-            BACKEND_V6.into(),
-            BACKEND_PORT,
-            proto,
-            VIP_V6.into(),
-            VIP_PORT,
-        )?;
-    }
     Ok(dp)
+}
+
+fn proto_of(l4: L4) -> u8 {
+    match l4 {
+        L4::Udp => PROTO_UDP,
+        L4::Tcp(_) => PROTO_TCP,
+    }
+}
+
+fn vip_of(addr: IpAddr) -> IpAddr {
+    if addr.is_ipv4() {
+        VIP_V4.into()
+    } else {
+        VIP_V6.into()
+    }
+}
+
+/// Record `r`'s flow as the XDP program does when it steers the client's packet: replies
+/// from its source (the backend) to its destination (the client) leave from the VIP of
+/// their family, port 443.
+fn steered(dp: &mut Dataplane, r: &Reply) {
+    dp.set_reply_flow(
+        SocketAddr::new(r.src, r.sport),
+        SocketAddr::new(r.dst, r.dport),
+        proto_of(r.l4),
+        SocketAddr::new(vip_of(r.src), VIP_PORT),
+        Some(0),
+    )
+    .unwrap_or_else(|e| panic!("recording {r:?}: {e}"));
 }
 
 /// Run `pkt` once and require: TC_ACT_OK, output exactly `want`, valid checksums when
@@ -216,7 +228,9 @@ fn expect_one(what: &str, d: &RnatCounters, reason: RnatReason, bytes: u64) {
     }
 }
 
+/// `reply`'s flow is steered, and the reply leaves from the VIP.
 fn rewritten(dp: &mut Dataplane, what: &str, reply: &Reply) {
+    steered(dp, reply);
     check(
         dp,
         what,
@@ -233,18 +247,22 @@ fn untouched(dp: &mut Dataplane, what: &str, pkt: &[u8], reason: RnatReason) {
 // ---- rewritten ---------------------------------------------------------------------------
 
 #[test]
-fn verifier_accepts_rnat_and_stats_start_at_zero() -> Result<()> {
-    let dp = loaded()?;
+fn verifier_accepts_rnat_and_everything_starts_empty() -> Result<()> {
+    let mut dp = loaded()?;
     assert_eq!(dp.rnat_stats()?, RnatCounters::default());
-    assert_eq!(
-        dp.rnat(BACKEND_V4.into(), BACKEND_PORT, PROTO_UDP),
-        Some((VIP_V4.into(), VIP_PORT))
-    );
-    assert_eq!(
-        dp.rnat(BACKEND_V6.into(), BACKEND_PORT, PROTO_TCP),
-        Some((VIP_V6.into(), VIP_PORT))
-    );
-    assert_eq!(dp.rnat(BACKEND_V4.into(), 9999, PROTO_UDP), None);
+    assert!(dp.reply_flows().is_empty());
+    let r = Reply::v4(L4::Udp);
+    steered(&mut dp, &r);
+    let nat = dp
+        .reply_flow(
+            SocketAddr::new(r.src, r.sport),
+            SocketAddr::new(r.dst, r.dport),
+            PROTO_UDP,
+        )
+        .context("the entry just written")?;
+    assert_eq!(&nat.vip[..4], &VIP_V4.octets());
+    assert_eq!(nat.vip_port, VIP_PORT);
+    assert_eq!(nat.flags, 0, "no reply yet");
     Ok(())
 }
 
@@ -300,6 +318,7 @@ fn ipv4_udp_zero_checksum_stays_zero() -> Result<()> {
     let mut dp = loaded()?;
     let mut r = Reply::v4(L4::Udp);
     r.udp_no_checksum = true;
+    steered(&mut dp, &r);
     let out = r.to_vip_source();
     check(
         &mut dp,
@@ -341,6 +360,7 @@ fn udp_checksum_computing_to_zero_is_sent_as_ffff() -> Result<()> {
             "test bug: the input should not already carry 0xffff"
         );
         let what = format!("{:?} UDP checksum computing to 0", r.src);
+        steered(&mut dp, &r);
         check(&mut dp, &what, &input, &out, RnatReason::Rewritten);
     }
     Ok(())
@@ -348,11 +368,47 @@ fn udp_checksum_computing_to_zero_is_sent_as_ffff() -> Result<()> {
 
 // ---- not ours: untouched -----------------------------------------------------------------
 
+/// Only the replies of steered flows are rewritten: every other packet from a backend's
+/// address and serving port (an answer to kubelet's probe from the node, to another pod, to
+/// a ClusterIP client, the backend's own connection) passes untouched.
 #[test]
-fn other_sources_pass_untouched() -> Result<()> {
+fn replies_of_flows_lb_did_not_steer_pass_untouched() -> Result<()> {
     let mut dp = loaded()?;
-    let not = RnatReason::PassNotBackend;
+    let not = RnatReason::PassNotSteered;
+    for r in [
+        Reply::v4(L4::Udp),
+        Reply::v6(L4::Udp),
+        Reply::v4(L4::Tcp(tcp_flags::ACK)),
+    ] {
+        steered(&mut dp, &r);
+    }
+    let to = |r: Reply, dst: IpAddr, dport: u16| Reply { dst, dport, ..r };
+    let node_v4: IpAddr = Ipv4Addr::new(198, 19, 0, 1).into();
     let cases = [
+        (
+            "v4: the same backend port answering the node (a kubelet probe)",
+            to(
+                Reply::v4(L4::Tcp(tcp_flags::SYN | tcp_flags::ACK)),
+                node_v4,
+                51000,
+            ),
+        ),
+        (
+            "v4: the same backend port answering another pod",
+            to(
+                Reply::v4(L4::Udp),
+                Ipv4Addr::new(198, 19, 0, 11).into(),
+                40000,
+            ),
+        ),
+        (
+            "v4: the steered client, another client port",
+            to(Reply::v4(L4::Udp), CLIENT_V4.into(), CLIENT_PORT + 1),
+        ),
+        (
+            "v6: the steered client, another client port",
+            to(Reply::v6(L4::Udp), CLIENT_V6.into(), CLIENT_PORT + 1),
+        ),
         (
             "v4 other backend address",
             Reply::v4(L4::Udp).sent_from(OTHER_BACKEND_V4, BACKEND_PORT),
@@ -362,12 +418,12 @@ fn other_sources_pass_untouched() -> Result<()> {
             Reply::v6(L4::Udp).sent_from(OTHER_BACKEND_V6, BACKEND_PORT),
         ),
         (
-            "v4 other port",
+            "v4 other backend port",
             Reply::v4(L4::Udp).sent_from(BACKEND_V4, 8444),
         ),
         (
-            "v6 other port",
-            Reply::v6(L4::Tcp(tcp_flags::ACK)).sent_from(BACKEND_V6, 8444),
+            "v6 TCP when only UDP was steered",
+            Reply::v6(L4::Tcp(tcp_flags::ACK)),
         ),
         (
             "the client's address as a source",
@@ -381,20 +437,21 @@ fn other_sources_pass_untouched() -> Result<()> {
     for (what, r) in cases {
         untouched(&mut dp, what, &r.bytes(), not);
     }
-    // The protocol is part of the key.
-    dp.remove_rnat(BACKEND_V4.into(), BACKEND_PORT, PROTO_TCP)?;
-    untouched(
+    // The steered flows themselves are rewritten.
+    check(
         &mut dp,
-        "v4 TCP when only UDP is mapped",
-        &Reply::v4(L4::Tcp(tcp_flags::ACK)).bytes(),
-        not,
+        "v4 UDP steered",
+        &Reply::v4(L4::Udp).bytes(),
+        &Reply::v4(L4::Udp).to_vip_source().bytes(),
+        RnatReason::Rewritten,
     );
-    rewritten(&mut dp, "v4 UDP still mapped", &Reply::v4(L4::Udp));
-    dp.remove_rnat(BACKEND_V6.into(), BACKEND_PORT, PROTO_UDP)?;
+    // Once their entries are swept, they pass untouched too.
+    let swept = dp.sweep_replies(u64::MAX, &ReplyTimeouts::DEFAULT);
+    assert_eq!((swept.scanned, swept.expired), (3, 3), "{swept:?}");
     untouched(
         &mut dp,
-        "v6 UDP after remove_rnat",
-        &Reply::v6(L4::Udp).bytes(),
+        "v4 UDP after its entry expired",
+        &Reply::v4(L4::Udp).bytes(),
         not,
     );
     // Not UDP/TCP, from a backend address.
@@ -540,16 +597,15 @@ fn truncated_and_inconsistent_packets_pass_untouched() -> Result<()> {
 }
 
 #[test]
-fn set_rnat_refuses_mixed_families_and_other_protocols() -> Result<()> {
+fn set_reply_flow_refuses_mixed_families_and_other_protocols() -> Result<()> {
     let mut dp = loaded()?;
-    assert!(
-        dp.set_rnat(BACKEND_V4.into(), 1, PROTO_UDP, VIP_V6.into(), 443)
-            .is_err()
-    );
-    assert!(
-        dp.set_rnat(BACKEND_V4.into(), 1, 1, VIP_V4.into(), 443)
-            .is_err()
-    );
+    let b4 = SocketAddr::new(BACKEND_V4.into(), 1);
+    let c4 = SocketAddr::new(CLIENT_V4.into(), 2);
+    let v6 = SocketAddr::new(VIP_V6.into(), 443);
+    let v4 = SocketAddr::new(VIP_V4.into(), 443);
+    assert!(dp.set_reply_flow(b4, c4, PROTO_UDP, v6, None).is_err());
+    assert!(dp.set_reply_flow(b4, c4, 1, v4, None).is_err());
+    assert!(dp.reply_flows().is_empty());
     Ok(())
 }
 
@@ -595,6 +651,7 @@ fn forwarding_redirects_with_fib_macs_or_falls_back() -> Result<()> {
                verdict: u32,
                want: &[u8],
                how: &[RnatReason]| {
+        steered(dp, reply);
         let pkt = reply.bytes();
         let before = dp.rnat_stats().expect("reading LB_RNAT_STATS");
         let r = dp
@@ -827,6 +884,10 @@ fn end_to_end(backend_tx_offload: bool, forward: bool) -> Result<()> {
             backend.run_in(|| UdpSocket::bind(SocketAddr::new(backend_ip, BACKEND_PORT)))??;
         let unmapped = backend.run_in(|| UdpSocket::bind(SocketAddr::new(backend_ip, 8444)))??;
 
+        // The flow the XDP program would have recorded when it steered the client to the
+        // backend (`steered` uses VIP port 443, as the socket below expects).
+        let flow = Reply::new(L4::Udp, backend_ip, client_ip);
+        steered(&mut dp, &flow);
         let before = dp.rnat_stats()?;
         let stack_before = stack_forwarded(&node, vip.is_ipv6())?;
         let msg = format!("reply via {vip}");
@@ -863,7 +924,7 @@ fn end_to_end(backend_tx_offload: bool, forward: bool) -> Result<()> {
             "the node's stack forwards the reply only when the program does not"
         );
 
-        // A port that is not mapped passes untouched: the client sees the backend itself.
+        // A port lb never steered passes untouched: the client sees the backend itself.
         unmapped.send_to(b"not mapped", to_client)?;
         let (n, from) = sock
             .recv_from(&mut buf)
@@ -943,7 +1004,7 @@ fn end_to_end(backend_tx_offload: bool, forward: bool) -> Result<()> {
     );
     assert_eq!(s.packets(RnatReason::FibFallback), 0, "{:?}", s.nonzero());
     assert!(
-        s.packets(RnatReason::PassNotBackend) >= 2,
+        s.packets(RnatReason::PassNotSteered) >= 2,
         "{:?}",
         s.nonzero()
     );

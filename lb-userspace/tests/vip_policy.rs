@@ -21,7 +21,7 @@ use common::*;
 use lb_common::{
     ConnEntry, FlowKey, PROTO_TCP, PROTO_UDP,
     Reason::{self, *},
-    Settings, VIP_F_AFFINITY_CLIENT_IP, VIP_F_QUIC_LB, VIP_F_SOURCE_RANGES, affinity_key,
+    VIP_F_AFFINITY_CLIENT_IP, VIP_F_QUIC_LB, VIP_F_SOURCE_RANGES, affinity_key,
     hash::flow_hash,
 };
 use lb_userspace::{
@@ -234,9 +234,7 @@ fn with_bare(f: impl FnOnce(&mut Lb) -> Result<()>) -> Result<()> {
     let tb = Testbed::new()?;
     let _inside = tb.enter()?;
     let mut dp = Dataplane::load().context("loading the XDP program (verifier)")?;
-    dp.set_settings(&Settings {
-        fib_cache_ttl_ns: 0,
-    })?;
+    dp.set_fib_cache_ttl(0)?;
     let mut lb = Lb { tb: &tb, dp };
     f(&mut lb)
 }

@@ -70,7 +70,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     ops::RangeInclusive,
 };
 
@@ -151,7 +151,6 @@ pub fn translate(view: &ClusterView) -> Desired {
         .filter_map(|s| translate_service(view, s, &mut problems))
         .collect();
     resolve_port_conflicts(&mut outs, &mut problems);
-    resolve_backend_conflicts(&mut outs, &mut problems);
     enforce_capacity(&mut outs, &mut problems);
     let announce = announce_sets(&outs, &mut problems);
     let mut vips: Vec<VipConfig> = outs.into_iter().flat_map(|o| o.vips).collect();
@@ -1020,55 +1019,6 @@ fn resolve_port_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) 
     }
 }
 
-/// Give each pod (address, port, protocol) to the oldest VIP that reaches it. The reverse
-/// NAT is stateless: it knows which VIP a reply comes from only by the pod's address, port
-/// and protocol, so one pod port can answer for one VIP (address, port) only. A younger VIP
-/// whose backends include one already taken keeps no backends (it drops new flows) and its
-/// Service says why, instead of blocking every other update.
-fn resolve_backend_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) {
-    let by_age = oldest_first(outs);
-    type Owner = (IpAddr, u16, ServiceKey);
-    let mut owner: BTreeMap<(IpAddr, u16, Protocol), Owner> = BTreeMap::new();
-    for i in by_age {
-        let out = &mut outs[i];
-        let key = out.key.clone();
-        for v in &mut out.vips {
-            let proto = v.protocols[0];
-            let taken = v.backends.iter().find_map(|b| {
-                owner
-                    .get(&(b.addr, b.port, proto))
-                    .filter(|(a, p, _)| (*a, *p) != (v.addr, v.ports[0]))
-                    .map(|o| (b, o))
-            });
-            if let Some((b, (a, p, by))) = taken {
-                problems.push(problem(
-                    &key,
-                    "SharedBackend",
-                    format!(
-                        "{} {}/{} would reach pod port {} {}, which already answers for {} of \
-                         Service {}/{}; lb's reverse NAT tells replies apart by pod address, \
-                         port and protocol only, so this port has no backends: give one of \
-                         the Services another targetPort",
-                        v.addr,
-                        v.ports[0],
-                        proto.name(),
-                        SocketAddr::new(b.addr, b.port),
-                        proto.name(),
-                        SocketAddr::new(*a, *p),
-                        by.0,
-                        by.1
-                    ),
-                ));
-                v.backends.clear();
-                continue;
-            }
-            for b in &v.backends {
-                owner.insert((b.addr, b.port, proto), (v.addr, v.ports[0], key.clone()));
-            }
-        }
-    }
-}
-
 /// The data plane holds [`MAX_VIPS`] (address, port, protocol) VIPs. Older Services keep
 /// theirs; a Service that would not fit entirely gets none, and says so, rather than the
 /// whole update being refused.
@@ -1862,10 +1812,11 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_port_answers_for_one_vip_only() {
+    fn a_pod_port_answers_for_any_number_of_vips() {
         use k8s_openapi::jiff::Timestamp;
-        // Two Services on two addresses select the same pods and port: the reverse NAT
-        // could not tell their replies apart, so the younger one gets no backends.
+        // Two Services on two addresses select the same pods and port (say a public and a
+        // private address in front of one ingress): both get the pod. The reverse NAT
+        // keeps each flow's VIP, so each client hears from the address it used.
         let mut old = svc(
             "zz-old",
             &["198.18.0.100"],
@@ -1888,32 +1839,20 @@ mod tests {
             )
         };
         let d = World::new(vec![new, old], vec![pods("zz-old"), pods("aa-new")]).run("n");
+        let pod = vec![(ip("198.19.0.1"), 8080, 1)];
         assert_eq!(
             d.vips
                 .iter()
                 .map(|v| (v.name.as_deref().unwrap(), weights(v)))
                 .collect::<Vec<_>>(),
             vec![
-                ("web/zz-old:80/tcp", vec![(ip("198.19.0.1"), 8080, 1)]),
-                ("web/zz-old:443/udp", vec![(ip("198.19.0.1"), 8080, 1)]),
-                ("web/aa-new:80/tcp", vec![]),
-                ("web/aa-new:81/udp", vec![]),
+                ("web/zz-old:80/tcp", pod.clone()),
+                ("web/zz-old:443/udp", pod.clone()),
+                ("web/aa-new:80/tcp", pod.clone()),
+                ("web/aa-new:81/udp", pod),
             ]
         );
-        assert_eq!(
-            reasons(&d),
-            vec![("aa-new", "SharedBackend"), ("aa-new", "SharedBackend")]
-        );
-        assert!(
-            d.problems[0].message.contains("198.19.0.1:8080"),
-            "{:?}",
-            d.problems
-        );
-        assert!(
-            d.problems[0].message.contains("198.18.0.100:80"),
-            "{:?}",
-            d.problems
-        );
+        assert_eq!(reasons(&d), Vec::<(&str, &str)>::new());
     }
 
     #[test]
@@ -2520,6 +2459,7 @@ mod tests {
             metrics_addr: None,
             vips: d.vips,
             kubernetes: Default::default(),
+            reverse_nat: Default::default(),
         };
         let plan = Plan::build(&config, None).expect("the translated model builds a plan");
         assert_eq!(plan.vips.len(), 2);

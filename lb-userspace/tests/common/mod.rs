@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
-use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Reason, Settings};
+use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
 use lb_userspace::{
     dataplane::{Dataplane, ReasonCounters, RunResult, addr_key},
     packet::{Packet, hex, hex_diff, verify_checksums},
@@ -55,9 +55,7 @@ pub fn with_lb(ring: u32, cache: FibCache, f: impl FnOnce(&mut Lb) -> Result<()>
     let mut dp = Dataplane::load().context("loading the XDP program (verifier)")?;
     fixture::program_standard(&mut dp, ring)?;
     if cache == FibCache::Off {
-        dp.set_settings(&Settings {
-            fib_cache_ttl_ns: 0,
-        })?;
+        dp.set_fib_cache_ttl(0)?;
     }
     let mut lb = Lb { tb: &tb, dp };
     f(&mut lb)
@@ -307,9 +305,7 @@ impl Lb<'_> {
 
     pub fn fib_cache(&mut self, ttl_ns: u64) {
         self.dp
-            .set_settings(&Settings {
-                fib_cache_ttl_ns: ttl_ns,
-            })
+            .set_fib_cache_ttl(ttl_ns)
             .expect("writing LB_SETTINGS");
     }
 }
