@@ -61,7 +61,6 @@ pub fn deliver(ctx: &XdpContext, p: &Parsed, s: &Steered, counters: &VipCounters
             return xdp_action::XDP_DROP;
         }
     }
-    counters.count_backend(s.backend_id);
     let (verdict, reason) = dnat_and_forward(ctx, p, s.backend_id, &s.backend, &s.vip, counters);
     counters.count(reason);
     verdict
@@ -105,6 +104,8 @@ pub fn dnat_and_forward(
     if mark && mtu != 0 && p.ip_tot_len > mtu.saturating_sub(mark_len) {
         return icmp::too_big(ctx, p, (mtu - mark_len) as u32);
     }
+    // From here on the packet goes to the backend (or to the kernel on its way there).
+    counters.count_backend(backend_id);
     if dnat(ctx, p, backend).is_none() {
         return (xdp_action::XDP_PASS, Reason::PassMalformed);
     }

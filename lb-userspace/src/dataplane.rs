@@ -1037,6 +1037,21 @@ impl Dataplane {
             .map_err(map_err(map_names::REPLIES))
     }
 
+    /// Write one reply-table entry exactly as given (tests and debugging: flags and
+    /// timestamps of one's choosing).
+    pub fn set_reply_nat(
+        &mut self,
+        backend: std::net::SocketAddr,
+        client: std::net::SocketAddr,
+        proto: u8,
+        nat: &ReplyNat,
+    ) -> Result<()> {
+        check_l4_proto(proto)?;
+        self.replies
+            .insert(reply_flow_key(backend, client, proto), nat, 0)
+            .map_err(map_err(map_names::REPLIES))
+    }
+
     /// Delete the reply-table entries idle past their timeout at `now_ns`
     /// ([`monotonic_ns`]), and for each the connection-table entry of its flow, so the
     /// flow's next packet records it again. Keys are collected first (deleting while

@@ -314,7 +314,8 @@ fn kept<T>(errors: &mut Vec<String>, what: &str, r: Result<T, DataplaneError>) -
 }
 
 /// Reasons the program counts per VIP: everything but the parse failures, which happen
-/// before a VIP is known.
+/// before a VIP is known, and the steering marks that name no VIP of this node or are for a
+/// backend elsewhere.
 pub fn counted_per_vip(r: Reason) -> bool {
     !matches!(
         r,
@@ -323,6 +324,8 @@ pub fn counted_per_vip(r: Reason) -> bool {
             | Reason::PassNotVip
             | Reason::PassFragment
             | Reason::PassIpv6Ext
+            | Reason::DropBadMark
+            | Reason::PassMarkTransit
     )
 }
 

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
 use lb_userspace::{
-    dataplane::{Dataplane, ReasonCounters, RunResult, addr_key},
+    dataplane::{Dataplane, LoadOptions, ReasonCounters, RunResult, addr_key},
     packet::{Packet, hex, hex_diff, verify_checksums},
     testbed::{CLIENT_MAC, EXT_MAC, Testbed, fixture},
 };
@@ -49,10 +49,20 @@ pub struct Lb<'a> {
 /// here), program the standard VIPs with a `ring`-slot Maglev ring, then run `f`. The RAII
 /// guards leave and delete the namespace even when `f` panics.
 pub fn with_lb(ring: u32, cache: FibCache, f: impl FnOnce(&mut Lb) -> Result<()>) -> Result<()> {
+    with_lb_sized(ring, cache, LoadOptions::default(), f)
+}
+
+/// [`with_lb`] with map sizes other than the defaults.
+pub fn with_lb_sized(
+    ring: u32,
+    cache: FibCache,
+    sizes: LoadOptions,
+    f: impl FnOnce(&mut Lb) -> Result<()>,
+) -> Result<()> {
     lb_userspace::netns::require_root()?;
     let tb = Testbed::new()?;
     let _inside = tb.enter()?;
-    let mut dp = Dataplane::load().context("loading the XDP program (verifier)")?;
+    let mut dp = Dataplane::load_with(sizes).context("loading the XDP program (verifier)")?;
     fixture::program_standard(&mut dp, ring)?;
     if cache == FibCache::Off {
         dp.set_fib_cache_ttl(0)?;
@@ -127,16 +137,10 @@ pub struct Want<'a> {
 }
 
 /// Reasons that are only ever counted globally: parse failures happen before there is a
-/// VIP.
+/// VIP, and a steering mark that names no VIP of ours or is for a backend elsewhere has
+/// none either.
 pub fn global_only(r: Reason) -> bool {
-    matches!(
-        r,
-        Reason::PassNotIp
-            | Reason::PassMalformed
-            | Reason::PassNotVip
-            | Reason::PassFragment
-            | Reason::PassIpv6Ext
-    )
+    !lb_userspace::metrics::counted_per_vip(r)
 }
 
 /// Check that exactly the listed reasons moved, by exactly the listed packet counts, and (when
@@ -339,6 +343,8 @@ pub struct Pkt {
     pub ttl: u8,
     pub flow_label: u32,
     pub udp_no_checksum: bool,
+    /// lb's steering mark (VIP, port), as a steering node adds it.
+    pub mark: Option<(IpAddr, u16)>,
 }
 
 impl Pkt {
@@ -360,7 +366,14 @@ impl Pkt {
             ttl: 64,
             flow_label: 0,
             udp_no_checksum: false,
+            mark: None,
         }
+    }
+
+    /// The same datagram with lb's steering mark for `vip`:`port`.
+    pub fn marked(mut self, vip: impl Into<IpAddr>, port: u16) -> Pkt {
+        self.mark = Some((vip.into(), port));
+        self
     }
 
     pub fn tcp(
@@ -421,6 +434,9 @@ impl Pkt {
             (IpAddr::V6(s), IpAddr::V6(d)) => p.ipv6(s, d).flow_label(self.flow_label),
             _ => panic!("test bug: mixed address families"),
         };
+        if let Some((vip, port)) = self.mark {
+            p = p.steering_mark(vip, port);
+        }
         p = p.tos(self.tos).ttl(self.ttl);
         p = match self.proto {
             Proto::Udp => p.udp(self.sport, self.dport),
