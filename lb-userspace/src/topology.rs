@@ -1,16 +1,19 @@
 //! The end-to-end network of `lb demo` and the end-to-end tests: a client, one node running
-//! `lb run`, and three backend "pods", each in its own network namespace, torn down on drop
-//! (also on panic).
+//! `lb run`, three backend "pods" and an in-cluster client pod, each in its own network
+//! namespace, torn down on drop (also on panic). Around lb, the node has what a cluster node
+//! has: a kube-proxy stand-in (nftables, [`crate::kube_proxy_standin`]) and kubelet-style
+//! probes of every pod ([`crate::prober`]).
 //!
 //! ```text
-//!  client ns            node ns (lb run: XDP on n0, reverse NAT on nb1..3)       bN ns
+//!  client ns            node ns (lb run: XDP on n0, reverse NAT on nb1..3, np)    bN ns
 //!  c0 198.18.0.2/24 ── n0 198.18.0.1/24                  nbN 198.19.N.1/24 ── eth0 198.19.N.10/24
 //!     fd00:18::2/64       fd00:18::1/64                      fd00:19:N::1/64      fd00:19:N::10/64
+//!                                                        np  198.19.9.1/24 ── eth0 198.19.9.10/24 (pod ns)
 //! ```
 //!
 //! - VIP 198.18.0.100, port 443, TCP and UDP: QUIC routed by connection ID (QUIC-LB config 0,
 //!   plaintext, server ID 2 octets, nonce 6); backends `198.19.N.10:8443` with server ID
-//!   `0a0N`.
+//!   `0a0N`. The backends listen on `[::]:8443` (both families, like most pods).
 //! - VIP 198.18.0.101, port 443, UDP only, `quic = false`: 4-tuple Maglev only; backends
 //!   `198.19.N.10:8444`, served by a second `lb backend` per pod without QUIC-LB connection
 //!   IDs (a server that is not QUIC-LB aware, as behind a 4-tuple balancer).
@@ -20,6 +23,13 @@
 //!   XDP program (the attached program has empty maps and passes everything).
 //! - The node forwards (IPv4 and IPv6) with `rp_filter` off: replies are reverse-NATed to the
 //!   VIP's address on nbN, where strict reverse-path filtering would drop them.
+//! - The kube-proxy stand-in serves Service `default/web` (port 443, TCP and UDP) at the
+//!   ClusterIP [`CLUSTER_IP`] and intercepts its LoadBalancer IP (the CID VIP) for
+//!   in-cluster clients, DNATing both to the three pods' port 8443; it drops what conntrack
+//!   calls INVALID. The pod namespace is an in-cluster client; its veth (`np`) is one of
+//!   lb's backend interfaces, as every pod veth is on a node (`veth*`).
+//! - A kubelet-style prober in the node namespace probes each pod's port 8443 (TCP connect
+//!   and HTTP GET) every 100 ms for the topology's whole life ([`Topology::prober`]).
 //!
 //! Children write to log files in [`Topology::dir`]; [`Topology::leak`] leaves everything
 //! running (for `lb demo --keep`).
@@ -36,7 +46,11 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::netns::{Mac, NetNs, veth_pair};
+use crate::{
+    kube_proxy_standin::{KubeProxyRules, ServicePort},
+    netns::{Mac, NetNs, veth_pair},
+    prober::{PROBE_EVERY, Prober, Target},
+};
 
 /// VIP with QUIC routed by connection ID (TCP and UDP on port [`VIP_PORT`]).
 pub const VIP_CID: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
@@ -50,6 +64,12 @@ pub const BACKEND_PORT_CID: u16 = 8443;
 pub const BACKEND_PORT_NOCID: u16 = 8444;
 /// Backends are numbered 1..=BACKENDS.
 pub const BACKENDS: u8 = 3;
+/// The in-cluster client pod's address.
+pub const POD_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 9, 10);
+/// The ClusterIP of Service `default/web` (port 443) in the kube-proxy stand-in.
+pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 10);
+/// The cluster's pod CIDR: the backends and the client pod.
+pub const POD_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 0, 0), 16);
 /// Where the daemon serves /metrics, inside the node namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9464";
 /// QUIC-LB parameters of the CID-routed VIP (config 0, plaintext).
@@ -68,6 +88,40 @@ pub fn server_id(n: u8) -> String {
     format!("0a{n:02x}")
 }
 
+/// The names the CID backends' certificate covers: every address a lab client may reach
+/// them by.
+pub const SNI_NAMES: &str = "localhost,198.18.0.100,198.18.0.102,fd00:18::100,198.19.255.10";
+
+/// The Service the kube-proxy stand-in serves: `default/web`, port 443 over TCP and UDP, at
+/// [`CLUSTER_IP`] and the CID VIP, endpoints the three pods' port 8443.
+pub fn kube_proxy_rules() -> KubeProxyRules {
+    let endpoints: Vec<std::net::SocketAddrV4> = (1..=BACKENDS)
+        .map(|n| std::net::SocketAddrV4::new(backend_addr(n), BACKEND_PORT_CID))
+        .collect();
+    let port = |protocol: &'static str| ServicePort {
+        name: format!("default-web-{protocol}-{VIP_PORT}"),
+        protocol,
+        cluster_ip: CLUSTER_IP,
+        port: VIP_PORT,
+        load_balancer_ips: vec![VIP_CID],
+        endpoints: endpoints.clone(),
+    };
+    KubeProxyRules {
+        pod_cidr: POD_CIDR,
+        services: vec![port("tcp"), port("udp")],
+    }
+}
+
+/// What the kubelet-style prober probes: every pod's port 8443.
+pub fn probe_targets() -> Vec<Target> {
+    (1..=BACKENDS)
+        .map(|n| Target {
+            name: backend_name(n),
+            addr: SocketAddr::new(backend_addr(n).into(), BACKEND_PORT_CID),
+        })
+        .collect()
+}
+
 /// Stateless-reset key shared by the CID-routed backends (`lb backend --reset-key`).
 pub const RESET_KEY: &str = "6c622d64656d6f2d706f6f6c2d72657365742d6b65792d6f662d7468652d7465";
 
@@ -77,6 +131,8 @@ pub fn backend_name(n: u8) -> String {
 
 const MAC_CLIENT: Mac = [0x02, 0x18, 0x00, 0x00, 0x00, 0x02];
 const MAC_NODE: Mac = [0x02, 0x18, 0x00, 0x00, 0x00, 0x01];
+const MAC_NODE_POD: Mac = [0x02, 0x19, 0x09, 0x00, 0x00, 0x01];
+const MAC_POD: Mac = [0x02, 0x19, 0x09, 0x00, 0x00, 0x10];
 fn mac_node_be(n: u8) -> Mac {
     [0x02, 0x19, n, 0x00, 0x00, 0x01]
 }
@@ -115,6 +171,11 @@ pub struct Topology {
     pub node: NetNs,
     /// Backend namespaces; `backends[n - 1]` is bN.
     pub backends: Vec<NetNs>,
+    /// The in-cluster client pod ([`POD_CLIENT_ADDR`]).
+    pub pod: NetNs,
+    /// Kubelet-style probes of every backend's port 8443 from the node, running while the
+    /// topology is up.
+    pub prober: Option<Prober>,
     /// Temporary directory: config, control socket, logs.
     pub dir: PathBuf,
     pub config_path: PathBuf,
@@ -131,7 +192,7 @@ impl Topology {
     pub fn start(opts: &Options) -> Result<Topology> {
         crate::netns::require_root()?;
         if opts.remove_stale {
-            for p in ["c", "n", "1", "2", "3"] {
+            for p in ["c", "n", "p", "1", "2", "3"] {
                 let _ = crate::netns::remove_stale(&format!("{}{p}", opts.prefix));
             }
         }
@@ -149,11 +210,14 @@ impl Topology {
         for n in 1..=BACKENDS {
             backends.push(NetNs::create(&format!("{}{n}", opts.prefix))?);
         }
+        let pod = NetNs::create(&format!("{}p", opts.prefix))?;
         let mut topo = Topology {
             procs: Vec::new(),
             client,
             node,
             backends,
+            pod,
+            prober: None,
             config_path: dir.join("lb.toml"),
             control_socket: dir.join("lb.sock"),
             dir,
@@ -162,7 +226,15 @@ impl Topology {
             keep: false,
         };
         topo.wire().context("building the network")?;
+        kube_proxy_rules()
+            .install(&topo.node)
+            .context("installing the kube-proxy stand-in")?;
         topo.start_processes(opts)?;
+        topo.prober = Some(Prober::start(
+            topo.node.path(),
+            probe_targets(),
+            PROBE_EVERY,
+        )?);
         Ok(topo)
     }
 
@@ -200,7 +272,24 @@ impl Topology {
             be.neigh_add(format!("198.19.{n}.1").parse()?, mac_node_be(n), "eth0")?;
             be.neigh_add(format!("fd00:19:{n}::1").parse()?, mac_node_be(n), "eth0")?;
         }
+        // The in-cluster client pod.
+        let pod = &self.pod;
+        veth_pair(node, "np", MAC_NODE_POD, pod, "eth0", MAC_POD)?;
+        node.addr_add("np", "198.19.9.1/24")?;
+        node.addr_add("np", "fd00:19:9::1/64")?;
+        pod.addr_add("eth0", &format!("{POD_CLIENT_ADDR}/24"))?;
+        pod.addr_add("eth0", "fd00:19:9::10/64")?;
+        pod.route_add("default", Some("198.19.9.1"), Some("eth0"))?;
+        pod.route_add("default", Some("fd00:19:9::1"), Some("eth0"))?;
+        node.sysctl("net/ipv4/conf/np/rp_filter", "0")?;
+        node.neigh_add(IpAddr::V4(POD_CLIENT_ADDR), MAC_POD, "np")?;
+        pod.neigh_add("198.19.9.1".parse()?, MAC_NODE_POD, "eth0")?;
         Ok(())
+    }
+
+    /// The probes so far (empty before the prober started).
+    pub fn probes(&self) -> crate::prober::Tally {
+        self.prober.as_ref().map(Prober::tally).unwrap_or_default()
     }
 
     fn spawn(&mut self, what: &str, mut cmd: Command, rust_log: &str) -> Result<usize> {
@@ -235,12 +324,13 @@ impl Topology {
             ));
             let be = &self.backends[usize::from(n - 1)];
             let mut cid = be.command(&lb)?;
+            // Both families on one socket, as most pods listen.
             cid.args(["backend", "--listen"])
-                .arg(SocketAddr::new(backend_addr(n).into(), BACKEND_PORT_CID).to_string())
+                .arg(format!("[::]:{BACKEND_PORT_CID}"))
                 .args(["--name", &backend_name(n), "--server-id", &server_id(n)])
                 .args(["--server-id-len", &SERVER_ID_LEN.to_string()])
                 .args(["--nonce-len", &NONCE_LEN.to_string(), "--cr-bits", "0"])
-                .args(["--sni-names", "localhost,198.18.0.100"])
+                .args(["--sni-names", SNI_NAMES])
                 // One stateless-reset key for the pool: a live backend can then reset a
                 // connection of a backend that is gone, and the client believes it.
                 .args(["--reset-key", RESET_KEY]);
@@ -327,7 +417,7 @@ impl Topology {
             s,
             "# Written by lb's end-to-end topology.\n\
              interfaces = [\"n0\"]\n\
-             backend_interfaces = [\"nb1\", \"nb2\", \"nb3\"]\n\
+             backend_interfaces = [\"nb1\", \"nb2\", \"nb3\", \"np\"]\n\
              metrics_addr = \"{METRICS_ADDR}\"\n\n\
              [[vips]]\n\
              name = \"web\"\n\
@@ -406,6 +496,7 @@ impl Topology {
     /// forget about it: for `lb demo --keep`.
     pub fn leak(mut self) {
         self.keep = true;
+        drop(self.prober.take());
         // The children's handles are dropped without a wait; they keep running.
         std::mem::forget(std::mem::take(&mut self.procs));
         std::mem::forget(self);
@@ -444,8 +535,11 @@ impl Topology {
         Ok((status, std::fs::read_to_string(&p.log).unwrap_or_default()))
     }
 
-    /// Stop every child: SIGTERM (the daemon detaches), SIGKILL after a deadline.
+    /// Stop the prober, then every child: SIGTERM (the daemon detaches), SIGKILL after a
+    /// deadline.
     pub fn stop(&mut self) {
+        // First, so no probe reports the pods going away.
+        drop(self.prober.take());
         stop_children(
             self.procs
                 .iter_mut()

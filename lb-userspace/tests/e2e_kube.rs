@@ -1005,9 +1005,10 @@ fn assert_rbac_is_least_privilege(lab: &Lab) {
         .iter()
         .map(|(g, r, v, _)| (g.clone(), r.clone(), v.clone()))
         .collect();
-    // Granted but never seen here: a lease's first server-side apply is a create on a real
-    // API server (the fake cannot tell), and an event repeated becomes a patch of a series.
-    let expected_unused: BTreeSet<(String, String, String)> = [
+    // Granted but maybe never seen here: a lease's first server-side apply is a create on a
+    // real API server (the fake cannot tell), and only an event repeated becomes a patch of
+    // a series (whether one repeats depends on the test's timing).
+    let may_be_unused: BTreeSet<(String, String, String)> = [
         ("coordination.k8s.io", "leases", "create"),
         ("events.k8s.io", "events", "patch"),
     ]
@@ -1019,9 +1020,10 @@ fn assert_rbac_is_least_privilege(lab: &Lab) {
         .filter(|k| !used_keys.contains(*k))
         .cloned()
         .collect();
-    assert_eq!(
-        unused, expected_unused,
-        "granted but not used by the daemons"
+    assert!(
+        unused.is_subset(&may_be_unused),
+        "granted but not used by the daemons: {:?}",
+        unused.difference(&may_be_unused).collect::<Vec<_>>()
     );
 }
 

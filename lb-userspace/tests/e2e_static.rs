@@ -728,6 +728,16 @@ fn e2e_static_daemon_routes_real_traffic() {
         delta[2]
     );
 
+    // All along (reloads, a backend removed, thousands of steered flows), kubelet's probes
+    // from the node to every pod's serving port were answered by the pods themselves.
+    let probes = topo.prober.as_ref().unwrap().wait_rounds(2);
+    assert!(
+        probes.all_ok(),
+        "kubelet-style probes: {}",
+        probes.summary()
+    );
+    eprintln!("e2e: kubelet-style probes: {}", probes.summary());
+
     // Clean shutdown: SIGTERM makes `lb run` detach everything it attached.
     let mut topo = topo;
     let (status, log) = topo.stop_daemon().expect("stopping lb run");

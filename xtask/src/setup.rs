@@ -31,6 +31,10 @@ pub const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "turning off checksum offload on test veths"),
     ("iputils-ping", "ping across test namespaces"),
     ("procps", "sysctl"),
+    (
+        "nftables",
+        "nft: the kube-proxy stand-in of the end-to-end lab (kube-proxy's nftables mode)",
+    ),
 ];
 
 /// PyPI packages the tests (and the demo) use, installed into the project-local virtualenv
