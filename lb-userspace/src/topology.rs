@@ -183,6 +183,8 @@ pub struct Topology {
     pub lb: PathBuf,
     /// SHA-256 of each CID backend's certificate (`backend_certs[n - 1]`), lowercase hex.
     pub backend_certs: Vec<String>,
+    /// RUST_LOG of the children.
+    rust_log: String,
     keep: bool,
 }
 
@@ -223,6 +225,7 @@ impl Topology {
             dir,
             lb: opts.lb.clone(),
             backend_certs: Vec::new(),
+            rust_log: opts.rust_log.clone().unwrap_or_else(|| "info".into()),
             keep: false,
         };
         topo.wire().context("building the network")?;
@@ -355,18 +358,11 @@ impl Topology {
             ));
         }
         self.write_config(&[1, 2, 3])?;
-        let mut run = Command::new(&lb);
-        run.arg("run")
-            .arg("--config")
-            .arg(&self.config_path)
-            .args(["--netns", self.node.name()])
-            .arg("--control-socket")
-            .arg(&self.control_socket);
-        waits.push((self.spawn("lb-run", run, &rust_log)?, "lb: running"));
         let deadline = Instant::now() + START_DEADLINE;
         for (i, marker) in waits {
             self.wait_for_line(i, marker, deadline)?;
         }
+        self.start_daemon()?;
         for n in 1..=BACKENDS {
             let log = self.log(&format!("backend-b{n}"));
             let fp = log
@@ -377,6 +373,24 @@ impl Topology {
             self.backend_certs.push(fp);
         }
         Ok(())
+    }
+
+    /// Start `lb run` on the node with the current config file and wait until it says it is
+    /// running; returns how long that took. At start-up, and after [`Topology::stop_daemon`]
+    /// to restart it.
+    pub fn start_daemon(&mut self) -> Result<Duration> {
+        let t = Instant::now();
+        let mut run = Command::new(&self.lb);
+        run.arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["--netns", self.node.name()])
+            .arg("--control-socket")
+            .arg(&self.control_socket);
+        let rust_log = self.rust_log.clone();
+        let i = self.spawn("lb-run", run, &rust_log)?;
+        self.wait_for_line(i, "lb: running", Instant::now() + START_DEADLINE)?;
+        Ok(t.elapsed())
     }
 
     /// Poll child `i`'s log for a line starting with `marker`.
