@@ -348,7 +348,13 @@ impl State {
     pub fn sweep_replies(&mut self) {
         let t = Instant::now();
         let timeouts = self.config.reverse_nat.timeouts;
-        let swept = self.dp.sweep_replies(monotonic_ns(), &timeouts);
+        let swept = match self.dp.sweep_replies(monotonic_ns(), &timeouts) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("sweeping the reply table: {e:#}");
+                return;
+            }
+        };
         let took = t.elapsed();
         self.stats.reply_sweep(&swept, took);
         if took > Duration::from_millis(200) {

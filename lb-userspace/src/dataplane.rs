@@ -981,7 +981,16 @@ impl Dataplane {
 
     /// Every entry of the reply table: (the reply's 5-tuple, where it must come from).
     pub fn reply_flows(&self) -> Vec<(FlowKey, ReplyNat)> {
-        self.replies.iter().filter_map(|r| r.ok()).collect()
+        self.reply_entries().unwrap_or_default()
+    }
+
+    fn reply_entries(&self) -> Result<Vec<(FlowKey, ReplyNat)>> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.replies.map().fd().as_fd().as_raw_fd();
+        crate::map_batch::lookup_all(fd).map_err(|e| {
+            DataplaneError::Invalid(format!("reading {} in batches: {e}", map_names::REPLIES))
+        })
     }
 
     /// The entry for replies from `backend` to `client` over `proto`, if any.
@@ -1053,25 +1062,43 @@ impl Dataplane {
     }
 
     /// Delete the reply-table entries idle past their timeout at `now_ns`
-    /// ([`monotonic_ns`]), and for each the connection-table entry of its flow, so the
-    /// flow's next packet records it again. Keys are collected first (deleting while
-    /// walking a hash table restarts the walk); an entry deleted meanwhile is fine.
-    pub fn sweep_replies(&mut self, now_ns: u64, timeouts: &ReplyTimeouts) -> SweepStats {
-        let mut stats = SweepStats::default();
-        let mut doomed = Vec::new();
-        for (k, v) in self.replies.iter().filter_map(|r| r.ok()) {
-            stats.scanned += 1;
-            if timeouts.expired(&v, k.proto, now_ns) {
-                doomed.push((k, v));
-            }
+    /// ([`monotonic_ns`]), and then the connection-table entry of each one's flow, so the
+    /// flow's next packet records it again (in that order: a packet between the two
+    /// deletes finds no table entry and records the flow anew). Read and deleted in
+    /// batches ([`crate::map_batch`]); an entry deleted meanwhile is fine.
+    pub fn sweep_replies(&mut self, now_ns: u64, timeouts: &ReplyTimeouts) -> Result<SweepStats> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let entries = self.reply_entries()?;
+        let mut stats = SweepStats {
+            scanned: entries.len(),
+            expired: 0,
+        };
+        let (doomed, flows): (Vec<FlowKey>, Vec<FlowKey>) = entries
+            .iter()
+            .filter(|(k, v)| timeouts.expired(v, k.proto, now_ns))
+            .map(|(k, v)| (*k, flow_of_reply(k, v)))
+            .unzip();
+        let batch_err = |what: &'static str| {
+            move |e: std::io::Error| DataplaneError::Invalid(format!("deleting from {what}: {e}"))
+        };
+        let fd = self.replies.map().fd().as_fd().as_raw_fd();
+        stats.expired =
+            crate::map_batch::delete_all(fd, &doomed).map_err(batch_err(map_names::REPLIES))?;
+        // Only the flows that have a connection-table entry (QUIC routed by connection ID
+        // has none): a batch delete stops at each missing key.
+        let fd = self.conns.map().fd().as_fd().as_raw_fd();
+        if !flows.is_empty() {
+            let pinned: std::collections::HashSet<FlowKey> =
+                crate::map_batch::lookup_all::<FlowKey, ConnEntry>(fd)
+                    .map_err(batch_err(map_names::CONNS))?
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+            let flows: Vec<FlowKey> = flows.into_iter().filter(|f| pinned.contains(f)).collect();
+            crate::map_batch::delete_all(fd, &flows).map_err(batch_err(map_names::CONNS))?;
         }
-        for (k, v) in doomed {
-            if self.replies.remove(&k).is_ok() {
-                stats.expired += 1;
-            }
-            let _ = self.conns.remove(&flow_of_reply(&k, &v));
-        }
-        stats
+        Ok(stats)
     }
 
     /// Learned-CID mode: the backend id learned for `cid` under VIP `vip_index`, if any.

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod kube;
 pub mod kube_proxy_standin;
 pub mod maglev;
+pub mod map_batch;
 pub mod metrics;
 pub mod netns;
 pub mod packet;

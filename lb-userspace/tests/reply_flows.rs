@@ -333,7 +333,7 @@ fn a_full_reply_table_refuses_new_flows_and_keeps_established_ones() -> Result<(
         // client's retry gets through.
         let swept = lb
             .dp
-            .sweep_replies(monotonic_ns() + 7 * 3600 * SECOND, &ReplyTimeouts::DEFAULT);
+            .sweep_replies(monotonic_ns() + 7 * 3600 * SECOND, &ReplyTimeouts::DEFAULT)?;
         assert_eq!(swept.expired, CAPACITY as usize, "{swept:?}");
         let p = syn(31000);
         let id = maglev_pick(lb, &p);
@@ -360,7 +360,7 @@ fn entries_age_by_state_and_the_sweep_removes_the_flow_whole() -> Result<()> {
         let syn_ack = reply_to(&syn, id, Some(tcp_flags::SYN | tcp_flags::ACK));
         let stamp = entry(lb, &syn_ack).context("recorded")?.last_ns;
         // Unreplied: 30 s.
-        assert_eq!(lb.dp.sweep_replies(stamp + 29 * SECOND, &t).expired, 0);
+        assert_eq!(lb.dp.sweep_replies(stamp + 29 * SECOND, &t)?.expired, 0);
         tc(
             lb,
             "SYN-ACK",
@@ -369,7 +369,7 @@ fn entries_age_by_state_and_the_sweep_removes_the_flow_whole() -> Result<()> {
             RnatReason::Rewritten,
         );
         // Replied TCP: 600 s here.
-        assert_eq!(lb.dp.sweep_replies(stamp + 300 * SECOND, &t).expired, 0);
+        assert_eq!(lb.dp.sweep_replies(stamp + 300 * SECOND, &t)?.expired, 0);
         // The client's FIN (pinned by the table, but a FIN records again): closing.
         let fin = Pkt::tcp(
             CLIENT_V4,
@@ -383,8 +383,8 @@ fn entries_age_by_state_and_the_sweep_removes_the_flow_whole() -> Result<()> {
         assert_eq!(e.flags, REPLY_F_REPLIED | REPLY_F_CLOSING);
         assert!(!lb.dp.conn_entries(&syn.flow_key()).is_empty());
         // Closing: 10 s after the last reply.
-        assert_eq!(lb.dp.sweep_replies(e.last_ns + 9 * SECOND, &t).expired, 0);
-        assert_eq!(lb.dp.sweep_replies(e.last_ns + 11 * SECOND, &t).expired, 1);
+        assert_eq!(lb.dp.sweep_replies(e.last_ns + 9 * SECOND, &t)?.expired, 0);
+        assert_eq!(lb.dp.sweep_replies(e.last_ns + 11 * SECOND, &t)?.expired, 1);
         assert!(entry(lb, &syn_ack).is_none());
         assert!(
             lb.dp.conn_entries(&syn.flow_key()).is_empty(),
@@ -423,7 +423,7 @@ fn entries_age_by_state_and_the_sweep_removes_the_flow_whole() -> Result<()> {
                 .filter(|(k, _)| k.proto == PROTO_UDP)
                 .count()
         };
-        lb.dp.sweep_replies(stamp + 29 * SECOND, &t);
+        lb.dp.sweep_replies(stamp + 29 * SECOND, &t)?;
         assert_eq!(udp_flows(lb), 1);
         tc(
             lb,
@@ -438,9 +438,9 @@ fn entries_age_by_state_and_the_sweep_removes_the_flow_whole() -> Result<()> {
             RnatReason::Rewritten,
         );
         let stamp = entry(lb, &ur).context("UDP still recorded")?.last_ns;
-        lb.dp.sweep_replies(stamp + 119 * SECOND, &t);
+        lb.dp.sweep_replies(stamp + 119 * SECOND, &t)?;
         assert_eq!(udp_flows(lb), 1);
-        lb.dp.sweep_replies(stamp + 121 * SECOND, &t);
+        lb.dp.sweep_replies(stamp + 121 * SECOND, &t)?;
         assert_eq!(udp_flows(lb), 0);
         // Its next packet records it again (the table entry went with it: Maglev anew).
         expect_redirect(lb, "UDP after the sweep", &u, &[Maglev], uid);

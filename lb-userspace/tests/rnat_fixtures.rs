@@ -446,7 +446,7 @@ fn replies_of_flows_lb_did_not_steer_pass_untouched() -> Result<()> {
         RnatReason::Rewritten,
     );
     // Once their entries are swept, they pass untouched too.
-    let swept = dp.sweep_replies(u64::MAX, &ReplyTimeouts::DEFAULT);
+    let swept = dp.sweep_replies(u64::MAX, &ReplyTimeouts::DEFAULT)?;
     assert_eq!((swept.scanned, swept.expired), (3, 3), "{swept:?}");
     untouched(
         &mut dp,
