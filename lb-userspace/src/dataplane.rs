@@ -913,6 +913,12 @@ pub fn learned_key(vip_index: u32, cid: &[u8]) -> Option<LearnedKey> {
     Some(k)
 }
 
+/// Whether aya attaches TC programs through TCX links here (kernel 6.6 and later, the test
+/// `SchedClassifier::attach` makes) rather than netlink and a `clsact` qdisc.
+fn attaches_through_tcx() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}
+
 /// The reply-table key of replies from `backend` to `client` over `proto`.
 pub fn reply_flow_key(
     backend: std::net::SocketAddr,
@@ -1143,8 +1149,10 @@ impl Dataplane {
     }
 
     /// Attach the reverse NAT to TC ingress of `ifindex` (an interface that faces backends,
-    /// in the calling thread's network namespace). Adds the `clsact` qdisc if missing (what
-    /// the netlink attach of kernels before 6.6 needs; newer kernels attach through TCX).
+    /// in the calling thread's network namespace). Kernels from 6.6 on attach through TCX and
+    /// need nothing else; older ones attach by netlink, which needs the `clsact` qdisc, added
+    /// here if missing. Only there: adding a qdisc resets the device's queueing and loses
+    /// what the node is sending to the pod at that instant (a kubelet probe's SYN, say).
     pub fn attach_rnat(&mut self, ifindex: u32) -> Result<()> {
         if self.rnat_links.contains_key(&ifindex) {
             return Err(DataplaneError::Invalid(format!(
@@ -1153,7 +1161,9 @@ impl Dataplane {
         }
         let name = ifname(ifindex)?;
         self.load_rnat()?;
-        if let Err(e) = aya::programs::tc::qdisc_add_clsact(&name) {
+        if !attaches_through_tcx()
+            && let Err(e) = aya::programs::tc::qdisc_add_clsact(&name)
+        {
             let exists = match &e {
                 aya::programs::tc::TcError::NetlinkError(n) => {
                     n.raw_os_error() == Some(libc::EEXIST)
