@@ -233,11 +233,6 @@ impl Topology {
             .install(&topo.node)
             .context("installing the kube-proxy stand-in")?;
         topo.start_processes(opts)?;
-        topo.prober = Some(Prober::start(
-            topo.node.path(),
-            probe_targets(),
-            PROBE_EVERY,
-        )?);
         Ok(topo)
     }
 
@@ -362,6 +357,13 @@ impl Topology {
         for (i, marker) in waits {
             self.wait_for_line(i, marker, deadline)?;
         }
+        // kubelet probes the pods from before lb starts, as on a node lb is rolled out to:
+        // its start-up must not cost a probe either.
+        self.prober = Some(Prober::start(
+            self.node.path(),
+            probe_targets(),
+            PROBE_EVERY,
+        )?);
         self.start_daemon()?;
         for n in 1..=BACKENDS {
             let log = self.log(&format!("backend-b{n}"));

@@ -16,6 +16,12 @@
 //! - The test plays kubelet and the EndpointSlice controller: it writes Nodes and
 //!   EndpointSlices. The daemons allocate from an IPPool (198.18.0.100-198.18.0.109),
 //!   write Service status, program their maps, and elect one announcer per VIP.
+//! - Like kubelet, each node probes its own pods' serving port (TCP connect and HTTP GET
+//!   every 100 ms, [`lb_userspace::prober`]) until the lab goes, from the moment lb runs on
+//!   every node (see [`Lab::start`] for why not from the pod's start); every test ends by
+//!   requiring that every probe succeeded: lb must leave the cluster's own traffic to its
+//!   pods alone, whatever it does to VIP traffic and whatever happens to lb (a SIGKILLed
+//!   daemon is no reason for a probe to fail).
 //!
 //! Needs root. `cargo test -p lb-userspace --test e2e_kube -- --test-threads=1 --nocapture`
 
@@ -43,12 +49,15 @@ use k8s_openapi::{
 };
 use kube::CustomResourceExt;
 use lb_userspace::{
+    backend::Whoami,
     demo::parse_json_output,
     kube::{
         crd::{IPPool, IPPoolSpec},
         election,
     },
     netns::{Mac, NetNs, veth_pair},
+    probe::{H3Client, Trust, client_config},
+    prober::{PROBE_EVERY, Prober, Target},
     topology::{self, http_get_in, stop_children},
 };
 use serde_json::Value;
@@ -95,6 +104,8 @@ struct LabNode {
     pod: NetNs,
     daemon: Option<Child>,
     backend: Option<Child>,
+    /// kubelet's probes of this node's pod, from the node, once lb runs on every node.
+    prober: Option<Prober>,
 }
 
 /// The topology above, torn down (children stopped, namespaces deleted) on drop.
@@ -108,6 +119,10 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // First, so no probe sees the pods go.
+        for n in &mut self.nodes {
+            drop(n.prober.take());
+        }
         let mut children: Vec<(&str, &mut Child)> = Vec::new();
         for n in &mut self.nodes {
             if let Some(c) = n.daemon.as_mut() {
@@ -250,8 +265,24 @@ fn quic_secret() -> Secret {
 
 impl Lab {
     /// Build the network, start the fake API server with Nodes, the pool and the QUIC-LB
-    /// Secret, the pods on `pods` and a daemon on every node.
+    /// Secret, the pods on `pods` and kubelet's probes of them, then a daemon on every node
+    /// (lb rolls out onto nodes whose pods kubelet is already probing; its start must not
+    /// cost a probe), and wait until every daemon runs.
     fn start(nodes: u8, pods: &[u8]) -> Lab {
+        let mut lab = Lab::without_daemons(nodes, pods);
+        for &i in pods {
+            lab.start_probing(i, PROBE_EVERY);
+        }
+        for i in 1..=nodes {
+            lab.start_daemon(i);
+        }
+        lab.wait_daemons_attached();
+        lab
+    }
+
+    /// The network, the fake API server with Nodes, the pool and the QUIC-LB Secret, and
+    /// the pods on `pods`; no daemon, no probes yet.
+    fn without_daemons(nodes: u8, pods: &[u8]) -> Lab {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -286,10 +317,19 @@ impl Lab {
         for &i in pods {
             lab.start_pod(i);
         }
-        for i in 1..=nodes {
-            lab.start_daemon(i);
-        }
         lab
+    }
+
+    /// Wait until every running daemon answers /status: it has attached XDP and the
+    /// reverse NAT by then.
+    fn wait_daemons_attached(&self) {
+        for i in 1..=self.nodes.len() as u8 {
+            if self.node(i).daemon.is_some() {
+                wait_for(&format!("node-{i}'s daemon to run"), CONVERGE, || {
+                    self.status(i).map(|_| ())
+                });
+            }
+        }
     }
 
     fn add_node(&mut self, i: u8, nodes: u8) {
@@ -349,6 +389,7 @@ impl Lab {
             pod,
             daemon: None,
             backend: None,
+            prober: None,
         });
     }
 
@@ -395,6 +436,43 @@ impl Lab {
         wait_for(&format!("pod-{i} to serve"), CONVERGE, || {
             http_get_in(ns, addr, "/").map_err(|e| format!("{e:#}"))
         });
+    }
+
+    /// Node `i` probes pod `i` (its only pod) on its serving port `every` from now until
+    /// the lab goes, as kubelet probes a pod until it is deleted.
+    fn start_probing(&mut self, i: u8, every: Duration) {
+        let target = Target {
+            name: format!("pod-{i}"),
+            addr: SocketAddr::new(IpAddr::V4(pod_addr(i)), POD_PORT),
+        };
+        let node = self.node_mut(i);
+        assert!(node.prober.is_none(), "node-{i} probes its pod already");
+        node.prober = Some(Prober::start(node.ns.path(), vec![target], every).unwrap());
+    }
+
+    /// kubelet's probes from every node to its own pod, from their start until now, all
+    /// succeeded (two more rounds first, so the last thing the test did is covered). Every
+    /// test that builds a lab ends with this.
+    fn assert_kubelet_probes_succeeded(&self) {
+        let mut probed = 0;
+        for (k, n) in self.nodes.iter().enumerate() {
+            let Some(p) = &n.prober else { continue };
+            let tally = p.wait_rounds(2);
+            println!(
+                "kubelet-style probes from node-{}: {}",
+                k + 1,
+                tally.summary()
+            );
+            assert!(
+                tally.all_ok(),
+                "kubelet-style probes from node-{} to its pods: {}\n{}",
+                k + 1,
+                tally.summary(),
+                self.logs()
+            );
+            probed += 1;
+        }
+        assert!(probed > 0, "no node probed a pod: the lab has no pods");
     }
 
     fn start_daemon(&mut self, i: u8) {
@@ -759,6 +837,254 @@ fn e2e_kube_service_lifecycle_kubectl_and_drain() {
     // The address is free again: a new Service gets it.
     lab.api.create(&whoami_service("again", &[])).unwrap();
     assert_eq!(lab.wait_ip("again"), POOL_FIRST);
+    // All along (pod-3 drained and taken out of the Service, but running), each node's
+    // probes of its pod were answered by the pod.
+    lab.assert_kubelet_probes_succeeded();
+}
+
+/// Node `i`'s counters that show flows crossing nodes, for `vip`: per protocol, packets it
+/// marked for the pod's node (`marked_for_peer`) and marked packets it took in for its own
+/// pod (`from_peer`); replies its reverse NAT rewrote to come from a VIP.
+fn cross_node_counters(lab: &Lab, i: u8, vip: Ipv4Addr) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for proto in ["tcp", "udp"] {
+        for reason in ["marked_for_peer", "from_peer"] {
+            out.insert(
+                format!("{proto} {reason}"),
+                vip_counter(lab, i, vip, proto, reason),
+            );
+        }
+    }
+    out.insert("rnat rewritten".into(), rnat_counter(lab, i, "rewritten"));
+    out
+}
+
+/// `after - before`, key by key.
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// A GET from inside `ns` straight to pod `pod`'s serving port, no VIP involved: the pod's
+/// whoami answer, which must come from the pod and name the address `ns` sent from.
+fn direct_get(lab: &Lab, ns: &NetNs, from: Ipv4Addr, pod: u8, what: &str) -> Whoami {
+    let to = SocketAddr::new(IpAddr::V4(pod_addr(pod)), POD_PORT);
+    let body = http_get_in(ns, to, "/direct")
+        .unwrap_or_else(|e| panic!("{what}: GET http://{to}/direct: {e:#}\n{}", lab.logs()));
+    let who = Whoami::parse(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body:?}"));
+    assert_eq!(who.name, format!("pod-{pod}"), "{what}: {who:?}");
+    assert_eq!(who.client.ip(), IpAddr::V4(from), "{what}: {who:?}");
+    who
+}
+
+/// `externalTrafficPolicy: Cluster` with a pod on every node: the announcing node steers
+/// most flows to pods behind the other nodes. It marks those packets (an IPv4 option naming
+/// the VIP); the pod's node takes the mark off, records the flow and delivers the packet,
+/// and its reverse NAT answers the client straight from the VIP. The pod sees the client's
+/// own address (DNAT only, no SNAT), HTTP/3 connections survive migrating to a new port,
+/// and HTTP/1.1 works on the same VIP and port. Meanwhile the cluster's own traffic to the
+/// same pod port (kubelet's probes, a node or a pod on another node) reaches the pod and
+/// gets the pod's own answer.
+#[test]
+fn e2e_kube_cluster_policy_pods_behind_other_nodes() {
+    let _ = lb_userspace::netns::remove_stale(PREFIX);
+    let lab = Lab::start(3, &[1, 2, 3]);
+    let mut svc = whoami_service("whoami", &[("lb.dev/quic-lb-secret", "whoami-quic-lb")]);
+    svc.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".into());
+    lab.api
+        .create(&slice(
+            "whoami",
+            &[(1, Cond::Ready), (2, Cond::Ready), (3, Cond::Ready)],
+        ))
+        .unwrap();
+    lab.api.create(&svc).unwrap();
+    let vip = lab.wait_ip("whoami");
+    let want = vec![format!("{vip}:443/tcp"), format!("{vip}:443/udp")];
+    for i in 1..=3 {
+        wait_for(&format!("node-{i} to program {vip}"), CONVERGE, || {
+            let p = lab.programmed(i)?;
+            if p == want {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        });
+    }
+    let winner = election::vip_winner(IpAddr::V4(vip), ["node-1", "node-2", "node-3"]).unwrap();
+    let announcer: u8 = winner.trim_start_matches("node-").parse().unwrap();
+    wait_for(
+        &format!("node-{announcer} to announce {vip} alone"),
+        CONVERGE,
+        || match holders(&lab, 3, vip).as_slice() {
+            [one] if *one == announcer => Ok(()),
+            h => Err(format!("{h:?}")),
+        },
+    );
+    let remote: Vec<u8> = (1..=3).filter(|i| *i != announcer).collect();
+    let before: Vec<BTreeMap<String, u64>> =
+        (1..=3).map(|i| cross_node_counters(&lab, i, vip)).collect();
+
+    // HTTP/3 with migration, then HTTP/1.1, through the VIP from the client.
+    let h3 = lab
+        .h3(vip, 30, true)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    for k in ["succeeded", "migrated", "survived"] {
+        assert_eq!(h3[k].as_u64(), Some(30), "h3 {k}: {h3}\n{}", lab.logs());
+    }
+    let h1 = lab
+        .http1(vip, 30)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(succeeded(&h1), 30, "{h1}\n{}", lab.logs());
+    println!(
+        "cross-node: node-{announcer} announces {vip}; h3 (migrating) {:?}, http1 {:?}",
+        per_backend(&h3),
+        per_backend(&h1)
+    );
+    // Every pod, on whatever node, saw the client's own address, before and after a
+    // migration.
+    let client = format!("{CLIENT}:");
+    for r in h3["results"].as_array().unwrap() {
+        for k in ["client_before", "client_after"] {
+            assert!(
+                r[k].as_str().is_some_and(|c| c.starts_with(&client)),
+                "h3 {k}: {r}"
+            );
+        }
+    }
+    for r in h1["results"].as_array().unwrap() {
+        assert!(
+            r["client"].as_str().is_some_and(|c| c.starts_with(&client)),
+            "http1: {r}"
+        );
+    }
+    // Pods behind the other nodes answered, over both protocols.
+    let answered = |v: &Value| -> Vec<u8> {
+        remote
+            .iter()
+            .copied()
+            .filter(|j| per_backend(v).contains_key(&format!("pod-{j}")))
+            .collect()
+    };
+    let (remote_h3, remote_h1) = (answered(&h3), answered(&h1));
+    assert!(
+        !remote_h3.is_empty() && !remote_h1.is_empty(),
+        "no pod behind another node than node-{announcer} answered: h3 {h3}\nhttp1 {h1}"
+    );
+
+    // The counters: every packet the announcer marked reached a pod's node, which took it
+    // in for its pod; those nodes rewrote the replies.
+    let counts = wait_for(
+        "the marked packets to be counted where they landed",
+        CONVERGE,
+        || {
+            let now: Vec<BTreeMap<String, u64>> =
+                (1..=3).map(|i| cross_node_counters(&lab, i, vip)).collect();
+            let d: Vec<BTreeMap<String, u64>> =
+                now.iter().zip(&before).map(|(a, b)| delta(a, b)).collect();
+            let at = |i: u8| &d[usize::from(i - 1)];
+            let balanced = ["tcp", "udp"].iter().all(|proto| {
+                let marked = at(announcer)[&format!("{proto} marked_for_peer")];
+                let taken_in: u64 = remote
+                    .iter()
+                    .map(|j| at(*j)[&format!("{proto} from_peer")])
+                    .sum();
+                marked == taken_in
+            });
+            if balanced {
+                Ok(d)
+            } else {
+                Err(format!("{d:?}"))
+            }
+        },
+    );
+    for (i, c) in (1..=3).zip(&counts) {
+        println!("cross-node: node-{i} counted {c:?}");
+    }
+    let at = |i: u8| &counts[usize::from(i - 1)];
+    for proto in ["tcp", "udp"] {
+        assert!(
+            at(announcer)[&format!("{proto} marked_for_peer")] > 0,
+            "node-{announcer} marked no {proto} packet: {counts:?}"
+        );
+        assert_eq!(
+            at(announcer)[&format!("{proto} from_peer")],
+            0,
+            "the announcer took in marked packets: {counts:?}"
+        );
+    }
+    for (proto, pods) in [("udp", &remote_h3), ("tcp", &remote_h1)] {
+        for j in pods {
+            assert!(
+                at(*j)[&format!("{proto} from_peer")] > 0,
+                "pod-{j} answered over {proto}, but node-{j} took in no marked packet: {counts:?}"
+            );
+            assert!(
+                at(*j)["rnat rewritten"] > 0,
+                "pod-{j} answered, but node-{j} rewrote no reply: {counts:?}"
+            );
+        }
+    }
+
+    // The same pod port, straight: from the pod's own node, from the announcing node and
+    // from the pod on the announcing node (node-to-pod and pod-to-pod across nodes).
+    let a = lab.node(announcer);
+    for j in &remote {
+        let j = *j;
+        direct_get(
+            &lab,
+            &lab.node(j).ns,
+            Ipv4Addr::new(198, 19, j, 1),
+            j,
+            &format!("node-{j} to its pod"),
+        );
+        direct_get(
+            &lab,
+            &a.ns,
+            node_addr(announcer),
+            j,
+            &format!("node-{announcer} to pod-{j}"),
+        );
+        direct_get(
+            &lab,
+            &a.pod,
+            pod_addr(announcer),
+            j,
+            &format!("pod-{announcer} to pod-{j}"),
+        );
+    }
+    println!(
+        "cross-node: pods {remote:?} answered GETs from their own node, node-{announcer} and \
+         pod-{announcer} themselves"
+    );
+    // Each pod's node holds the reply entries of the flows it took in: one per client path
+    // of each QUIC connection (two, with the migration), kept 120 s. /status counts them as
+    // of the daemon's last sweep (every 5 s).
+    for j in &remote {
+        let quic = per_backend(&h3)
+            .get(&format!("pod-{j}"))
+            .copied()
+            .unwrap_or(0);
+        let flows = wait_for(
+            &format!("node-{j}'s reply table to hold pod-{j}'s QUIC paths"),
+            CONVERGE,
+            || {
+                let st = lab.status(*j)?;
+                let flows = st["reply_table"]["flows"].as_u64().unwrap_or(0);
+                if flows >= 2 * quic {
+                    Ok(flows)
+                } else {
+                    Err(format!("{} (want {} or more)", st["reply_table"], 2 * quic))
+                }
+            },
+        );
+        println!(
+            "cross-node: node-{j}'s reply table holds {flows} flows ({quic} migrated QUIC \
+             connections to pod-{j})"
+        );
+    }
+    lab.assert_kubelet_probes_succeeded();
 }
 
 /// The client's neighbour entry for `addr`: the MAC it sends VIP traffic to.
@@ -795,6 +1121,56 @@ fn quick_get(client: &NetNs, vip: Ipv4Addr) -> bool {
     matches!(s.read(&mut head), Ok(n) if n >= 12 && head.starts_with(b"HTTP/1.1 200"))
 }
 
+/// Bound on one step of a test's own HTTP/3 connection (handshake, one request).
+const H3_STEP: Duration = Duration::from_secs(5);
+
+/// An HTTP/3 connection (quinn, `lb probe`'s client) from the client namespace through `vip`
+/// that reached pod `pod`, and its first answer: a connection Maglev sent to another pod is
+/// closed and a new one tried. The lab's runtime drives it from then on (ACKs, timers), so
+/// it lives across whatever the test does next.
+fn h3_connection_to_pod(lab: &Lab, vip: Ipv4Addr, pod: u8) -> (H3Client, Whoami) {
+    let config = client_config(&Trust::Insecure).unwrap();
+    let to = SocketAddr::new(IpAddr::V4(vip), 443);
+    let mut elsewhere = Vec::new();
+    for _ in 0..40 {
+        // Its UDP socket is opened on this thread, inside the client namespace.
+        let mut c = lab
+            .client
+            .run_in(|| {
+                lab.rt.block_on(H3Client::connect(
+                    SocketAddr::new(IpAddr::V4(CLIENT), 0),
+                    to,
+                    "localhost",
+                    config.clone(),
+                    H3_STEP,
+                ))
+            })
+            .unwrap()
+            .unwrap_or_else(|e| panic!("HTTP/3 connection through {vip}: {e}\n{}", lab.logs()));
+        let who = lab
+            .rt
+            .block_on(c.whoami("/established", H3_STEP))
+            .unwrap_or_else(|e| panic!("HTTP/3 request through {vip}: {e}\n{}", lab.logs()));
+        if who.name == format!("pod-{pod}") {
+            return (c, who);
+        }
+        elsewhere.push(who.name);
+        lab.rt.block_on(c.close(Duration::ZERO));
+    }
+    panic!("40 HTTP/3 connections through {vip}, none reached pod-{pod}: {elsewhere:?}");
+}
+
+/// The announcing node's daemon dies (SIGKILL: no goodbye, its Lease just stops renewing):
+/// within two seconds another node announces the VIP and new connections work. Established
+/// QUIC and TCP connections to pods on the surviving nodes continue, on the same pod: every
+/// node computes the same Maglev ring, a QUIC packet's connection ID names its pod, and the
+/// pod's node, which recorded each flow when the dead node's marked packets reached it,
+/// keeps the reply entry and goes on answering from the VIP; the new announcer steers (and
+/// marks) the packets as the old one did. Connections to pods on the killed daemon's node
+/// would lose their reverse NAT (its XDP and TC programs go with the process) until its
+/// daemon restarts, so the Service's pods live on the other two nodes; the killed node runs
+/// a pod outside the Service, which kubelet goes on probing through the kill. A graceful
+/// stop (SIGTERM) then hands the VIP over without waiting for the lease.
 #[test]
 fn e2e_kube_announcer_failover_within_two_seconds() {
     let _ = lb_userspace::netns::remove_stale(PREFIX);
@@ -805,9 +1181,12 @@ fn e2e_kube_announcer_failover_within_two_seconds() {
     let rest: Vec<&str> = all.iter().copied().filter(|n| *n != first).collect();
     let second = election::vip_winner(IpAddr::V4(vip), rest.iter().copied()).unwrap();
     let s: u8 = second.trim_start_matches("node-").parse().unwrap();
-    // Pods live on the two nodes that survive, as pods do when only lb's daemon dies.
+    // Neither announcing first nor taking over.
+    let other = 6 - w - s;
+    // The Service's pods live on the two nodes that survive; the pod on the killed node is
+    // no endpoint of it.
     let pods: Vec<u8> = (1..=3).filter(|i| *i != w).collect();
-    let mut lab = Lab::start(3, &pods);
+    let mut lab = Lab::start(3, &[1, 2, 3]);
     let endpoints: Vec<(u8, Cond)> = pods.iter().map(|i| (*i, Cond::Ready)).collect();
     lab.api.create(&slice("whoami", &endpoints)).unwrap();
     lab.api
@@ -842,6 +1221,10 @@ fn e2e_kube_announcer_failover_within_two_seconds() {
     // A TCP connection established through the first node.
     let mut kept = support::KeepAlive::open(&lab.client, SocketAddr::new(IpAddr::V4(vip), 443));
     let before = kept.get().unwrap().name;
+    // An HTTP/3 connection established through the first node to the pod on `other`: its
+    // packets cross nodes before the failover (first node -> pod's node) and after it (new
+    // announcer -> pod's node).
+    let (mut quic, quic_before) = h3_connection_to_pod(&lab, vip, other);
 
     // Kill the announcing node's daemon (SIGKILL: no goodbye, its Lease just stops).
     let killed_at = Instant::now();
@@ -874,7 +1257,6 @@ fn e2e_kube_announcer_failover_within_two_seconds() {
         if m == mac_s { Ok(()) } else { Err(m) }
     });
     assert_eq!(lab.announced(s).unwrap(), vec![vip.to_string()]);
-    let other = 6 - w - s;
     assert!(lab.announced(other).unwrap().is_empty());
     // The established connection survives: the new node's Maglev ring is the same.
     kept.set_timeout(Duration::from_secs(3));
@@ -884,6 +1266,37 @@ fn e2e_kube_announcer_failover_within_two_seconds() {
             .name,
         before
     );
+    // So does the QUIC connection, on the same pod: the new announcer routes it by its
+    // connection ID and marks it for the pod's node, which answers from the VIP.
+    let marked_before = vip_counter(&lab, s, vip, "udp", "marked_for_peer");
+    let from_peer_before = vip_counter(&lab, other, vip, "udp", "from_peer");
+    let quic_after = lab
+        .rt
+        .block_on(quic.whoami("/after-failover", H3_STEP))
+        .unwrap_or_else(|e| {
+            panic!(
+                "the HTTP/3 connection to pod-{other} died with the failover: {e}\n{}",
+                lab.logs()
+            )
+        });
+    assert_eq!(quic_after.name, quic_before.name, "{quic_after:?}");
+    assert_eq!(
+        (quic_after.client, quic_after.requests_on_connection),
+        (quic_before.client, quic_before.requests_on_connection + 1),
+        "not the same connection: before {quic_before:?}, after {quic_after:?}"
+    );
+    let marked = vip_counter(&lab, s, vip, "udp", "marked_for_peer") - marked_before;
+    let from_peer = vip_counter(&lab, other, vip, "udp", "from_peer") - from_peer_before;
+    println!(
+        "failover: the HTTP/3 connection to pod-{other} went on through node-{s}: \
+         marked_for_peer +{marked} on node-{s}, from_peer +{from_peer} on node-{other}"
+    );
+    assert!(
+        marked > 0 && from_peer > 0,
+        "the request after the failover did not go node-{s} -> node-{other} marked \
+         (marked_for_peer +{marked}, from_peer +{from_peer})"
+    );
+    lab.rt.block_on(quic.close(Duration::ZERO));
 
     // A graceful stop (SIGTERM, as in a rolling update) deletes the Lease: the last node
     // takes over without waiting for the lease to expire.
@@ -919,6 +1332,8 @@ fn e2e_kube_announcer_failover_within_two_seconds() {
         lab.log(s)
     );
     assert_rbac_is_least_privilege(&lab);
+    // Through both daemons' deaths, each node's probes of its own pod were answered.
+    lab.assert_kubelet_probes_succeeded();
 }
 
 /// (API group, resource[/subresource], verb, namespace) of every request the daemons made.
@@ -1149,6 +1564,7 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
             Err(format!("{h1}"))
         }
     });
+    lab.assert_kubelet_probes_succeeded();
 }
 
 fn condition(svc: &Service, type_: &str) -> Option<(String, String, String)> {
@@ -1178,7 +1594,9 @@ fn wait_condition(lab: &Lab, name: &str, type_: &str, status: &str, reason: &str
 #[test]
 fn e2e_kube_pool_exhaustion_shared_ips_and_events() {
     let _ = lb_userspace::netns::remove_stale(PREFIX);
-    let lab = Lab::start(1, &[]);
+    // The Services here have no endpoints; the pod is there for kubelet to probe while
+    // VIPs come and go on its node.
+    let lab = Lab::start(1, &[1]);
     // Dual-stack: an IPv6 pool beside the IPv4 one, a RequireDualStack Service gets one
     // address of each family and both are programmed.
     create_pool(&lab.api, "lan-v6", "fd00:18::100/124");
@@ -1342,6 +1760,7 @@ fn e2e_kube_pool_exhaustion_shared_ips_and_events() {
         "False",
         "UnsupportedProtocol",
     );
+    lab.assert_kubelet_probes_succeeded();
 }
 
 /// Packets node `i` counted for `reason` on the VIP (address, port, protocol).
@@ -1354,6 +1773,14 @@ fn vip_counter(lab: &Lab, i: u8, vip: Ipv4Addr, proto: &str, reason: &str) -> u6
         .find(|v| v["addr"] == vip.to_string() && v["port"] == 443 && v["proto"] == proto)
         .map(|v| v["counters"][reason]["packets"].as_u64().unwrap_or(0))
         .unwrap_or(0)
+}
+
+/// Packets node `i`'s reverse NAT counted for `reason` (`rewritten`, `pass_not_steered`, ...).
+fn rnat_counter(lab: &Lab, i: u8, reason: &str) -> u64 {
+    let s = lab.status(i).unwrap();
+    s["rnat_counters"][reason]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rnat_counters.{reason} in node-{i}'s /status: {s}"))
 }
 
 fn holders(lab: &Lab, nodes: u8, vip: Ipv4Addr) -> Vec<u8> {
@@ -1516,6 +1943,49 @@ fn e2e_kube_local_policy_source_ranges_and_affinity() {
         per_backend(&h1).len(),
         1,
         "ClientIP affinity spread one client: {h1}"
+    );
+    lab.assert_kubelet_probes_succeeded();
+}
+
+/// lb's start-up must leave the node's traffic to its pods alone: a DaemonSet rolls lb out
+/// onto nodes whose pods kubelet is probing. It did not: `lb run` added a `clsact` qdisc to
+/// each backend interface without one, although from kernel 6.6 on the reverse NAT attaches
+/// through TCX and needs none, and grafting a qdisc deactivates the device for a moment:
+/// what the node sent to its pod meanwhile was dropped, and a probe whose SYN it was waited
+/// 1 s for the retransmission and timed out (with node-to-pod connections every 2 ms through
+/// three daemons' start, one stalled for ~1 s in 4 of 6 lab starts). Here the probes run
+/// every 5 ms through the daemons' start, and the cause is checked directly: no `clsact` on
+/// the pods' veths after lb started (on kernels from 6.6).
+#[test]
+fn e2e_kube_daemon_start_drops_nothing_on_pod_veths() {
+    let _ = lb_userspace::netns::remove_stale(PREFIX);
+    let mut lab = Lab::without_daemons(3, &[1, 2, 3]);
+    for i in 1..=3 {
+        lab.start_probing(i, Duration::from_millis(5));
+    }
+    for i in 1..=3 {
+        lab.start_daemon(i);
+    }
+    lab.wait_daemons_attached();
+    // What aya decides by when it attaches a TC program.
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    let grafted: Vec<(u8, String)> = (1..=3)
+        .map(|i| {
+            let q = lab
+                .node(i)
+                .ns
+                .exec("tc", &["qdisc", "show", "dev", "pod0"])
+                .unwrap_or_else(|e| format!("{e:#}"));
+            (i, q)
+        })
+        .filter(|(_, q)| tcx && q.contains("clsact"))
+        .collect();
+    lab.assert_kubelet_probes_succeeded();
+    assert!(
+        grafted.is_empty(),
+        "lb added a clsact qdisc to pod veths although the reverse NAT attaches through TCX: \
+         {grafted:?}"
     );
 }
 

@@ -26,6 +26,12 @@
 //! `redirect` (and no `tx`, no passes to the kernel) for the VIP and reverse-NAT rewrites,
 //! and node B forwarded at least as many packets as A steered to b1.
 //!
+//! Around lb, what a cluster has: kubelet-style probes (TCP connect and HTTP GET every
+//! 100 ms, [`lb_userspace::prober`]) from A to b0:8443 and from B to b1:8443 for the whole
+//! test, and, while the VIP's HTTP/1.1 traffic flows, requests straight to the same ports
+//! from B to b1, from A to b0 and from A to b1 (its replies cross A's reverse NAT on tr0).
+//! All of them must be answered by the backend itself, never from the VIP.
+//!
 //! Needs root. `cargo test -p lb-userspace --test e2e_two_nodes -- --test-threads=1 --nocapture`
 
 use std::{
@@ -45,8 +51,10 @@ use std::{
 };
 
 use lb_userspace::{
+    backend::Whoami,
     demo::{failures, parse_json_output, per_backend},
     netns::{self, Mac, NetNs, veth_pair},
+    prober::{PROBE_EVERY, Prober, Target},
     topology,
 };
 use serde_json::Value;
@@ -79,9 +87,11 @@ struct Proc {
     log: PathBuf,
 }
 
-/// The two-node network. Drop stops the children (SIGTERM, then SIGKILL), then the
-/// namespaces (fields) go, with every veth in them, and the temporary directory.
+/// The two-node network. Drop stops the probes and the children (SIGTERM, then SIGKILL),
+/// then the namespaces (fields) go, with every veth in them, and the temporary directory.
 struct TwoNodes {
+    /// kubelet's probes: from A of b0:8443, from B of b1:8443.
+    probers: Vec<Prober>,
     procs: Vec<Proc>,
     dir: PathBuf,
     client: NetNs,
@@ -103,6 +113,7 @@ impl TwoNodes {
             NetNs::create(&format!("{PREFIX}{p}")).unwrap_or_else(|e| panic!("netns: {e:#}"))
         };
         let mut t = TwoNodes {
+            probers: Vec::new(),
             procs: Vec::new(),
             dir,
             client: ns("c"),
@@ -233,6 +244,20 @@ impl TwoNodes {
                 "certificate sha256",
             ));
         }
+        let deadline = Instant::now() + START_DEADLINE;
+        for (i, marker) in waits.drain(..) {
+            self.wait_for_line(i, marker, deadline)?;
+        }
+        // kubelet probes the pods from before lb starts: its start-up must not cost a probe.
+        for (name, n) in [("b0", 0u8), ("b1", 1)] {
+            let ns = if n == 0 { &self.node_a } else { &self.node_b };
+            let target = Target {
+                name: name.into(),
+                addr: backend(n),
+            };
+            self.probers
+                .push(Prober::start(ns.path(), vec![target], PROBE_EVERY)?);
+        }
         let config = self.dir.join("lb.toml");
         std::fs::write(&config, Self::config_text())?;
         let mut run = Command::new(LB);
@@ -295,6 +320,8 @@ impl TwoNodes {
 
 impl Drop for TwoNodes {
     fn drop(&mut self) {
+        // First, so no probe sees the backends go.
+        self.probers.clear();
         topology::stop_children(
             self.procs
                 .iter_mut()
@@ -466,6 +493,27 @@ fn metrics_in(ns: &NetNs) -> String {
         .unwrap_or_else(|e| panic!("/metrics of node A at {addr}: {e:#}"))
 }
 
+/// Backend `n`'s serving port (b0 behind A, b1 behind B).
+fn backend(n: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, n, 10)), BACKEND_PORT)
+}
+
+/// A GET from inside `ns` (whose address toward the backend is `from`) straight to backend
+/// `n`: it must be answered by the backend itself, having seen `from`.
+fn direct_get(topo: &TwoNodes, ns: &NetNs, from: Ipv4Addr, n: u8) -> Result<Whoami, String> {
+    let body = topology::http_get_in(ns, backend(n), "/direct")
+        .map_err(|e| format!("GET http://{}/direct from {from}: {e:#}", backend(n)))?;
+    let who = Whoami::parse(&body).map_err(|e| format!("{e}: {body:?}"))?;
+    if who.name != format!("b{n}") || who.client.ip() != IpAddr::V4(from) {
+        return Err(format!(
+            "GET http://{}/direct from {from}: answered {who:?}\n{}",
+            backend(n),
+            topo.logs()
+        ));
+    }
+    Ok(who)
+}
+
 fn backends_of(v: &Value) -> BTreeSet<String> {
     v["per_backend"]
         .as_object()
@@ -534,12 +582,53 @@ fn e2e_two_nodes_vip_on_a_backend_behind_b() {
         per_backend(&h3)
     );
 
-    // HTTP/1.1 over TCP on the same VIP and port.
+    // HTTP/1.1 over TCP on the same VIP and port. Meanwhile the nodes reach the same
+    // backend ports directly, as a cluster does (kubelet, other pods, node-local clients):
+    // B to b1 (lb is not on that path), A to b0 and A to b1 (their replies cross A's
+    // reverse NAT, on be0 and tr0, which must leave them alone).
     let mut http1 = topo.client_lb();
     http1
         .args(["probe", "http1", "--target", &format!("{VIP}:{VIP_PORT}")])
         .args(["--requests", &HTTP1_REQUESTS.to_string(), "--json"]);
-    let http1 = topo.run_json(http1, "probe http1");
+    let running = std::thread::spawn(move || http1.output());
+    let direct = [
+        (
+            "node B to b1",
+            &topo.node_b,
+            Ipv4Addr::new(198, 19, 1, 1),
+            1,
+        ),
+        (
+            "node A to b0",
+            &topo.node_a,
+            Ipv4Addr::new(198, 19, 0, 1),
+            0,
+        ),
+        (
+            "node A to b1",
+            &topo.node_a,
+            Ipv4Addr::new(198, 18, 5, 1),
+            1,
+        ),
+    ];
+    let mut direct_rounds = 0u32;
+    loop {
+        for (what, ns, from, n) in &direct {
+            if let Err(e) = direct_get(&topo, ns, *from, *n) {
+                panic!("{what}, while the VIP's traffic flows: {e}");
+            }
+        }
+        direct_rounds += 1;
+        if running.is_finished() {
+            break;
+        }
+    }
+    let out = running
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("running probe http1: {e}"));
+    let http1 =
+        parse_json_output(&out, "probe http1").unwrap_or_else(|e| panic!("{e:#}\n{}", topo.logs()));
     assert_eq!(
         http1["succeeded"].as_u64(),
         Some(HTTP1_REQUESTS as u64),
@@ -557,7 +646,11 @@ fn e2e_two_nodes_vip_on_a_backend_behind_b() {
     for r in http1["results"].as_array().unwrap() {
         assert_eq!(client_ip(&r["client"]), Some(IpAddr::V4(CLIENT)), "{r}");
     }
-    eprintln!("two-nodes: http1 {}", per_backend(&http1));
+    eprintln!(
+        "two-nodes: http1 {}; meanwhile {direct_rounds} rounds of direct GETs (B to b1, A to \
+         b0, A to b1), all answered by the backend",
+        per_backend(&http1)
+    );
 
     // What reached the client: replies from the VIP, nothing from a backend address.
     let seen = capture.finish();
@@ -630,9 +723,10 @@ fn e2e_two_nodes_vip_on_a_backend_behind_b() {
         backend_pkts("198.19.1.10:8443"),
     );
     let rewritten = value("lb_rnat_packets_total{reason=\"rewritten\"} ");
+    let not_steered = value("lb_rnat_packets_total{reason=\"pass_not_steered\"} ");
     let forwarded_b = forwarded(&topo.node_b) - forwarded_b_before;
     eprintln!(
-        "two-nodes: node A: {numbers:?}; to b0 {pkts_b0}, to b1 {pkts_b1} packets; rnat rewritten {rewritten}; node B forwarded {forwarded_b}"
+        "two-nodes: node A: {numbers:?}; to b0 {pkts_b0}, to b1 {pkts_b1} packets; rnat rewritten {rewritten}, pass_not_steered {not_steered}; node B forwarded {forwarded_b}"
     );
     for proto in ["udp", "tcp"] {
         assert!(
@@ -661,6 +755,21 @@ fn e2e_two_nodes_vip_on_a_backend_behind_b() {
         forwarded_b >= pkts_b1,
         "node B forwarded {forwarded_b} packets, A sent {pkts_b1} to b1"
     );
+
+    // All along, kubelet's probes from each node to its backend were answered by it.
+    for (p, node) in topo.probers.iter().zip(["A", "B"]) {
+        let probes = p.wait_rounds(2);
+        eprintln!(
+            "two-nodes: kubelet-style probes from node {node}: {}",
+            probes.summary()
+        );
+        assert!(
+            probes.all_ok(),
+            "kubelet-style probes from node {node}: {}\n{}",
+            probes.summary(),
+            topo.logs()
+        );
+    }
 
     drop(topo);
     eprintln!("two-nodes: done in {:.1}s", t0.elapsed().as_secs_f64());
