@@ -19,6 +19,14 @@
 //! backend_interfaces = ["eth2"]   # optional: reverse NAT (TC) on the interfaces facing backends
 //! metrics_addr = "127.0.0.1:9100"                                  # optional
 //!
+//! [reverse_nat]                   # optional; these are the defaults
+//! max_flows = 262144              # reply-table capacity, 1..=16777216 (start-up only)
+//! tcp_timeout_s = 21600           # idle timeouts from the last reply, in seconds
+//! udp_timeout_s = 120
+//! unreplied_timeout_s = 30
+//! closing_timeout_s = 10          # after a TCP FIN or RST
+//! mark_remote = true              # steering mark on packets to backends behind other nodes
+//!
 //! [[vips]]
 //! name = "web"                    # optional label
 //! address = "198.18.0.100"        # IPv4 or IPv6

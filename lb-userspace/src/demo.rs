@@ -19,7 +19,9 @@ use serde_json::Value;
 
 use crate::{
     backend::Whoami,
-    topology::{self, Options, Topology, VIP_CID, VIP_NOCID, VIP_PORT},
+    topology::{
+        self, CLUSTER_IP, Options, POD_CLIENT_ADDR, Topology, VIP_CID, VIP_NOCID, VIP_PORT,
+    },
 };
 
 /// Arguments of `lb demo`.
@@ -65,7 +67,10 @@ pub fn run(args: &DemoArgs) -> i32 {
 
 fn demo(args: &DemoArgs) -> Result<String> {
     let lb = std::env::current_exe().context("finding the lb binary")?;
-    println!("demo: building the network (client, node, b1..b3) and starting lb run ...");
+    println!(
+        "demo: building the network (client, node with a kube-proxy stand-in, b1..b3, an \
+         in-cluster pod) and starting lb run ..."
+    );
     let t = Instant::now();
     let topo = Topology::start(&Options {
         lb: lb.clone(),
@@ -181,8 +186,50 @@ fn steps(args: &DemoArgs, topo: &Topology) -> Result<String> {
         ));
     }
 
-    // (e) the daemon's counters.
-    println!("(e) /metrics (lb_* samples that are not zero; served inside the node namespace)");
+    // (e) the cluster's own traffic to the same pods, untouched by lb.
+    println!(
+        "(e) the cluster around lb: the in-cluster pod {POD_CLIENT_ADDR} through the ClusterIP \
+         {CLUSTER_IP}:{VIP_PORT} and through the VIP (kube-proxy's nftables path), and \
+         kubelet-style probes from the node"
+    );
+    let mut cluster_ok = 0;
+    for target in [CLUSTER_IP, VIP_CID] {
+        let v = run_json(
+            topo.pod
+                .command(&topo.lb)?
+                .args([
+                    "probe",
+                    "http1",
+                    "--target",
+                    &format!("{target}:{VIP_PORT}"),
+                ])
+                .args(["--requests", "10", "--json"]),
+            "lb probe http1 from the pod",
+        )?;
+        let ok = num(&v, "succeeded");
+        cluster_ok += ok;
+        println!(
+            "    pod -> {target}:{VIP_PORT}: {ok}/10 over HTTP/1.1; per backend: {}",
+            per_backend(&v)
+        );
+        if ok != 10 {
+            problems.push(format!(
+                "in-cluster HTTP/1.1 to {target}: {ok}/10 ({})",
+                failures(&v)
+            ));
+        }
+    }
+    let probes = topo.probes();
+    println!(
+        "    kubelet-style probes of b1..b3:8443: {}\n",
+        probes.summary()
+    );
+    if !probes.all_ok() {
+        problems.push(format!("kubelet-style probes: {}", probes.summary()));
+    }
+
+    // (f) the daemon's counters.
+    println!("(f) /metrics (lb_* samples that are not zero; served inside the node namespace)");
     match topo.metrics() {
         Ok(text) => {
             let lines: Vec<&str> = topology::nonzero_samples(&text)
@@ -216,7 +263,8 @@ fn steps(args: &DemoArgs, topo: &Topology) -> Result<String> {
     }
     Ok(format!(
         "migrations survived: CID routing {cid_surv}/{cid_mig}, 4-tuple only {no_surv}/{no_mig}; \
-         HTTP/1.1 {ok1}/{n}"
+         HTTP/1.1 {ok1}/{n}; in-cluster {cluster_ok}/20; probes {}",
+        probes.summary()
     ))
 }
 
