@@ -80,7 +80,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         vip_index: vip.index,
         learned_cid_len: vip.learned_cid_len() as u8,
     };
-    rewrite::deliver(&ctx, &p, &steered, &counters)
+    rewrite::forward_steered(&ctx, &p, &steered, &counters)
 }
 
 /// Hand a packet that may carry another node's steering mark to `lb_xdp_peer`. Returns

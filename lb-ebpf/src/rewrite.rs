@@ -41,7 +41,7 @@ pub struct Steered {
 /// Record the flow for the reverse NAT, then DNAT and forward; counts what happened and
 /// returns the verdict.
 #[inline(always)]
-pub fn deliver(ctx: &XdpContext, p: &Parsed, s: &Steered, counters: &VipCounters) -> u32 {
+pub fn forward_steered(ctx: &XdpContext, p: &Parsed, s: &Steered, counters: &VipCounters) -> u32 {
     // Before the backend sees the packet, so its first reply finds the entry. A flow pinned
     // in the connection table was recorded with its first packet (the sweep deletes the
     // two together), so only its FIN or RST, which marks the entry closing, looks again:
