@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use lb_common::csum::{fold, pseudo_header_v6, sum_bytes};
 
-use crate::netns::{Mac, format_mac};
+use crate::mac::{Mac, format_mac};
 
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV4: u16 = 0x0800;

@@ -1,23 +1,17 @@
-//! lb's userspace: loading and programming the XDP data plane, and the pieces the `lb`
-//! binary and the tests are built from.
+//! lb, the product: the daemon's library and the `lb` command. Loading and programming the
+//! data plane (`dataplane`), the static config and its plan (`config`), the daemon
+//! (`daemon`), VIP announcement (`announce`), metrics (`metrics`), the Kubernetes control
+//! plane (`kube`) and the command line (`cli`). The lab (demo, whoami backend, probe,
+//! benchmark, network-namespace test beds) is `lb-lab`, in `tests/lab/`; nothing here
+//! imports it.
 
 pub mod announce;
-pub mod backend;
-pub mod bench;
-pub mod cid_cli;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod demo;
 pub mod kube;
-pub mod kube_proxy_standin;
+pub mod mac;
 pub mod maglev;
 pub mod map_batch;
 pub mod metrics;
-pub mod netns;
-pub mod packet;
-pub mod probe;
-pub mod prober;
-pub mod quic_lb;
-pub mod testbed;
-pub mod topology;

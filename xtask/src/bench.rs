@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the data-plane benchmark (`lb bench`), built with the release profile.
+//! `cargo xtask bench`: the data-plane benchmark (`lb-lab bench`), built with the release profile.
 
 use std::{env, path::PathBuf};
 
@@ -12,14 +12,14 @@ use crate::{
 #[derive(clap::Args)]
 pub struct Args {
     /// Also write the results as JSON to PATH (a relative PATH is taken from the directory
-    /// you run `cargo xtask` in); passed to `lb bench --json`
+    /// you run `cargo xtask` in); passed to `lb-lab bench --json`
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// BPF_PROG_TEST_RUN iterations per measurement; passed to `lb bench --repeat` [default:
-    /// lb bench's]
+    /// BPF_PROG_TEST_RUN iterations per measurement; passed to `lb-lab bench --repeat` [default:
+    /// lb-lab bench's]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     repeat: Option<u32>,
-    /// Measurement rounds per case; passed to `lb bench --rounds` [default: lb bench's]
+    /// Measurement rounds per case; passed to `lb-lab bench --rounds` [default: lb-lab bench's]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rounds: Option<u32>,
 }
@@ -32,7 +32,7 @@ pub fn bench(args: &Args) -> Result<()> {
     )?;
     setup::setup(Scope::Everything)?;
 
-    let mut cmd = run::lb_release("bench");
+    let mut cmd = run::lab_release("bench");
     if let Some(json) = &args.json {
         // cargo runs in the workspace root; keep the path relative to where the user is.
         let json = if json.is_absolute() {

@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: the end-to-end demo (`lb demo`), as root.
+//! `cargo xtask demo`: the end-to-end demo (`lb-lab demo`, which runs `lb`), as root.
 
 use anyhow::Result;
 
@@ -10,7 +10,7 @@ use crate::{
 #[derive(clap::Args)]
 pub struct Args {
     /// Leave the namespaces, the daemon and the backends running afterwards and print how to
-    /// reach them; passed to `lb demo --keep`
+    /// reach them; passed to `lb-lab demo --keep`
     #[arg(long)]
     keep: bool,
 }
@@ -23,7 +23,13 @@ pub fn demo(args: &Args) -> Result<()> {
     )?;
     // Everything: the BPF toolchain, the Debian packages, and the .venv with aioquic.
     setup::setup(Scope::Everything)?;
-    let mut cmd = run::lb_release("demo");
+    // The demo runs the `lb` beside `lb-lab` in the same target directory: build it first.
+    let mut build = run::build_lb_release();
+    println!("demo: {}", display(&build));
+    status(&mut build)?;
+    let mut cmd = run::lab_release("demo");
+    // Not an `lb` from elsewhere: the one just built.
+    cmd.env_remove("LB_BIN");
     if args.keep {
         cmd.arg("--keep");
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod lint;
 mod run;
 mod setup;
 mod test;
@@ -14,13 +15,13 @@ use clap::{Parser, Subcommand};
 
 use crate::setup::Scope;
 
-/// Tasks for the lb workspace: machine setup, BPF build, kernel tests, benchmark, demo.
+/// Tasks for the lb workspace: machine setup, BPF build, lints, kernel tests, benchmark, demo.
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    after_help = "Run from anywhere inside the workspace. `setup`, `build-ebpf`, `test`, `bench` \
-                  and `demo` first check the machine and install only what is missing; `test`, \
+    after_help = "Run from anywhere inside the workspace. `setup`, `build-ebpf`, `lint`, `test`, \
+                  `bench` and `demo` first check the machine and install only what is missing; `test`, \
                   `bench` and `demo` need root."
 )]
 struct Cli {
@@ -58,18 +59,31 @@ enum Task {
         long_about = "Run the whole test suite as root against the real kernel. \
         Requires root (the tests load BPF programs and create network namespaces: CAP_BPF, \
         CAP_NET_ADMIN). Runs `cargo xtask setup` first, then, stopping at the first failure:\n\n  \
+        cargo clippy --workspace --exclude lb-ebpf --all-targets -- --deny warnings\n  \
+        cargo build --package lb-userspace --bin lb --package lb-lab --bin lb-lab\n  \
         RUST_BACKTRACE=1 cargo test --workspace --exclude lb-ebpf -- --test-threads=1 \
         [TEST_ARGS]...\n\n\
+        The workspace's test packages (tests/: the kernel and end-to-end tests; tests/lab; \
+        tests/fake-apiserver) are not default members, so --workspace is what includes them. \
         Single-threaded because the tests share the kernel (network namespaces, BPF maps). \
         Cargo's output is streamed; a one-line summary ends the run. Exits with the failing \
         command's exit code."
     )]
     Test(test::Args),
 
-    /// Run the data-plane benchmark (`lb bench`, release build) as root
+    /// Lint every host package and target with clippy, warnings denied (also step 1 of `test`)
+    #[command(
+        long_about = "Set up the toolchain (the build scripts build the BPF object), then \
+        `cargo clippy --workspace --exclude lb-ebpf --all-targets -- --deny warnings`. The \
+        workspace lints in Cargo.toml deny `unwrap_used` and `expect_used` outside tests. Does \
+        not need root."
+    )]
+    Lint,
+
+    /// Run the data-plane benchmark (`lb-lab bench`, release build) as root
     #[command(
         long_about = "Run the data-plane benchmark as root: `cargo xtask setup`, then \
-        `cargo run --release --package lb-userspace --bin lb -- bench`, forwarding --json, \
+        `cargo run --release --package lb-lab --bin lb-lab -- bench`, forwarding --json, \
         --repeat and --rounds. Requires root (BPF_PROG_TEST_RUN needs CAP_BPF and \
         CAP_NET_ADMIN)."
     )]
@@ -79,12 +93,13 @@ enum Task {
     /// namespaces, real HTTP/3, HTTP/1.1 and QUIC migration through `lb run`
     #[command(
         long_about = "The end-to-end demo as root: `cargo xtask setup` (everything, including \
-        the .venv with aioquic), then `cargo run --release --package lb-userspace --bin lb -- \
-        demo [--keep]` with LB_DEMO_PYTHON=.venv/bin/python. It builds a client, a node running \
-        `lb run` and three backends (`lb backend`) in network namespaces and prints a report: an \
+        the .venv with aioquic), `cargo build --release --package lb-userspace --bin lb`, then \
+        `cargo run --release --package lb-lab --bin lb-lab -- demo [--keep]` with \
+        LB_DEMO_PYTHON=.venv/bin/python. It builds a client, a node running `lb run` and three \
+        backends (`lb-lab backend`) in network namespaces and prints a report: an \
         aioquic HTTP/3 request, 30 QUIC connections migrating with CID routing and without it \
         (side by side), HTTP/1.1 over TCP on the same VIP and port, and the daemon's nonzero \
-        metrics. Ends with `demo: OK` or `demo: FAILED: ...`; exits with lb demo's exit code. \
+        metrics. Ends with `demo: OK` or `demo: FAILED: ...`; exits with lb-lab demo's exit code. \
         With --keep everything stays up and the demo prints how to reach it."
     )]
     Demo(demo::Args),
@@ -98,6 +113,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(Scope::Everything),
         Task::BuildEbpf(args) => build_ebpf::build_ebpf(args),
         Task::Test(args) => test::test(args),
+        Task::Lint => lint::lint(),
         Task::Bench(args) => bench::bench(args),
         Task::Demo(args) => demo::demo(args),
     };

@@ -188,16 +188,32 @@ pub fn human_duration(duration: std::time::Duration) -> String {
     }
 }
 
-/// `cargo run --release --package lb-userspace --bin lb -- SUBCOMMAND`: how xtask runs `lb`.
-pub fn lb_release(subcommand: &str) -> Command {
+/// `cargo build --release --package lb-userspace --bin lb`: the `lb` the lab runs (the demo
+/// finds it beside `lb-lab`, in the same target directory).
+pub fn build_lb_release() -> Command {
     let mut cmd = cargo();
     cmd.args([
-        "run",
+        "build",
         "--release",
         "--package",
         "lb-userspace",
         "--bin",
         "lb",
+    ]);
+    cmd
+}
+
+/// `cargo run --release --package lb-lab --bin lb-lab -- SUBCOMMAND`: how xtask runs the lab
+/// (the demo, the benchmark).
+pub fn lab_release(subcommand: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--package",
+        "lb-lab",
+        "--bin",
+        "lb-lab",
         "--",
         subcommand,
     ]);

@@ -41,8 +41,9 @@ pub fn test(args: &Args) -> Result<()> {
         linker.display()
     );
 
-    // In order, stopping at the first failure.
-    let mut steps = [cargo_test(&args.test_args)];
+    // In order, stopping at the first failure: the lints (seconds once built), the binaries
+    // the kernel and end-to-end tests run (`lb`, `lb-lab`), then every test.
+    let mut steps = [clippy(), build_binaries(), cargo_test(&args.test_args)];
     let count = steps.len();
     let started = Instant::now();
     let mut totals = Totals::default();
@@ -64,6 +65,41 @@ pub fn test(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// `cargo clippy` over every host package and target (tests, the lab, xtask), warnings
+/// denied; `[workspace.lints]` in Cargo.toml says what is denied beyond clippy's defaults.
+pub fn clippy() -> Command {
+    let mut cmd = run::cargo();
+    cmd.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        HOST_EXCLUDED_PACKAGE,
+        "--all-targets",
+        "--",
+        "--deny",
+        "warnings",
+    ]);
+    cmd
+}
+
+/// The `lb` and `lb-lab` binaries the tests in `tests/` start (they find them beside their
+/// own `deps/` directory, in the same target directory and profile).
+fn build_binaries() -> Command {
+    let mut cmd = run::cargo();
+    cmd.args([
+        "build",
+        "--package",
+        "lb-userspace",
+        "--bin",
+        "lb",
+        "--package",
+        "lb-lab",
+        "--bin",
+        "lb-lab",
+    ]);
+    cmd
+}
+
 /// Single-threaded: tests share the kernel (network namespaces, interfaces, BPF maps).
 fn cargo_test(test_args: &[String]) -> Command {
     let mut cmd = run::cargo();
@@ -77,6 +113,9 @@ fn cargo_test(test_args: &[String]) -> Command {
     ])
     .args(test_args)
     .env("RUST_BACKTRACE", "1")
+    // The binaries just built, not ones from elsewhere.
+    .env_remove("LB_BIN")
+    .env_remove("LB_LAB_BIN")
     // The Python with aioquic (from `.venv`): end-to-end tests drive the real client.
     .env("LB_TEST_PYTHON", crate::setup::venv_python())
     // Setup installed Helm's engine: the chart must render through it, not only through
