@@ -12,7 +12,7 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -22,12 +22,14 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
+    sync::watch,
 };
 
 use crate::{
     announce::{AnnounceOptions, Announcer, AnnouncerHandle},
     config::{self, Config, Plan, XdpMode},
     dataplane::{Dataplane, LoadOptions, monotonic_ns},
+    kube::{ControllerStatus, NodeDataplane, controller},
     metrics::{
         self, BackendLabel, DaemonStats, Format, Labels, MetricsSource, QuicLabel, VipLabel,
     },
@@ -42,7 +44,7 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     pub control_socket: PathBuf,
     /// Kubernetes mode: VIPs come from the API server, not the config file.
-    pub kube: Option<crate::kube::controller::KubeOptions>,
+    pub kube: Option<controller::KubeOptions>,
 }
 
 /// How often the reply table is swept for idle flows.
@@ -65,10 +67,11 @@ pub struct State {
     pub map_changes: u64,
     /// Data-plane updates (reloads, Kubernetes syncs) that changed at least one map entry.
     pub syncs: u64,
-    /// The last error a Kubernetes sync hit, if the last sync failed.
-    pub last_sync_error: Option<String>,
+    /// The last error a Kubernetes sync hit, if the last sync failed (set by the
+    /// controller through [`NodeDataplane`]).
+    last_sync_error: Option<String>,
     /// Kubernetes control-plane facts for /status (None in static mode).
-    pub kube_status: Option<serde_json::Value>,
+    kube_status: Option<ControllerStatus>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     /// How long the last map sync (start-up or reload) took.
@@ -259,24 +262,6 @@ impl State {
         attached
     }
 
-    /// Announce exactly `vips` (Kubernetes mode: the VIPs this node won).
-    pub fn set_announced(&mut self, vips: &[IpAddr]) -> Result<()> {
-        if self.announced.as_deref() == Some(vips) {
-            return Ok(());
-        }
-        for a in &self.announcers {
-            a.set_vips(vips)?;
-        }
-        self.announced = Some(vips.to_vec());
-        Ok(())
-    }
-
-    pub fn announced(&self) -> Vec<IpAddr> {
-        self.announced
-            .clone()
-            .unwrap_or_else(|| vip_addresses(&self.plan))
-    }
-
     /// Re-read the config and apply the difference. On any validation error nothing changes.
     pub fn reload(&mut self, path: &Path) -> Result<usize> {
         let result = self.try_reload(path);
@@ -386,6 +371,45 @@ impl State {
     }
 }
 
+/// The daemon as the Kubernetes controller drives it.
+impl NodeDataplane for State {
+    fn apply(&mut self, config: Config) -> Result<usize> {
+        self.apply_config(config)
+    }
+
+    fn announced(&self) -> Vec<IpAddr> {
+        self.announced
+            .clone()
+            .unwrap_or_else(|| vip_addresses(&self.plan))
+    }
+
+    fn set_announced(&mut self, vips: &[IpAddr]) -> Result<()> {
+        if self.announced.as_deref() == Some(vips) {
+            return Ok(());
+        }
+        for a in &self.announcers {
+            a.set_vips(vips)?;
+        }
+        self.announced = Some(vips.to_vec());
+        Ok(())
+    }
+
+    fn set_sync_error(&mut self, error: Option<String>) {
+        self.last_sync_error = error;
+    }
+
+    fn set_status(&mut self, status: ControllerStatus) {
+        self.kube_status = Some(status);
+    }
+}
+
+/// Lock the state even if a task panicked while holding it: every task (and shutdown,
+/// which must detach the programs) still needs it, and a map update that failed half-way
+/// leaves the plan it diffs against as it was.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn is_pattern(name: &str) -> bool {
     name.contains(['*', '?'])
 }
@@ -460,8 +484,7 @@ async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: Optio
 }
 
 fn reload_reply(state: &Mutex<State>, config: &Path) -> String {
-    let mut s = state.lock().expect("state lock");
-    match s.reload(config) {
+    match lock(state).reload(config) {
         Ok(n) => {
             info!("reloaded {}: {n} map changes", config.display());
             format!(
@@ -516,13 +539,16 @@ pub fn run(opts: RunOptions) -> Result<()> {
         spawn_reply_sweep(&state);
         let mut lease_holder = None;
         if let Some(kube_opts) = opts.kube {
-            let client = crate::kube::controller::client(&kube_opts).await?;
-            lease_holder = Some((client.clone(), kube_opts.node_name.clone()));
-            tokio::spawn(crate::kube::controller::run(
+            let client = controller::client(&kube_opts).await?;
+            // Stops this controller's Lease renewals at shutdown (give_up_lease).
+            let (stop_renewing, renewer_stop) = watch::channel(false);
+            lease_holder = Some((client.clone(), kube_opts.node_name.clone(), stop_renewing));
+            tokio::spawn(controller::run(
                 client,
                 kube_opts,
                 config.clone(),
                 state.clone(),
+                renewer_stop,
             ));
         }
         let mut hup = signal(SignalKind::hangup())?;
@@ -530,7 +556,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         info!(
             "lb running: {} VIPs, control socket {}",
-            state.lock().expect("state lock").plan.vips.len(),
+            lock(&state).plan.vips.len(),
             opts.control_socket.display()
         );
         println!(
@@ -550,10 +576,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 _ = int.recv() => break,
             }
         }
-        if let Some((client, node)) = &lease_holder {
-            crate::kube::controller::give_up_lease(client, &config.kubernetes, node).await;
+        if let Some((client, node, stop_renewing)) = lease_holder {
+            controller::give_up_lease(&client, &config.kubernetes, &node, stop_renewing).await;
         }
-        state.lock().expect("state lock").shutdown();
+        lock(&state).shutdown();
         let _ = std::fs::remove_file(&opts.control_socket);
         println!("lb: stopped, everything detached");
         Ok(())
@@ -563,9 +589,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
 /// Re-attach the reverse NAT to new links matching `backend_interfaces` patterns, every
 /// second (pods come and go with their veths).
 fn spawn_rescan(state: &Arc<Mutex<State>>) {
-    let patterned = state
-        .lock()
-        .expect("state lock")
+    let patterned = lock(state)
         .config
         .backend_interfaces
         .iter()
@@ -578,10 +602,7 @@ fn spawn_rescan(state: &Arc<Mutex<State>>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            state
-                .lock()
-                .expect("state lock")
-                .rescan_backend_interfaces();
+            lock(&state).rescan_backend_interfaces();
         }
     });
 }
@@ -594,7 +615,7 @@ fn spawn_reply_sweep(state: &Arc<Mutex<State>>) {
         let mut tick = tokio::time::interval(REPLY_SWEEP_INTERVAL);
         loop {
             tick.tick().await;
-            state.lock().expect("state lock").sweep_replies();
+            lock(&state).sweep_replies();
         }
     });
 }
@@ -621,12 +642,12 @@ struct DaemonMetrics(Arc<Mutex<State>>);
 
 impl MetricsSource for DaemonMetrics {
     fn metrics_text(&self, format: Format) -> String {
-        let s = self.0.lock().expect("state lock");
+        let s = lock(&self.0);
         metrics::render(&s.dp, &s.labels, &s.stats, format)
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let s = self.0.lock().expect("state lock");
+        let s = lock(&self.0);
         let mut v = metrics::status(&s.dp, &s.labels, &s.stats);
         if let Some(obj) = v.as_object_mut() {
             obj.insert(
@@ -639,7 +660,7 @@ impl MetricsSource for DaemonMetrics {
                 }),
             );
             if let Some(k) = &s.kube_status {
-                obj.insert("kubernetes".into(), k.clone());
+                obj.insert("kubernetes".into(), k.to_json());
             }
         }
         v
@@ -648,7 +669,7 @@ impl MetricsSource for DaemonMetrics {
 
 /// Serve /metrics and /status when the config (or --metrics-addr) names an address.
 fn spawn_metrics(state: &Arc<Mutex<State>>) -> Result<()> {
-    let Some(addr) = state.lock().expect("state lock").config.metrics_addr else {
+    let Some(addr) = lock(state).config.metrics_addr else {
         return Ok(());
     };
     let source: Arc<dyn MetricsSource + Send + Sync> = Arc::new(DaemonMetrics(state.clone()));

@@ -15,12 +15,16 @@
 //!   update makes the next tick a full sync again.
 //! - When the API server goes away the data plane keeps its last state, announcements
 //!   freeze, and the watches retry (backoff capped at 2 s) and re-list on return.
+//!
+//! The API calls live in `Controller`; what follows from what it read (the config to
+//! program, the VIPs to announce, the status for `/status`) is decided by `Reconciler`
+//! over a [`super::NodeDataplane`], without a client, so it is unit-tested.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -49,26 +53,34 @@ use kube::{
 use log::{info, warn};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::{
+    ControllerStatus, NodeDataplane,
     crd::IPPool,
     election::{self, LEASE_LABEL, Liveness},
     ipam, status,
-    translate::{self, QUIC_LB_SECRET_ANNOTATION, SERVER_ID_ANNOTATION, SERVICE_NAME_LABEL},
+    translate::{
+        self, Eligible, QUIC_LB_SECRET_ANNOTATION, SERVER_ID_ANNOTATION, SERVICE_NAME_LABEL,
+    },
 };
-use crate::{
-    config::{Config, KubeSettings},
-    daemon::State,
-};
+use crate::config::{Config, KubeSettings, VipConfig};
 
 /// The namespace of the Leases when neither the config nor `$POD_NAMESPACE` names one.
 pub const DEFAULT_LEASE_NAMESPACE: &str = "lb-system";
-/// Set at shutdown: the Lease is no longer renewed (it is deleted instead).
-static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Secrets and pod annotations are re-read at most this often.
 const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// The node's data plane, shared with the daemon's other tasks (reloads, metrics, sweeps).
+pub type SharedDataplane = Arc<Mutex<dyn NodeDataplane + Send>>;
+
+/// Lock the data plane even if a panic elsewhere poisoned the lock: `apply` validates a
+/// config before its first map write, the data plane keeps forwarding either way, and a
+/// controller that gave up here would freeze this node's VIPs and announcements.
+fn lock(dataplane: &SharedDataplane) -> MutexGuard<'_, dyn NodeDataplane + Send + 'static> {
+    dataplane.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 pub struct KubeOptions {
     /// A kubeconfig file; `None`: in-cluster config, else `$KUBECONFIG` / ~/.kube/config.
@@ -93,17 +105,24 @@ pub fn lease_namespace(settings: &KubeSettings) -> String {
 
 /// Shutdown: stop renewing and delete this node's Lease, so the other nodes take its VIPs
 /// over at once instead of after a lease duration (a rolling update moves VIPs quickly).
-pub async fn give_up_lease(client: &Client, settings: &KubeSettings, node: &str) {
-    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+/// `stop` is the sender of the receiver [`run`] was given: the renewer finishes a renewal
+/// under way and exits before the delete, so no late renewal re-creates the Lease.
+pub async fn give_up_lease(
+    client: &Client,
+    settings: &KubeSettings,
+    node: &str,
+    stop: watch::Sender<bool>,
+) {
+    // One second in all: a renewal or a delete hanging on a dead API server must not hold
+    // up the shutdown.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    stop.send_replace(true);
+    // Every receiver dropped: the renewer returned (or never started).
+    let _ = tokio::time::timeout_at(deadline, stop.closed()).await;
     let ns = lease_namespace(settings);
     let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let name = election::lease_name(node);
-    match tokio::time::timeout(
-        Duration::from_secs(1),
-        api.delete(&name, &Default::default()),
-    )
-    .await
-    {
+    match tokio::time::timeout_at(deadline, api.delete(&name, &Default::default())).await {
         Ok(Ok(_)) => info!("Lease {ns}/{name} deleted: the other nodes take over this node's VIPs"),
         Ok(Err(e)) => warn!("deleting Lease {ns}/{name}: {e}; its VIPs move when it expires"),
         Err(_) => warn!("deleting Lease {ns}/{name} timed out; its VIPs move when it expires"),
@@ -193,6 +212,49 @@ struct Stores {
 }
 
 impl Stores {
+    /// Start the reflectors. A change of the cluster wakes `notify` (a full sync); a Lease
+    /// change wakes `lease_notify` (the election only: Leases change several times a
+    /// second).
+    fn start(
+        client: &Client,
+        lease_ns: &str,
+        notify: &Arc<Notify>,
+        lease_notify: &Arc<Notify>,
+    ) -> Stores {
+        Stores {
+            services: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                notify.clone(),
+                "Services",
+            ),
+            slices: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default().labels(SERVICE_NAME_LABEL),
+                notify.clone(),
+                "EndpointSlices",
+            ),
+            nodes: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                notify.clone(),
+                "Nodes",
+            ),
+            pools: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                notify.clone(),
+                "IPPools",
+            ),
+            leases: reflect(
+                Api::namespaced(client.clone(), lease_ns),
+                watcher::Config::default().labels(LEASE_LABEL),
+                lease_notify.clone(),
+                "Leases",
+            ),
+        }
+    }
+
     async fn wait_ready(&self) {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
@@ -368,74 +430,40 @@ async fn read_quic_secrets(client: &Client, ns: &str, names: &str) -> QuicConfig
     Ok(out)
 }
 
-/// The state of one node's control loop.
+/// One node's control loop: the API side (watches, lookups, status writes) around a
+/// [`Reconciler`], which decides what the node does with what was read.
 struct Controller {
     client: Client,
-    node: String,
     settings: KubeSettings,
-    lease_ns: String,
-    /// Node settings (interfaces...) from the config file; VIPs are filled in per sync.
-    base: Config,
-    state: Arc<Mutex<State>>,
+    dataplane: SharedDataplane,
     stores: Stores,
     liveness: Liveness,
     /// When this node's own Lease was last renewed successfully.
     renewed: Arc<Mutex<Option<Instant>>>,
     lookups: Lookups,
     recorder: Recorder,
-    /// VIP address → eligible nodes, from the last translation.
-    announce: BTreeMap<IpAddr, translate::Eligible>,
-    status_writes: u64,
-    status_errors: u64,
     /// The status writer and our connectivity as of the last full sync.
     last_writer: Option<String>,
     last_connected: bool,
-    services_seen: usize,
     /// Pool warnings already logged (they repeat on every sync until fixed).
     warned: BTreeSet<String>,
-    /// A status write or map update failed: the next tick is a full sync again.
-    retry: bool,
+    r: Reconciler,
 }
 
-/// `lb run --kube`'s control loop; runs until the process ends.
-pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mutex<State>>) {
+/// `lb run --kube`'s control loop; runs until the process ends. Changes go to the node
+/// through `dataplane`; `stop` ends this node's Lease renewals (see [`give_up_lease`]).
+pub async fn run(
+    client: Client,
+    opts: KubeOptions,
+    base: Config,
+    dataplane: SharedDataplane,
+    stop: watch::Receiver<bool>,
+) {
     let settings = base.kubernetes.clone();
     let lease_ns = lease_namespace(&settings);
     let notify = Arc::new(Notify::new());
     let lease_notify = Arc::new(Notify::new());
-    let stores = Stores {
-        services: reflect(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            notify.clone(),
-            "Services",
-        ),
-        slices: reflect(
-            Api::all(client.clone()),
-            watcher::Config::default().labels(SERVICE_NAME_LABEL),
-            notify.clone(),
-            "EndpointSlices",
-        ),
-        nodes: reflect(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            notify.clone(),
-            "Nodes",
-        ),
-        pools: reflect(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            notify.clone(),
-            "IPPools",
-        ),
-        // Leases change several times a second: they wake the election, not a full sync.
-        leases: reflect(
-            Api::namespaced(client.clone(), &lease_ns),
-            watcher::Config::default().labels(LEASE_LABEL),
-            lease_notify.clone(),
-            "Leases",
-        ),
-    };
+    let stores = Stores::start(&client, &lease_ns, &notify, &lease_notify);
     let renewed = Arc::new(Mutex::new(None));
     tokio::spawn(renew_lease(
         client.clone(),
@@ -444,6 +472,7 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
         settings.clone(),
         renewed.clone(),
         notify.clone(),
+        stop,
     ));
     let recorder = Recorder::new(
         client.clone(),
@@ -454,24 +483,17 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
     );
     let mut c = Controller {
         client,
-        node: opts.node_name,
         settings,
-        lease_ns,
-        base,
-        state,
+        dataplane,
         stores,
         liveness: Liveness::default(),
         renewed,
         lookups: Lookups::default(),
         recorder,
-        announce: BTreeMap::new(),
-        status_writes: 0,
-        status_errors: 0,
         last_writer: None,
         last_connected: false,
-        services_seen: 0,
         warned: BTreeSet::new(),
-        retry: false,
+        r: Reconciler::new(opts.node_name, lease_ns, base),
     };
     info!("Kubernetes: waiting for the first complete list of every watched resource");
     c.stores.wait_ready().await;
@@ -483,7 +505,7 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
     let mut full = true;
     let mut last_full = Instant::now();
     loop {
-        if full || c.retry || last_full.elapsed() >= CACHE_TTL {
+        if full || c.r.retry || last_full.elapsed() >= CACHE_TTL {
             c.sync().await;
             last_full = Instant::now();
         } else {
@@ -497,152 +519,88 @@ pub async fn run(client: Client, opts: KubeOptions, base: Config, state: Arc<Mut
     }
 }
 
+/// The election as this node sees it at one moment.
+#[derive(Debug, Clone, Default)]
+struct View {
+    /// Our own renewal succeeded recently and came back through the watch, so the Lease
+    /// store is current (see election's "Frozen").
+    connected: bool,
+    alive: BTreeSet<String>,
+    /// The alive node that writes Service status.
+    writer: Option<String>,
+}
+
 impl Controller {
     /// Liveness and who this node is for the election.
-    fn observe(&mut self) -> (bool, BTreeSet<String>, Option<String>) {
+    fn observe(&mut self) -> View {
         let now = Instant::now();
         self.liveness.observe(&snapshot(&self.stores.leases), now);
-        // Connected: our own renewal succeeded recently and came back through the watch,
-        // so the Lease store is current (see election's "Frozen").
         let fresh = self.settings.lease_renew * 2;
         let recent =
             |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < fresh);
-        let connected = recent(*self.renewed.lock().expect("renew lock"))
-            && recent(self.liveness.seen_at(&self.node));
+        // A plain timestamp: valid whatever a panicking writer was doing.
+        let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+        let connected = recent(renewed) && recent(self.liveness.seen_at(&self.r.node));
         let alive = self.liveness.alive(self.settings.lease_duration, now);
         let writer = election::winner(
             election::STATUS_WRITER_KEY,
             alive.iter().map(String::as_str),
         )
         .map(str::to_owned);
-        (connected, alive, writer)
+        View {
+            connected,
+            alive,
+            writer,
+        }
     }
 
     /// Between changes: re-elect (a Lease may have expired); a new status writer, or
     /// this node reconnecting, makes it a full sync.
     async fn tick(&mut self) {
-        let (connected, alive, writer) = self.observe();
-        if writer != self.last_writer || connected != self.last_connected {
+        let view = self.observe();
+        if view.writer != self.last_writer || view.connected != self.last_connected {
             return self.sync().await;
         }
-        if connected {
-            self.elect(&snapshot(&self.stores.nodes), &alive);
-        }
-        self.publish_status(connected, &alive, writer.as_deref(), None);
-    }
-
-    fn publish_status(
-        &mut self,
-        connected: bool,
-        alive: &BTreeSet<String>,
-        writer: Option<&str>,
-        services: Option<usize>,
-    ) {
-        let mut st = self.state.lock().expect("state lock");
-        let announced = st.announced();
-        let services = services.unwrap_or(self.services_seen);
-        self.services_seen = services;
-        st.kube_status = Some(json!({
-            "node": self.node,
-            "lease_namespace": self.lease_ns,
-            "connected": connected,
-            "alive_nodes": alive,
-            "status_writer": writer,
-            "services": services,
-            "announced": announced.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "status_writes": self.status_writes,
-            "status_errors": self.status_errors,
-        }));
+        let nodes = snapshot(&self.stores.nodes);
+        self.r.tick(&mut *lock(&self.dataplane), &nodes, &view);
     }
 
     async fn sync(&mut self) {
-        self.retry = false;
+        self.r.retry = false;
         let services = snapshot(&self.stores.services);
         let (ours, others): (Vec<Service>, Vec<Service>) = services
             .into_iter()
             .partition(|s| is_ours(s, &self.settings));
         let slices = snapshot(&self.stores.slices);
         let nodes = snapshot(&self.stores.nodes);
-        let (connected, alive, writer) = self.observe();
-        self.last_writer = writer.clone();
-        self.last_connected = connected;
+        let view = self.observe();
+        self.last_writer = view.writer.clone();
+        self.last_connected = view.connected;
 
         let quic = self.lookups.quic(&self.client, &ours).await;
         let overrides = self.lookups.server_ids(&self.client, &ours, &slices).await;
         let desired = translate::translate(&translate::ClusterView {
             services: &ours,
             slices: &slices,
-            node_name: &self.node,
+            node_name: &self.r.node,
             quic: &quic,
             server_id_overrides: &overrides,
         });
 
-        let is_writer = connected && writer.as_deref() == Some(self.node.as_str());
-        if is_writer {
+        if view.connected && view.writer.as_deref() == Some(self.r.node.as_str()) {
             self.write_statuses(&ours, &desired.problems).await;
             self.release(&others).await;
         }
 
-        self.program(desired.vips);
-        self.announce = desired.announce;
-        if connected {
-            self.elect(&nodes, &alive);
-        }
-        self.publish_status(connected, &alive, writer.as_deref(), Some(ours.len()));
-    }
-
-    /// Apply the translated VIPs to the data plane (an empty diff writes nothing).
-    fn program(&mut self, vips: Vec<crate::config::VipConfig>) {
-        let mut config = self.base.clone();
-        config.vips = vips;
-        let mut st = self.state.lock().expect("state lock");
-        match st.apply_config(config) {
-            Ok(0) => {}
-            Ok(n) => {
-                info!("Kubernetes sync: {n} map changes");
-                st.last_sync_error = None;
-            }
-            Err(e) => {
-                self.retry = true;
-                let msg = format!("{e:#}");
-                if st.last_sync_error.as_deref() != Some(&msg) {
-                    warn!("Kubernetes sync rejected, data plane unchanged: {msg}");
-                }
-                st.last_sync_error = Some(msg);
-            }
-        }
-    }
-
-    /// Announce the VIPs this node wins.
-    fn elect(&mut self, nodes: &[Node], alive: &BTreeSet<String>) {
-        let eligible: BTreeSet<&str> = nodes
-            .iter()
-            .filter(|n| election::node_eligible(n))
-            .filter_map(|n| n.metadata.name.as_deref())
-            .filter(|n| alive.contains(*n))
-            .collect();
-        let mut mine = Vec::new();
-        for (vip, elig) in &self.announce {
-            let candidates: Vec<&str> = match elig {
-                translate::Eligible::AnyNode => eligible.iter().copied().collect(),
-                translate::Eligible::Nodes(set) => eligible
-                    .iter()
-                    .copied()
-                    .filter(|n| set.contains(*n))
-                    .collect(),
-            };
-            if election::vip_winner(*vip, candidates) == Some(self.node.as_str()) {
-                mine.push(*vip);
-            }
-        }
-        let mut st = self.state.lock().expect("state lock");
-        let before = st.announced();
-        if before != mine {
-            info!("announcing {mine:?} (was {before:?})");
-        }
-        if let Err(e) = st.set_announced(&mine) {
-            warn!("changing the announced VIPs: {e:#}");
-        }
+        let dp = &mut *lock(&self.dataplane);
+        self.r.settle(
+            dp,
+            desired.vips,
+            desired.announce,
+            &nodes,
+            &view,
+            ours.len(),
+        );
     }
 
     /// Clear lb's status from Services that stopped being lb's.
@@ -652,16 +610,16 @@ impl Controller {
             match status::release(&self.client, svc).await {
                 Ok(()) => info!("Service {ns}/{name} is no longer lb's: address released"),
                 Err(e) => {
-                    self.retry = true;
+                    self.r.retry = true;
                     warn!("releasing the status of Service {ns}/{name}: {e}");
                 }
             }
         }
     }
 
-    /// Allocate addresses and write every Service's status that differs from what lb wants.
-    async fn write_statuses(&mut self, ours: &[Service], problems: &[translate::Problem]) {
-        let pools: Vec<ipam::Pool> = snapshot(&self.stores.pools)
+    /// The IPPools that are valid; what is wrong with the others is logged once.
+    fn pools(&mut self) -> Vec<ipam::Pool> {
+        snapshot(&self.stores.pools)
             .iter()
             .filter_map(|p| match ipam::Pool::from_crd(p) {
                 Ok(pool) => Some(pool),
@@ -673,7 +631,12 @@ impl Controller {
                     None
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// Allocate addresses and write every Service's status that differs from what lb wants.
+    async fn write_statuses(&mut self, ours: &[Service], problems: &[translate::Problem]) {
+        let pools = self.pools();
         let mut requests = Vec::new();
         let mut bad = BTreeMap::new();
         for svc in ours {
@@ -700,54 +663,216 @@ impl Controller {
                 (None, Some(Err(e))) => (Vec::new(), want_bad(e.reason(), &e.to_string())),
                 (None, None) => continue,
             };
-            let mine: Vec<&translate::Problem> =
-                problems.iter().filter(|p| p.service == key).collect();
-            let valid = match mine.first() {
-                None => status::Want {
-                    type_: status::COND_VALID,
-                    ok: true,
-                    reason: "Valid".into(),
-                    message: "every port is programmed".into(),
-                },
-                Some(first) => status::Want {
-                    type_: status::COND_VALID,
-                    ok: false,
-                    reason: first.reason.to_owned(),
-                    message: mine
-                        .iter()
-                        .map(|p| p.message.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                },
-            };
             let want = status::WantedStatus {
                 ingress,
-                conditions: vec![allocated, valid],
+                conditions: vec![allocated, want_valid(problems, &key)],
             };
-            if status::up_to_date(svc, &want) {
-                continue;
-            }
-            let changed: Vec<status::Want> = status::transitions(svc, &want)
-                .into_iter()
-                .cloned()
-                .collect();
-            match status::write(&self.client, svc, &want).await {
-                Ok(()) => {
-                    self.status_writes += 1;
-                    info!("Service {}/{}: status {:?}", key.0, key.1, want.ingress);
-                    for w in &changed {
-                        if let Err(e) = status::event(&self.recorder, svc, w).await {
-                            warn!("recording an Event on {}/{}: {e}", key.0, key.1);
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.status_errors += 1;
-                    self.retry = true;
-                    warn!("writing the status of Service {}/{}: {e}", key.0, key.1);
-                }
+            if !status::up_to_date(svc, &want) {
+                self.write_status(svc, &key, &want).await;
             }
         }
+    }
+
+    /// Write one Service's status, and an Event for every condition that changes.
+    async fn write_status(
+        &mut self,
+        svc: &Service,
+        (ns, name): &(String, String),
+        want: &status::WantedStatus,
+    ) {
+        let changed: Vec<status::Want> = status::transitions(svc, want)
+            .into_iter()
+            .cloned()
+            .collect();
+        match status::write(&self.client, svc, want).await {
+            Ok(()) => {
+                self.r.status_writes += 1;
+                info!("Service {ns}/{name}: status {:?}", want.ingress);
+                for w in &changed {
+                    if let Err(e) = status::event(&self.recorder, svc, w).await {
+                        warn!("recording an Event on {ns}/{name}: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                self.r.status_errors += 1;
+                self.r.retry = true;
+                warn!("writing the status of Service {ns}/{name}: {e}");
+            }
+        }
+    }
+}
+
+/// The decisions of a node's control loop that need no API server: what to program,
+/// which VIPs to announce, what `/status` shows. They take what the loop read and the
+/// node's [`NodeDataplane`], so they are unit-tested with a fake one.
+struct Reconciler {
+    node: String,
+    lease_ns: String,
+    /// Node settings (interfaces...) from the config file; VIPs are filled in per sync.
+    base: Config,
+    /// VIP address → eligible nodes, from the last translation.
+    announce: BTreeMap<IpAddr, Eligible>,
+    /// The error the last sync was rejected with, as the data plane has it: a rejection
+    /// that repeats on every retry is warned about and recorded once.
+    sync_error: Option<String>,
+    /// lb's Services as of the last full sync.
+    services_seen: usize,
+    status_writes: u64,
+    status_errors: u64,
+    /// A status write or map update failed: the next tick is a full sync again.
+    retry: bool,
+}
+
+impl Reconciler {
+    fn new(node: String, lease_ns: String, base: Config) -> Reconciler {
+        Reconciler {
+            node,
+            lease_ns,
+            base,
+            announce: BTreeMap::new(),
+            sync_error: None,
+            services_seen: 0,
+            status_writes: 0,
+            status_errors: 0,
+            retry: false,
+        }
+    }
+
+    /// The end of a full sync: program the translated VIPs, then as on every tick.
+    fn settle(
+        &mut self,
+        dp: &mut dyn NodeDataplane,
+        vips: Vec<VipConfig>,
+        announce: BTreeMap<IpAddr, Eligible>,
+        nodes: &[Node],
+        view: &View,
+        services: usize,
+    ) {
+        self.program(dp, vips);
+        self.announce = announce;
+        self.services_seen = services;
+        self.tick(dp, nodes, view);
+    }
+
+    /// Announce the VIPs this node wins (unless disconnected: then announcements freeze)
+    /// and report for `/status`.
+    fn tick(&self, dp: &mut dyn NodeDataplane, nodes: &[Node], view: &View) {
+        if view.connected {
+            self.elect(dp, nodes, &view.alive);
+        }
+        let status = self.status(view, dp.announced());
+        dp.set_status(status);
+    }
+
+    /// Apply `vips` with the node's settings (an unchanged cluster is an empty diff: no
+    /// map writes). A rejected config leaves the data plane as it was and makes the next
+    /// tick a full sync. Returns the number of map changes, `None` when rejected.
+    fn program(&mut self, dp: &mut dyn NodeDataplane, vips: Vec<VipConfig>) -> Option<usize> {
+        let mut config = self.base.clone();
+        config.vips = vips;
+        match dp.apply(config) {
+            Ok(n) => {
+                if n > 0 {
+                    info!("Kubernetes sync: {n} map changes");
+                }
+                if self.sync_error.take().is_some() {
+                    dp.set_sync_error(None);
+                }
+                Some(n)
+            }
+            Err(e) => {
+                self.retry = true;
+                let msg = format!("{e:#}");
+                if self.sync_error.as_ref() != Some(&msg) {
+                    warn!("Kubernetes sync rejected, data plane unchanged: {msg}");
+                    dp.set_sync_error(Some(msg.clone()));
+                    self.sync_error = Some(msg);
+                }
+                None
+            }
+        }
+    }
+
+    /// Announce exactly the VIPs this node wins.
+    fn elect(&self, dp: &mut dyn NodeDataplane, nodes: &[Node], alive: &BTreeSet<String>) {
+        let mine = vips_won(&self.node, &self.announce, nodes, alive);
+        let before = dp.announced();
+        if before != mine {
+            info!("announcing {mine:?} (was {before:?})");
+        }
+        if let Err(e) = dp.set_announced(&mine) {
+            warn!("changing the announced VIPs: {e:#}");
+        }
+    }
+
+    fn status(&self, view: &View, announced: Vec<IpAddr>) -> ControllerStatus {
+        ControllerStatus {
+            node: self.node.clone(),
+            lease_namespace: self.lease_ns.clone(),
+            connected: view.connected,
+            alive_nodes: view.alive.clone(),
+            status_writer: view.writer.clone(),
+            services: self.services_seen,
+            announced,
+            status_writes: self.status_writes,
+            status_errors: self.status_errors,
+        }
+    }
+}
+
+/// The VIPs `node` wins: each goes to its [`election::vip_winner`] among the alive,
+/// eligible nodes it may go to.
+fn vips_won(
+    node: &str,
+    announce: &BTreeMap<IpAddr, Eligible>,
+    nodes: &[Node],
+    alive: &BTreeSet<String>,
+) -> Vec<IpAddr> {
+    let eligible: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| election::node_eligible(n))
+        .filter_map(|n| n.metadata.name.as_deref())
+        .filter(|n| alive.contains(*n))
+        .collect();
+    let mut mine = Vec::new();
+    for (vip, elig) in announce {
+        let candidates: Vec<&str> = match elig {
+            Eligible::AnyNode => eligible.iter().copied().collect(),
+            Eligible::Nodes(set) => eligible
+                .iter()
+                .copied()
+                .filter(|n| set.contains(*n))
+                .collect(),
+        };
+        if election::vip_winner(*vip, candidates) == Some(node) {
+            mine.push(*vip);
+        }
+    }
+    mine
+}
+
+/// The `Valid` condition of the Service `key`: its first problem's reason and every
+/// problem's message, or valid.
+fn want_valid(problems: &[translate::Problem], key: &(String, String)) -> status::Want {
+    let mine: Vec<&translate::Problem> = problems.iter().filter(|p| p.service == *key).collect();
+    match mine.first() {
+        None => status::Want {
+            type_: status::COND_VALID,
+            ok: true,
+            reason: "Valid".into(),
+            message: "every port is programmed".into(),
+        },
+        Some(first) => status::Want {
+            type_: status::COND_VALID,
+            ok: false,
+            reason: first.reason.to_owned(),
+            message: mine
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        },
     }
 }
 
@@ -775,7 +900,8 @@ fn want_bad(reason: &str, msg: &str) -> status::Want {
     }
 }
 
-/// Renew this node's heartbeat Lease every `lease_renew` (server-side apply creates it).
+/// Renew this node's heartbeat Lease every `lease_renew` (server-side apply creates it),
+/// until `stop` says so (or its sender is gone).
 async fn renew_lease(
     client: Client,
     ns: String,
@@ -783,6 +909,7 @@ async fn renew_lease(
     settings: KubeSettings,
     renewed: Arc<Mutex<Option<Instant>>>,
     notify: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &ns);
     let name = election::lease_name(&node);
@@ -791,9 +918,11 @@ async fn renew_lease(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tick.tick().await;
-        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
+        tokio::select! {
+            biased;
+            // Returning drops `stop`, which tells give_up_lease it may delete the Lease.
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
         }
         let started = Instant::now();
         let lease = json!({
@@ -815,7 +944,7 @@ async fn renew_lease(
             .await;
         match r {
             Ok(_) => {
-                *renewed.lock().expect("renew lock") = Some(started);
+                *renewed.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
                 if failing {
                     info!("Lease {ns}/{name} renewed again");
                     failing = false;
@@ -832,5 +961,392 @@ async fn renew_lease(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use anyhow::anyhow;
+    use k8s_openapi::{
+        api::core::v1::{NodeCondition, NodeSpec, NodeStatus},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
+
+    use super::*;
+
+    /// What the controller asked of the data plane, in order.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Call {
+        Apply(Config),
+        SetAnnounced(Vec<IpAddr>),
+        SetSyncError(Option<String>),
+        SetStatus(ControllerStatus),
+    }
+
+    /// A data plane that records every call and answers `apply` as scripted.
+    #[derive(Default)]
+    struct Fake {
+        calls: Vec<Call>,
+        /// The VIPs of the last config applied (a rejected one changes nothing).
+        programmed: Vec<VipConfig>,
+        announced: Vec<IpAddr>,
+        /// `Some(error)`: `apply` rejects every config with it.
+        reject: Option<String>,
+        /// What a successful `apply` reports.
+        changes: usize,
+    }
+
+    impl NodeDataplane for Fake {
+        fn apply(&mut self, config: Config) -> Result<usize> {
+            self.calls.push(Call::Apply(config.clone()));
+            match &self.reject {
+                Some(e) => Err(anyhow!("{e}")),
+                None => {
+                    self.programmed = config.vips;
+                    Ok(self.changes)
+                }
+            }
+        }
+
+        fn announced(&self) -> Vec<IpAddr> {
+            self.announced.clone()
+        }
+
+        fn set_announced(&mut self, vips: &[IpAddr]) -> Result<()> {
+            self.calls.push(Call::SetAnnounced(vips.to_vec()));
+            self.announced = vips.to_vec();
+            Ok(())
+        }
+
+        fn set_sync_error(&mut self, error: Option<String>) {
+            self.calls.push(Call::SetSyncError(error));
+        }
+
+        fn set_status(&mut self, status: ControllerStatus) {
+            self.calls.push(Call::SetStatus(status));
+        }
+    }
+
+    fn parse(toml: &str) -> Config {
+        Config::parse(toml, "t.toml", Path::new(".")).unwrap()
+    }
+
+    fn base() -> Config {
+        parse("interfaces = [\"eth0\"]\nbackend_interfaces = [\"veth*\"]\n")
+    }
+
+    /// A TCP VIP on port 80 of `addr` with one backend.
+    fn vips(addrs: &[&str]) -> Vec<VipConfig> {
+        let mut toml = String::from("interfaces = [\"eth0\"]\n");
+        for a in addrs {
+            toml += &format!(
+                "[[vips]]\naddress = \"{a}\"\nports = [80]\nprotocols = [\"tcp\"]\n\
+                 [[vips.backends]]\naddress = \"10.0.0.1\"\nport = 8080\n"
+            );
+        }
+        parse(&toml).vips
+    }
+
+    fn reconciler(node: &str) -> Reconciler {
+        Reconciler::new(node.into(), "lb-system".into(), base())
+    }
+
+    /// A Ready, schedulable Node.
+    fn node(name: &str) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn names(ns: &[&str]) -> BTreeSet<String> {
+        ns.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    fn view(connected: bool, alive: &[&str], writer: Option<&str>) -> View {
+        View {
+            connected,
+            alive: names(alive),
+            writer: writer.map(str::to_owned),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn programming_applies_the_node_settings_with_the_cluster_vips() {
+        let mut fake = Fake {
+            changes: 3,
+            ..Fake::default()
+        };
+        let mut r = reconciler("a");
+        let want = vips(&["198.18.0.1", "198.18.0.2"]);
+        assert_eq!(r.program(&mut fake, want.clone()), Some(3));
+        let mut expected = base();
+        expected.vips = want.clone();
+        // A clean apply with no error before records nothing else.
+        assert_eq!(fake.calls, [Call::Apply(expected)]);
+        assert_eq!(fake.programmed, want);
+        assert!(!r.retry && r.sync_error.is_none());
+    }
+
+    #[test]
+    fn a_rejected_apply_is_recorded_once_retried_and_changes_nothing() {
+        let good = vips(&["198.18.0.1"]);
+        let mut fake = Fake {
+            changes: 1,
+            ..Fake::default()
+        };
+        let mut r = reconciler("a");
+        r.program(&mut fake, good.clone());
+        fake.calls.clear();
+        fake.reject = Some("VIP 198.18.0.2: no backends".into());
+
+        let bad = vips(&["198.18.0.1", "198.18.0.2"]);
+        assert_eq!(r.program(&mut fake, bad.clone()), None);
+        assert!(r.retry, "a rejected sync makes the next tick a full sync");
+        // The retry hits the same error: applied again, not recorded (or warned) again.
+        r.retry = false;
+        assert_eq!(r.program(&mut fake, bad), None);
+        assert!(r.retry);
+        let msg = Some("VIP 198.18.0.2: no backends".to_owned());
+        let recorded: Vec<&Call> = fake
+            .calls
+            .iter()
+            .filter(|c| !matches!(c, Call::Apply(_)))
+            .collect();
+        assert_eq!(recorded, [&Call::SetSyncError(msg.clone())]);
+        assert_eq!(fake.calls.len(), 3, "{:?}", fake.calls);
+        assert_eq!(
+            fake.programmed, good,
+            "the data plane keeps its last good state"
+        );
+        assert_eq!(r.sync_error, msg);
+
+        // A different error is news.
+        fake.reject = Some("something else".into());
+        r.program(&mut fake, vips(&["198.18.0.3"]));
+        assert_eq!(
+            fake.calls.last(),
+            Some(&Call::SetSyncError(Some("something else".into())))
+        );
+    }
+
+    #[test]
+    fn a_clean_apply_clears_the_previous_error_and_counts_changes() {
+        for changes in [4, 0] {
+            let mut fake = Fake {
+                reject: Some("bad".into()),
+                ..Fake::default()
+            };
+            let mut r = reconciler("a");
+            r.program(&mut fake, vips(&["198.18.0.1"]));
+            fake.reject = None;
+            fake.changes = changes;
+            fake.calls.clear();
+            let want = vips(&["198.18.0.1"]);
+            // Also when the fixed cluster is what already runs (no map changes).
+            assert_eq!(r.program(&mut fake, want.clone()), Some(changes));
+            assert!(matches!(
+                &fake.calls[..],
+                [Call::Apply(_), Call::SetSyncError(None)]
+            ));
+            assert_eq!(fake.programmed, want);
+            assert_eq!(r.sync_error, None);
+        }
+    }
+
+    /// Who announces what when every one of `nodes` elects over `announce`.
+    fn elect_all(
+        nodes: &[Node],
+        alive: &[&str],
+        announce: &BTreeMap<IpAddr, Eligible>,
+    ) -> BTreeMap<String, Vec<IpAddr>> {
+        let mut out = BTreeMap::new();
+        for n in nodes {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            let mut r = reconciler(&name);
+            r.announce = announce.clone();
+            let mut fake = Fake::default();
+            r.elect(&mut fake, nodes, &names(alive));
+            let [Call::SetAnnounced(mine)] = &fake.calls[..] else {
+                panic!("{name}: {:?}", fake.calls);
+            };
+            out.insert(name, mine.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn each_vip_is_announced_by_its_winner_among_alive_eligible_nodes() {
+        let all = ["node-a", "node-b", "node-c"];
+        let announce: BTreeMap<IpAddr, Eligible> = (1..=30u8)
+            .map(|i| (IpAddr::from([198, 18, 0, i]), Eligible::AnyNode))
+            .collect();
+        let mut cordoned = node("node-d");
+        if let Some(spec) = cordoned.spec.as_mut() {
+            spec.unschedulable = Some(true);
+        }
+        let mut nodes: Vec<Node> = all.iter().map(|n| node(n)).collect();
+        nodes.push(cordoned);
+        // node-d is alive but cordoned; node-e is alive but has no Node.
+        let won = elect_all(
+            &nodes,
+            &["node-a", "node-b", "node-c", "node-d", "node-e"],
+            &announce,
+        );
+        for (n, mine) in &won {
+            let expected: Vec<IpAddr> = announce
+                .keys()
+                .copied()
+                .filter(|v| election::vip_winner(*v, all) == Some(n.as_str()))
+                .collect();
+            assert_eq!(mine, &expected, "{n}");
+        }
+        assert!(won["node-d"].is_empty());
+        assert_eq!(won.values().map(Vec::len).sum::<usize>(), announce.len());
+
+        // node-b's Lease expired: its VIPs go to the winners among a and c.
+        let won = elect_all(&nodes, &["node-a", "node-c"], &announce);
+        assert!(won["node-b"].is_empty());
+        for (n, mine) in &won {
+            for v in mine {
+                assert_eq!(
+                    election::vip_winner(*v, ["node-a", "node-c"]),
+                    Some(n.as_str())
+                );
+            }
+        }
+        assert_eq!(won.values().map(Vec::len).sum::<usize>(), announce.len());
+    }
+
+    #[test]
+    fn a_vip_restricted_to_nodes_goes_only_to_those() {
+        let all = ["node-a", "node-b", "node-c"];
+        let nodes: Vec<Node> = all.iter().map(|n| node(n)).collect();
+        // A VIP node-b would not win if every node could have it.
+        let vip = (1..=255u8)
+            .map(|i| IpAddr::from([198, 18, 1, i]))
+            .find(|v| election::vip_winner(*v, all) != Some("node-b"))
+            .unwrap();
+        let only = |ns: &[&str]| BTreeMap::from([(vip, Eligible::Nodes(names(ns)))]);
+
+        let won = elect_all(&nodes, &all, &only(&["node-b"]));
+        assert_eq!(won["node-b"], [vip]);
+        assert!(won["node-a"].is_empty() && won["node-c"].is_empty());
+
+        // Its only node is dead (or not a Node at all): nobody announces it.
+        let won = elect_all(&nodes, &["node-a", "node-c"], &only(&["node-b", "node-x"]));
+        assert!(won.values().all(Vec::is_empty), "{won:?}");
+        let won = elect_all(&nodes, &all, &only(&[]));
+        assert!(won.values().all(Vec::is_empty), "{won:?}");
+    }
+
+    #[test]
+    fn a_sync_programs_then_announces_then_reports() {
+        let vip = ip("198.18.0.1");
+        let mut fake = Fake {
+            changes: 2,
+            ..Fake::default()
+        };
+        let mut r = reconciler("node-a");
+        let v = view(true, &["node-a"], Some("node-a"));
+        let announce = BTreeMap::from([(vip, Eligible::AnyNode)]);
+        r.settle(
+            &mut fake,
+            vips(&["198.18.0.1"]),
+            announce,
+            &[node("node-a")],
+            &v,
+            5,
+        );
+        assert_eq!(fake.calls.len(), 3, "{:?}", fake.calls);
+        assert!(matches!(fake.calls[0], Call::Apply(_)));
+        assert_eq!(fake.calls[1], Call::SetAnnounced(vec![vip]));
+        let Call::SetStatus(status) = &fake.calls[2] else {
+            panic!("{:?}", fake.calls[2]);
+        };
+        assert_eq!(status.announced, [vip]);
+        assert_eq!(status.services, 5);
+    }
+
+    #[test]
+    fn a_disconnected_node_keeps_its_announcements() {
+        let vip = ip("198.18.0.1");
+        let mut fake = Fake {
+            announced: vec![vip],
+            ..Fake::default()
+        };
+        let mut r = reconciler("node-a");
+        r.announce = BTreeMap::from([(vip, Eligible::AnyNode)]);
+        // node-b would win, but node-a cannot trust what it sees.
+        r.tick(
+            &mut fake,
+            &[node("node-b")],
+            &view(false, &["node-b"], None),
+        );
+        let [Call::SetStatus(status)] = &fake.calls[..] else {
+            panic!("{:?}", fake.calls);
+        };
+        assert!(!status.connected);
+        assert_eq!(status.announced, [vip]);
+    }
+
+    #[test]
+    fn status_has_the_fields_of_slash_status() {
+        let mut fake = Fake {
+            announced: vec![ip("198.18.0.1"), ip("fd00:18::1")],
+            ..Fake::default()
+        };
+        let mut r = reconciler("node-a");
+        r.services_seen = 2;
+        r.status_writes = 7;
+        r.status_errors = 1;
+        // No election while disconnected, so the status shows the fake's VIPs.
+        r.tick(
+            &mut fake,
+            &[],
+            &view(false, &["node-b", "node-a"], Some("node-b")),
+        );
+        let [Call::SetStatus(status)] = &fake.calls[..] else {
+            panic!("{:?}", fake.calls);
+        };
+        assert_eq!(
+            status.to_json(),
+            json!({
+                "node": "node-a",
+                "lease_namespace": "lb-system",
+                "connected": false,
+                "alive_nodes": ["node-a", "node-b"],
+                "status_writer": "node-b",
+                "services": 2,
+                "announced": ["198.18.0.1", "fd00:18::1"],
+                "status_writes": 7,
+                "status_errors": 1,
+            })
+        );
+        // Nobody alive: no writer (null, not missing).
+        fake.calls.clear();
+        r.tick(&mut fake, &[], &View::default());
+        let [Call::SetStatus(status)] = &fake.calls[..] else {
+            panic!("{:?}", fake.calls);
+        };
+        assert_eq!(status.to_json()["status_writer"], serde_json::Value::Null);
+        assert_eq!(status.to_json()["alive_nodes"], json!([]));
     }
 }

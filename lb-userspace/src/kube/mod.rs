@@ -2,6 +2,16 @@
 //! LoadBalancer with our `loadBalancerClass`, their EndpointSlices, Nodes, and the Leases
 //! that elect one announcing node per VIP. Everything feeds the same [`crate::config::Config`]
 //! model, plan and map writer as the static config file.
+//!
+//! The controller never sees the daemon: it drives the node through [`NodeDataplane`],
+//! which the daemon implements over its maps and announcers (the same seam as
+//! [`crate::metrics::MetricsSource`]), and its unit tests implement with a fake.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
 
 pub mod controller;
 pub mod crd;
@@ -11,3 +21,55 @@ pub mod status;
 #[cfg(test)]
 mod test_support;
 pub mod translate;
+
+/// What the controller needs from the node it runs on, and nothing more.
+pub trait NodeDataplane {
+    /// Program the difference between the running config and `config` (the node's settings
+    /// with the cluster's VIPs); returns the number of map changes, 0 when nothing differs.
+    /// A config that does not validate is rejected before any map is written.
+    fn apply(&mut self, config: Config) -> anyhow::Result<usize>;
+    /// The VIP addresses this node answers ARP/NDP for.
+    fn announced(&self) -> Vec<IpAddr>;
+    /// Answer ARP/NDP for exactly `vips` (the ones this node won).
+    fn set_announced(&mut self, vips: &[IpAddr]) -> anyhow::Result<()>;
+    /// The error of the last sync for `/status`; `None` once a sync applies again.
+    fn set_sync_error(&mut self, error: Option<String>);
+    /// The controller's view of the cluster, for `/status`.
+    fn set_status(&mut self, status: ControllerStatus);
+}
+
+/// What `/status` shows of the controller, under `kubernetes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerStatus {
+    pub node: String,
+    pub lease_namespace: String,
+    /// This node's Lease renewals succeed and come back through its watch; when not,
+    /// announcements are frozen (see [`election`]).
+    pub connected: bool,
+    pub alive_nodes: BTreeSet<String>,
+    /// The node that allocates addresses and writes Service status.
+    pub status_writer: Option<String>,
+    /// lb's Services, as of the last full sync.
+    pub services: usize,
+    pub announced: Vec<IpAddr>,
+    /// Service status writes by this node (only the status writer writes).
+    pub status_writes: u64,
+    pub status_errors: u64,
+}
+
+impl ControllerStatus {
+    /// The JSON object of `/status`'s `kubernetes` field.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "node": self.node,
+            "lease_namespace": self.lease_namespace,
+            "connected": self.connected,
+            "alive_nodes": self.alive_nodes,
+            "status_writer": self.status_writer,
+            "services": self.services,
+            "announced": self.announced.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "status_writes": self.status_writes,
+            "status_errors": self.status_errors,
+        })
+    }
+}
