@@ -119,4 +119,24 @@ mod tests {
         k2.sport = 40001;
         assert_ne!(flow_hash(&k), flow_hash(&k2));
     }
+
+    #[test]
+    fn flows_of_one_client_hash_alike_under_affinity() {
+        let mut a = FlowKey {
+            sport: 40000,
+            dport: 443,
+            proto: 17,
+            family: 4,
+            ..Default::default()
+        };
+        a.src[..4].copy_from_slice(&[198, 18, 0, 2]);
+        let mut b = a;
+        b.sport = 51234;
+        b.dport = 80;
+        b.proto = 6;
+        assert_eq!(
+            flow_hash(&crate::affinity_key(&a)),
+            flow_hash(&crate::affinity_key(&b))
+        );
+    }
 }

@@ -9,10 +9,12 @@
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
+/// The `proto` of keys: the IP protocol number.
+pub use crate::wire::{PROTO_TCP, PROTO_UDP};
 
-/// Default capacities. Userspace may raise them at load time (`EbpfLoader::set_max_entries`).
+/// Capacities the maps are declared with. Userspace resizes only the reply table at load
+/// time (`LoadOptions::reply_flows`, from `[reverse_nat] max_flows`); the others are fixed,
+/// and the config's capacity checks count against them.
 pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_SERVER_IDS: u32 = 16384;
@@ -35,10 +37,11 @@ pub const MAGLEV_RINGS_PER_VIP: u32 = 2;
 /// QUIC-LB config rotation values are the top three bits of the first DCID octet: 0..=6 are
 /// configs, 0b111 is always unroutable. `LB_QUIC_CFG` has this many slots per VIP.
 pub const QUIC_LB_CONFIGS_PER_VIP: u32 = 8;
-pub const QUIC_LB_UNROUTABLE_CR: u8 = 0b111;
+// The codec's limits (`quic_lb` depends on nothing here; the layouts depend on it).
+pub const QUIC_LB_UNROUTABLE_CR: u8 = crate::quic_lb::UNROUTABLE_CONFIG_ID;
 /// Longest server ID: server ID + nonce <= 19 octets and nonce >= 4 octets.
-pub const QUIC_LB_MAX_SID_LEN: usize = 15;
-pub const QUIC_LB_MAX_CID_LEN: usize = 20;
+pub const QUIC_LB_MAX_SID_LEN: usize = crate::quic_lb::MAX_SERVER_ID_LEN;
+pub const QUIC_LB_MAX_CID_LEN: usize = crate::quic_lb::MAX_CID_LEN;
 
 /// Map names as they appear in the BPF object (and in `bpftool map`). Kernel names are at
 /// most 15 characters.
@@ -279,9 +282,9 @@ pub fn affinity_key(flow: &FlowKey) -> FlowKey {
 
 pub const CONN_F_VALID: u32 = 1;
 
-/// `LB_CONNS` value. The table is a per-CPU LRU hash (each CPU sees its own value; a key
-/// inserted on one CPU reads as all-zero on the others), so `flags & CONN_F_VALID` tells a
-/// real entry from another CPU's zeroed slot.
+/// `LB_CONNS` value. The table is one LRU hash shared by all CPUs; `flags & CONN_F_VALID`
+/// tells an entry the program wrote from an all-zero value (which would otherwise read as
+/// backend 0).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
@@ -677,6 +680,27 @@ pub struct LearnedKey {
     pub cid: [u8; QUIC_LB_MAX_CID_LEN],
 }
 
+impl LearnedKey {
+    /// The key of the CID made of the first `len` octets of `cid` under VIP `vip_index`.
+    /// The programs read a CID with one fixed 20-octet load (whatever follows it in the
+    /// packet included); the octets from `len` on are zeroed here, so the reverse NAT that
+    /// learns a CID and the XDP program that looks it up build the same key.
+    #[inline(always)]
+    pub fn new(vip_index: u32, mut cid: [u8; QUIC_LB_MAX_CID_LEN], len: usize) -> Self {
+        for (i, b) in cid.iter_mut().enumerate() {
+            if i >= len {
+                *b = 0;
+            }
+        }
+        LearnedKey {
+            vip_index,
+            cid_len: len as u8,
+            _pad: [0; 3],
+            cid,
+        }
+    }
+}
+
 /// Outcome of one packet through the reverse-NAT TC program; `LB_RNAT_STATS[reason]`
 /// counts them. Every packet bumps exactly one of the first seven; with
 /// [`RNAT_F_FORWARD`], a `Rewritten` reply also bumps `Forwarded` or `FibFallback`.
@@ -812,11 +836,8 @@ mod tests {
         b.dport = 80;
         b.proto = PROTO_TCP;
         b.dst[3] = 101;
+        // (The same key: the same hash, `hash::tests`.)
         assert_eq!(affinity_key(&b), k);
-        assert_eq!(
-            crate::hash::flow_hash(&affinity_key(&b)),
-            crate::hash::flow_hash(&k)
-        );
         // Another client: another key.
         let mut c = a;
         c.src[3] = 3;
@@ -865,6 +886,20 @@ mod tests {
                 assert_ne!(r.name(), other.name());
             }
         }
+    }
+
+    #[test]
+    fn learned_keys_keep_only_the_cid() {
+        let read: [u8; QUIC_LB_MAX_CID_LEN] = core::array::from_fn(|i| 0xa0 + i as u8);
+        let k = LearnedKey::new(7, read, 8);
+        assert_eq!((k.vip_index, k.cid_len), (7, 8));
+        assert_eq!(k.cid[..8], read[..8]);
+        assert!(k.cid[8..].iter().all(|&b| b == 0));
+        // What follows the CID in the packet does not matter.
+        let mut other = read;
+        other[8..].fill(0x55);
+        assert_eq!(LearnedKey::new(7, other, 8), k);
+        assert_eq!(LearnedKey::new(7, read, QUIC_LB_MAX_CID_LEN).cid, read);
     }
 
     #[test]

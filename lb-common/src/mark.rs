@@ -11,10 +11,11 @@
 //! - **IPv4**: one 8-octet option, type 158 (0x9e: an RFC 4727 experimental value with the
 //!   copied flag set, so fragments keep it), length 8, the VIP port and the VIP address.
 //!   Inserted before any option the packet already had; the header grows by 8 octets.
-//! - **IPv6**: a 24-octet Destination Options header (next header 60) in front of the
-//!   upper-layer header, holding one option of type 0x1e (RFC 4727 experimental; the top
-//!   bits 00 tell a host that does not know it to skip it, and the change bit is clear) of
-//!   18 octets (port, address), then a 2-octet PadN.
+//! - **IPv6**: a 24-octet Destination Options header (next header 60,
+//!   [`NEXTHDR_DSTOPTS`](crate::wire::NEXTHDR_DSTOPTS)) in front of the upper-layer header,
+//!   holding one option of type 0x1e (RFC 4727 experimental; the top bits 00 tell a host
+//!   that does not know it to skip it, and the change bit is clear) of 18 octets (port,
+//!   address), then a 2-octet PadN.
 //!
 //! Neither changes the TCP/UDP checksum: the pseudo-header holds the addresses, the
 //! upper-layer length and the upper-layer protocol, none of which the mark touches. The
@@ -27,8 +28,6 @@
 pub const IPV4_OPTION_TYPE: u8 = 0x9e;
 /// Octets the mark adds to an IPv4 packet (one option: type, length, port, address).
 pub const IPV4_LEN: usize = 8;
-/// IPv6 Destination Options: the IPv6 "next header" value.
-pub const IPPROTO_DSTOPTS: u8 = 60;
 /// Option type of the mark inside the Destination Options header.
 pub const IPV6_OPTION_TYPE: u8 = 0x1e;
 /// Octets the mark adds to an IPv6 packet (the whole Destination Options header).

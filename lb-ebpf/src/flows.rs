@@ -6,11 +6,14 @@
 //! ClusterIP and NodePort clients, its own outbound connections) passes untouched.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use lb_common::{FlowKey, REPLY_F_CLOSING, REPLY_F_REPLIED, REPLY_REFRESH_NS, ReplyNat};
+use lb_common::{
+    FlowKey, REPLY_F_CLOSING, REPLY_F_REPLIED, REPLY_REFRESH_NS, ReplyNat,
+    wire::{TCP_FLAG_FIN, TCP_FLAG_RST},
+};
 
 use crate::{
     maps::{LB_REPLIES, scratch},
-    packet::{TCP_FLAG_FIN, TCP_FLAG_RST, word},
+    packet::word,
 };
 
 /// The table is full: the flow cannot be recorded.

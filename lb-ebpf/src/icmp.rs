@@ -13,19 +13,23 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::Reason;
+use lb_common::{
+    Reason,
+    wire::{
+        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HLEN, ICMPV6_PKT_TOOBIG, IPV4_HLEN, IPV6_HLEN,
+        IPV6_MIN_MTU, PROTO_ICMP, PROTO_ICMPV6,
+    },
+};
 
 use crate::{
     mark::shift_l2,
-    packet::{IPV4_HLEN, IPV6_HLEN, Parsed, load, ptr_at},
+    packet::{Parsed, load, ptr_at},
 };
 
-const ICMP_HLEN: usize = 8;
-/// What is quoted of the client's packet after its IP header.
+/// What is quoted of the client's packet after its IP header: the ports (and, for TCP, the
+/// sequence number), enough for any stack to find the socket.
 const QUOTE_L4: usize = 8;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPV6_MIN_MTU: u32 = 1280;
+/// TTL / hop limit of the messages we send.
 const TTL: u8 = 64;
 
 /// Answer the client's packet `p` (not rewritten yet) with "fragmentation needed" / "packet
@@ -120,16 +124,17 @@ fn v4(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Reason> {
     let mut ip: [u32; 5] = [
         u32::from_be(0x4500_0000 | total as u32),
         0,
-        u32::from_be(((TTL as u32) << 24) | ((IPPROTO_ICMP as u32) << 16)),
+        u32::from_be(((TTL as u32) << 24) | ((PROTO_ICMP as u32) << 16)),
         quote[4],
         quote[3],
     ];
     let c = !fold(sum_words(0, &ip));
-    ip[2] = u32::from_be(((TTL as u32) << 24) | ((IPPROTO_ICMP as u32) << 16)) | (c as u32) << 16;
-    // Type 3 (destination unreachable), code 4 (fragmentation needed), checksum | unused,
+    ip[2] = u32::from_be(((TTL as u32) << 24) | ((PROTO_ICMP as u32) << 16)) | (c as u32) << 16;
+    // Type (destination unreachable), code (fragmentation needed), checksum | unused,
     // next-hop MTU.
     let mtu16 = if mtu > 0xffff { 0xffff } else { mtu };
-    let mut icmp: [u32; 2] = [u32::from_be(0x0304_0000), u32::from_be(mtu16)];
+    let type_code = ((ICMP_DEST_UNREACH as u32) << 24) | ((ICMP_FRAG_NEEDED as u32) << 16);
+    let mut icmp: [u32; 2] = [u32::from_be(type_code), u32::from_be(mtu16)];
     let c = !fold(sum_words(sum_words(0, &icmp), &quote));
     icmp[0] |= (c as u32) << 16;
     write(ctx, l2, &ip)?;
@@ -148,7 +153,7 @@ fn v6(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Reason> {
     // the quote's destination, words 6..10) | destination (the client, words 2..6).
     let ip: [u32; 10] = [
         u32::from_be(0x6000_0000),
-        u32::from_be((payload << 16) | ((IPPROTO_ICMPV6 as u32) << 8) | TTL as u32),
+        u32::from_be((payload << 16) | ((PROTO_ICMPV6 as u32) << 8) | TTL as u32),
         quote[6],
         quote[7],
         quote[8],
@@ -163,8 +168,11 @@ fn v6(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Reason> {
     } else {
         mtu
     };
-    // Type 2 (packet too big), code 0, checksum | MTU.
-    let mut icmp: [u32; 2] = [u32::from_be(0x0200_0000), u32::from_be(mtu)];
+    // Type (packet too big), code 0, checksum | MTU.
+    let mut icmp: [u32; 2] = [
+        u32::from_be((ICMPV6_PKT_TOOBIG as u32) << 24),
+        u32::from_be(mtu),
+    ];
     // Pseudo-header: source, destination, upper-layer length, next header.
     let pseudo: [u32; 10] = [
         ip[2],
@@ -176,7 +184,7 @@ fn v6(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Reason> {
         ip[8],
         ip[9],
         u32::from_be(payload),
-        u32::from_be(IPPROTO_ICMPV6 as u32),
+        u32::from_be(PROTO_ICMPV6 as u32),
     ];
     let c = !fold(sum_words(sum_words(sum_words(0, &pseudo), &icmp), &quote));
     icmp[0] |= (c as u32) << 16;

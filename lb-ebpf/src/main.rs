@@ -3,14 +3,18 @@
 //! `lb_xdp` is the load balancer: parse, look up the VIP, choose a backend (QUIC server ID,
 //! connection table, or Maglev), DNAT, then forward through the FIB. It never returns
 //! `XDP_ABORTED`, and every packet bumps at least one counter naming why it went where it
-//! went (`lb_common::Reason`). The other two programs exist only for `lb bench`.
+//! went (`lb_common::Reason`). `lb_xdp_peer` (tail-called by `lb_xdp`) delivers packets
+//! another node marked with the steering mark; `lb_tc_rnat` is the reverse NAT on the
+//! backend-facing interfaces. The `lb_bench_*` programs exist only for `lb-lab bench`.
 #![no_std]
 #![no_main]
 
+mod fib;
 mod flows;
 mod icmp;
 mod maps;
 mod mark;
+mod nexthop;
 mod packet;
 mod peer;
 mod rewrite;
@@ -22,6 +26,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     FlowKey, Reason, SOURCE_RANGE_LOOKUP_LEN, VIP_F_SOURCE_RANGES, VipKey, source_range_key,
+    wire::IPV4_HLEN,
 };
 
 use crate::{
@@ -52,7 +57,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Some(v) => *v,
         // An IPv4 header with options may carry a steering mark.
         None => {
-            if !p.is_v6 && p.l4_off - p.l3_off > packet::IPV4_HLEN {
+            if !p.is_v6 && p.l4_off - p.l3_off > IPV4_HLEN {
                 to_peer_program(&ctx);
             }
             count(Reason::PassNotVip, pkt_len);

@@ -71,7 +71,7 @@ pub static LB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0
 pub struct Scratch {
     pub reply: FlowKey,
     pub nat: ReplyNat,
-    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    pub fib: crate::fib::Params,
 }
 
 /// This CPU's scratch space.

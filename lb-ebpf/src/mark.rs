@@ -5,9 +5,12 @@
 //! copied, never the payload. The caller has validated every offset in `Parsed`.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{csum, mark};
+use lb_common::{
+    csum, mark,
+    wire::{ETH_HLEN, IPV4_HLEN, IPV4_MAX_HLEN, IPV6_HLEN, NEXTHDR_DSTOPTS, VLAN_HLEN},
+};
 
-use crate::packet::{IPV4_HLEN, IPV6_HLEN, Parsed, ptr_at, read};
+use crate::packet::{Parsed, ptr_at, read};
 
 /// Move `N` octets (a multiple of 2) of the frame from offset `from` to offset `to`, in
 /// place: 8-octet words, then 2-octet ones, in the order that never overwrites what is
@@ -49,10 +52,10 @@ fn shift<const N: usize>(ctx: &XdpContext, from: usize, to: usize) -> Option<()>
 /// without a VLAN tag, then an IPv4 or IPv6 fixed header) from `from` to `to`.
 #[inline(always)]
 pub fn shift_front(ctx: &XdpContext, len: usize, from: usize, to: usize) -> Option<()> {
-    const V4: usize = 14 + IPV4_HLEN;
-    const V4_VLAN: usize = 18 + IPV4_HLEN;
-    const V6: usize = 14 + IPV6_HLEN;
-    const V6_VLAN: usize = 18 + IPV6_HLEN;
+    const V4: usize = ETH_HLEN + IPV4_HLEN;
+    const V4_VLAN: usize = ETH_HLEN + VLAN_HLEN + IPV4_HLEN;
+    const V6: usize = ETH_HLEN + IPV6_HLEN;
+    const V6_VLAN: usize = ETH_HLEN + VLAN_HLEN + IPV6_HLEN;
     match len {
         V4 => shift::<V4>(ctx, from, to),
         V4_VLAN => shift::<V4_VLAN>(ctx, from, to),
@@ -66,9 +69,9 @@ pub fn shift_front(ctx: &XdpContext, len: usize, from: usize, to: usize) -> Opti
 #[inline(always)]
 pub fn shift_l2(ctx: &XdpContext, vlan: bool, from: usize, to: usize) -> Option<()> {
     if vlan {
-        shift::<18>(ctx, from, to)
+        shift::<{ ETH_HLEN + VLAN_HLEN }>(ctx, from, to)
     } else {
-        shift::<14>(ctx, from, to)
+        shift::<ETH_HLEN>(ctx, from, to)
     }
 }
 
@@ -103,12 +106,12 @@ pub fn insert(ctx: &XdpContext, p: &Parsed, vip: &[u8; 16], port: u16) -> Option
         let mut f = unsafe { fixed.read_unaligned() };
         let payload = u16::from_be_bytes([f[4], f[5]]) + mark::IPV6_LEN as u16;
         [f[4], f[5]] = payload.to_be_bytes();
-        f[6] = mark::IPPROTO_DSTOPTS;
+        f[6] = NEXTHDR_DSTOPTS;
         unsafe { fixed.write_unaligned(f) };
         return Some(());
     }
     let ihl_words = (p.l4_off - p.l3_off) / 4;
-    if ihl_words + mark::IPV4_LEN / 4 > 15 {
+    if ihl_words + mark::IPV4_LEN / 4 > IPV4_MAX_HLEN / 4 {
         return None;
     }
     adjust_head(ctx, -(mark::IPV4_LEN as i32))?;

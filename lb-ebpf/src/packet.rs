@@ -4,23 +4,16 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason, mark};
-
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-pub const IPV4_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-const UDP_HLEN: usize = 8;
-const TCP_MIN_HLEN: usize = 20;
-
-pub const TCP_FLAG_FIN: u8 = 0x01;
-pub const TCP_FLAG_SYN: u8 = 0x02;
-pub const TCP_FLAG_RST: u8 = 0x04;
-pub const TCP_FLAG_ACK: u8 = 0x10;
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, FlowKey, Reason, mark,
+    wire::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_TYPE_OFF, IP_MF, IP_OFFSET,
+        IPV4_HLEN, IPV6_HLEN, NEXTHDR_AH, NEXTHDR_DSTOPTS, NEXTHDR_ESP, NEXTHDR_EXPERIMENT1,
+        NEXTHDR_EXPERIMENT2, NEXTHDR_FRAGMENT, NEXTHDR_HIP, NEXTHDR_HOPOPTS, NEXTHDR_MOBILITY,
+        NEXTHDR_ROUTING, NEXTHDR_SHIM6, PROTO_TCP, PROTO_UDP, TCP_FLAG_ACK, TCP_FLAG_SYN,
+        TCP_MIN_HLEN, UDP_HLEN, VLAN_HLEN,
+    },
+};
 
 /// What the rest of the program needs to know about a UDP/TCP packet.
 #[derive(Copy, Clone)]
@@ -185,10 +178,11 @@ pub fn parse_marked<C: PacketCtx>(ctx: &C, p: &mut Parsed) -> Result<(), Reason>
 #[inline(always)]
 fn parse_with<C: PacketCtx, const MARKS: bool>(ctx: &C, p: &mut Parsed) -> Result<(), Reason> {
     let pkt_len = ctx.packet_len();
-    let mut ethertype = be16(ctx, 12).ok_or(Reason::PassMalformed)?;
+    let mut ethertype = be16(ctx, ETH_TYPE_OFF).ok_or(Reason::PassMalformed)?;
     let mut l3_off = ETH_HLEN;
     let mut vlan = false;
     if ethertype == ETH_P_8021Q {
+        // The tag's TCI, then the ethertype.
         ethertype = be16(ctx, ETH_HLEN + 2).ok_or(Reason::PassMalformed)?;
         l3_off += VLAN_HLEN;
         vlan = true;
@@ -254,12 +248,12 @@ fn parse_ipv4<C: PacketCtx, const MARKS: bool>(
     }
     let ihl = (((w0 >> 24) & 0x0f) * 4) as usize;
     let tot_len = (w0 & 0xffff) as usize;
-    if ihl < 20 || tot_len < ihl || l3 + tot_len > pkt_len {
+    if ihl < IPV4_HLEN || tot_len < ihl || l3 + tot_len > pkt_len {
         return Err(Reason::PassMalformed);
     }
     // MF set or a non-zero offset: non-first fragments carry no ports, and reassembly is
     // the kernel's job.
-    if w1 & 0x3fff != 0 {
+    if w1 & (IP_MF | IP_OFFSET) as u32 != 0 {
         return Err(Reason::PassFragment);
     }
     // Options: another node's steering mark is always the first one.
@@ -304,7 +298,7 @@ fn parse_ipv6<C: PacketCtx, const MARKS: bool>(
     let mut l4_off = l3 + IPV6_HLEN;
     // Another node's steering mark: a Destination Options header of exactly our form
     // (other destination options, like every other extension header, are not walked).
-    if MARKS && next == mark::IPPROTO_DSTOPTS {
+    if MARKS && next == NEXTHDR_DSTOPTS {
         let h = read::<[u8; mark::IPV6_LEN], _>(ctx, l4_off).ok_or(Reason::PassIpv6Ext)?;
         if let Some((upper, _, _)) = mark::parse_ipv6_dstopts(&h)
             && payload_len >= mark::IPV6_LEN
@@ -316,9 +310,10 @@ fn parse_ipv6<C: PacketCtx, const MARKS: bool>(
     }
     match next {
         PROTO_UDP | PROTO_TCP => {}
-        // Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP,
-        // shim6, experimental: we do not walk extension headers.
-        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => {
+        // We do not walk extension headers.
+        NEXTHDR_HOPOPTS | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_ESP | NEXTHDR_AH
+        | NEXTHDR_DSTOPTS | NEXTHDR_MOBILITY | NEXTHDR_HIP | NEXTHDR_SHIM6
+        | NEXTHDR_EXPERIMENT1 | NEXTHDR_EXPERIMENT2 => {
             return Err(Reason::PassIpv6Ext);
         }
         _ => return Err(Reason::PassNotVip),

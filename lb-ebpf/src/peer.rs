@@ -14,8 +14,8 @@ use crate::{
     flows,
     maps::LB_VIPS,
     mark as marking,
+    nexthop::{lookup, send},
     packet::{Parsed, parse_marked, read},
-    rewrite::{fib, send},
     stats::{VipCounters, count},
 };
 
@@ -55,7 +55,7 @@ pub fn deliver(ctx: &XdpContext) -> u32 {
     };
     let ingress = ctx.ingress_ifindex() as u32;
     let unmarked_len = p.ip_tot_len - marking::len_for(p) as u16;
-    let hop = fib(ctx, p, &p.flow.dst, p.flow.dport, unmarked_len, ingress);
+    let hop = lookup(ctx, p, &p.flow.dst, p.flow.dport, unmarked_len, ingress);
     let remote = match &hop {
         Ok(h) => h.remote,
         Err(miss) => miss.remote || miss.reason != Reason::PassNoNeighbour,

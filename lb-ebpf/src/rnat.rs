@@ -31,46 +31,41 @@
 //! 0xffff. Reading uses direct packet access (after `bpf_skb_pull_data` if the headers are
 //! not all in the linear part).
 
-use core::{
-    mem::{size_of, zeroed},
-    ptr::null_mut,
-};
+use core::ptr::null_mut;
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
-        TC_ACT_SHOT, bpf_fib_lookup,
-    },
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::{
-        bpf_fib_lookup as fib_lookup, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_store_bytes,
+        bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh,
+        bpf_skb_store_bytes,
     },
     programs::TcContext,
 };
 use lb_common::{
-    FlowKey, LearnedKey, PROTO_UDP, QUIC_LB_MAX_CID_LEN, REPLY_NO_BACKEND, RNAT_F_FORWARD, Reason,
-    ReplyNat, RnatReason, quic,
+    FlowKey, LearnedKey, QUIC_LB_MAX_CID_LEN, REPLY_NO_BACKEND, RNAT_F_FORWARD, Reason, ReplyNat,
+    RnatReason, quic,
+    wire::{
+        ETH_ALEN, ETH_HLEN, IPV4_CSUM_OFF, IPV4_MAX_HLEN, IPV4_SADDR_OFF, IPV6_SADDR_OFF,
+        L4_SPORT_OFF, PROTO_UDP, TCP_CSUM_OFF, TCP_MIN_HLEN, UDP_CSUM_OFF, UDP_HLEN, VLAN_HLEN,
+    },
 };
 
 use crate::{
+    fib::{self, Fib},
     flows,
-    maps::{LB_LEARNED, LB_RNAT_CFG, LB_RNAT_STATS},
+    maps::{LB_LEARNED, LB_RNAT_CFG},
     packet::{self, Parsed, read, word},
-    steer::learned_mask,
+    stats::count_rnat,
 };
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const TCP_MIN_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
 /// A QUIC long header up to the end of a 20-octet source CID (first octet, version, DCID
 /// length, DCID, SCID length, SCID) plus the 20-octet fixed-size load of the SCID.
-const QUIC_LONG_MAX: usize = 1 + 4 + 1 + 20 + 1 + 20;
+const QUIC_LONG_MAX: usize = quic::LONG_DCID_OFFSET + QUIC_LB_MAX_CID_LEN + 1 + QUIC_LB_MAX_CID_LEN;
 /// Ethernet + one VLAN tag + the longest IPv4 header + a TCP header, or + UDP and a QUIC
 /// long header (learned-CID mode): everything the program reads.
 const HEADERS_MAX: u32 = {
-    let tcp = ETH_HLEN + VLAN_HLEN + 60 + TCP_MIN_HLEN;
-    let quic = ETH_HLEN + VLAN_HLEN + 60 + UDP_HLEN + QUIC_LONG_MAX;
+    let tcp = ETH_HLEN + VLAN_HLEN + IPV4_MAX_HLEN + TCP_MIN_HLEN;
+    let quic = ETH_HLEN + VLAN_HLEN + IPV4_MAX_HLEN + UDP_HLEN + QUIC_LONG_MAX;
     (if tcp > quic { tcp } else { quic }) as u32
 };
 
@@ -110,21 +105,10 @@ struct Reply {
 }
 
 #[inline(always)]
-fn count(reason: RnatReason, bytes: u64) {
-    if let Some(c) = LB_RNAT_STATS.get_ptr_mut(reason as u32) {
-        // SAFETY: this CPU's slot of a live map.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-        }
-    }
-}
-
-#[inline(always)]
 pub fn rnat(ctx: &TcContext) -> i32 {
     let len = ctx.len();
     let (verdict, reason) = run(ctx, len);
-    count(reason, len as u64);
+    count_rnat(reason, len as u64);
     verdict
 }
 
@@ -163,15 +147,12 @@ fn run(ctx: &TcContext, len: u32) -> (i32, RnatReason) {
         .get(0)
         .is_some_and(|s| s.flags & RNAT_F_FORWARD != 0)
     {
-        let (verdict, how) = forward(ctx, &reply, &new_src, nat.vip_port.to_be());
-        count(how, len as u64);
+        let (verdict, how) = forward(ctx, &reply, &nat.vip, nat.vip_port.to_be());
+        count_rnat(how, len as u64);
         return (verdict, RnatReason::Rewritten);
     }
     (TC_ACT_OK, RnatReason::Rewritten)
 }
-
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 /// Send the rewritten reply towards the client ourselves: `bpf_fib_lookup` from the VIP to
 /// the client, new MACs, `bpf_redirect` out of the egress interface; when the next hop's
@@ -182,7 +163,7 @@ const AF_INET6: u8 = 10;
 /// (as on the XDP path). Anything the FIB cannot route (no route, forwarding off, larger
 /// than the egress MTU) or a frame carrying its VLAN tag goes to the stack: `TC_ACT_OK`.
 #[inline(always)]
-fn forward(ctx: &TcContext, r: &Reply, src: &[u32; 4], sport_raw: u16) -> (i32, RnatReason) {
+fn forward(ctx: &TcContext, r: &Reply, src: &[u8; 16], sport_raw: u16) -> (i32, RnatReason) {
     let fallback = (TC_ACT_OK, RnatReason::FibFallback);
     let skb = ctx.skb.skb;
     // A tag in the frame or in the skb's metadata belongs to the ingress segment: leave
@@ -191,52 +172,46 @@ fn forward(ctx: &TcContext, r: &Reply, src: &[u32; 4], sport_raw: u16) -> (i32, 
     if r.vlan || unsafe { (*skb).vlan_present } != 0 {
         return fallback;
     }
-    // SAFETY: plain C struct; all-zero is its documented initial state.
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    fib.l4_protocol = r.flow.proto;
-    fib.sport = sport_raw;
-    fib.dport = r.dport_raw;
-    // tot_len 0: the kernel checks the skb itself against the egress MTU (GSO aware).
-    fib.__bindgen_anon_1.tot_len = 0;
-    // SAFETY: reading a field of our own context.
-    fib.ifindex = unsafe { (*skb).ifindex };
-    if r.is_v6 {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_2.flowinfo = r.tos_or_flowinfo;
-        fib.__bindgen_anon_3.ipv6_src = *src;
-        fib.__bindgen_anon_4.ipv6_dst = [
-            word(&r.dst, 0),
-            word(&r.dst, 1),
-            word(&r.dst, 2),
-            word(&r.dst, 3),
-        ];
-    } else {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_2.tos = r.tos_or_flowinfo as u8;
-        fib.__bindgen_anon_3.ipv4_src = src[0];
-        fib.__bindgen_anon_4.ipv4_dst = word(&r.dst, 0);
-    }
-    // SAFETY: helper on our own skb with a stack struct of the size we pass.
-    let rc = unsafe { fib_lookup(skb.cast(), &mut fib, size_of::<bpf_fib_lookup>() as i32, 0) };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&fib.dmac);
-        macs[6..].copy_from_slice(&fib.smac);
-        // SAFETY: helper copies 12 octets from our stack; it checks the offset.
-        if unsafe { bpf_skb_store_bytes(skb.cast(), 0, macs.as_ptr().cast(), 12, 0) } != 0 {
-            return fallback;
+    // On the stack: this program has room. Cleared before the query reads the reply
+    // (`fib::Params::clear`).
+    let mut storage = fib::Params::new();
+    let params = storage.clear();
+    let q = fib::Query {
+        is_v6: r.is_v6,
+        proto: r.flow.proto,
+        sport: sport_raw,
+        dport: r.dport_raw,
+        src,
+        dst: &r.dst,
+        tos_or_flowinfo: r.tos_or_flowinfo,
+        tot_len: 0,
+        // SAFETY: reading a field of our own context.
+        ifindex: unsafe { (*skb).ifindex },
+    };
+    match fib::lookup(ctx, params, &q) {
+        Fib::Found(route) => {
+            let mut macs = [0u8; 2 * ETH_ALEN];
+            macs[..ETH_ALEN].copy_from_slice(&route.dmac);
+            macs[ETH_ALEN..].copy_from_slice(&route.smac);
+            // SAFETY: helper copies the MACs from our stack; it checks the offset.
+            let len = macs.len() as u32;
+            if unsafe { bpf_skb_store_bytes(skb.cast(), 0, macs.as_ptr().cast(), len, 0) } != 0 {
+                return fallback;
+            }
+            // SAFETY: helper without pointers.
+            let v = unsafe { bpf_redirect(route.ifindex, 0) } as i32;
+            if v == TC_ACT_REDIRECT {
+                return (v, RnatReason::Forwarded);
+            }
         }
-        // SAFETY: helper without pointers.
-        let v = unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
-        if v == TC_ACT_REDIRECT {
-            return (v, RnatReason::Forwarded);
+        Fib::NoNeighbour { ifindex } => {
+            // SAFETY: no parameters: the helper looks the next hop up itself.
+            let v = unsafe { bpf_redirect_neigh(ifindex, null_mut(), 0, 0) } as i32;
+            if v == TC_ACT_REDIRECT {
+                return (v, RnatReason::Forwarded);
+            }
         }
-    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        // SAFETY: no parameters: the helper looks the next hop up itself.
-        let v = unsafe { bpf_redirect_neigh(fib.ifindex, null_mut(), 0, 0) } as i32;
-        if v == TC_ACT_REDIRECT {
-            return (v, RnatReason::Forwarded);
-        }
+        Fib::Failed => {}
     }
     fallback
 }
@@ -264,8 +239,8 @@ fn learn(ctx: &TcContext, r: &Reply, nat: &ReplyNat) {
     }
     let scid_len_off = payload + quic::LONG_DCID_OFFSET + dcid_len;
     // One fixed-size load for the SCID length and 20 octets from the SCID on (a real
-    // long-header packet has a 16-octet AEAD tag after its SCID, and more), then zero what
-    // is not the CID.
+    // long-header packet has a 16-octet AEAD tag after its SCID, and more); the key keeps
+    // only the CID.
     let Some(block) = read::<[u8; 1 + QUIC_LB_MAX_CID_LEN], _>(ctx, scid_len_off) else {
         return;
     };
@@ -274,14 +249,7 @@ fn learn(ctx: &TcContext, r: &Reply, nat: &ReplyNat) {
     }
     let mut cid = [0u8; QUIC_LB_MAX_CID_LEN];
     cid.copy_from_slice(&block[1..]);
-    learned_mask(&mut cid, len);
-    let key = LearnedKey {
-        vip_index: index,
-        cid_len: len as u8,
-        _pad: [0; 3],
-        cid,
-    };
-    let _ = LB_LEARNED.insert(&key, &nat.backend, 0);
+    let _ = LB_LEARNED.insert(&LearnedKey::new(index, cid, len), &nat.backend, 0);
 }
 
 /// The reply's source, or why the packet is not ours. The XDP program's parser
@@ -303,7 +271,7 @@ fn parse(ctx: &TcContext) -> Result<Reply, RnatReason> {
         is_v6: p.is_v6,
         l3_off: p.l3_off,
         l4_off: p.l4_off,
-        csum_off: p.l4_off + if udp { 6 } else { 16 },
+        csum_off: p.l4_off + if udp { UDP_CSUM_OFF } else { TCP_CSUM_OFF },
         l4_flags: if udp { BPF_F_MARK_MANGLED_0 } else { 0 },
         src: [
             word(&p.flow.src, 0),
@@ -343,7 +311,13 @@ fn rewrite(ctx: &TcContext, r: &Reply, new_src: &[u32; 4], new_port_raw: u16) ->
     if r.is_v6 {
         // SAFETY: helper copies 16 octets from our stack.
         let rc = unsafe {
-            bpf_skb_store_bytes(skb, (r.l3_off + 8) as u32, new_src.as_ptr().cast(), 16, 0)
+            bpf_skb_store_bytes(
+                skb,
+                (r.l3_off + IPV6_SADDR_OFF) as u32,
+                new_src.as_ptr().cast(),
+                16,
+                0,
+            )
         };
         if rc != 0 {
             return Err(());
@@ -365,7 +339,7 @@ fn rewrite(ctx: &TcContext, r: &Reply, new_src: &[u32; 4], new_port_raw: u16) ->
         let rc = unsafe {
             bpf_skb_store_bytes(
                 skb,
-                (r.l3_off + 12) as u32,
+                (r.l3_off + IPV4_SADDR_OFF) as u32,
                 (&new as *const u32).cast(),
                 4,
                 0,
@@ -375,9 +349,8 @@ fn rewrite(ctx: &TcContext, r: &Reply, new_src: &[u32; 4], new_port_raw: u16) ->
             return Err(());
         }
         // SAFETY: helper on our own skb; it checks the offset.
-        if unsafe { bpf_l3_csum_replace(skb, (r.l3_off + 10) as u32, old as u64, new as u64, 4) }
-            != 0
-        {
+        let csum_off = (r.l3_off + IPV4_CSUM_OFF) as u32;
+        if unsafe { bpf_l3_csum_replace(skb, csum_off, old as u64, new as u64, 4) } != 0 {
             return Err(());
         }
         l4_replace(ctx, r.csum_off, old as u64, new as u64, pseudo)?;
@@ -386,7 +359,7 @@ fn rewrite(ctx: &TcContext, r: &Reply, new_src: &[u32; 4], new_port_raw: u16) ->
     let rc = unsafe {
         bpf_skb_store_bytes(
             skb,
-            r.l4_off as u32,
+            (r.l4_off + L4_SPORT_OFF) as u32,
             (&new_port_raw as *const u16).cast(),
             2,
             0,

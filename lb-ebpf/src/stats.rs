@@ -1,10 +1,11 @@
-//! Per-CPU counters: per reason globally and per VIP (one `CounterBlock` each), and per
-//! backend.
+//! Per-CPU counters. `lb_xdp` and `lb_xdp_peer`: per reason globally and per VIP (one
+//! `CounterBlock` each), and per backend. `lb_tc_rnat`: per `RnatReason`.
 
-use lb_common::{Counter, CounterBlock, Reason};
+use lb_common::{Counter, CounterBlock, Reason, RnatReason};
 
-use crate::maps::{LB_BE_STATS, LB_STATS, LB_VIP_STATS};
+use crate::maps::{LB_BE_STATS, LB_RNAT_STATS, LB_STATS, LB_VIP_STATS};
 
+/// One more packet of `bytes` octets in counter `c`.
 #[inline(always)]
 fn bump(c: *mut Counter, bytes: u64) {
     // SAFETY: a per-CPU slot of a live map; nothing else writes it on this CPU while we run.
@@ -27,6 +28,14 @@ fn slot(block: *mut CounterBlock, reason: Reason) -> *mut Counter {
 pub fn count(reason: Reason, bytes: u64) {
     if let Some(g) = LB_STATS.get_ptr_mut(0) {
         bump(slot(g, reason), bytes);
+    }
+}
+
+/// Count a packet of the reverse NAT.
+#[inline(always)]
+pub fn count_rnat(reason: RnatReason, bytes: u64) {
+    if let Some(c) = LB_RNAT_STATS.get_ptr_mut(reason as u32) {
+        bump(c, bytes);
     }
 }
 

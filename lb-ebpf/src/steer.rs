@@ -9,6 +9,7 @@ use lb_common::{
     hash::flow_hash,
     quic,
     quic_lb::{self, Mode},
+    wire::UDP_HLEN,
 };
 
 use crate::{
@@ -16,8 +17,6 @@ use crate::{
     packet::{Parsed, load, read},
     stats::VipCounters,
 };
-
-const UDP_HLEN: usize = 8;
 
 /// The backend chosen for a packet.
 pub struct Choice {
@@ -261,24 +260,8 @@ fn learned_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Option<u32> {
         return None;
     }
     // A fixed 20-octet load (any real QUIC packet has that much after its DCID's start: at
-    // least a packet number and a 16-octet AEAD tag follow), then zero what is not the CID.
-    let mut cid = read::<[u8; QUIC_LB_MAX_CID_LEN], _>(ctx, cid_off)?;
-    learned_mask(&mut cid, len);
-    let key = LearnedKey {
-        vip_index: vip.index,
-        cid_len: len as u8,
-        _pad: [0; 3],
-        cid,
-    };
+    // least a packet number and a 16-octet AEAD tag follow); the key keeps only the CID.
+    let cid = read::<[u8; QUIC_LB_MAX_CID_LEN], _>(ctx, cid_off)?;
+    let key = LearnedKey::new(vip.index, cid, len);
     unsafe { LB_LEARNED.get(&key) }.copied()
-}
-
-/// Zero the octets of `cid` from `len` on.
-#[inline(always)]
-pub fn learned_mask(cid: &mut [u8; QUIC_LB_MAX_CID_LEN], len: usize) {
-    for (i, b) in cid.iter_mut().enumerate() {
-        if i >= len {
-            *b = 0;
-        }
-    }
 }

@@ -60,33 +60,23 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lb_common::csum::{fold, pseudo_header_v6, sum_bytes};
+use lb_common::wire::{
+    ARP_REPLY, ARP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IPV6, ICMPV6_NA, ICMPV6_NS, IPV6_HLEN,
+    NA_FLAG_OVERRIDE, NA_FLAG_SOLICITED, NDP_OPT_SOURCE_LL, NDP_OPT_TARGET_LL, PROTO_ICMPV6,
+};
 
 use crate::mac::{Mac, format_mac};
 
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IPV4: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
+/// A packet socket's protocol for every frame, sent or received (Linux `if_ether.h`).
 pub const ETH_P_ALL: u16 = 0x0003;
-pub const ICMPV6_NS: u8 = 135;
-pub const ICMPV6_NA: u8 = 136;
-pub const ARP_REQUEST: u16 = 1;
-pub const ARP_REPLY: u16 = 2;
-/// NA flags (first octet of the reserved word): Router, Solicited, Override.
-pub const NA_FLAG_ROUTER: u8 = 0x80;
-pub const NA_FLAG_SOLICITED: u8 = 0x40;
-pub const NA_FLAG_OVERRIDE: u8 = 0x20;
-/// NDP option types.
-pub const NDP_OPT_SOURCE_LL: u8 = 1;
-pub const NDP_OPT_TARGET_LL: u8 = 2;
 
 pub const BROADCAST_MAC: Mac = [0xff; 6];
 pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
-const ETH_HLEN: usize = 14;
+/// Octets of an ARP packet for IPv4 over Ethernet.
 const ARP_LEN: usize = 28;
 /// Ethernet + ARP for IPv4 over Ethernet.
 pub const ARP_FRAME_LEN: usize = ETH_HLEN + ARP_LEN;
-const IPV6_HLEN: usize = 40;
 /// ICMPv6 NA with one Target Link-Layer Address option.
 const NA_LEN: usize = 4 + 4 + 16 + 8;
 /// Ethernet + IPv6 + NA with a TLLA option.
@@ -205,6 +195,12 @@ pub struct Arp {
     pub tpa: Ipv4Addr,
 }
 
+/// The first `N` octets of `s`, which the caller has checked is long enough (a shorter `s`
+/// is a bug in that length check, and panics on the index).
+fn octets<const N: usize>(s: &[u8]) -> [u8; N] {
+    std::array::from_fn(|i| s[i])
+}
+
 /// Parse an Ethernet frame holding ARP for IPv4 over Ethernet (trailing padding ignored).
 pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
     if frame.len() < ARP_FRAME_LEN || u16::from_be_bytes([frame[12], frame[13]]) != ETH_P_ARP {
@@ -215,7 +211,7 @@ pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
     if a[0..6] != [0, 1, 0x08, 0x00, 6, 4] {
         return None;
     }
-    let mac = |s: &[u8]| -> Mac { s.try_into().expect("6 octets") };
+    let mac = octets::<6>;
     let ip = |s: &[u8]| Ipv4Addr::new(s[0], s[1], s[2], s[3]);
     Some(Arp {
         eth_dst: mac(&frame[0..6]),
@@ -286,7 +282,7 @@ pub fn multicast_mac(group: Ipv6Addr) -> Mac {
 
 /// ICMPv6 checksum of `icmp` (its checksum field zeroed or not: the field is skipped).
 pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
-    let mut sum = pseudo_header_v6(src.octets(), dst.octets(), 58, icmp.len() as u32);
+    let mut sum = pseudo_header_v6(src.octets(), dst.octets(), PROTO_ICMPV6, icmp.len() as u32);
     sum = sum_bytes(sum, &icmp[..2]);
     sum = sum_bytes(sum, &icmp[4..]);
     !fold(sum)
@@ -320,7 +316,7 @@ pub fn parse_ns(frame: &[u8]) -> Result<NeighborSolicitation, NsError> {
     if frame.len() < ETH_HLEN + IPV6_HLEN + 4
         || u16::from_be_bytes([frame[12], frame[13]]) != ETH_P_IPV6
         || frame[14] >> 4 != 6
-        || frame[ETH_HLEN + 6] != 58
+        || frame[ETH_HLEN + 6] != PROTO_ICMPV6
         || frame[ETH_HLEN + IPV6_HLEN] != ICMPV6_NS
     {
         return Err(NotNs);
@@ -340,7 +336,7 @@ pub fn parse_ns(frame: &[u8]) -> Result<NeighborSolicitation, NsError> {
     if icmp[1] != 0 {
         return Err(Malformed("ICMPv6 code is not 0"));
     }
-    let addr = |s: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(s).expect("16 octets"));
+    let addr = |s: &[u8]| Ipv6Addr::from(octets::<16>(s));
     let (src, dst) = (addr(&ip[8..24]), addr(&ip[24..40]));
     if u16::from_be_bytes([icmp[2], icmp[3]]) != icmpv6_checksum(src, dst, icmp) {
         return Err(Malformed("bad ICMPv6 checksum"));
@@ -357,7 +353,7 @@ pub fn parse_ns(frame: &[u8]) -> Result<NeighborSolicitation, NsError> {
         }
         let len = opts[1] as usize * 8;
         if opts[0] == NDP_OPT_SOURCE_LL && len >= 8 {
-            source_ll = Some(opts[2..8].try_into().expect("6 octets"));
+            source_ll = Some(octets::<6>(&opts[2..8]));
         }
         opts = &opts[len..];
     }
@@ -368,7 +364,7 @@ pub fn parse_ns(frame: &[u8]) -> Result<NeighborSolicitation, NsError> {
             "DAD solicitation with SLLA or not to solicited-node",
         ));
     }
-    let mac = |s: &[u8]| -> Mac { s.try_into().expect("6 octets") };
+    let mac = octets::<6>;
     Ok(NeighborSolicitation {
         eth_dst: mac(&frame[0..6]),
         eth_src: mac(&frame[6..12]),
@@ -397,7 +393,7 @@ pub fn neighbor_advertisement(
     let ip = &mut f[ETH_HLEN..];
     ip[0] = 0x60;
     ip[4..6].copy_from_slice(&(NA_LEN as u16).to_be_bytes());
-    ip[6] = 58;
+    ip[6] = PROTO_ICMPV6;
     ip[7] = 255;
     ip[8..24].copy_from_slice(&src.octets());
     ip[24..40].copy_from_slice(&dst.octets());
@@ -461,7 +457,7 @@ fn ns_filter() -> [libc::sock_filter; 6] {
     let ret = (libc::BPF_RET | libc::BPF_K) as u16;
     [
         stmt(ldb, (ETH_HLEN + 6) as u32),
-        jeq(58, 0, 3),
+        jeq(u32::from(PROTO_ICMPV6), 0, 3),
         stmt(ldb, (ETH_HLEN + IPV6_HLEN) as u32),
         jeq(u32::from(ICMPV6_NS), 0, 1),
         stmt(ret, 0xffff),

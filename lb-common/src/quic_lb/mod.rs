@@ -26,6 +26,9 @@
 //!   from the packet and calls it passes the kernel verifier (checked on 6.18 with
 //!   BPF_PROG_TEST_RUN against this module's host results).
 //!
+//! A leaf of the crate: it uses nothing else in it. The map layouts (`maps::QuicLbConfig`,
+//! the `QUIC_LB_*` limits) are built on its types and constants.
+//!
 //! Draft text errors found while implementing this (see `tests.rs` for the vectors):
 //! - Encryption example, step 10: the XOR line uses `0xb3e4357c` but the AES output printed just
 //!   above starts `0xb334357c`; the latter is right (it gives the printed `left_2`).
@@ -59,11 +62,6 @@ pub const MAX_CONFIG_ID: u8 = 6;
 pub const UNROUTABLE_CONFIG_ID: u8 = 0b111;
 /// Body length at which a keyed configuration uses single-pass AES instead of four passes.
 pub const SINGLE_PASS_LEN: usize = 16;
-
-// The map layouts in `maps` restate some of these; keep them in step.
-const _: () = assert!(MAX_CID_LEN == crate::maps::QUIC_LB_MAX_CID_LEN);
-const _: () = assert!(MAX_SERVER_ID_LEN == crate::maps::QUIC_LB_MAX_SID_LEN);
-const _: () = assert!(UNROUTABLE_CONFIG_ID == crate::maps::QUIC_LB_UNROUTABLE_CR);
 
 /// How the body of a CID is protected. The discriminants are stable (they can be stored in a
 /// map value); 0 is left for "not configured", as in `maps::QUIC_LB_MODE_NONE`.

@@ -1,0 +1,182 @@
+//! The next hop of a packet `lb_xdp` (or `lb_xdp_peer`) sends to a backend: the FIB
+//! (`fib`), the per-CPU next-hop cache in front of it (`LB_FIB_CACHE`), whether the egress
+//! leads to another node, and handing the frame to the egress interface.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use lb_common::{
+    FIB_CACHE_CLOCK_EVERY, FibCacheEntry, Reason,
+    wire::{ETH_ALEN, VLAN_HLEN},
+};
+
+use crate::{
+    fib::{self, Fib},
+    maps::{LB_BACKEND_IFS, LB_FIB_CACHE, scratch},
+    packet::{Parsed, ptr_at},
+};
+
+/// Where to send a packet for a backend: what a successful FIB lookup says.
+pub struct NextHop {
+    pub egress: u32,
+    dmac: [u8; ETH_ALEN],
+    smac: [u8; ETH_ALEN],
+    pub mtu: u16,
+    /// The egress is not a backend-facing interface: the backend is behind another node.
+    pub remote: bool,
+}
+
+/// A FIB lookup that found no usable next hop: the reason to count, and whether the egress
+/// it did find (with no neighbour entry yet) leads away from this node's backends.
+pub struct FibMiss {
+    pub reason: Reason,
+    pub remote: bool,
+}
+
+/// Is `ifindex` one of the interfaces the reverse NAT is attached to (a local backend)?
+#[inline(always)]
+fn is_backend_if(ifindex: u32) -> bool {
+    // SAFETY: reading a value we do not keep.
+    unsafe { LB_BACKEND_IFS.get(&ifindex) }.is_some()
+}
+
+/// `bpf_fib_lookup` from the client (`p`'s source) to `dst`:`dport`, for a packet of
+/// `tot_len` octets arriving on `ingress`.
+#[inline(always)]
+pub fn lookup(
+    ctx: &XdpContext,
+    p: &Parsed,
+    dst: &[u8; 16],
+    dport: u16,
+    tot_len: u16,
+    ingress: u32,
+) -> Result<NextHop, FibMiss> {
+    let Some(sc) = scratch() else {
+        return Err(FibMiss {
+            reason: Reason::PassFibFailed,
+            remote: false,
+        });
+    };
+    // Cleared before the query reads the packet (`fib::Params::clear` says why).
+    let params = sc.fib.clear();
+    let q = fib::Query {
+        is_v6: p.is_v6,
+        proto: p.flow.proto,
+        sport: p.flow.sport.to_be(),
+        dport: dport.to_be(),
+        src: &p.flow.src,
+        dst,
+        tos_or_flowinfo: p.tos_or_flowinfo,
+        tot_len,
+        ifindex: ingress,
+    };
+    match fib::lookup(ctx, params, &q) {
+        Fib::Found(r) => Ok(NextHop {
+            egress: r.ifindex,
+            dmac: r.dmac,
+            smac: r.smac,
+            mtu: r.mtu,
+            remote: !is_backend_if(r.ifindex),
+        }),
+        Fib::NoNeighbour { ifindex } => Err(FibMiss {
+            reason: Reason::PassNoNeighbour,
+            remote: !is_backend_if(ifindex),
+        }),
+        Fib::Failed => Err(FibMiss {
+            reason: Reason::PassFibFailed,
+            remote: false,
+        }),
+    }
+}
+
+/// This CPU's cached next hop towards backend `backend_id` for a packet of `ip_tot_len`
+/// octets that arrived on `ingress`, if it is fresh (`ttl`: `Settings::fib_cache_ttl_ns`).
+#[inline(always)]
+pub fn cached(backend_id: u32, ingress: u32, ip_tot_len: u16, ttl: u64) -> Option<NextHop> {
+    if ttl == 0 {
+        return None;
+    }
+    // SAFETY: this CPU's slot of a live map.
+    let e = unsafe { &mut *LB_FIB_CACHE.get_ptr_mut(backend_id)? };
+    // Too big for the egress MTU: let bpf_fib_lookup say so, so the kernel can answer
+    // "fragmentation needed" / "packet too big".
+    if e.ingress_ifindex != ingress || ip_tot_len > e.mtu {
+        return None;
+    }
+    if e.unchecked < FIB_CACHE_CLOCK_EVERY {
+        e.unchecked += 1;
+    } else {
+        // SAFETY: helper without arguments.
+        if e.expires_ns <= unsafe { bpf_ktime_get_coarse_ns() } {
+            return None;
+        }
+        e.unchecked = 0;
+    }
+    Some(NextHop {
+        egress: e.egress_ifindex,
+        dmac: e.dmac,
+        smac: e.smac,
+        mtu: e.mtu,
+        remote: e.remote != 0,
+    })
+}
+
+/// Cache a next hop [`lookup`] found.
+#[inline(always)]
+pub fn remember(backend_id: u32, ingress: u32, hop: &NextHop, ttl: u64) {
+    // mtu 0: a kernel that does not report the MTU on success; never cache then.
+    if ttl == 0 || hop.mtu == 0 {
+        return;
+    }
+    if let Some(e) = LB_FIB_CACHE.get_ptr_mut(backend_id) {
+        // SAFETY: this CPU's slot; helper without arguments.
+        unsafe {
+            *e = FibCacheEntry {
+                expires_ns: bpf_ktime_get_coarse_ns() + ttl,
+                ingress_ifindex: ingress,
+                egress_ifindex: hop.egress,
+                dmac: hop.dmac,
+                smac: hop.smac,
+                mtu: hop.mtu,
+                unchecked: 0,
+                remote: hop.remote as u8,
+            };
+        }
+    }
+}
+
+/// Rewrite the MACs and hand the frame to its egress interface.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, p: &Parsed, ingress: u32, hop: &NextHop) -> (u32, Reason) {
+    let Some(eth) = ptr_at::<[u8; 2 * ETH_ALEN], _>(ctx, 0) else {
+        return (xdp_action::XDP_PASS, Reason::PassMalformed);
+    };
+    let mut macs = [0u8; 2 * ETH_ALEN];
+    macs[..ETH_ALEN].copy_from_slice(&hop.dmac);
+    macs[ETH_ALEN..].copy_from_slice(&hop.smac);
+    if hop.egress == ingress {
+        // Same interface, same VLAN: keep any tag.
+        unsafe { *eth = macs };
+        return (xdp_action::XDP_TX, Reason::Tx);
+    }
+    if p.vlan {
+        // The tag belongs to the ingress segment: move the MACs over it and drop 4 octets.
+        let Some(inner) = ptr_at::<[u8; 2 * ETH_ALEN], _>(ctx, VLAN_HLEN) else {
+            return (xdp_action::XDP_PASS, Reason::PassMalformed);
+        };
+        unsafe { *inner = macs };
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HLEN as i32) } != 0 {
+            return (xdp_action::XDP_DROP, Reason::DropAdjustFailed);
+        }
+    } else {
+        unsafe { *eth = macs };
+    }
+    let verdict = unsafe { bpf_redirect(hop.egress, 0) } as u32;
+    if verdict == xdp_action::XDP_REDIRECT {
+        (verdict, Reason::Redirect)
+    } else {
+        (xdp_action::XDP_PASS, Reason::PassFibFailed)
+    }
+}
