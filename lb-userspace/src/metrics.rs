@@ -389,119 +389,155 @@ fn gauge<N: EncodeGaugeValue>(
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.snap;
-
-        let (mut packets, mut bytes) = (Vec::new(), Vec::new());
-        for (v, _, c) in &s.vips {
-            let Some(c) = c else { continue };
-            for r in Reason::ALL.into_iter().filter(|r| counted_per_vip(*r)) {
-                let labels: LabelSet = vec![
-                    ("vip", v.addr.to_string()),
-                    ("port", v.port.to_string()),
-                    ("proto", proto_name(v.proto)),
-                    ("reason", r.name().to_string()),
-                ];
-                packets.push((labels.clone(), c.get(r).packets));
-                bytes.push((labels, c.get(r).bytes));
-            }
-        }
-        counter_family(
-            &mut enc,
-            "lb_packets",
-            "Packets of one VIP by reason (events, not a partition: steering and forwarding reasons both count).",
-            &packets,
-        )?;
-        counter_family(
-            &mut enc,
-            "lb_bytes",
-            "Octets of one VIP's packets by reason, as they arrived.",
-            &bytes,
-        )?;
-
+        encode_vip_counters(&mut enc, s)?;
         if let Some(g) = &s.global {
-            let (mut packets, mut bytes) = (Vec::new(), Vec::new());
-            for r in Reason::ALL {
-                let labels: LabelSet = vec![("reason", r.name().to_string())];
-                packets.push((labels.clone(), g.get(r).packets));
-                bytes.push((labels, g.get(r).bytes));
-            }
-            counter_family(
-                &mut enc,
-                "lb_node_packets",
-                "Packets seen by the XDP program on this node by reason, VIP or not.",
-                &packets,
-            )?;
-            counter_family(
-                &mut enc,
-                "lb_node_bytes",
-                "Octets seen by the XDP program on this node by reason, VIP or not.",
-                &bytes,
-            )?;
+            encode_node_counters(&mut enc, g)?;
         }
-
-        let (mut packets, mut bytes) = (Vec::new(), Vec::new());
-        for (b, c) in &s.backends {
-            let Some(c) = c else { continue };
-            let served: Vec<&VipLabel> = s
-                .vips
-                .iter()
-                .map(|(v, _, _)| v)
-                .filter(|v| b.vip_indexes.contains(&v.index))
-                .collect();
-            let labels: LabelSet = vec![
-                (
-                    "vip",
-                    joined(served.iter().map(|v| v.addr.to_string()).collect()),
-                ),
-                (
-                    "port",
-                    joined(served.iter().map(|v| v.port.to_string()).collect()),
-                ),
-                (
-                    "proto",
-                    joined(served.iter().map(|v| proto_name(v.proto)).collect()),
-                ),
-                ("backend", endpoint(b.addr, b.port)),
-            ];
-            packets.push((labels.clone(), c.packets));
-            bytes.push((labels, c.bytes));
-        }
-        counter_family(
-            &mut enc,
-            "lb_backend_packets",
-            "Packets sent to one backend.",
-            &packets,
-        )?;
-        counter_family(
-            &mut enc,
-            "lb_backend_bytes",
-            "Octets sent to one backend, as they arrived.",
-            &bytes,
-        )?;
-
+        encode_backend_counters(&mut enc, s)?;
         if let Some(rn) = &s.rnat {
-            let (mut packets, mut bytes) = (Vec::new(), Vec::new());
-            for r in RnatReason::ALL {
-                let labels: LabelSet = vec![("reason", r.name().to_string())];
-                packets.push((labels.clone(), rn.get(r).packets));
-                bytes.push((labels, rn.get(r).bytes));
-            }
-            counter_family(
-                &mut enc,
-                "lb_rnat_packets",
-                "Packets seen by the reverse-NAT TC program by reason.",
-                &packets,
-            )?;
-            counter_family(
-                &mut enc,
-                "lb_rnat_bytes",
-                "Octets seen by the reverse-NAT TC program by reason.",
-                &bytes,
-            )?;
+            encode_rnat_counters(&mut enc, rn)?;
         }
+        self.encode_gauges(&mut enc)
+    }
+}
 
+/// `lb_packets` / `lb_bytes`: per VIP and reason.
+fn encode_vip_counters(enc: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
+    let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+    for (v, _, c) in &s.vips {
+        let Some(c) = c else { continue };
+        for r in Reason::ALL.into_iter().filter(|r| counted_per_vip(*r)) {
+            let labels: LabelSet = vec![
+                ("vip", v.addr.to_string()),
+                ("port", v.port.to_string()),
+                ("proto", proto_name(v.proto)),
+                ("reason", r.name().to_string()),
+            ];
+            packets.push((labels.clone(), c.get(r).packets));
+            bytes.push((labels, c.get(r).bytes));
+        }
+    }
+    counter_family(
+        enc,
+        "lb_packets",
+        "Packets of one VIP by reason (events, not a partition: steering and forwarding reasons both count).",
+        &packets,
+    )?;
+    counter_family(
+        enc,
+        "lb_bytes",
+        "Octets of one VIP's packets by reason, as they arrived.",
+        &bytes,
+    )
+}
+
+/// `lb_node_packets` / `lb_node_bytes`: everything the XDP program saw, by reason.
+fn encode_node_counters(
+    enc: &mut DescriptorEncoder,
+    g: &ReasonCounters,
+) -> Result<(), std::fmt::Error> {
+    let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+    for r in Reason::ALL {
+        let labels: LabelSet = vec![("reason", r.name().to_string())];
+        packets.push((labels.clone(), g.get(r).packets));
+        bytes.push((labels, g.get(r).bytes));
+    }
+    counter_family(
+        enc,
+        "lb_node_packets",
+        "Packets seen by the XDP program on this node by reason, VIP or not.",
+        &packets,
+    )?;
+    counter_family(
+        enc,
+        "lb_node_bytes",
+        "Octets seen by the XDP program on this node by reason, VIP or not.",
+        &bytes,
+    )?;
+    Ok(())
+}
+
+/// `lb_backend_packets` / `lb_backend_bytes`: per backend, labelled with the VIPs it serves.
+fn encode_backend_counters(
+    enc: &mut DescriptorEncoder,
+    s: &Snapshot,
+) -> Result<(), std::fmt::Error> {
+    let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+    for (b, c) in &s.backends {
+        let Some(c) = c else { continue };
+        let served: Vec<&VipLabel> = s
+            .vips
+            .iter()
+            .map(|(v, _, _)| v)
+            .filter(|v| b.vip_indexes.contains(&v.index))
+            .collect();
+        let labels: LabelSet = vec![
+            (
+                "vip",
+                joined(served.iter().map(|v| v.addr.to_string()).collect()),
+            ),
+            (
+                "port",
+                joined(served.iter().map(|v| v.port.to_string()).collect()),
+            ),
+            (
+                "proto",
+                joined(served.iter().map(|v| proto_name(v.proto)).collect()),
+            ),
+            ("backend", endpoint(b.addr, b.port)),
+        ];
+        packets.push((labels.clone(), c.packets));
+        bytes.push((labels, c.bytes));
+    }
+    counter_family(
+        enc,
+        "lb_backend_packets",
+        "Packets sent to one backend.",
+        &packets,
+    )?;
+    counter_family(
+        enc,
+        "lb_backend_bytes",
+        "Octets sent to one backend, as they arrived.",
+        &bytes,
+    )?;
+    Ok(())
+}
+
+/// `lb_rnat_packets` / `lb_rnat_bytes`: the reverse-NAT TC program, by reason.
+fn encode_rnat_counters(
+    enc: &mut DescriptorEncoder,
+    rn: &RnatCounters,
+) -> Result<(), std::fmt::Error> {
+    let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+    for r in RnatReason::ALL {
+        let labels: LabelSet = vec![("reason", r.name().to_string())];
+        packets.push((labels.clone(), rn.get(r).packets));
+        bytes.push((labels, rn.get(r).bytes));
+    }
+    counter_family(
+        enc,
+        "lb_rnat_packets",
+        "Packets seen by the reverse-NAT TC program by reason.",
+        &packets,
+    )?;
+    counter_family(
+        enc,
+        "lb_rnat_bytes",
+        "Octets seen by the reverse-NAT TC program by reason.",
+        &bytes,
+    )?;
+    Ok(())
+}
+
+impl SnapshotCollector {
+    /// What is programmed (VIPs, backends), the next-hop cache's TTL, and this scrape's map
+    /// read errors.
+    fn encode_gauges(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snap;
         let none = LabelSet::new();
         gauge(
-            &mut enc,
+            enc,
             "lb_vips",
             "VIPs (address, port, protocol) programmed.",
             None,
@@ -509,7 +545,7 @@ impl Collector for SnapshotCollector {
             self.vips as i64,
         )?;
         gauge(
-            &mut enc,
+            enc,
             "lb_backends",
             "Distinct backends (address, port) programmed.",
             None,
@@ -518,7 +554,7 @@ impl Collector for SnapshotCollector {
         )?;
         if let Some(st) = &s.settings {
             gauge(
-                &mut enc,
+                enc,
                 "lb_fib_cache_ttl",
                 "Lifetime of the XDP next-hop cache; 0 = off.",
                 Some(&Unit::Seconds),
@@ -527,7 +563,7 @@ impl Collector for SnapshotCollector {
             )?;
         }
         gauge(
-            &mut enc,
+            enc,
             "lb_scrape_map_errors",
             "Map reads that failed during this scrape (their series are left out).",
             None,
