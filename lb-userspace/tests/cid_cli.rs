@@ -1,5 +1,7 @@
 //! `lb cid encode` / `lb cid decode`, run as the real binary: outputs, exit codes, and error
 //! messages that name the argument.
+// Test code: a panic is the failure report (the product denies unwrap and expect).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
 

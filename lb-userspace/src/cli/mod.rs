@@ -109,10 +109,7 @@ pub fn main() -> Result<()> {
             control_socket,
             netns,
         }),
-        Command::Crds => {
-            crds::crds();
-            Ok(())
-        }
+        Command::Crds => crds::crds(),
         Command::Reload { control_socket } => reload::reload(&control_socket),
         Command::Cid(args) => std::process::exit(cid::run(
             &args,
