@@ -8,7 +8,7 @@
 //! side, and that addresses which are not VIPs (or no longer are) are left unanswered.
 //!
 //! Needs root. Run single-threaded:
-//! `cargo test -p lb-userspace --test announce -- --test-threads=1`.
+//! `cargo test -p lb-tests --test announce -- --test-threads=1`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! SIGTERM and a clean detach; plus its argument errors and `--help`.
 //!
 //! Needs root (namespaces, veths, BPF). Run single-threaded:
-//! `cargo test -p lb-userspace --test attach_smoke -- --test-threads=1`.
+//! `cargo test -p lb-tests --test attach_smoke -- --test-threads=1`.
 
 mod support;
 

@@ -19,7 +19,7 @@
 //!    next packets: identical Maglev rings, connection IDs naming their server).
 //! 5. Every kubelet-style probe of the whole run succeeded.
 //!
-//! Needs root. `cargo test -p lb-userspace --test e2e_cluster -- --test-threads=1 --nocapture`
+//! Needs root. `cargo test -p lb-tests --test e2e_cluster -- --test-threads=1 --nocapture`
 
 mod support;
 

@@ -23,7 +23,7 @@
 //!   pods alone, whatever it does to VIP traffic and whatever happens to lb (a SIGKILLed
 //!   daemon is no reason for a probe to fail).
 //!
-//! Needs root. `cargo test -p lb-userspace --test e2e_kube -- --test-threads=1 --nocapture`
+//! Needs root. `cargo test -p lb-tests --test e2e_kube -- --test-threads=1 --nocapture`
 
 mod support;
 

@@ -14,7 +14,7 @@
 //! `.venv/bin/python`): when it is set, a Python without aioquic fails the test; when it is
 //! unset, only the aioquic step is skipped.
 //!
-//! `cargo test -p lb-userspace --test e2e_static -- --test-threads=1 --nocapture`
+//! `cargo test -p lb-tests --test e2e_static -- --test-threads=1 --nocapture`
 
 mod support;
 

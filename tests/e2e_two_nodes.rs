@@ -32,7 +32,7 @@
 //! from B to b1, from A to b0 and from A to b1 (its replies cross A's reverse NAT on tr0).
 //! All of them must be answered by the backend itself, never from the VIP.
 //!
-//! Needs root. `cargo test -p lb-userspace --test e2e_two_nodes -- --test-threads=1 --nocapture`
+//! Needs root. `cargo test -p lb-tests --test e2e_two_nodes -- --test-threads=1 --nocapture`
 
 mod support;
 

@@ -5,7 +5,7 @@
 //! the maps of one loaded object.
 //!
 //! ```sh
-//! cargo test -p lb-userspace --test learned_cid -- --test-threads=1
+//! cargo test -p lb-tests --test learned_cid -- --test-threads=1
 //! ```
 
 mod support;

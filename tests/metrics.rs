@@ -2,7 +2,7 @@
 //! program, and the HTTP server over loopback.
 //!
 //! ```sh
-//! cargo test -p lb-userspace --test metrics -- --test-threads=1
+//! cargo test -p lb-tests --test metrics -- --test-threads=1
 //! ```
 //!
 //! `data_plane_counters_*` need root (a scratch network namespace and BPF); the rest run

@@ -4,7 +4,7 @@
 //! as in `xdp_fixtures.rs` (same helpers, same testbed).
 //!
 //! ```sh
-//! cargo test -p lb-userspace --test quic_lb_fixtures -- --test-threads=1
+//! cargo test -p lb-tests --test quic_lb_fixtures -- --test-threads=1
 //! ```
 
 mod support;

@@ -4,7 +4,7 @@
 //! client packets through `lb_xdp`, then the backend's replies through `lb_tc_rnat`.
 //!
 //! ```sh
-//! cargo test -p lb-userspace --test reply_flows -- --test-threads=1
+//! cargo test -p lb-tests --test reply_flows -- --test-threads=1
 //! ```
 
 mod support;

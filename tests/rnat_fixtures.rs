@@ -9,7 +9,7 @@
 //! Run as root:
 //!
 //! ```sh
-//! cargo test -p lb-userspace --test rnat_fixtures -- --test-threads=1
+//! cargo test -p lb-tests --test rnat_fixtures -- --test-threads=1
 //! ```
 
 use std::{

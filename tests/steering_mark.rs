@@ -10,7 +10,7 @@
 //! another node.
 //!
 //! ```sh
-//! cargo test -p lb-userspace --test steering_mark -- --test-threads=1
+//! cargo test -p lb-tests --test steering_mark -- --test-threads=1
 //! ```
 
 mod support;

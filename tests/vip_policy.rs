@@ -5,7 +5,7 @@
 //! the real object through the verifier, exact verdicts, bytes and counters.
 //!
 //! ```sh
-//! cargo test -p lb-userspace --test vip_policy -- --test-threads=1
+//! cargo test -p lb-tests --test vip_policy -- --test-threads=1
 //! ```
 
 mod support;

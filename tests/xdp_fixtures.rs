@@ -8,7 +8,7 @@
 //! FIB cache is per-CPU):
 //!
 //! ```sh
-//! cargo test -p lb-userspace --test xdp_fixtures -- --test-threads=1
+//! cargo test -p lb-tests --test xdp_fixtures -- --test-threads=1
 //! ```
 
 mod support;

@@ -490,10 +490,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Delete every `LB_CONNS` entry that names backend `id`, on every CPU; returns how many
-    /// flows were evicted. A flow whose other CPUs' entries name other backends keeps those
-    /// (only the slots naming `id` are zeroed). Those flows take Maglev again on their next
-    /// packet. Weight-0 (draining) backends are not evicted by anyone: their flows stay.
+    /// Delete every `LB_CONNS` entry that names backend `id`; returns how many flows were
+    /// evicted. Those flows take Maglev again on their next packet. Weight-0 (draining)
+    /// backends are not evicted by anyone: their flows stay.
     pub fn evict_backend_flows(&mut self, id: u32) -> Result<usize> {
         self.evict_flows(id, |_| true)
     }

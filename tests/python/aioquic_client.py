@@ -10,7 +10,7 @@ printed as `dcid: HEX` after its body.
 
 Exit status: 0 all responses 200; 1 a request failed or timed out; 2 bad arguments.
 
-    python3 tests/aioquic_client.py --insecure --requests 2 --change-cid 127.0.0.1 8443 /
+    python3 tests/python/aioquic_client.py --insecure --requests 2 --change-cid 127.0.0.1 8443 /
 """
 
 import argparse

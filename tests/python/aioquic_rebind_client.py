@@ -10,7 +10,7 @@ Prints one line per connection:
 
 Exit status: 0 when it ran (whatever the outcome of each connection); 2 bad arguments.
 
-    python3 tests/aioquic_rebind_client.py --connections 4 198.18.0.102 443
+    python3 tests/python/aioquic_rebind_client.py --connections 4 198.18.0.102 443
 """
 
 import argparse

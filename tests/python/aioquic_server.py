@@ -9,7 +9,7 @@ answers every GET with its name and the client address it currently sees:
 A self-signed certificate is generated at start-up (clients use --insecure). Prints
 `ready` on stdout once it listens.
 
-    python3 tests/aioquic_server.py --name b1 198.19.1.10 4433
+    python3 tests/python/aioquic_server.py --name b1 198.19.1.10 4433
 """
 
 import argparse

@@ -10,14 +10,16 @@ pub mod lab_process;
 use std::{path::PathBuf, sync::OnceLock};
 
 /// The `lb` binary under test: `$LB_BIN`, else `lb` in the cargo target directory these
-/// tests were built into. `cargo xtask test` builds it in the same run and sets `$LB_BIN`.
+/// tests were built into. `cargo xtask test` builds it just before the tests (and unsets
+/// `$LB_BIN`, so the one it built is the one tested).
 pub fn lb() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     PATH.get_or_init(|| locate("LB_BIN", "lb"))
 }
 
 /// The `lb-lab` binary (the whoami backend, the probe): `$LB_LAB_BIN`, else `lb-lab` in the
-/// cargo target directory. `cargo xtask test` builds it in the same run and sets `$LB_LAB_BIN`.
+/// cargo target directory. `cargo xtask test` builds it just before the tests (and unsets
+/// `$LB_LAB_BIN`).
 pub fn lab() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     PATH.get_or_init(|| locate("LB_LAB_BIN", "lb-lab"))

@@ -38,8 +38,10 @@ enum Task {
         - rust-src on the nightly toolchain (rustup component add rust-src --toolchain nightly)\n\
         - bpf-linker 0.10.4 (cargo +nightly install bpf-linker@0.10.4 --locked, ~1-4 min; if that \
           fails, Debian's llvm-22-dev and a build against /usr/lib/llvm-22)\n\
-        - the Debian packages the tests use: iproute2, ethtool, iputils-ping, procps \
-          (apt-get update once, then apt-get install -y --no-install-recommends; needs root)\n\n\
+        - the Debian packages the tests use: iproute2, ethtool, iputils-ping, procps, nftables \
+          (apt-get update once, then apt-get install -y --no-install-recommends; needs root)\n\
+        - the project's Python virtualenv .venv/ (python3 -m venv, with python3-venv from \
+          Debian if needed) with aioquic 1.7.2 and helm-python-sdk 0.2.2 from PyPI\n\n\
         ~/.cargo/bin (or $CARGO_HOME/bin) is put on PATH for every command xtask runs."
     )]
     Setup,

@@ -1,7 +1,7 @@
 //! `lb-lab bench`: ns/packet of the XDP program through BPF_PROG_TEST_RUN, as ratios to an empty
 //! program measured in the same run.
 //!
-//! Honesty rules (DESIGN.md, "Benchmark honesty"): `repeat` reuses one buffer, and the load
+//! Honesty rules (docs/benchmark.md): `repeat` reuses one buffer, and the load
 //! balancer rewrites the packet, so every iteration goes through a harness program that first
 //! restores the original packet from a template map and then tail-calls the program under
 //! test. The floor is the same harness tail-calling an empty program. Each case's path is
