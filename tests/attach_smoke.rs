@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -53,7 +53,7 @@ impl LbChild {
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", support::lb()));
         let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
+        let err = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         let stderr = Arc::new(Mutex::new(String::new()));
         let readers = vec![
@@ -65,21 +65,7 @@ impl LbChild {
                     }
                 }
             }),
-            {
-                let stderr = Arc::clone(&stderr);
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = err.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        stderr
-                            .lock()
-                            .unwrap()
-                            .push_str(&String::from_utf8_lossy(&buf[..n]));
-                    }
-                })
-            },
+            support::lab_process::collect_stderr(err, Arc::clone(&stderr)),
         ];
         LbChild {
             child,

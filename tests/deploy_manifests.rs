@@ -554,7 +554,10 @@ fn h3_example_is_one_service_with_443_tcp_and_udp_and_a_usable_quic_lb_secret() 
     let dep = find(&objs, "Deployment", "h3-whoami");
     assert_eq!(dep["spec"]["replicas"], 3);
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["image"], "localhost/lb-lab:dev", "the lab image has `lb-lab backend`");
+    assert_eq!(
+        c["image"], "localhost/lb-lab:dev",
+        "the lab image has `lb-lab backend`"
+    );
     assert_eq!(c["command"], serde_json::json!(["/usr/local/bin/lb-lab"]));
     assert_eq!(c["args"], serde_json::json!(["backend"]));
     // Every Service port targets a named container port of the same protocol.

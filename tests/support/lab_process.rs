@@ -36,21 +36,7 @@ impl Running {
         }
         let mut child = cmd.spawn().expect("spawn lb-lab backend");
         let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let (mut pipe, stderr) = (child.stderr.take().unwrap(), stderr.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    stderr
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
+        collect_stderr(child.stderr.take().unwrap(), Arc::clone(&stderr));
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -193,4 +179,23 @@ impl KeepAlive {
         self.buf.drain(..end + len);
         lb_lab::backend::Whoami::parse(&body).map_err(|e| format!("{e}: {body:?}"))
     }
+}
+
+/// Append everything a child writes to `pipe` to `into`, on a thread of its own (so a chatty
+/// child never blocks on a full pipe), until the child closes it.
+pub fn collect_stderr(
+    mut pipe: std::process::ChildStderr,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
 }

@@ -57,4 +57,3 @@ pub fn attach(iface: &str, ns: Option<&str>, generic: bool) -> Result<()> {
     println!("detached lb_xdp from {iface}");
     Ok(())
 }
-

@@ -132,4 +132,3 @@ fn enter_netns(name: &str) -> Result<()> {
     }
     Ok(())
 }
-

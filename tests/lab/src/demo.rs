@@ -170,7 +170,9 @@ fn steps(args: &DemoArgs, topo: &Topology) -> Result<String> {
     }
 
     // (d) the same migration without CID routing.
-    println!("(d) lb-lab probe h3 against {VIP_NOCID}:{VIP_PORT} (quic = false: 4-tuple hashing only)");
+    println!(
+        "(d) lb-lab probe h3 against {VIP_NOCID}:{VIP_PORT} (quic = false: 4-tuple hashing only)"
+    );
     let nocid = probe_h3(topo, VIP_NOCID, n)?;
     let (no_mig, no_surv) = (num(&nocid, "migrated"), num(&nocid, "survived"));
     println!(

@@ -678,7 +678,9 @@ pub fn nonzero_samples(metrics: &str) -> Vec<&str> {
 /// tests/python/aioquic_client.py and .venv when the binary runs from the workspace).
 pub fn workspace_path(rel: &str) -> PathBuf {
     // This crate is tests/lab/.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 #[cfg(test)]
