@@ -11,8 +11,7 @@
 //! server ID reach a live backend through the fallback).
 //!
 //! Needs root. aioquic comes from `LB_TEST_PYTHON` (`cargo xtask test` sets it to
-//! `.venv/bin/python`): when it is set, a Python without aioquic fails the test; when it is
-//! unset, only the aioquic step is skipped.
+//! `.venv/bin/python`), else from `.venv`; a Python without aioquic fails the test.
 //!
 //! `cargo test -p lb-tests --test e2e_static -- --test-threads=1 --nocapture`
 
@@ -21,7 +20,6 @@ mod support;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
     process::{Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -123,21 +121,7 @@ fn assert_all_ok(v: &Value, n: usize, key: &str, what: &str) {
 }
 
 fn aioquic_step(topo: &Topology) {
-    let Some(py) = std::env::var_os("LB_TEST_PYTHON") else {
-        eprintln!("e2e: LB_TEST_PYTHON is unset: skipping the aioquic step");
-        return;
-    };
-    let py = PathBuf::from(py);
-    let check = Command::new(&py)
-        .args(["-c", "import aioquic"])
-        .output()
-        .unwrap_or_else(|e| panic!("LB_TEST_PYTHON={}: cannot run it: {e}", py.display()));
-    assert!(
-        check.status.success(),
-        "LB_TEST_PYTHON={} has no aioquic (run `cargo xtask setup`): {}",
-        py.display(),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let py = support::python_with("aioquic");
     let answers = aioquic_in(topo, &py, 3)
         .unwrap_or_else(|e| panic!("aioquic through {VIP_CID}: {e:#}\n{}", daemon_log(topo)));
     let first = &answers[0].1;

@@ -536,10 +536,7 @@ mod e2e {
     /// afresh and most connections break.
     #[test]
     fn aioquic_connections_survive_nat_rebinding_in_learned_cid_mode() -> Result<()> {
-        let Some(py) = std::env::var_os("LB_TEST_PYTHON").map(PathBuf::from) else {
-            eprintln!("learned_cid e2e: LB_TEST_PYTHON is unset: skipped");
-            return Ok(());
-        };
+        let py = crate::support::python_with("aioquic");
         lb_lab::netns::require_root()?;
         let topo = Topology::start(&Options {
             lb: crate::support::lb().into(),

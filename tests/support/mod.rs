@@ -43,3 +43,29 @@ fn locate(var: &str, name: &str) -> String {
         ),
     }
 }
+
+/// The Python that has `module` (aioquic, for the end-to-end tests that drive a real QUIC
+/// peer): `$LB_TEST_PYTHON` (`cargo xtask test` sets it), else the project's `.venv` that
+/// `cargo xtask setup` creates. A test that needs it fails, saying how to get it, rather than
+/// skip: a peer that silently did not run proves nothing.
+pub fn python_with(module: &str) -> PathBuf {
+    let repo_venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let python = std::env::var_os("LB_TEST_PYTHON").map_or(repo_venv, PathBuf::from);
+    let imports = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output();
+    match imports {
+        Ok(out) if out.status.success() => python,
+        Ok(out) => panic!(
+            "{} cannot import {module} (run `cargo xtask setup`, or set $LB_TEST_PYTHON to a \
+             Python that has it): {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "cannot run {} ({e}): run `cargo xtask setup` (it creates .venv with {module}), or \
+             set $LB_TEST_PYTHON",
+            python.display()
+        ),
+    }
+}
