@@ -574,6 +574,62 @@ fn http_routes_methods_and_content_types() -> Result<()> {
     Ok(())
 }
 
+/// A daemon that is alive but not ready, for the probes.
+struct NotReady;
+
+impl MetricsSource for NotReady {
+    fn metrics_text(&self, _: Format) -> String {
+        String::new()
+    }
+    fn status_json(&self) -> Value {
+        serde_json::json!({})
+    }
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        Err(vec!["no API".into(), "no sync".into()])
+    }
+}
+
+/// A daemon whose data plane is gone.
+struct Dead;
+
+impl MetricsSource for Dead {
+    fn metrics_text(&self, _: Format) -> String {
+        String::new()
+    }
+    fn status_json(&self) -> Value {
+        serde_json::json!({})
+    }
+    fn liveness(&self) -> Result<(), String> {
+        Err("maps gone".into())
+    }
+}
+
+#[test]
+fn healthz_and_readyz_answer_what_the_source_says() -> Result<()> {
+    let (_rt, addr) = start(Arc::new(Fixed))?;
+    for path in ["/healthz", "/readyz"] {
+        let (status, headers, body) = get(addr, path, None)?;
+        assert_eq!((status, body.as_str()), (200, "ok\n"), "{path}");
+        assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    }
+
+    let (_rt2, addr) = start(Arc::new(NotReady))?;
+    let (status, _, body) = get(addr, "/healthz", None)?;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ok\n"),
+        "alive while not ready"
+    );
+    let (status, _, body) = get(addr, "/readyz", None)?;
+    assert_eq!(status, 503);
+    assert_eq!(body, "not ready: no API\nnot ready: no sync\n");
+
+    let (_rt3, addr) = start(Arc::new(Dead))?;
+    let (status, _, body) = get(addr, "/healthz", None)?;
+    assert_eq!((status, body.as_str()), (503, "not alive: maps gone\n"));
+    Ok(())
+}
+
 #[test]
 fn bind_error_names_the_address() -> Result<()> {
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;

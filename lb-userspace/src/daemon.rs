@@ -70,8 +70,13 @@ pub struct State {
     /// The last error a Kubernetes sync hit, if the last sync failed (set by the
     /// controller through [`NodeDataplane`]).
     last_sync_error: Option<String>,
-    /// Kubernetes control-plane facts for /status (None in static mode).
+    /// Kubernetes control-plane facts for /status (None in static mode, and in Kubernetes
+    /// mode until the first sync after the initial lists).
     kube_status: Option<ControllerStatus>,
+    /// Kubernetes mode: whether `--kube` is on (readiness then waits for the controller).
+    kube_mode: bool,
+    /// The last change of the announced VIPs that failed, until one succeeds (readiness).
+    announce_error: Option<String>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     /// How long the last map sync (start-up or reload) took.
@@ -159,6 +164,8 @@ impl State {
             syncs: 0,
             last_sync_error: None,
             kube_status: None,
+            kube_mode: !announce_plan,
+            announce_error: None,
             reloads_ok: 0,
             reloads_failed: 0,
             last_sync,
@@ -384,12 +391,16 @@ impl NodeDataplane for State {
     }
 
     fn set_announced(&mut self, vips: &[IpAddr]) -> Result<()> {
-        if self.announced.as_deref() == Some(vips) {
+        if self.announced.as_deref() == Some(vips) && self.announce_error.is_none() {
             return Ok(());
         }
         for a in &self.announcers {
-            a.set_vips(vips)?;
+            if let Err(e) = a.set_vips(vips) {
+                self.announce_error = Some(format!("{e:#}"));
+                return Err(e.into());
+            }
         }
+        self.announce_error = None;
         self.announced = Some(vips.to_vec());
         Ok(())
     }
@@ -473,8 +484,9 @@ async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: Optio
         let reply = match line.trim() {
             "reload" => match &config {
                 Some(path) => reload_reply(&state, path),
-                None => "error: lb runs with --kube: Kubernetes is the source of truth, there is \
-                         no config to reload (node settings change with a restart)\n"
+                None => "error: lb runs with --kube: the VIPs come from Kubernetes, and every node \
+                         setting of the config file is read at start-up; restart the daemon to \
+                         apply a change (the Helm chart rolls the pods when its ConfigMap changes)\n"
                     .to_owned(),
             },
             other => format!("error: unknown command {other:?}; the only command is \"reload\"\n"),
@@ -510,6 +522,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
     };
     if let Some(addr) = opts.metrics_addr {
         config.metrics_addr = Some(addr);
+    }
+    if opts.kube.is_some() && config.metrics_addr.is_none() {
+        // The kubelet probes /healthz and /readyz: in Kubernetes mode the endpoint is always on.
+        config.metrics_addr = Some(SocketAddr::from((
+            [0, 0, 0, 0],
+            config::DEFAULT_METRICS_PORT,
+        )));
     }
     if opts.kube.is_some() && !config.vips.is_empty() {
         bail!(
@@ -569,7 +588,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 _ = hup.recv() => {
                     match &reload_config {
                         Some(path) => { reload_reply(&state, path); }
-                        None => info!("SIGHUP ignored: with --kube the API server is the source of truth"),
+                        None => warn!(
+                            "SIGHUP ignored: with --kube the VIPs come from the API server, and \
+                             every node setting of {} (interfaces, xdp_mode, backend_interfaces, \
+                             metrics_addr, [reverse_nat], [kubernetes]) is read at start-up; \
+                             restart the daemon to apply a change (the Helm chart rolls the pods \
+                             when its ConfigMap changes)",
+                            opts.config.display()
+                        ),
                     }
                 }
                 _ = term.recv() => break,
@@ -662,8 +688,70 @@ impl MetricsSource for DaemonMetrics {
             if let Some(k) = &s.kube_status {
                 obj.insert("kubernetes".into(), k.to_json());
             }
+            obj.insert(
+                "ready".into(),
+                match s.readiness() {
+                    Ok(()) => serde_json::json!(true),
+                    Err(_) => serde_json::json!(false),
+                },
+            );
         }
         v
+    }
+
+    fn liveness(&self) -> Result<(), String> {
+        lock(&self.0).liveness()
+    }
+
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        lock(&self.0).readiness()
+    }
+}
+
+impl State {
+    /// Liveness (`/healthz`): the BPF maps still answer. Reaching this at all means the
+    /// daemon's lock was free, which is the other half (a stuck daemon times the probe out).
+    fn liveness(&self) -> Result<(), String> {
+        self.dp.settings().map(|_| ()).map_err(|e| {
+            format!("reading the BPF settings map failed ({e:#}); the data plane is gone")
+        })?;
+        if self.xdp_ifindexes.is_empty() {
+            return Err("XDP is attached to no interface".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Readiness (`/readyz`): attached and programmed; in Kubernetes mode also the first
+    /// complete lists synced, this node's Lease renewing (the API connection), the last
+    /// sync applied to the maps and the announcements applied.
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut not = Vec::new();
+        if let Err(e) = self.liveness() {
+            not.push(e);
+        }
+        if self.kube_mode {
+            match &self.kube_status {
+                None => not.push(
+                    "Kubernetes: the initial lists are not complete yet (or no sync has run)"
+                        .to_owned(),
+                ),
+                Some(k) if !k.connected => not.push(format!(
+                    "Kubernetes: this node's Lease {}/lb-node-{} is not being renewed (API \
+                     server unreachable?); announcements are frozen",
+                    k.lease_namespace, k.node
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(e) = &self.last_sync_error {
+            not.push(format!(
+                "the last sync was rejected, data plane unchanged: {e}"
+            ));
+        }
+        if let Some(e) = &self.announce_error {
+            not.push(format!("changing the announced VIPs failed: {e}"));
+        }
+        if not.is_empty() { Err(not) } else { Ok(()) }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Prometheus metrics on `/metrics` and the daemon's state as JSON on `/status`.
+//! Prometheus metrics on `/metrics`, the daemon's state as JSON on `/status`, and the
+//! probes: `/healthz` (liveness) and `/readyz` (readiness), see [`MetricsSource::liveness`].
 //!
 //! The BPF maps are the source of truth: every scrape reads the per-CPU counter maps, sums
 //! them over CPUs and exposes the kernel's values as counters. Nothing is accumulated in
@@ -757,6 +758,49 @@ pub fn status_snapshot(s: &Snapshot, extra: &DaemonStats) -> Value {
 pub trait MetricsSource {
     fn metrics_text(&self, format: Format) -> String;
     fn status_json(&self) -> Value;
+    /// `/healthz`, the liveness probe: `Ok` when the process and its data plane are alive
+    /// (answering at all, within the prober's timeout, is most of it: a daemon stuck on its
+    /// own lock times out). Never depends on the API server, so an API outage does not
+    /// restart every node's daemon at once. `Err` says what is broken.
+    fn liveness(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// `/readyz`, the readiness probe: `Ok` when the node does its job (data plane attached
+    /// and programmed, and in Kubernetes mode the API connection synced and announcements
+    /// applied). `Err` lists every reason it is not.
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        Ok(())
+    }
+}
+
+/// Which probe a path is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Live,
+    Ready,
+}
+
+/// A probe's answer: 200 "ok", or 503 with one reason per line.
+fn probe_reply(source: &dyn MetricsSource, probe: Probe) -> (StatusCode, String) {
+    let result = match probe {
+        Probe::Live => source.liveness().map_err(|e| vec![e]),
+        Probe::Ready => source.readiness(),
+    };
+    match result {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(reasons) => {
+            let what = if probe == Probe::Live {
+                "not alive"
+            } else {
+                "not ready"
+            };
+            let mut body = String::new();
+            for r in reasons {
+                let _ = writeln!(body, "{what}: {r}");
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, body)
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -823,17 +867,42 @@ fn reply(
     r
 }
 
+/// `/healthz` or `/readyz`: the checks take the daemon's lock, so off the async workers.
+async fn probe_response(
+    source: Arc<dyn MetricsSource + Send + Sync>,
+    probe: Probe,
+    head: bool,
+) -> Response<Full<Bytes>> {
+    let (status, body) = tokio::task::spawn_blocking(move || probe_reply(&*source, probe))
+        .await
+        .unwrap_or_else(|e| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the probe's check failed: {e}\n"),
+            )
+        });
+    let len = body.len();
+    let mut r = reply(
+        status,
+        "text/plain; charset=utf-8",
+        if head { String::new() } else { body },
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
 async fn handle(
     source: Arc<dyn MetricsSource + Send + Sync>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let known = matches!(path, "/metrics" | "/status");
+    let known = matches!(path, "/metrics" | "/status" | "/healthz" | "/readyz");
     if !known {
         return reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: lb serves /metrics and /status\n",
+            "not found: lb serves /metrics, /status, /healthz and /readyz\n",
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -853,6 +922,14 @@ async fn handle(
             .and_then(|v| v.to_str().ok()),
     );
     let metrics = path == "/metrics";
+    let probe = match path {
+        "/healthz" => Some(Probe::Live),
+        "/readyz" => Some(Probe::Ready),
+        _ => None,
+    };
+    if let Some(probe) = probe {
+        return probe_response(source, probe, head).await;
+    }
     // Reading the maps is a burst of syscalls under the daemon's lock: keep it off the
     // async workers.
     let body = tokio::task::spawn_blocking(move || {

@@ -30,7 +30,7 @@
 //! ```toml
 //! interfaces = ["eth0", { name = "eth1", xdp_mode = "generic" }]  # required, >= 1
 //! backend_interfaces = ["eth2"]   # optional: reverse NAT (TC) on the interfaces facing backends
-//! metrics_addr = "127.0.0.1:9100"                                  # optional
+//! metrics_addr = "127.0.0.1:7472"  # optional (static mode: off without it; --kube: 0.0.0.0:7472)
 //!
 //! [reverse_nat]                   # optional; these are the defaults
 //! max_flows = 262144              # reply-table capacity, 1..=16777216 (start-up only)
@@ -213,6 +213,12 @@ pub struct BackendConfig {
     /// (config rotation value, server ID), one per QUIC-LB config of the VIP (or none).
     pub server_ids: Vec<(u8, Vec<u8>)>,
 }
+
+/// The port of `/metrics`, `/status`, `/healthz` and `/readyz` in every shipped config, and
+/// the default in Kubernetes mode (`0.0.0.0:7472` when `metrics_addr` is not set): MetalLB's
+/// port, so it stays clear of node-exporter (9100) on hostNetwork, and an operator coming
+/// from MetalLB finds it where the speaker's was (the two are not run together).
+pub const DEFAULT_METRICS_PORT: u16 = 7472;
 
 /// A validated config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

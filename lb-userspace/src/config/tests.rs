@@ -133,7 +133,7 @@ fn example_config_parses() {
             },
         ]
     );
-    assert_eq!(c.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(c.metrics_addr, Some("127.0.0.1:7472".parse().unwrap()));
     assert_eq!(c.vips.len(), 3);
     let web = &c.vips[0];
     assert_eq!(web.name.as_deref(), Some("web"));

@@ -68,7 +68,7 @@ fn metrics_addr(raw: Option<&Spanned<String>>, errs: &mut Errors) -> Option<Sock
                     m.span(),
                     "metrics_addr",
                     format!(
-                        "{:?} is not an address:port (e.g. \"127.0.0.1:9100\" or \"[::1]:9100\")",
+                        "{:?} is not an address:port (e.g. \"127.0.0.1:7472\" or \"[::1]:7472\")",
                         m.get_ref()
                     ),
                 )

@@ -59,7 +59,7 @@ fn value_errors_are_all_reported_with_positions() {
         errors(text),
         vec![
             "lb.toml:1:23: interfaces[1].name: \"eth0\" is listed twice (also on line 1); list each interface once",
-            "lb.toml:2:16: metrics_addr: \"localhost\" is not an address:port (e.g. \"127.0.0.1:9100\" or \"[::1]:9100\")",
+            "lb.toml:2:16: metrics_addr: \"localhost\" is not an address:port (e.g. \"127.0.0.1:7472\" or \"[::1]:7472\")",
             "lb.toml:4:11: vips[0].address: \"198.18.0.300\" is not an IPv4 or IPv6 address (e.g. \"198.18.0.100\" or \"fd00:18::100\")",
             "lb.toml:5:10: vips[0].ports[0]: port 0 is out of range: use 1..=65535",
             "lb.toml:6:14: vips[0].protocols[0]: \"sctp\" is not a protocol: use \"tcp\" or \"udp\"",
@@ -375,7 +375,7 @@ fn server_id_under_configs_of_different_lengths() {
 #[test]
 fn interface_checks() {
     assert_error(
-        "metrics_addr = \"127.0.0.1:9100\"\n",
+        "metrics_addr = \"127.0.0.1:7472\"\n",
         "lb.toml:1:1: interfaces: missing: name the external interface(s) XDP attaches to, \
          e.g. interfaces = [\"eth0\"]",
     );
