@@ -472,6 +472,8 @@ const CLUSTER_GRANTS: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["get"]),
     ("", "secrets", &["get"]),
     ("lb.dev", "ippools", &["list", "watch"]),
+    // The status writer keeps each pool's assigned/available counts.
+    ("lb.dev", "ippools/status", &["patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 /// e2e_kube checks these tables against the requests real daemons make.

@@ -750,6 +750,21 @@ fn e2e_kube_service_lifecycle_kubectl_and_drain() {
     );
     let pools = kubectl(&["get", "ippools", "-o", "jsonpath={.items[*].metadata.name}"]);
     assert_eq!(pools, "lan");
+    // The status writer keeps the pool's counts: one of its ten addresses assigned.
+    let pool_counts = || {
+        kubectl(&[
+            "get",
+            "ippool",
+            "lan",
+            "-o",
+            "jsonpath={.status.assignedIPv4}/{.status.availableIPv4} \
+             {.status.assignedIPv6}/{.status.availableIPv6}",
+        ])
+    };
+    wait_for("the IPPool status to count the address", CONVERGE, || {
+        let got = pool_counts();
+        (got == "1/9 0/0").then_some(()).ok_or(got)
+    });
 
     // Traffic: HTTP/3 with migration (routed by the server ID derived from each pod's IP)
     // and HTTP/1.1 on the same VIP and port, spread over the three pods.
@@ -836,6 +851,10 @@ fn e2e_kube_service_lifecycle_kubectl_and_drain() {
             }
         });
     }
+    wait_for("the IPPool status to free the address", CONVERGE, || {
+        let got = pool_counts();
+        (got == "0/10 0/0").then_some(()).ok_or(got)
+    });
     // The address is free again: a new Service gets it.
     lab.api.create(&whoami_service("again", &[])).unwrap();
     assert_eq!(lab.wait_ip("again"), POOL_FIRST);

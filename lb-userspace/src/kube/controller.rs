@@ -57,7 +57,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{
     ControllerStatus, NodeDataplane,
-    crd::IPPool,
+    crd::{IPPool, IPPoolStatus},
     election::{self, LEASE_LABEL, Liveness},
     ipam, status,
     translate::{
@@ -654,6 +654,7 @@ impl Controller {
                 warn!("{msg}");
             }
         }
+        self.write_pool_statuses(&pools, &allocation).await;
         for svc in ours {
             let key = ns_name(svc);
             let ipam_key = ipam::ServiceKey::new(&key.0, &key.1);
@@ -669,6 +670,28 @@ impl Controller {
             };
             if !status::up_to_date(svc, &want) {
                 self.write_status(svc, &key, &want).await;
+            }
+        }
+    }
+
+    /// Keep each IPPool's assigned/available counts (`kubectl get ippools`); written only
+    /// when they differ from what the pool shows, so an unchanged cluster writes nothing.
+    async fn write_pool_statuses(&mut self, pools: &[ipam::Pool], allocation: &ipam::Allocation) {
+        let shown: BTreeMap<String, Option<IPPoolStatus>> = snapshot(&self.stores.pools)
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.name?, p.status)))
+            .collect();
+        for (name, want) in ipam::pool_statuses(pools, allocation) {
+            if shown.get(&name).is_some_and(|s| s.as_ref() == Some(&want)) {
+                continue;
+            }
+            match status::write_pool(&self.client, &name, &want).await {
+                Ok(()) => self.r.status_writes += 1,
+                Err(e) => {
+                    self.r.status_errors += 1;
+                    self.r.retry = true;
+                    warn!("writing the status of IPPool {name}: {e}");
+                }
             }
         }
     }

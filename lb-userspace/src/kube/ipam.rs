@@ -63,7 +63,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 
-use super::crd::IPPool;
+use super::crd::{IPPool, IPPoolStatus};
 
 /// Prefix of the MetalLB annotations we honour, so Services written for MetalLB work as is.
 pub const ANNOTATION_PREFIX: &str = "metallb.io/";
@@ -479,6 +479,53 @@ impl Pool {
     pub fn selector(&self) -> &Selector {
         &self.selector
     }
+
+    /// How many addresses the pool has per family, (IPv4, IPv6), saturating.
+    fn sizes(&self) -> (u128, u128) {
+        let mut sizes = (0u128, 0u128);
+        for r in &self.ranges {
+            let n = (r.last - r.first).saturating_add(1);
+            match r.family {
+                Family::V4 => sizes.0 = sizes.0.saturating_add(n),
+                Family::V6 => sizes.1 = sizes.1.saturating_add(n),
+            }
+        }
+        sizes
+    }
+}
+
+/// The status of every pool after `allocation` (what `kubectl get ippools` shows): the
+/// distinct allocated addresses each pool contains (a shared address counts once; an address
+/// listed by two overlapping pools counts in both), and the rest of the pool as available.
+pub fn pool_statuses(pools: &[Pool], allocation: &Allocation) -> BTreeMap<String, IPPoolStatus> {
+    let assigned: BTreeSet<IpAddr> = allocation
+        .services
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .flatten()
+        .copied()
+        .collect();
+    let count = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+    pools
+        .iter()
+        .map(|pool| {
+            let (mut v4, mut v6) = (0u128, 0u128);
+            for addr in assigned.iter().filter(|a| pool.contains(**a)) {
+                match Family::of(*addr) {
+                    Family::V4 => v4 += 1,
+                    Family::V6 => v6 += 1,
+                }
+            }
+            let (size4, size6) = pool.sizes();
+            let status = IPPoolStatus {
+                assigned_ipv4: count(v4),
+                assigned_ipv6: count(v6),
+                available_ipv4: count(size4 - v4),
+                available_ipv6: count(size6 - v6),
+            };
+            (pool.name.clone(), status)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2698,6 +2745,51 @@ mod tests {
         holders.add(top.first_addr(), &a);
         holders.add(top.last_addr(), &a);
         assert_eq!(lowest_free_in(&top, &holders), None);
+    }
+
+    // ---- pool status -------------------------------------------------------------------
+
+    #[test]
+    fn pool_status_counts_distinct_assigned_addresses_per_family() {
+        let pools = [
+            pool(
+                "dual",
+                &[
+                    "198.18.100.0/30",
+                    "198.18.100.10-198.18.100.11",
+                    "fd00::/64",
+                ],
+            ),
+            pool("other", &["198.18.200.0/31"]),
+        ];
+        let mut services = BTreeMap::new();
+        services.insert(key("a"), Ok(ips(&["198.18.100.1", "fd00::5"])));
+        // Shares a's IPv4 address: counted once.
+        services.insert(key("b"), Ok(ips(&["198.18.100.1"])));
+        services.insert(key("c"), Ok(ips(&["198.18.100.10"])));
+        services.insert(key("d"), Err(AllocError::NoEligiblePool));
+        let a = Allocation {
+            services,
+            problems: Vec::new(),
+        };
+        let st = pool_statuses(&pools, &a);
+        assert_eq!(
+            st["dual"],
+            IPPoolStatus {
+                assigned_ipv4: 2,
+                assigned_ipv6: 1,
+                available_ipv4: 4,
+                // 2^64 - 1 free addresses do not fit an int64.
+                available_ipv6: i64::MAX,
+            }
+        );
+        assert_eq!(
+            st["other"],
+            IPPoolStatus {
+                available_ipv4: 2,
+                ..IPPoolStatus::default()
+            }
+        );
     }
 
     // ---- messages ----------------------------------------------------------------------

@@ -147,6 +147,29 @@ async fn apply_status(
     Ok(())
 }
 
+/// Write an IPPool's counts on its `/status` subresource, by server-side apply (the status
+/// writer owns these fields; nothing else writes them).
+pub async fn write_pool(
+    client: &Client,
+    pool: &str,
+    status: &super::crd::IPPoolStatus,
+) -> kube::Result<()> {
+    let patch = json!({
+        "apiVersion": "lb.dev/v1alpha1",
+        "kind": "IPPool",
+        "metadata": {"name": pool},
+        "status": status,
+    });
+    let api: Api<super::crd::IPPool> = Api::all(client.clone());
+    api.patch_status(
+        pool,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Record an Event on the Service for a condition change.
 pub async fn event(recorder: &Recorder, svc: &Service, w: &Want) -> kube::Result<()> {
     let ev = Event {
