@@ -2,9 +2,12 @@
 //! Kubernetes object deserializes into its real API type without losing a field, the
 //! DaemonSet runs `lb` with flags `lb run --help` knows, the ConfigMap holds a kube-mode
 //! lb.toml, RBAC grants exactly what the daemon calls, the examples are consistent with
-//! each other and with lb's QUIC-LB codec, and the Helm chart renders exactly the objects of
-//! `deploy/manifests/` (with a small Go-template subset here, and with the real Helm engine
-//! when `deploy/helm/install-helm-engine.sh` installed it).
+//! each other and with lb's QUIC-LB codec, the Helm chart renders (through Helm's own template
+//! engine) exactly the objects of `deploy/manifests/` and the CRD, and its values do what
+//! they say; then the checks operators run: `kubernetes-validate` against several Kubernetes
+//! versions' schemas, the custom resources against lb's own CRD schema, and `checkov` with
+//! a short list of justified skips. The tools come from `.venv` (`cargo xtask setup`); a
+//! missing one fails the test, saying so.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -77,7 +80,13 @@ fn to_json(y: &Yaml) -> Json {
 fn kube_files() -> Vec<(PathBuf, Vec<Yaml>)> {
     let mut files = yaml_files(&deploy().join("manifests"));
     files.extend(yaml_files(&deploy().join("examples")));
-    for crds in [deploy().join("crds"), deploy().join("helm/lb/crds")] {
+    // Not values.yaml there: Helm values for Traefik's chart, not a Kubernetes object.
+    files.extend(
+        yaml_files(&deploy().join("examples/traefik"))
+            .into_iter()
+            .filter(|p| !p.ends_with("values.yaml")),
+    );
+    for crds in [deploy().join("crds"), deploy().join("helm/lb/files")] {
         files.extend(optional_yaml_files(&crds));
     }
     files.into_iter().map(|p| (p.clone(), docs(&p))).collect()
@@ -129,6 +138,7 @@ fn check_typed(doc: &Json, origin: &str) {
         api::{
             apps::v1::{DaemonSet, Deployment},
             core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
+            networking::v1::IngressClass,
             rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
         },
         apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -144,6 +154,7 @@ fn check_typed(doc: &Json, origin: &str) {
         ("v1", "Service") => drop(round_trip::<Service>(doc, &origin)),
         ("apps/v1", "DaemonSet") => drop(round_trip::<DaemonSet>(doc, &origin)),
         ("apps/v1", "Deployment") => drop(round_trip::<Deployment>(doc, &origin)),
+        ("networking.k8s.io/v1", "IngressClass") => drop(round_trip::<IngressClass>(doc, &origin)),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
             drop(round_trip::<ClusterRole>(doc, &origin))
         }
@@ -288,14 +299,16 @@ fn daemonset_runs_lb_run_with_flags_it_knows() {
     assert_eq!(spec["dnsPolicy"], "ClusterFirstWithHostNet");
     assert_eq!(spec["priorityClassName"], "system-node-critical");
     assert_eq!(spec["serviceAccountName"], "lb");
-    let tolerated: Vec<&str> = spec["tolerations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["key"].as_str())
-        .collect();
-    assert!(tolerated.contains(&"node-role.kubernetes.io/control-plane"));
-
+    // A load balancer must run where traffic lands: every taint tolerated.
+    assert_eq!(
+        spec["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
+    assert_eq!(spec["nodeSelector"]["kubernetes.io/os"], "linux");
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let c = container(ds, "lb");
     assert_eq!(c["command"], serde_json::json!(["/usr/local/bin/lb"]));
     let args: Vec<&str> = c["args"]
@@ -337,8 +350,14 @@ fn daemonset_runs_lb_run_with_flags_it_knows() {
     assert_eq!(field("NODE_NAME"), "spec.nodeName");
     assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
 
+    assert_eq!(
+        c["image"],
+        format!("localhost/lb:{}", env!("CARGO_PKG_VERSION")),
+        "the image tag is the version (the chart's appVersion)"
+    );
     let sc = &c["securityContext"];
     assert_ne!(sc["privileged"], true);
+    assert_eq!(sc["seLinuxOptions"]["type"], "spc_t");
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     let added: BTreeSet<&str> = sc["capabilities"]["add"]
         .as_array()
@@ -367,11 +386,14 @@ fn daemonset_runs_lb_run_with_flags_it_knows() {
     assert_eq!(mounts["config"], "/etc/lb");
     assert_eq!(volume("config")["configMap"]["name"], "lb-config");
 
-    // Readiness on /status at the metrics port of the config.
-    let probe = &c["readinessProbe"]["httpGet"];
-    assert_eq!(probe["path"], "/status");
-    assert_eq!(probe["port"], 9100);
-    assert_eq!(c["ports"][0]["containerPort"], 9100);
+    // Liveness on /healthz, readiness on /readyz, at the metrics port of the config.
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
+    assert_eq!(c["ports"][0]["name"], "metrics");
+    assert_eq!(c["ports"][0]["containerPort"], 7472);
     assert!(c["resources"]["requests"].is_object());
     assert_eq!(
         ds["metadata"]["labels"]["app.kubernetes.io/version"],
@@ -408,7 +430,11 @@ fn configmap_holds_a_kube_mode_lb_toml() {
         "kind's veths need generic XDP"
     );
     assert_eq!(t["backend_interfaces"], toml::Value::from(vec!["veth*"]));
-    assert_eq!(t["metrics_addr"].as_str(), Some("0.0.0.0:9100"));
+    assert_eq!(
+        t["metrics_addr"].as_str(),
+        Some(format!("0.0.0.0:{}", lb_userspace::config::DEFAULT_METRICS_PORT).as_str()),
+        "the default port (MetalLB's 7472, not node-exporter's 9100)"
+    );
     let k = t["kubernetes"].as_table().expect("[kubernetes] is a table");
     let keys: BTreeSet<&str> = k.keys().map(String::as_str).collect();
     assert_eq!(
@@ -432,15 +458,26 @@ fn configmap_holds_a_kube_mode_lb_toml() {
     assert!(renew < duration);
 }
 
-/// (apiGroup, resource) -> verbs, flattened from a role's rules.
+/// (apiGroup, resource) -> verbs, flattened from a role's rules. A rule limited to
+/// `resourceNames` shows as `resource[name,...]`.
 fn grants(role: &Json) -> BTreeMap<(String, String), BTreeSet<String>> {
     let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for rule in role["rules"].as_array().unwrap() {
-        assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
+        assert!(rule.get("nonResourceURLs").is_none());
+        let names = rule.get("resourceNames").map(|n| {
+            let n: Vec<&str> = n
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            format!("[{}]", n.join(","))
+        });
         for g in rule["apiGroups"].as_array().unwrap() {
             for r in rule["resources"].as_array().unwrap() {
+                let resource = format!("{}{}", r.as_str().unwrap(), names.as_deref().unwrap_or(""));
                 let verbs = out
-                    .entry((g.as_str().unwrap().into(), r.as_str().unwrap().into()))
+                    .entry((g.as_str().unwrap().into(), resource))
                     .or_default();
                 for v in rule["verbs"].as_array().unwrap() {
                     assert_ne!(v, "*", "no wildcard verbs");
@@ -463,14 +500,13 @@ fn table(rows: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTreeSet<
         .collect()
 }
 
-/// What `lb run --kube` calls, and nothing else.
+/// What `lb run --kube` calls cluster-wide, and nothing else. No Secrets, no pods: those
+/// only in the namespaces of QUIC-LB Services ([`QUIC_LB_GRANTS`]).
 const CLUSTER_GRANTS: &[(&str, &str, &[&str])] = &[
     ("", "services", &["list", "watch"]),
     ("", "services/status", &["patch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     ("", "nodes", &["list", "watch"]),
-    ("", "pods", &["get"]),
-    ("", "secrets", &["get"]),
     ("lb.dev", "ippools", &["list", "watch"]),
     // The status writer keeps each pool's assigned/available counts.
     ("lb.dev", "ippools/status", &["patch"]),
@@ -482,6 +518,27 @@ const LEASE_GRANTS: &[(&str, &str, &[&str])] = &[(
     "leases",
     &["list", "watch", "create", "patch", "delete"],
 )];
+/// In a namespace with QUIC-LB Services: their Secrets and the backend pods, by name.
+const QUIC_LB_GRANTS: &[(&str, &str, &[&str])] =
+    &[("", "secrets", &["get"]), ("", "pods", &["get"])];
+
+/// The binding `name` of `kind` binds `role_kind`/`name` to lb's ServiceAccount.
+fn assert_binds_lb(objs: &[Json], kind: &str, role_kind: &str, name: &str, ns: Option<&str>) {
+    let b = objs
+        .iter()
+        .find(|o| {
+            o["kind"] == kind
+                && o["metadata"]["name"] == name
+                && ns.is_none_or(|ns| o["metadata"]["namespace"] == ns)
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name} in {ns:?}"));
+    assert_eq!(b["roleRef"]["kind"], role_kind);
+    assert_eq!(b["roleRef"]["name"], name);
+    assert_eq!(
+        b["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "lb", "namespace": "lb-system"}])
+    );
+}
 
 #[test]
 fn rbac_grants_exactly_what_the_daemon_calls() {
@@ -493,30 +550,87 @@ fn rbac_grants_exactly_what_the_daemon_calls() {
     let role = find(&objs, "Role", "lb");
     assert_eq!(role["metadata"]["namespace"], "lb-system");
     assert_eq!(grants(role), table(LEASE_GRANTS));
-    for (kind, role_kind) in [
-        ("ClusterRoleBinding", "ClusterRole"),
-        ("RoleBinding", "Role"),
-    ] {
-        let b = find(&objs, kind, "lb");
-        assert_eq!(b["roleRef"]["kind"], role_kind);
-        assert_eq!(b["roleRef"]["name"], "lb");
-        assert_eq!(
-            b["subjects"],
-            serde_json::json!([{"kind": "ServiceAccount", "name": "lb", "namespace": "lb-system"}])
-        );
-    }
+    assert_binds_lb(&objs, "ClusterRoleBinding", "ClusterRole", "lb", None);
+    assert_binds_lb(&objs, "RoleBinding", "Role", "lb", Some("lb-system"));
     find(&objs, "ServiceAccount", "lb");
     let ns = find(&objs, "Namespace", "lb-system");
     assert_eq!(
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
         "privileged"
     );
-    // Everything namespaced is in lb-system.
+    // Everything namespaced is in lb-system: no Role elsewhere until an operator asks.
     for o in &objs {
         if let Some(ns) = o["metadata"].get("namespace") {
             assert_eq!(ns, "lb-system", "{}", o["metadata"]["name"]);
         }
     }
+
+    // The HTTP/3 example carries the Role its QUIC-LB Service needs: its one Secret by
+    // name, and the pods.
+    let example = example("h3-whoami.yaml");
+    let role = find(&example, "Role", "lb-quic-lb");
+    assert_eq!(role["metadata"]["namespace"], "default");
+    let secret = str_at(
+        find(&example, "Service", "h3-whoami"),
+        "/metadata/annotations/lb.dev~1quic-lb-secret",
+    );
+    assert_eq!(
+        grants(role),
+        table(&[
+            ("", &format!("secrets[{secret}]"), &["get"]),
+            ("", "pods", &["get"]),
+        ])
+    );
+    assert_binds_lb(
+        &example,
+        "RoleBinding",
+        "Role",
+        "lb-quic-lb",
+        Some("default"),
+    );
+}
+
+#[test]
+fn chart_grants_quic_lb_secrets_only_in_the_namespaces_listed() {
+    let objs = objects_of(&render_chart(Some("quicLb: {namespaces: [shop, media]}\n")));
+    assert_eq!(
+        grants(find(&objs, "ClusterRole", "lb")),
+        table(CLUSTER_GRANTS),
+        "nothing more cluster-wide"
+    );
+    for ns in ["shop", "media"] {
+        let role = objs
+            .iter()
+            .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no Role in {ns}"));
+        assert_eq!(role["metadata"]["name"], "lb-quic-lb");
+        assert_eq!(grants(role), table(QUIC_LB_GRANTS));
+        assert_binds_lb(&objs, "RoleBinding", "Role", "lb-quic-lb", Some(ns));
+    }
+    let roles = objs.iter().filter(|o| o["kind"] == "Role").count();
+    assert_eq!(roles, 3, "the Lease Role and one per namespace listed");
+
+    // secretNames: only those Secrets (resourceNames), pods still by any name.
+    let objs = objects_of(&render_chart(Some(
+        "quicLb: {namespaces: [shop], secretNames: [web-quic-lb, web-quic-lb-next]}\n",
+    )));
+    let role = find(&objs, "Role", "lb-quic-lb");
+    assert_eq!(
+        grants(role),
+        table(&[
+            ("", "secrets[web-quic-lb,web-quic-lb-next]", &["get"]),
+            ("", "pods", &["get"]),
+        ])
+    );
+
+    // allNamespaces: the same grants in the ClusterRole, no namespaced ones.
+    let objs = objects_of(&render_chart(Some(
+        "quicLb: {namespaces: [shop], allNamespaces: true}\n",
+    )));
+    let mut want = CLUSTER_GRANTS.to_vec();
+    want.extend_from_slice(QUIC_LB_GRANTS);
+    assert_eq!(grants(find(&objs, "ClusterRole", "lb")), table(&want));
+    assert_eq!(objs.iter().filter(|o| o["kind"] == "Role").count(), 1);
 }
 
 fn example(name: &str) -> Vec<Json> {
@@ -666,6 +780,84 @@ fn h3_example_is_one_service_with_443_tcp_and_udp_and_a_usable_quic_lb_secret() 
     );
 }
 
+/// Traefik (deploy/examples/traefik): HTTPS and HTTP/3 on one address through one Service
+/// with lb's class, in learned-CID mode with the Local policy it needs; the rendered
+/// manifests agree with the chart values they came from.
+#[test]
+fn traefik_example_serves_https_and_http3_on_one_learned_cid_service() {
+    let objs: Vec<Json> = docs(&deploy().join("examples/traefik/traefik.yaml"))
+        .iter()
+        .map(to_json)
+        .collect();
+    let services: Vec<&Json> = objs.iter().filter(|o| o["kind"] == "Service").collect();
+    assert_eq!(services.len(), 1, "one Service for HTTPS and HTTP/3");
+    let svc = services[0];
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(svc["spec"]["loadBalancerClass"], "lb.dev/lb");
+    assert_eq!(
+        svc["spec"]["externalTrafficPolicy"], "Local",
+        "learned-CID needs Local"
+    );
+    assert_eq!(
+        svc["metadata"]["annotations"]["lb.dev/learned-cid-len"], "4",
+        "quic-go's CID length"
+    );
+    assert_eq!(
+        service_ports(svc),
+        BTreeSet::from([(443, "TCP".to_string()), (443, "UDP".to_string())])
+    );
+    // Each Service port targets a named container port of Traefik with the same protocol.
+    let dep = find(&objs, "Deployment", "traefik");
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        str_at(c, "/image").starts_with("docker.io/traefik:v3."),
+        "{}",
+        c["image"]
+    );
+    for p in svc["spec"]["ports"].as_array().unwrap() {
+        let target = str_at(p, "/targetPort");
+        let cp = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|cp| cp["name"] == target)
+            .unwrap_or_else(|| panic!("Traefik has no container port named {target}"));
+        assert_eq!(cp["protocol"], p["protocol"], "{target}");
+    }
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.iter()
+            .any(|a| a.starts_with("--entryPoints.websecure.http3")),
+        "HTTP/3 is on for websecure: {args:?}"
+    );
+    assert!(
+        args.contains(&"--entryPoints.websecure.http3.advertisedPort=443"),
+        "Alt-Svc advertises the Service's port 443: {args:?}"
+    );
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&dep["spec"]["template"]["metadata"]["labels"][k], v);
+    }
+
+    // The values file says what the rendering shows.
+    let values = to_json(&docs(&deploy().join("examples/traefik/values.yaml"))[0]);
+    assert_eq!(values["service"]["single"], true);
+    for (k, v) in values["service"]["spec"].as_object().unwrap() {
+        assert_eq!(&svc["spec"][k], v, "service.spec.{k}");
+    }
+    for (k, v) in values["service"]["annotations"].as_object().unwrap() {
+        assert_eq!(
+            &svc["metadata"]["annotations"][k], v,
+            "service.annotations.{k}"
+        );
+    }
+    assert_eq!(dep["spec"]["replicas"], values["deployment"]["replicas"]);
+}
+
 /// Parses "a-b", "a/len" or "a" (IPv4) into an inclusive range.
 fn v4_range(s: &str) -> (u32, u32) {
     let ip = |s: &str| u32::from(s.trim().parse::<std::net::Ipv4Addr>().unwrap());
@@ -748,206 +940,89 @@ fn kind_cluster_has_a_control_plane_and_two_workers() {
 }
 
 // ----------------------------------------------------------------------------------------
-// Helm: a deliberately small Go-template subset, enough for deploy/helm/lb/templates:
-//   {{ PIPELINE }}   with {{- and -}} trimming
-//   PIPELINE = ARG | toYaml ARG | toJson ARG, then any of  | quote  | nindent N  | indent N
-//   ARG      = .Values.a.b...  .Release.Namespace  .Release.Name  .Chart.AppVersion
-//              .Chart.Version  .Chart.Name
-//   {{ if ARG }} ... {{ end }}   (Go truthiness: false, 0, "", null, empty list/map)
-// Anything else is an error, so a template that needs more makes this test fail rather
-// than render something Helm would not.
-
-enum Token {
-    Text(String),
-    Action(String),
-}
-
-fn tokenize(src: &str) -> Vec<Token> {
-    let mut tokens = Vec::new();
-    let mut rest = src;
-    let mut trim_next = false;
-    while let Some(start) = rest.find("{{") {
-        let mut text = &rest[..start];
-        if trim_next {
-            text = text.trim_start();
-        }
-        let after = &rest[start + 2..];
-        let (trim_left, after) = match after.strip_prefix('-') {
-            Some(a) if a.starts_with([' ', '\t', '\n']) => (true, a),
-            _ => (false, after),
-        };
-        if trim_left {
-            text = text.trim_end();
-        }
-        tokens.push(Token::Text(text.to_string()));
-        let end = after.find("}}").expect("unclosed {{");
-        let mut action = &after[..end];
-        trim_next = false;
-        if let Some(a) = action.strip_suffix('-')
-            && a.ends_with([' ', '\t', '\n'])
-        {
-            action = a;
-            trim_next = true;
-        }
-        tokens.push(Token::Action(action.trim().to_string()));
-        rest = &after[end + 2..];
-    }
-    let text = if trim_next { rest.trim_start() } else { rest };
-    tokens.push(Token::Text(text.to_string()));
-    tokens
-}
-
-struct Scope<'a> {
-    values: &'a Yaml,
-    chart: &'a Yaml,
-    release_name: &'a str,
-    namespace: &'a str,
-}
-
-impl Scope<'_> {
-    fn arg(&self, arg: &str) -> Result<Yaml, String> {
-        let mut parts = arg.strip_prefix('.').ok_or(arg)?.split('.');
-        let root = parts.next().unwrap();
-        let rest: Vec<&str> = parts.collect();
-        match (root, rest.as_slice()) {
-            ("Release", ["Namespace"]) => Ok(Yaml::from(self.namespace)),
-            ("Release", ["Name"]) => Ok(Yaml::from(self.release_name)),
-            ("Chart", [field @ ("AppVersion" | "Version" | "Name")]) => {
-                let key = match *field {
-                    "AppVersion" => "appVersion",
-                    "Version" => "version",
-                    _ => "name",
-                };
-                Ok(self.chart[key].clone())
-            }
-            ("Values", path) => {
-                let mut v = self.values;
-                for p in path {
-                    v = v
-                        .get(*p)
-                        .ok_or_else(|| format!("no value {arg} in values.yaml"))?;
-                }
-                Ok(v.clone())
-            }
-            _ => Err(format!("{arg}: outside the supported template subset")),
-        }
-    }
-}
-
-fn print(v: &Yaml) -> Result<String, String> {
-    match v {
-        Yaml::String(s) => Ok(s.clone()),
-        Yaml::Bool(b) => Ok(b.to_string()),
-        Yaml::Number(n) => Ok(n.to_string()),
-        other => Err(format!("printing {other:?} directly: use toYaml or toJson")),
-    }
-}
-
-fn truthy(v: &Yaml) -> bool {
-    match v {
-        Yaml::Null => false,
-        Yaml::Bool(b) => *b,
-        Yaml::Number(n) => n.as_f64() != Some(0.0),
-        Yaml::String(s) => !s.is_empty(),
-        Yaml::Sequence(s) => !s.is_empty(),
-        Yaml::Mapping(m) => !m.is_empty(),
-        Yaml::Tagged(_) => true,
-    }
-}
-
-fn indent(s: &str, n: usize) -> String {
-    let pad = " ".repeat(n);
-    s.lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn pipeline(scope: &Scope, action: &str) -> Result<String, String> {
-    let mut stages = action.split('|').map(str::trim);
-    let first: Vec<&str> = stages.next().unwrap().split_whitespace().collect();
-    let mut out = match first.as_slice() {
-        ["toYaml", arg] => serde_yaml::to_string(&scope.arg(arg)?)
-            .unwrap()
-            .trim_end_matches('\n')
-            .to_string(),
-        ["toJson", arg] => serde_json::to_string(&scope.arg(arg)?).unwrap(),
-        [arg] => print(&scope.arg(arg)?)?,
-        _ => return Err(format!("{{{{ {action} }}}}: outside the supported subset")),
-    };
-    for stage in stages {
-        let words: Vec<&str> = stage.split_whitespace().collect();
-        out = match words.as_slice() {
-            ["quote"] => serde_json::to_string(&out).unwrap(),
-            ["nindent", n] => format!("\n{}", indent(&out, n.parse().map_err(|_| stage)?)),
-            ["indent", n] => indent(&out, n.parse().map_err(|_| stage)?),
-            _ => return Err(format!("| {stage}: outside the supported subset")),
-        };
-    }
-    Ok(out)
-}
-
-fn render_template(scope: &Scope, src: &str) -> Result<String, String> {
-    let mut out = String::new();
-    // One entry per open `if`: whether its body is being emitted.
-    let mut active: Vec<bool> = Vec::new();
-    for token in tokenize(src) {
-        let on = active.iter().all(|a| *a);
-        match token {
-            Token::Text(t) => {
-                if on {
-                    out.push_str(&t)
-                }
-            }
-            Token::Action(a) if a.starts_with("/*") => {}
-            Token::Action(a) => {
-                let words: Vec<&str> = a.split_whitespace().collect();
-                match words.as_slice() {
-                    ["if", arg] => active.push(truthy(&scope.arg(arg)?)),
-                    ["end"] => {
-                        active.pop().ok_or("{{ end }} without {{ if }}")?;
-                    }
-                    _ if on => out.push_str(&pipeline(scope, &a)?),
-                    _ => {
-                        pipeline(scope, &a)?;
-                    }
-                }
-            }
-        }
-    }
-    if !active.is_empty() {
-        return Err("{{ if }} without {{ end }}".into());
-    }
-    Ok(out)
-}
+// Helm: the chart through Helm's own template engine (helm-python-sdk, Helm v4's Go library;
+// no `helm` binary is published on the registries this machine reaches).
 
 fn chart_dir() -> PathBuf {
     deploy().join("helm/lb")
 }
 
-/// The chart's templates rendered by the subset above with values.yaml, as one stream.
-fn render_chart_subset(namespace: &str) -> String {
-    let dir = chart_dir();
-    let values: Yaml =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
-    let chart: Yaml =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("Chart.yaml")).unwrap()).unwrap();
-    let scope = Scope {
-        values: &values,
-        chart: &chart,
-        release_name: "lb",
-        namespace,
-    };
-    let mut stream = String::new();
-    for path in yaml_files(&dir.join("templates")) {
-        let src = std::fs::read_to_string(&path).unwrap();
-        let text =
-            render_template(&scope, &src).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        stream.push_str("---\n");
-        stream.push_str(&text);
-        stream.push('\n');
+/// A scratch file of this test process, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str, text: &str) -> Scratch {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("lb-deploy-test-{}-{n}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        Scratch(path)
     }
-    stream
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `deploy/helm/render.py` with `args` (chart dir and namespace first): its stdout.
+fn helm_render(args: &[&std::ffi::OsStr]) -> String {
+    let py = support::python_with("helm_python");
+    let out = Command::new(&py)
+        .arg(deploy().join("helm/render.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rendering the chart with Helm's engine: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The chart as `helm template lb deploy/helm/lb -n lb-system [-f values]` renders it.
+fn render_chart(values: Option<&str>) -> String {
+    render_chart_in("lb-system", values)
+}
+
+fn render_chart_in(namespace: &str, values: Option<&str>) -> String {
+    let file = values.map(|v| Scratch::new("values.yaml", v));
+    let mut args = vec![chart_dir().into_os_string(), namespace.into()];
+    if let Some(f) = &file {
+        args.push(f.0.clone().into_os_string());
+    }
+    helm_render(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>())
+}
+
+fn objects_of(stream: &str) -> Vec<Json> {
+    parse_stream(stream, "rendered chart")
+        .iter()
+        .map(to_json)
+        .collect()
+}
+
+/// The DaemonSet pod template's config checksum, taken out of the object.
+fn take_checksum(objs: &mut [Json]) -> String {
+    let ds = objs
+        .iter_mut()
+        .find(|o| o["kind"] == "DaemonSet")
+        .expect("the chart renders a DaemonSet");
+    let annotations = ds["spec"]["template"]["metadata"]["annotations"]
+        .as_object_mut()
+        .expect("pod annotations");
+    let sum = annotations
+        .remove("checksum/config")
+        .expect("a checksum/config annotation");
+    if annotations.is_empty() {
+        ds["spec"]["template"]["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+    }
+    sum.as_str().unwrap().to_owned()
 }
 
 /// Objects by (apiVersion, kind, namespace, name), with lb.toml compared as TOML (so the
@@ -977,123 +1052,182 @@ fn by_identity(objs: impl IntoIterator<Item = Json>) -> BTreeMap<String, Json> {
     map
 }
 
-fn assert_same_objects(rendered: &str, how: &str) {
-    let got = by_identity(parse_stream(rendered, how).iter().map(to_json));
-    let want = by_identity(manifests().into_iter().filter(|o| o["kind"] != "Namespace"));
+#[test]
+fn helm_chart_renders_the_manifests_and_the_crd() {
+    let rendered = render_chart(None);
+    let mut got = objects_of(&rendered);
+    for o in &got {
+        check_typed(o, "helm chart");
+    }
+    let sum = take_checksum(&mut got);
+    assert_eq!(sum.len(), 64, "a SHA-256 in hex: {sum}");
+    let got = by_identity(got);
+    let mut want: Vec<Json> = manifests()
+        .into_iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .collect();
+    want.extend(objects(&deploy().join("crds")));
+    let want = by_identity(want);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
-        "{how}: the chart renders other objects than deploy/manifests (minus the Namespace)"
+        "the chart renders other objects than deploy/manifests (minus the Namespace) and deploy/crds"
     );
     for (id, w) in &want {
         assert_eq!(
             &got[id],
             w,
-            "{how}: {id} differs from deploy/manifests:\nrendered {}\nmanifest {}",
+            "{id} differs from deploy/:\nrendered {}\nmanifest {}",
             serde_json::to_string_pretty(&got[id]).unwrap(),
             serde_json::to_string_pretty(w).unwrap()
         );
     }
-}
-
-#[test]
-fn helm_chart_renders_the_manifests_subset_renderer() {
-    let rendered = render_chart_subset("lb-system");
-    for doc in parse_stream(&rendered, "chart") {
-        check_typed(&to_json(&doc), "helm chart");
-    }
-    assert_same_objects(&rendered, "subset renderer");
     // The release namespace reaches every namespaced object, the bindings and lb.toml.
-    let other = render_chart_subset("elsewhere");
+    let other = render_chart_in("elsewhere", None);
     assert!(!other.contains("lb-system"), "{other}");
     assert!(other.contains("lease_namespace = \"elsewhere\""));
 }
 
 #[test]
-fn subset_renderer_renders_and_rejects() {
-    let values: Yaml = serde_yaml::from_str(
-        "a: {b: x}\nl: [p, q]\nm: {k: v}\nempty: {}\nn: 1500\nt: true\nf: false\n",
-    )
-    .unwrap();
-    let chart: Yaml = serde_yaml::from_str("appVersion: \"1.2.3\"").unwrap();
-    let scope = Scope {
-        values: &values,
-        chart: &chart,
-        release_name: "r",
-        namespace: "ns",
-    };
-    let r = |src: &str| render_template(&scope, src);
-    assert_eq!(r("x: {{ .Values.a.b }}").unwrap(), "x: x");
-    assert_eq!(
-        r("x: {{ .Values.n }} {{ .Values.t }}").unwrap(),
-        "x: 1500 true"
+fn config_checksum_rolls_the_pods_exactly_when_lb_toml_changes() {
+    let sum = |values: Option<&str>| take_checksum(&mut objects_of(&render_chart(values)));
+    let base = sum(None);
+    assert_ne!(base, sum(Some("xdpMode: native\n")), "lb.toml changed");
+    assert_ne!(
+        base,
+        sum(Some("lease: {durationMs: 5000, renewMs: 1000}\n"))
     );
     assert_eq!(
-        r("v: {{ .Chart.AppVersion | quote }} {{ .Release.Namespace }}").unwrap(),
-        "v: \"1.2.3\" ns"
+        base,
+        sum(Some("podAnnotations: {team: net}\nlogLevel: debug\n")),
+        "lb.toml unchanged: no roll for the config (the pod spec rolls by itself)"
     );
-    assert_eq!(
-        r("i = {{ toJson .Values.l }}").unwrap(),
-        "i = [\"p\",\"q\"]"
-    );
-    assert_eq!(
-        r("m:\n  {{- toYaml .Values.m | nindent 2 }}\nz: 1").unwrap(),
-        "m:\n  k: v\nz: 1"
-    );
-    assert_eq!(
-        r("a: 1\n{{- if .Values.empty }}\nb: 2\n{{- end }}\nc: 3").unwrap(),
-        "a: 1\nc: 3"
-    );
-    assert_eq!(
-        r("a: 1\n{{- if .Values.t }}\nb: 2\n{{- end }}\nc: 3").unwrap(),
-        "a: 1\nb: 2\nc: 3"
-    );
-    assert!(r("{{ .Values.nope }}").is_err());
-    assert!(r("{{ .Values.m }}").is_err());
-    assert!(r("{{ include \"x\" . }}").is_err());
-    assert!(r("{{ .Values.a.b | upper }}").is_err());
-    assert!(r("{{ if .Values.t }}").is_err());
 }
 
-/// The Python with the real Helm engine (helm-python-sdk), if installed.
-fn helm_python() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("LB_TEST_PYTHON").map(PathBuf::from),
-        Some(repo().join(".venv/bin/python")),
-    ];
-    candidates.into_iter().flatten().find(|py| {
-        Command::new(py)
-            .args(["-c", "import helm_python"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
+fn rendered_lb_toml(objs: &[Json]) -> String {
+    str_at(find(objs, "ConfigMap", "lb-config"), "/data/lb.toml").to_owned()
 }
 
 #[test]
-fn helm_chart_renders_the_manifests_real_helm_engine() {
-    let Some(py) = helm_python() else {
-        let msg = "the real Helm engine is not installed (deploy/helm/install-helm-engine.sh); \
-                   only the subset renderer checked the chart";
-        assert!(
-            std::env::var_os("LB_REQUIRE_HELM_ENGINE").is_none(),
-            "LB_REQUIRE_HELM_ENGINE is set, but {msg}"
-        );
-        eprintln!("note: {msg}");
-        return;
-    };
-    let out = Command::new(&py)
-        .arg(deploy().join("helm/render.py"))
-        .arg(chart_dir())
-        .arg("lb-system")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm render: {}",
-        String::from_utf8_lossy(&out.stderr)
+fn chart_values_reach_the_objects() {
+    let values = r#"
+interfaces: [eth0, {name: bond0, xdp_mode: native}]
+backendInterfaces: ["cali*", "lxc*"]
+image: {repository: registry.example.com/net/lb, tag: "9.9.9"}
+imagePullSecrets: [{name: regcred}]
+podAnnotations: {team: net}
+affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: edge, operator: Exists}]}]}}}
+nodeSelector: {edge: "true"}
+tolerateAllTaints: false
+tolerations: [{key: dedicated, operator: Equal, value: lb, effect: NoSchedule}]
+priorityClassName: ""
+podSecurityContext: {seccompProfile: {type: Unconfined}}
+metrics: {port: 7473, serviceMonitor: {enabled: true, interval: 15s, labels: {release: kps}}}
+installCRDs: false
+"#;
+    let objs = objects_of(&render_chart(Some(values)));
+    // lb's own config parser accepts the rendered lb.toml, with the table form kept (a
+    // toJson of it would have written {"name":...}, which is not TOML).
+    let toml = rendered_lb_toml(&objs);
+    let config = lb_userspace::config::Config::parse(&toml, "lb.toml", Path::new("/"))
+        .unwrap_or_else(|e| panic!("the rendered lb.toml does not validate:\n{toml}\n{e}"));
+    let ifaces: Vec<(String, lb_userspace::config::XdpMode)> = config
+        .interfaces
+        .iter()
+        .map(|i| (i.name.clone(), i.xdp_mode))
+        .collect();
+    assert_eq!(
+        ifaces,
+        [
+            ("eth0".to_owned(), lb_userspace::config::XdpMode::Generic),
+            ("bond0".to_owned(), lb_userspace::config::XdpMode::Native)
+        ]
     );
-    assert_same_objects(&String::from_utf8(out.stdout).unwrap(), "real Helm engine");
+    assert_eq!(config.backend_interfaces, ["cali*", "lxc*"]);
+    assert_eq!(config.metrics_addr, Some("0.0.0.0:7473".parse().unwrap()));
+
+    let ds = find(&objs, "DaemonSet", "lb");
+    let pod = &ds["spec"]["template"];
+    let spec = &pod["spec"];
+    let c = container(ds, "lb");
+    assert_eq!(c["image"], "registry.example.com/net/lb:9.9.9");
+    assert_eq!(
+        spec["imagePullSecrets"],
+        serde_json::json!([{"name": "regcred"}])
+    );
+    assert_eq!(pod["metadata"]["annotations"]["team"], "net");
+    assert_eq!(
+        spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["key"],
+        "edge"
+    );
+    assert_eq!(
+        spec["nodeSelector"],
+        serde_json::json!({"edge": "true", "kubernetes.io/os": "linux"})
+    );
+    assert_eq!(
+        spec["tolerations"],
+        serde_json::json!([{"key": "dedicated", "operator": "Equal", "value": "lb", "effect": "NoSchedule"}])
+    );
+    assert!(spec.get("priorityClassName").is_none());
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "Unconfined"
+    );
+    assert_eq!(c["ports"][0]["containerPort"], 7473);
+
+    // The ServiceMonitor selects the headless Service over the daemons' metrics port.
+    let svc = find(&objs, "Service", "lb-metrics");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 7473);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(
+            &pod["metadata"]["labels"][k], v,
+            "the Service selects the daemons"
+        );
+    }
+    let sm = find(&objs, "ServiceMonitor", "lb");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["metadata"]["labels"]["release"], "kps");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
+    assert!(
+        !objs.iter().any(|o| o["kind"] == "CustomResourceDefinition"),
+        "installCRDs: false"
+    );
+
+    // Defaults: the image tag is the appVersion, every taint tolerated, no ServiceMonitor.
+    let objs = objects_of(&render_chart(None));
+    let c = container(find(&objs, "DaemonSet", "lb"), "lb");
+    assert_eq!(
+        c["image"],
+        format!("localhost/lb:{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(!objs.iter().any(|o| o["kind"] == "ServiceMonitor"));
+}
+
+#[test]
+fn chart_notes_name_no_repository_path() {
+    let notes = helm_render(&[
+        chart_dir().as_os_str(),
+        "lb-system".as_ref(),
+        "--notes".as_ref(),
+    ]);
+    assert!(notes.contains("rollout status ds/lb"), "{notes}");
+    assert!(notes.contains("7472"), "{notes}");
+    for path in ["deploy/", "examples/", ".yaml"] {
+        assert!(
+            !notes.contains(path),
+            "NOTES.txt names {path}, which an installed chart does not have:\n{notes}"
+        );
+    }
 }
 
 #[test]
@@ -1107,8 +1241,8 @@ fn chart_metadata_matches_the_crate() {
         chart["appVersion"].as_str(),
         Some(env!("CARGO_PKG_VERSION"))
     );
-    // The Helm chart's CRDs are the same files as deploy/crds/.
-    let (a, b) = (deploy().join("crds"), chart_dir().join("crds"));
+    // The chart's CRD (templates/crds.yaml reads files/) is the same file as deploy/crds/.
+    let (a, b) = (deploy().join("crds"), chart_dir().join("files"));
     {
         for f in optional_yaml_files(&a) {
             let other = b.join(f.file_name().unwrap());
@@ -1120,5 +1254,229 @@ fn chart_metadata_matches_the_crate() {
                 other.display()
             );
         }
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// The checks operators run, from .venv (`cargo xtask setup` installs them; a missing one
+// fails here, saying so).
+
+/// Kubernetes versions the manifests are validated against: kubernetes-validate 1.37.0
+/// bundles the schemas of 1.25 to 1.37 (offline); these are the oldest of the last four
+/// supported-ish minors, one in the middle and the newest.
+const KUBE_VERSIONS: [&str; 3] = ["1.31.0", "1.34.0", "1.37.0"];
+
+/// Kinds kubernetes-validate has no schema for, each checked some other way.
+const CUSTOM_KINDS: [(&str, &str); 2] = [
+    // Against lb's own CRD: custom_resources_validate_against_the_crd.
+    ("IPPool", "lb.dev/v1alpha1"),
+    // prometheus-operator's; the chart test checks what it selects (no schema offline).
+    ("ServiceMonitor", "monitoring.coreos.com/v1"),
+];
+
+/// Every Kubernetes manifest under deploy/ (not Helm values, not kind's config), plus the
+/// chart rendered with its defaults and with every optional object on.
+fn validation_targets() -> (Vec<PathBuf>, Vec<Scratch>) {
+    let files: Vec<PathBuf> = kube_files().into_iter().map(|(p, _)| p).collect();
+    let rendered = vec![
+        Scratch::new("chart-default.yaml", &render_chart(None)),
+        Scratch::new(
+            "chart-all-on.yaml",
+            &render_chart(Some(
+                "quicLb: {namespaces: [shop], secretNames: [web-quic-lb]}\n\
+                 metrics: {serviceMonitor: {enabled: true}}\n\
+                 imagePullSecrets: [{name: regcred}]\npodAnnotations: {a: b}\n",
+            )),
+        ),
+    ];
+    (files, rendered)
+}
+
+#[test]
+fn kubernetes_validate_accepts_every_manifest_for_three_kubernetes_versions() {
+    let py = support::python_with("kubernetes_validate");
+    let (mut files, rendered) = validation_targets();
+    files.extend(rendered.iter().map(|s| s.0.clone()));
+    for version in KUBE_VERSIONS {
+        let out = Command::new(&py)
+            .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+            .args(&files)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "kubernetes-validate --strict -k {version} failed:\n{text}"
+        );
+        let mut passed = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let custom = CUSTOM_KINDS.iter().any(|(kind, api)| {
+                line.starts_with("WARN ")
+                    && line.contains(&format!(
+                        "Couldn't find schema for kind {kind} with api version {api}"
+                    ))
+            });
+            if line.starts_with("INFO ") && line.contains(" passed for resource ") {
+                passed += 1;
+            } else {
+                assert!(custom, "kubernetes-validate -k {version}: {line}\n{text}");
+            }
+        }
+        // Every built-in object of every file was validated (none silently left out).
+        let builtin: usize = files
+            .iter()
+            .flat_map(|f| docs(f))
+            .filter(|d| !CUSTOM_KINDS.iter().any(|(kind, _)| d["kind"] == *kind))
+            .count();
+        assert_eq!(passed, builtin, "-k {version}:\n{text}");
+        eprintln!("kubernetes-validate --strict -k {version}: {passed} objects passed");
+    }
+}
+
+#[test]
+fn custom_resources_validate_against_the_crd() {
+    let py = support::python_with("jsonschema");
+    let run = |files: &[PathBuf]| {
+        let out = Command::new(&py)
+            .arg(repo().join("tests/python/validate_custom_resources.py"))
+            .arg(deploy().join("crds/ippools.lb.dev.yaml"))
+            .args(files)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let files: Vec<PathBuf> = kube_files().into_iter().map(|(p, _)| p).collect();
+    let (ok, text) = run(&files);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok IPPool kind-pool"), "{text}");
+
+    // The schema's validation is real: each of these is refused, for its reason.
+    let bad = Scratch::new(
+        "bad-pools.yaml",
+        "apiVersion: lb.dev/v1alpha1\nkind: IPPool\nmetadata: {name: empty}\nspec: {addresses: []}\n\
+         ---\napiVersion: lb.dev/v1alpha1\nkind: IPPool\nmetadata: {name: word}\nspec: {addresses: [eth0]}\n\
+         ---\napiVersion: lb.dev/v1alpha1\nkind: IPPool\nmetadata: {name: op}\n\
+         spec: {addresses: [198.18.0.0/24], serviceSelector: {matchExpressions: [{key: a, operator: Equals}]}}\n",
+    );
+    let (ok, text) = run(std::slice::from_ref(&bad.0));
+    assert!(!ok, "{text}");
+    for (name, why) in [
+        ("empty", "should be non-empty"),
+        ("word", "'eth0' does not match"),
+        ("op", "'Equals' is not one of"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("invalid IPPool {name}:")) && l.contains(why)),
+            "{name}: {text}"
+        );
+    }
+}
+
+/// checkov's findings that deploy/ accepts everywhere, each with its reason. The ones that
+/// concern one object only are skipped on that object instead (`checkov.io/skipN`
+/// annotations, with their reasons: lb's DaemonSet, the h3-whoami and Traefik Deployments),
+/// so the same finding anywhere else still fails.
+const CHECKOV_SKIPS: [(&str, &str); 4] = [
+    (
+        "CKV_K8S_43",
+        "image digests: the project publishes no image, so the digest exists only once you \
+         build and push it; pin it in your copy (image.tag / the manifest)",
+    ),
+    (
+        "CKV_K8S_15",
+        "imagePullPolicy Always: images are tagged with their version (immutable), and \
+         IfNotPresent is what lets kind use an image loaded with `kind load`",
+    ),
+    (
+        "CKV_K8S_21",
+        "the default namespace: the examples are user workloads and go where users put them; \
+         lb's own objects are in lb-system",
+    ),
+    (
+        "CKV2_K8S_6",
+        "a NetworkPolicy per pod: NetworkPolicy does not apply to lb's hostNetwork pods, and \
+         the examples' pods serve any client through the VIP",
+    ),
+];
+
+/// `checkov --framework kubernetes` with [`CHECKOV_SKIPS`] on `target` (`-d DIR` or
+/// `-f FILE`): its JSON summary (passed, failed, skipped, parsing_errors).
+fn checkov(flag: &str, target: &Path) -> Json {
+    let py = support::python_with("checkov");
+    let skips: Vec<&str> = CHECKOV_SKIPS.iter().map(|(id, _)| *id).collect();
+    let out = Command::new(&py)
+        .args([
+            "-m",
+            "checkov.main",
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+        ])
+        .args([
+            "--skip-check",
+            &skips.join(","),
+            "--output",
+            "json",
+            "--compact",
+        ])
+        .arg(flag)
+        .arg(target)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Json = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "checkov printed no JSON report ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let failed: Vec<String> = report["results"]["failed_checks"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .map(|c| {
+                    format!(
+                        "{} {} ({})",
+                        str_at(c, "/check_id"),
+                        str_at(c, "/resource"),
+                        str_at(c, "/file_path")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        failed.is_empty() && out.status.success(),
+        "checkov {flag} {}: failed checks: {failed:#?}",
+        target.display()
+    );
+    report["summary"].clone()
+}
+
+#[test]
+fn checkov_finds_nothing_but_the_justified_skips() {
+    let summary = checkov("-d", &deploy());
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["parsing_errors"], 0, "{summary}");
+    assert!(summary["passed"].as_u64().unwrap() > 300, "{summary}");
+    // The per-object skips are exactly the annotated ones: 6 on lb's DaemonSet, 1 on the
+    // h3-whoami Deployment, 1 on Traefik's.
+    assert_eq!(summary["skipped"], 8, "{summary}");
+    eprintln!("checkov -d deploy: {summary}");
+
+    let (_, rendered) = validation_targets();
+    for chart in &rendered {
+        let summary = checkov("-f", &chart.0);
+        assert!(summary["passed"].as_u64().unwrap() > 50, "{summary}");
+        assert_eq!(
+            summary["skipped"], 6,
+            "the DaemonSet's annotated skips: {summary}"
+        );
+        eprintln!("checkov -f {}: {summary}", chart.0.display());
     }
 }

@@ -52,6 +52,18 @@ pub const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "Helm's own template engine, so deploy_manifests renders the chart as `helm template` \
          would (no helm binary is packaged for these registries)",
     ),
+    (
+        "kubernetes-validate==1.37.0",
+        "kubernetes_validate",
+        "deploy_manifests validates every manifest and the rendered chart against the schemas \
+         of several Kubernetes versions (bundled: 1.25 to 1.37); brings PyYAML and jsonschema, \
+         which validate the IPPools against lb's CRD",
+    ),
+    (
+        "checkov==3.3.30",
+        "checkov",
+        "deploy_manifests runs checkov's Kubernetes policies on deploy/ and the rendered chart",
+    ),
 ];
 /// The virtualenv, relative to the workspace root.
 pub const VENV_DIR: &str = ".venv";

@@ -116,11 +116,9 @@ fn cargo_test(test_args: &[String]) -> Command {
     // The binaries just built, not ones from elsewhere.
     .env_remove("LB_BIN")
     .env_remove("LB_LAB_BIN")
-    // The Python with aioquic (from `.venv`): end-to-end tests drive the real client.
-    .env("LB_TEST_PYTHON", crate::setup::venv_python())
-    // Setup installed Helm's engine: the chart must render through it, not only through
-    // deploy_manifests' own subset renderer.
-    .env("LB_REQUIRE_HELM_ENGINE", "1");
+    // The Python of `.venv`: aioquic for the end-to-end tests; Helm's engine,
+    // kubernetes-validate and checkov for deploy_manifests.
+    .env("LB_TEST_PYTHON", crate::setup::venv_python());
     cmd
 }
 

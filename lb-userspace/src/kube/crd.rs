@@ -219,7 +219,8 @@ mod checked_in {
 
     const COPIES: [&str; 2] = [
         "deploy/crds/ippools.lb.dev.yaml",
-        "deploy/helm/lb/crds/ippools.lb.dev.yaml",
+        // Read by templates/crds.yaml (.Files.Get): a template, so `helm upgrade` upgrades it.
+        "deploy/helm/lb/files/ippools.lb.dev.yaml",
     ];
 
     /// Fails when a copy is stale; `LB_UPDATE_CRDS=1` rewrites them instead.
