@@ -535,6 +535,49 @@ impl Lab {
         serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
     }
 
+    /// Node `i`'s daemon probe `path` (`/healthz`, `/readyz`): (HTTP status, body).
+    fn daemon_probe(&self, i: u8, path: &str) -> Result<(u16, String), String> {
+        let addr: SocketAddr = METRICS.parse().unwrap();
+        let raw = self
+            .node(i)
+            .ns
+            .run_in(|| -> std::io::Result<String> {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            })
+            .map_err(|e| format!("{e:#}"))?
+            .map_err(|e| format!("GET {path} on node-{i}: {e}"))?;
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .ok_or(format!("not HTTP: {raw:?}"))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or(format!("no status in {head:?}"))?;
+        Ok((code, body.to_owned()))
+    }
+
+    /// Wait until node `i`'s `/readyz` answers 200 `ok` (`ready`) or 503 (not).
+    fn wait_ready(&self, i: u8, ready: bool) -> String {
+        let what = if ready { "ready" } else { "not ready" };
+        wait_for(&format!("node-{i} to be {what}"), CONVERGE, || {
+            match self.daemon_probe(i, "/readyz")? {
+                (200, body) if ready && body == "ok\n" => Ok(body),
+                (503, body) if !ready => Ok(body),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    }
+
     fn service(&self, name: &str) -> Option<Service> {
         self.api.get::<Service>(Some("default"), name)
     }
@@ -1561,6 +1604,9 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
         );
     }
     let announced: Vec<Vec<String>> = (1..=2).map(|i| lab.announced(i).unwrap()).collect();
+    for i in 1..=2 {
+        lab.wait_ready(i, true);
+    }
     lab.api.set_down(true);
     let down_at = Instant::now();
     wait_for("both daemons to notice the outage", CONVERGE, || {
@@ -1573,6 +1619,20 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
             Err(format!("{c:?}"))
         }
     });
+    // Not ready (the API connection is part of readiness), but alive: the kubelet must not
+    // restart a data plane for an API outage.
+    for i in 1..=2 {
+        let why = lab.wait_ready(i, false);
+        assert!(
+            why.contains("not ready: Kubernetes: this node's Lease lb-system/lb-node-"),
+            "node-{i}: {why}"
+        );
+        assert_eq!(
+            lab.daemon_probe(i, "/healthz"),
+            Ok((200, "ok\n".to_owned())),
+            "node-{i}"
+        );
+    }
     // Longer than a lease: nobody is declared dead while nobody can renew.
     while down_at.elapsed() < Duration::from_millis(2500) {
         assert!(
@@ -1596,6 +1656,9 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
             Err(format!("{h1}"))
         }
     });
+    for i in 1..=2 {
+        lab.wait_ready(i, true);
+    }
     lab.assert_kubelet_probes_succeeded();
 }
 

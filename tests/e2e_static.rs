@@ -490,6 +490,14 @@ fn e2e_static_daemon_routes_real_traffic() {
         t.elapsed().as_secs_f64()
     );
 
+    // Static mode: alive and ready once started (programmed and attached).
+    let addr: SocketAddr = topology::METRICS_ADDR.parse().unwrap();
+    for path in ["/healthz", "/readyz"] {
+        let body = topology::http_get_in(&topo.node, addr, path)
+            .unwrap_or_else(|e| panic!("{path}: {e:#}"));
+        assert_eq!(body, "ok\n", "{path}");
+    }
+
     // The daemon's counters saw it: QUIC routed by CID on .100, none on .101.
     let metrics = metrics_of(&topo);
     let packets = |vip, proto, reason| sample(&metrics, "lb_packets_total", vip, proto, reason);

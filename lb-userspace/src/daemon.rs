@@ -751,7 +751,7 @@ impl State {
         if let Some(e) = &self.announce_error {
             not.push(format!("changing the announced VIPs failed: {e}"));
         }
-        if not.is_empty() { Err(not) } else { Ok(()) }
+        if not.is_empty() { Ok(()) } else { Err(not) }
     }
 }
 
