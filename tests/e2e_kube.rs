@@ -1688,6 +1688,12 @@ fn e2e_kube_partition_node_cut_from_the_api_keeps_its_vips() {
         ),
     );
     let cut_at = Instant::now();
+    let sent = |i: u8| {
+        lab.status(i).unwrap()["kubernetes"]["gossip"]["sent"]
+            .as_u64()
+            .unwrap()
+    };
+    let sent0: Vec<u64> = (1..=3).map(sent).collect();
     wait_for("node w to notice it lost the API server", CONVERGE, || {
         let s = lab.status(w)?;
         match s["kubernetes"]["connected"].as_bool() {
@@ -1714,9 +1720,13 @@ fn e2e_kube_partition_node_cut_from_the_api_keeps_its_vips() {
         assert_eq!(m["alive"], true, "node-{i} about node-{w}: {m}");
         assert_eq!(m["gossip"], "alive", "node-{i} about node-{w}: {m}");
     }
+    let secs = cut_at.elapsed().as_secs_f64();
+    let rates: Vec<String> = (1..=3)
+        .map(|i| format!("{:.1}", (sent(i) - sent0[usize::from(i - 1)]) as f64 / secs))
+        .collect();
     println!(
         "partition (a): node-{w} cut from the API server for {} ms kept {vip}; its peers saw \
-         it alive through gossip",
+         it alive through gossip; gossip datagrams sent per second by node-1..3: {rates:?}",
         cut_at.elapsed().as_millis()
     );
     heal(&lab, w);
