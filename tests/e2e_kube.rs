@@ -1661,6 +1661,18 @@ fn three_nodes_one_announcer() -> (Lab, Ipv4Addr, u8) {
             .then_some(())
             .ok_or_else(|| "no answer".to_owned())
     });
+    // Steady state: every node's gossip has every other node alive.
+    wait_for("gossip to see every node alive", CONVERGE, || {
+        for i in 1..=3 {
+            for j in (1..=3).filter(|j| *j != i) {
+                let m = member(&lab, i, j);
+                if m["gossip"] != "alive" {
+                    return Err(format!("node-{i} about node-{j}: {m}"));
+                }
+            }
+        }
+        Ok(())
+    });
     (lab, vip, w)
 }
 
@@ -1776,7 +1788,8 @@ fn e2e_kube_partition_node_cut_from_its_peers_steps_down() {
         if h == [s] {
             Ok(cut_at.elapsed())
         } else {
-            Err(format!("{h:?}"))
+            let k = lab.status(w).map(|st| st["kubernetes"].clone());
+            Err(format!("holders {h:?}; node-{w}'s view: {k:?}"))
         }
     });
     let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis());

@@ -16,6 +16,11 @@
 //! - **Peers** are the cluster's Nodes (their InternalIP, from the Node watch): this daemon
 //!   announces itself to every Node address that gossip does not count as active, every
 //!   [`ANNOUNCE_EVERY`], so a new node or a healed partition joins within that time.
+//! - **Joined:** foca's member list is believed only while it is connected (it has active
+//!   members and probes them). Alone, or declared down by the others until it rejoined,
+//!   foca stops probing and its list goes stale: every member is then reported down and
+//!   every Node is announced to, so a node that lost the cluster in the middle of joining
+//!   finds itself isolated instead of trusting a stale "alive".
 //! - **Scope:** datagrams from an address that is no Node's InternalIP are dropped; with
 //!   `gossip_key_file` every datagram carries an HMAC-SHA256 of the cluster key and one
 //!   without a valid tag is dropped (counted as `rejected`). The controller further ignores
@@ -152,6 +157,7 @@ impl Gossip {
             changed,
             last_publish: Instant::now(),
             unpublished_sent: 0,
+            joined: false,
         };
         tokio::spawn(agent.run());
         info!("gossip: SWIM on udp {addr} as {node}");
@@ -280,6 +286,10 @@ struct Agent {
     last_publish: Instant,
     /// Datagrams sent since the last publish.
     unpublished_sent: u64,
+    /// foca is connected: it has active members and probes them. Not while it is alone,
+    /// nor after the others declared this node down until it has rejoined: foca then
+    /// stops probing and its member list goes stale, so none of it is believed.
+    joined: bool,
 }
 
 impl Agent {
@@ -336,9 +346,13 @@ impl Agent {
     }
 
     /// Announce to every Node address that no active member has (a new node, a restarted
-    /// daemon, the other side of a healed partition).
+    /// daemon, the other side of a healed partition); to every Node while not joined.
     fn announce_to_strangers(&mut self) {
-        let active: Vec<IpAddr> = self.foca.iter_members().map(|m| m.id().addr.ip()).collect();
+        let active: Vec<IpAddr> = if self.joined {
+            self.foca.iter_members().map(|m| m.id().addr.ip()).collect()
+        } else {
+            Vec::new()
+        };
         let me = self.foca.identity().addr;
         let strangers: Vec<(String, IpAddr)> = self
             .peers
@@ -387,10 +401,26 @@ impl Agent {
                     info!("gossip: {} ({}) is down", id.name, id.addr);
                     changed = true;
                 }
+                OwnedNotification::Active => {
+                    info!("gossip: joined the cluster");
+                    self.joined = true;
+                    changed = true;
+                }
+                OwnedNotification::Idle => {
+                    warn!("gossip: no member reachable");
+                    self.joined = false;
+                    changed = true;
+                }
                 OwnedNotification::Defunct => {
                     warn!("gossip: the others declared this node down; rejoining");
+                    self.joined = false;
+                    changed = true;
                 }
-                OwnedNotification::Rejoin(id) => info!("gossip: rejoined as {:?}", id),
+                OwnedNotification::Rejoin(id) => {
+                    info!("gossip: rejoining as {}/{}", id.name, id.bump);
+                    self.joined = false;
+                    changed = true;
+                }
                 _ => {}
             }
         }
@@ -406,6 +436,8 @@ impl Agent {
         for m in self.foca.iter_membership_state() {
             let id = m.id();
             let state = match m.state() {
+                // Not joined: what foca last knew is stale, nobody is reached.
+                _ if !self.joined => GossipState::Down,
                 foca::State::Alive => GossipState::Alive,
                 foca::State::Suspect => GossipState::Suspect,
                 foca::State::Down => GossipState::Down,
