@@ -122,6 +122,10 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // A failing test's daemon logs (gossip's up/down lines, announcements) go with it.
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
         // First, so no probe sees the pods go.
         for n in &mut self.nodes {
             drop(n.prober.take());

@@ -66,7 +66,9 @@ pub struct Renewal {
 pub struct View {
     /// This node's Lease renewals succeed and come back through the watch.
     pub connected: bool,
-    /// Gossip runs: liveness is judged even while disconnected.
+    /// Gossip runs and the members were seen once: liveness is judged even while
+    /// disconnected. (Before the first connected moment the members are unknown, and a
+    /// starting daemon that judged then would take every VIP.)
     pub gossip: bool,
     pub alive: BTreeSet<String>,
     /// Gossip reaches only a minority of the members: this node steps down.
@@ -139,6 +141,8 @@ pub struct Membership {
     pub lease_watch_ok: Arc<AtomicBool>,
     /// The members as of the last connected moment.
     members: BTreeSet<String>,
+    /// There was a connected moment (`members` means something).
+    members_seen: bool,
     gossip: Option<Gossip>,
     /// Why gossip is not running, once warned.
     gossip_error: Option<String>,
@@ -153,6 +157,7 @@ impl Membership {
             renewal: Arc::default(),
             lease_watch_ok: Arc::new(AtomicBool::new(true)),
             members: BTreeSet::new(),
+            members_seen: false,
             gossip: None,
             gossip_error: None,
         }
@@ -210,6 +215,7 @@ impl Membership {
         let connected = self.connected(now);
         if connected {
             self.members = self.leases.alive(self.settings.lease_duration, now);
+            self.members_seen = true;
         }
         let last_ok = self
             .renewal
@@ -244,7 +250,7 @@ impl Membership {
         let members = self.member_statuses(&ips, gossip.as_ref(), &j.alive);
         View {
             connected,
-            gossip: self.gossip.is_some(),
+            gossip: self.gossip.is_some() && self.members_seen,
             alive: j.alive,
             isolated: j.isolated,
             writer,
