@@ -152,6 +152,16 @@ impl Liveness {
             .collect()
     }
 
+    /// Time every Lease from `now`, as if just renewed: after this daemon could not see
+    /// renewals (an API outage), the others had no way to renew either, so their Leases
+    /// get a full duration from the moment this daemon sees again (as the node lifecycle
+    /// controller waits after its own outage). Deaths meanwhile are gossip's to see.
+    pub fn restart_clocks(&mut self, now: Instant) {
+        for (_, at) in self.seen.values_mut() {
+            *at = now;
+        }
+    }
+
     /// When this daemon last saw `node`'s Lease renewed.
     pub fn seen_at(&self, node: &str) -> Option<Instant> {
         self.seen.get(node).map(|(_, at)| *at)
@@ -274,6 +284,10 @@ mod tests {
         l.observe(&[lease("a", later)], t0 + Duration::from_millis(1700));
         assert!(l.seen_at("b").is_none());
         assert_eq!(l.seen_at("a"), Some(t0 + Duration::from_millis(1000)));
+        // After an outage every Lease gets a full duration again.
+        assert!(l.alive(d, t0 + Duration::from_millis(2600)).is_empty());
+        l.restart_clocks(t0 + Duration::from_millis(2600));
+        assert_eq!(l.alive(d, t0 + Duration::from_millis(4000)).len(), 1);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! - **Unknown to gossip** (never heard from): alive during this daemon's join grace (the
 //!   first seconds of its gossip, before it could have heard anyone), dead afterwards. A
 //!   node that joins later announces nothing until it has joined, which is the safe way.
-//! - **This node** is alive in its own view while its own Lease is valid (renewed within
-//!   the lease duration by its own clock), and not [isolated](Judgement::isolated).
+//! - **This node** is alive in its own view unless [isolated](Judgement::isolated), whatever
+//!   its own Lease: it cannot tell whether the others can see Leases either, and stepping
+//!   down on its own Lease's expiry would darken every VIP of a cluster whose API server
+//!   is away for longer than a lease.
 //! - **Isolated:** when gossip reaches only a strict minority of the members (this node
 //!   counted; a member it suspects does not count as reached), this node is the one cut
 //!   off: it steps down (announces nothing) instead of taking over every VIP, because the
@@ -56,9 +58,6 @@ pub struct Inputs<'a> {
     /// This daemon's gossip started less than the join grace ago and has not yet heard
     /// from every member.
     pub joining: bool,
-    /// This node's own Lease is still valid by its own clock (last successful renewal
-    /// within the lease duration).
-    pub own_lease_valid: bool,
 }
 
 /// Who is alive, as this node sees it.
@@ -75,9 +74,7 @@ pub fn judge(i: &Inputs) -> Judgement {
     let others = i.members.iter().filter(|n| n.as_str() != i.me);
     let Some(gossip) = i.gossip else {
         let mut alive: BTreeSet<String> = others.cloned().collect();
-        if i.own_lease_valid {
-            alive.insert(i.me.to_owned());
-        }
+        alive.insert(i.me.to_owned());
         return Judgement {
             alive,
             isolated: false,
@@ -96,7 +93,7 @@ pub fn judge(i: &Inputs) -> Judgement {
     let total = others.count() + 1;
     // Strict minority, this node counted: (reached + 1) / total < 1/2.
     let isolated = !i.joining && (reached + 1) * 2 < total;
-    if i.own_lease_valid && !isolated {
+    if !isolated {
         alive.insert(i.me.to_owned());
     }
     Judgement { alive, isolated }
@@ -128,7 +125,6 @@ mod tests {
             members: &members,
             gossip: g.as_ref(),
             joining,
-            own_lease_valid: true,
         })
     }
 
@@ -161,17 +157,13 @@ mod tests {
     }
 
     #[test]
-    fn own_lease_expired_steps_down() {
-        let members = set(&["a", "b"]);
-        let g = gossip(&[("b", Alive)]);
-        let j = judge(&Inputs {
-            me: "a",
-            members: &members,
-            gossip: Some(&g),
-            joining: false,
-            own_lease_valid: false,
-        });
-        assert_eq!(j.alive, set(&["b"]));
+    fn this_node_is_alive_to_itself_without_its_lease() {
+        // Its Lease expired in its own eyes (a long API outage for everyone): stepping down
+        // would darken the VIP on every node at once.
+        let j = judge_as("a", &["b"], Some(&[("b", Alive)]), false);
+        assert_eq!(j.alive, set(&["a", "b"]));
+        let j = judge_as("a", &["b"], None, false);
+        assert_eq!(j.alive, set(&["a", "b"]));
     }
 
     /// (b) A node cut off from its peers by gossip, with the API: the majority declares it

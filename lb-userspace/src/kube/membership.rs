@@ -7,12 +7,14 @@
 //!   watch within two renew intervals (a watch that stalls silently counts as lost).
 //! - **Members** are the Leases seen valid while connected; while disconnected the last
 //!   members are kept as they were (frozen): a daemon that cannot see renewals judges no
-//!   Lease expired, and gossip alone decides who died. So an API outage moves no VIP.
-//! - This node's own Lease is valid while its last successful renewal is younger than the
-//!   lease duration, by its own clock. Past that the others drop it (they time the Lease
-//!   from when they saw it renewed, which is later), so it steps down first: a node cut
-//!   from the API server keeps serving for a lease duration (40 s by default), then hands
-//!   its VIPs over to nodes that still see the cluster.
+//!   Lease expired, and gossip alone decides who died. On reconnection every Lease is timed
+//!   afresh (the others could not renew either). So an API outage of any length moves no
+//!   VIP.
+//! - A node cut from the API server while its peers are not keeps its VIPs for a lease
+//!   duration (40 s by default); then the peers drop its expired Lease and take them over,
+//!   while it goes on announcing them (it cannot tell a lone cut from an outage for
+//!   everyone, where stepping down would darken every VIP): two announcers, which route
+//!   every connection the same way, until it reconnects and sees its Lease again.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -143,6 +145,8 @@ pub struct Membership {
     members: BTreeSet<String>,
     /// There was a connected moment (`members` means something).
     members_seen: bool,
+    /// Connected at the last view (a reconnection restarts the Lease clocks).
+    was_connected: bool,
     gossip: Option<Gossip>,
     /// Why gossip is not running, once warned.
     gossip_error: Option<String>,
@@ -158,6 +162,7 @@ impl Membership {
             lease_watch_ok: Arc::new(AtomicBool::new(true)),
             members: BTreeSet::new(),
             members_seen: false,
+            was_connected: false,
             gossip: None,
             gossip_error: None,
         }
@@ -213,17 +218,14 @@ impl Membership {
         let now = Instant::now();
         self.leases.observe(leases, now);
         let connected = self.connected(now);
+        if connected && !self.was_connected && self.members_seen {
+            self.leases.restart_clocks(now);
+        }
+        self.was_connected = connected;
         if connected {
             self.members = self.leases.alive(self.settings.lease_duration, now);
             self.members_seen = true;
         }
-        let last_ok = self
-            .renewal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last_ok;
-        let own_lease_valid = last_ok
-            .is_some_and(|t| now.saturating_duration_since(t) < self.settings.lease_duration);
         let ips = internal_ips(nodes);
         let gview = self.gossip.as_ref().map(Gossip::view);
         let gossip = gview.as_ref().map(|v| scoped(&v.members, &ips));
@@ -240,7 +242,6 @@ impl Membership {
             members: &self.members,
             gossip: gossip.as_ref(),
             joining,
-            own_lease_valid,
         });
         let writer = election::winner(
             election::STATUS_WRITER_KEY,
