@@ -238,6 +238,27 @@ fn read_key(path: &std::path::Path) -> Result<ring::hmac::Key> {
     Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key))
 }
 
+/// A datagram as sent: the HMAC-SHA256 tag of `data` in front when there is a key.
+fn seal(key: Option<&ring::hmac::Key>, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(TAG_LEN + data.len());
+    if let Some(key) = key {
+        out.extend_from_slice(ring::hmac::sign(key, data).as_ref());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+/// The payload of a received datagram, when its tag is valid (or there is no key).
+fn open<'a>(key: Option<&ring::hmac::Key>, datagram: &'a [u8]) -> Option<&'a [u8]> {
+    match key {
+        None => Some(datagram),
+        Some(key) => {
+            let (tag, rest) = datagram.split_at_checked(TAG_LEN)?;
+            ring::hmac::verify(key, rest, tag).ok().map(|_| rest)
+        }
+    }
+}
+
 /// foca's timers, delivered when due.
 #[derive(Default)]
 struct Timers {
@@ -329,12 +350,10 @@ impl Agent {
     /// A datagram from a Node address with a valid tag goes to foca; others are dropped.
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
         let known = self.peers.borrow().values().any(|ip| *ip == from.ip());
-        let payload = match (&self.key, known) {
-            (_, false) => None,
-            (None, true) => Some(data),
-            (Some(key), true) => data
-                .split_at_checked(TAG_LEN)
-                .and_then(|(tag, rest)| ring::hmac::verify(key, rest, tag).ok().map(|_| rest)),
+        let payload = if known {
+            open(self.key.as_ref(), data)
+        } else {
+            None
         };
         let ok = payload.is_some_and(|p| self.foca.handle_data(p, &mut self.rt).is_ok());
         let mut v = self.view.lock().unwrap_or_else(PoisonError::into_inner);
@@ -377,11 +396,7 @@ impl Agent {
     async fn flush(&mut self) {
         let mut sent = 0;
         while let Some((to, data)) = self.rt.to_send() {
-            let mut out = Vec::with_capacity(TAG_LEN + data.len());
-            if let Some(key) = &self.key {
-                out.extend_from_slice(ring::hmac::sign(key, &data).as_ref());
-            }
-            out.extend_from_slice(&data);
+            let out = seal(self.key.as_ref(), &data);
             if self.socket.send_to(&out, to.addr).await.is_ok() {
                 sent += 1;
             }
@@ -462,5 +477,54 @@ impl Agent {
         if changed || moved {
             self.changed.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &[u8]) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k)
+    }
+
+    #[test]
+    fn sealed_datagrams_open_only_with_the_same_key_and_unaltered() {
+        let k = key(b"0123456789abcdef-cluster-key");
+        let d = seal(Some(&k), b"swim message");
+        assert_eq!(d.len(), TAG_LEN + 12);
+        assert_eq!(open(Some(&k), &d), Some(&b"swim message"[..]));
+        assert_eq!(open(Some(&key(b"another key, also 16+")), &d), None);
+        let mut tampered = d.clone();
+        tampered[TAG_LEN] ^= 1;
+        assert_eq!(open(Some(&k), &tampered), None);
+        // Untagged (a node without the key) and runt datagrams are refused.
+        assert_eq!(open(Some(&k), b"swim message"), None);
+        assert_eq!(open(Some(&k), &d[..10]), None);
+        // Without a key datagrams go through as they are.
+        assert_eq!(seal(None, b"x"), b"x");
+        assert_eq!(open(None, b"x"), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn a_short_or_missing_key_file_is_refused_with_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("lb-gossip-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "tooshort\n").unwrap();
+        let e = read_key(&short).err().unwrap().to_string();
+        assert!(e.contains("8 bytes; use at least 16"), "{e}");
+        let e = format!("{:#}", read_key(&dir.join("absent")).err().unwrap());
+        assert!(
+            e.contains("cannot read it (mount the gossip key Secret"),
+            "{e}"
+        );
+        let good = dir.join("good");
+        std::fs::write(&good, "  0123456789abcdef0123  \n").unwrap();
+        let k = read_key(&good).unwrap();
+        // Surrounding whitespace is not part of the key.
+        let d = seal(Some(&k), b"m");
+        assert!(open(Some(&key(b"0123456789abcdef0123")), &d).is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
