@@ -1745,6 +1745,31 @@ fn e2e_kube_partition_node_cut_from_the_api_keeps_its_vips() {
          it alive through gossip; gossip datagrams sent per second by node-1..3: {rates:?}",
         cut_at.elapsed().as_millis()
     );
+    // The same on /metrics: every node's gossip counts the two others alive and has
+    // exchanged datagrams, none rejected.
+    for i in 1..=3 {
+        let m = http_get_in(&lab.node(i).ns, METRICS.parse().unwrap(), "/metrics").unwrap();
+        let value = |series: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("node-{i}: no {series} in /metrics:\n{m}"))
+        };
+        assert_eq!(value("lb_gossip_members{state=\"alive\"}"), 2.0, "node-{i}");
+        assert_eq!(value("lb_gossip_members{state=\"down\"}"), 0.0, "node-{i}");
+        assert!(
+            value("lb_gossip_messages_total{result=\"sent\"}") > 0.0,
+            "node-{i}"
+        );
+        assert!(
+            value("lb_gossip_messages_total{result=\"received\"}") > 0.0,
+            "node-{i}"
+        );
+        assert_eq!(
+            value("lb_gossip_messages_total{result=\"rejected\"}"),
+            0.0,
+            "node-{i}"
+        );
+    }
     heal(&lab, w);
     wait_for(
         "node w to reconnect",

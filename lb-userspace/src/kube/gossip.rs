@@ -111,12 +111,13 @@ pub struct Gossip {
 }
 
 impl Gossip {
-    /// Bind `bind_ip:gossip_port` and start the agent as `node`; membership changes wake
-    /// `changed`.
+    /// Bind `bind_ip:gossip_port` and start the agent as `node` among `peers` (see
+    /// [`Gossip::set_peers`]); membership changes wake `changed`.
     pub async fn start(
         node: &str,
         bind_ip: IpAddr,
         settings: &KubeSettings,
+        peers: BTreeMap<String, IpAddr>,
         changed: Arc<Notify>,
     ) -> Result<Gossip> {
         let key = match &settings.gossip_key_file {
@@ -139,7 +140,8 @@ impl Gossip {
             bump,
         };
         let view = Arc::new(Mutex::new(View::default()));
-        let (peers, peers_rx) = watch::channel(BTreeMap::new());
+        // The peers before the first datagram can arrive, so none is refused as unknown.
+        let (peers, peers_rx) = watch::channel(peers);
         let foca = Foca::new(
             me,
             foca_config(settings)?,

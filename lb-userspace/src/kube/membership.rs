@@ -179,9 +179,11 @@ impl Membership {
                      falls back to Leases alone (slow); check the Node's status.addresses",
                     self.me
                 )),
-                Some(ip) => Gossip::start(&self.me, *ip, &self.settings, changed.clone())
-                    .await
-                    .map_err(|e| format!("{e:#}; failure detection falls back to Leases alone")),
+                Some(ip) => {
+                    Gossip::start(&self.me, *ip, &self.settings, ips.clone(), changed.clone())
+                        .await
+                        .map_err(|e| format!("{e:#}; failure detection falls back to Leases alone"))
+                }
             };
             match started {
                 Ok(g) => {
