@@ -1285,7 +1285,8 @@ fn validation_targets() -> (Vec<PathBuf>, Vec<Scratch>) {
             &render_chart(Some(
                 "quicLb: {namespaces: [shop], secretNames: [web-quic-lb]}\n\
                  metrics: {serviceMonitor: {enabled: true}}\n\
-                 imagePullSecrets: [{name: regcred}]\npodAnnotations: {a: b}\n",
+                 imagePullSecrets: [{name: regcred}]\npodAnnotations: {a: b}\n\
+                 gossip: {keySecret: lb-gossip}\n",
             )),
         ),
     ];

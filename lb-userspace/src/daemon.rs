@@ -29,7 +29,7 @@ use crate::{
     announce::{AnnounceOptions, Announcer, AnnouncerHandle},
     config::{self, Config, Plan, XdpMode},
     dataplane::{Dataplane, LoadOptions, monotonic_ns},
-    kube::{ControllerStatus, NodeDataplane, controller},
+    kube::{ControllerStatus, NodeDataplane, controller, liveness::GossipState},
     metrics::{
         self, BackendLabel, DaemonStats, Format, Labels, MetricsSource, QuicLabel, VipLabel,
     },
@@ -410,6 +410,26 @@ impl NodeDataplane for State {
     }
 
     fn set_status(&mut self, status: ControllerStatus) {
+        if let Some(g) = &status.gossip {
+            let mut by_state = [("alive", 0), ("suspect", 0), ("down", 0)];
+            for m in status.members.values() {
+                let i = match m.gossip {
+                    Some(GossipState::Alive) => 0,
+                    Some(GossipState::Suspect) => 1,
+                    Some(GossipState::Down) => 2,
+                    None => continue,
+                };
+                by_state[i].1 += 1;
+            }
+            self.stats.gossip(
+                &by_state,
+                &[
+                    ("sent", g.sent),
+                    ("received", g.received),
+                    ("rejected", g.rejected),
+                ],
+            );
+        }
         self.kube_status = Some(status);
     }
 }

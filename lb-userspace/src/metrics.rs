@@ -36,6 +36,8 @@
 //! | `lb_reply_flows_capacity` | gauge | | flows the reply table can hold (`[reverse_nat] max_flows`) |
 //! | `lb_reply_flows_expired_total` | counter | | reply-table entries the sweep deleted as idle |
 //! | `lb_reply_sweep_duration_seconds` | gauge | | how long the last sweep of the reply table took |
+//! | `lb_gossip_members` | gauge | `state` (`alive`, `suspect`, `down`) | Kubernetes mode: cluster members by what this node's gossip (SWIM) says of them |
+//! | `lb_gossip_messages_total` | counter | `result` (`sent`, `received`, `rejected`) | Kubernetes mode: gossip datagrams; `rejected`: not from a Node's InternalIP, a bad or missing key tag, or undecodable |
 //!
 //! Every VIP has a series for each reason the program counts per VIP (all but the
 //! `pass_*` parse reasons, which are node-wide only), zeros included, so `rate()` works from
@@ -183,7 +185,15 @@ pub struct DaemonStats {
     map_sync_totals: Arc<(AtomicU64, AtomicU64)>,
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
     reply_table: ReplyTableStats,
+    gossip: GossipMetrics,
     version: &'static str,
+}
+
+/// Kubernetes mode's gossip, as the controller last reported it.
+#[derive(Clone, Debug, Default)]
+struct GossipMetrics {
+    members: Family<[(&'static str, &'static str); 1], Gauge>,
+    messages: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 /// The reply table as the daemon's sweeps see it (counting entries needs a walk of the
@@ -217,6 +227,7 @@ impl DaemonStats {
             map_sync_totals: Arc::default(),
             reloads,
             reply_table: ReplyTableStats::default(),
+            gossip: GossipMetrics::default(),
             version,
         }
     }
@@ -258,6 +269,25 @@ impl DaemonStats {
 
     pub fn version(&self) -> &'static str {
         self.version
+    }
+
+    /// Gossip's members by state (`alive`, `suspect`, `down`) and its datagram totals
+    /// (`sent`, `received`, `rejected`) as the controller last counted them; the counters
+    /// only move forward.
+    pub fn gossip(&self, members: &[(&'static str, usize)], totals: &[(&'static str, u64)]) {
+        for (state, n) in members {
+            self.gossip
+                .members
+                .get_or_create(&[("state", *state)])
+                .set(*n as i64);
+        }
+        for (result, total) in totals {
+            let c = self.gossip.messages.get_or_create(&[("result", *result)]);
+            let now = c.get();
+            if *total > now {
+                c.inc_by(total - now);
+            }
+        }
     }
 }
 
@@ -613,6 +643,16 @@ fn registry(snap: Snapshot, labels: &Labels, extra: &DaemonStats) -> Registry {
         "Time the last sweep of the reply table took",
         Unit::Seconds,
         r.sweep_seconds.clone(),
+    );
+    reg.register(
+        "lb_gossip_members",
+        "Kubernetes mode: cluster members by gossip state",
+        extra.gossip.members.clone(),
+    );
+    reg.register(
+        "lb_gossip_messages",
+        "Kubernetes mode: gossip datagrams sent, received, and rejected",
+        extra.gossip.messages.clone(),
     );
     // `info` in OpenMetrics (`lb_build_info{version} 1`), a gauge of 1 in the 0.0.4 text.
     reg.register(

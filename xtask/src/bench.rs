@@ -53,3 +53,45 @@ pub fn bench(args: &Args) -> Result<()> {
     println!("bench: {}", display(&cmd));
     status(&mut cmd)
 }
+
+#[derive(clap::Args)]
+pub struct MembershipArgs {
+    /// Also write the results as JSON to PATH (relative to where you run `cargo xtask`);
+    /// passed to `lb-lab bench-membership --json`
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Node counts to simulate, comma-separated; passed to `lb-lab bench-membership --nodes`
+    /// [default: 10,100,500]
+    #[arg(long, value_name = "N,N,...")]
+    nodes: Option<String>,
+    /// Real Lease watches per scenario; passed to `lb-lab bench-membership --watchers`
+    /// [default: lb-lab's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    watchers: Option<u32>,
+}
+
+/// `cargo xtask bench-membership`: API writes/s and watch events/s of lb's membership with
+/// simulated nodes against the fake API server (`lb-lab bench-membership`, release build).
+pub fn bench_membership(args: &MembershipArgs) -> Result<()> {
+    // lb-lab links lb-userspace, whose build script builds the BPF object.
+    setup::setup(Scope::Build)?;
+    let mut cmd = run::lab_release("bench-membership");
+    if let Some(json) = &args.json {
+        let json = if json.is_absolute() {
+            json.clone()
+        } else {
+            env::current_dir()
+                .context("reading the current directory")?
+                .join(json)
+        };
+        cmd.arg("--json").arg(json);
+    }
+    if let Some(nodes) = &args.nodes {
+        cmd.arg("--nodes").arg(nodes);
+    }
+    if let Some(w) = args.watchers {
+        cmd.arg("--watchers").arg(w.to_string());
+    }
+    println!("bench-membership: {}", display(&cmd));
+    status(&mut cmd)
+}

@@ -91,6 +91,18 @@ enum Task {
     )]
     Bench(bench::Args),
 
+    /// The API server load of lb's membership: Lease writes/s and watch events/s at 10, 100
+    /// and 500 simulated nodes, before (Lease renewed every 300 ms) and after (gossip, Lease
+    /// every 10 s)
+    #[command(
+        long_about = "Set up the toolchain, then `cargo run --release --package lb-lab --bin \
+        lb-lab -- bench-membership`, forwarding --json, --nodes and --watchers. Simulated nodes \
+        run the daemon's own Lease renewer against the in-process fake API server, which logs \
+        every request and counts the events it sends on watches. Does not need root; takes \
+        about three minutes."
+    )]
+    BenchMembership(bench::MembershipArgs),
+
     /// The end-to-end demo as root: a client, an lb node and three backends in network
     /// namespaces, real HTTP/3, HTTP/1.1 and QUIC migration through `lb run`
     #[command(
@@ -117,6 +129,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::test(args),
         Task::Lint => lint::lint(),
         Task::Bench(args) => bench::bench(args),
+        Task::BenchMembership(args) => bench::bench_membership(args),
         Task::Demo(args) => demo::demo(args),
     };
     match result {

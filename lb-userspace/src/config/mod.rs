@@ -271,11 +271,27 @@ pub struct KubeSettings {
     pub default_class: bool,
     /// Namespace of the per-node heartbeat Leases; `None`: `$POD_NAMESPACE`, else `lb-system`.
     pub lease_namespace: Option<String>,
-    /// A node whose Lease was not renewed for this long is dead: its VIPs move.
+    /// A node whose Lease was not renewed for this long is no member any more, whatever
+    /// gossip says: its VIPs move (kubelet's node Lease: 40 s).
     pub lease_duration: std::time::Duration,
-    /// How often each node renews its own Lease.
+    /// How often each node renews its own Lease (kubelet: 10 s). Fast failure detection is
+    /// gossip's job (`gossip_*`), so this only bounds how long a member lasts without it.
     pub lease_renew: std::time::Duration,
+    /// UDP port of the node-to-node SWIM gossip, on each node's InternalIP (memberlist's,
+    /// as MetalLB's speakers use: 7946).
+    pub gossip_port: u16,
+    /// A file holding the cluster's gossip key (a mounted Secret): every datagram carries
+    /// an HMAC-SHA256 of it and others are dropped. `None`: datagrams are only scoped to
+    /// the cluster's Node addresses.
+    pub gossip_key_file: Option<std::path::PathBuf>,
+    /// How often each node probes one member (SWIM's protocol period).
+    pub gossip_probe: std::time::Duration,
+    /// How long a suspected member has to refute the suspicion before it is declared down.
+    pub gossip_suspect: std::time::Duration,
 }
+
+/// The default `[kubernetes] gossip_port` (memberlist's).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
 
 /// The `loadBalancerClass` lb claims unless configured otherwise.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "lb.dev/lb";
@@ -286,8 +302,12 @@ impl Default for KubeSettings {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_owned(),
             default_class: false,
             lease_namespace: None,
-            lease_duration: std::time::Duration::from_millis(1200),
-            lease_renew: std::time::Duration::from_millis(300),
+            lease_duration: std::time::Duration::from_secs(40),
+            lease_renew: std::time::Duration::from_secs(10),
+            gossip_port: DEFAULT_GOSSIP_PORT,
+            gossip_key_file: None,
+            gossip_probe: std::time::Duration::from_millis(150),
+            gossip_suspect: std::time::Duration::from_millis(300),
         }
     }
 }

@@ -64,6 +64,14 @@ pub(super) struct RawKubernetes {
     pub(super) lease_duration_ms: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) lease_renew_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) gossip_port: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) gossip_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) gossip_probe_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) gossip_suspect_ms: Option<Spanned<i64>>,
 }
 
 /// `"eth0"` or `{ name = "eth0", xdp_mode = "generic" }`.

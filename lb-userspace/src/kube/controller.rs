@@ -10,11 +10,14 @@
 //!   addresses into the static config model ([`super::translate`]) and applies the
 //!   difference to the maps through the same plan/diff/apply path as `lb run --config`.
 //!   An unchanged cluster (a relist, a resync) produces an empty diff: no map writes.
-//! - Every `lease_renew` the node renews its Lease; Lease changes and a tick of half that
-//!   recompute which VIPs it announces, without a full sync. A failed status write or map
-//!   update makes the next tick a full sync again.
-//! - When the API server goes away the data plane keeps its last state, announcements
-//!   freeze, and the watches retry (backoff capped at 2 s) and re-list on return.
+//! - Every `lease_renew` (10 s, kubelet's cadence) the node renews its Lease; gossip
+//!   ([`super::gossip`]) detects deaths in under a second. Lease and gossip changes and a
+//!   tick of [`ELECTION_TICK`] recompute which VIPs it announces ([`super::membership`]),
+//!   without a full sync. A failed status write or map update makes the next tick a full
+//!   sync again.
+//! - When the API server goes away the data plane keeps its last state, Leases are judged
+//!   as last seen while gossip goes on detecting deaths, and the watches retry (backoff
+//!   capped at 2 s) and re-list on return.
 //!
 //! The API calls live in `Controller`; what follows from what it read (the config to
 //! program, the VIPs to announce, the status for `/status`) is decided by `Reconciler`
@@ -24,23 +27,22 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::{
-    api::{
-        coordination::v1::Lease,
-        core::v1::{Node, Pod, Secret, Service},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::apis::meta::v1::MicroTime,
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client, Resource,
-    api::{Patch, PatchParams},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
@@ -52,14 +54,15 @@ use kube::{
 };
 use log::{info, warn};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use super::{
     ControllerStatus, NodeDataplane,
     crd::{IPPool, IPPoolStatus},
-    election::{self, LEASE_LABEL, Liveness},
-    ipam, status,
+    election::{self, LEASE_LABEL},
+    ipam,
+    membership::{self, Membership, View},
+    status,
     translate::{
         self, Eligible, QUIC_LB_SECRET_ANNOTATION, SERVER_ID_ANNOTATION, SERVICE_NAME_LABEL,
     },
@@ -71,6 +74,10 @@ pub const DEFAULT_LEASE_NAMESPACE: &str = "lb-system";
 
 /// Secrets and pod annotations are re-read at most this often.
 const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Between changes, re-elect this often: Leases expire and suspicions resolve without an
+/// event (gossip's up/down notifications wake the election at once).
+const ELECTION_TICK: Duration = Duration::from_millis(500);
 
 /// The node's data plane, shared with the daemon's other tasks (reloads, metrics, sweeps).
 pub type SharedDataplane = Arc<Mutex<dyn NodeDataplane + Send>>;
@@ -164,12 +171,14 @@ impl Backoff for FastBackoff {
     }
 }
 
-/// Start a reflector; every change (and every watch error) wakes `notify`.
+/// Start a reflector; every change (and every watch error) wakes `notify`; `healthy`, when
+/// given, says whether the watch currently delivers.
 fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
     notify: Arc<Notify>,
     what: &'static str,
+    healthy: Option<Arc<AtomicBool>>,
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -183,6 +192,9 @@ where
         futures::pin_mut!(stream);
         let mut failing = false;
         while let Some(ev) = stream.next().await {
+            if let Some(h) = &healthy {
+                h.store(ev.is_ok(), Ordering::Relaxed);
+            }
             match ev {
                 Ok(_) => {
                     if failing {
@@ -195,6 +207,9 @@ where
                     if !failing {
                         warn!("watch of {what} failed, retrying: {e}");
                         failing = true;
+                        if healthy.is_some() {
+                            notify.notify_one();
+                        }
                     }
                 }
             }
@@ -213,13 +228,13 @@ struct Stores {
 
 impl Stores {
     /// Start the reflectors. A change of the cluster wakes `notify` (a full sync); a Lease
-    /// change wakes `lease_notify` (the election only: Leases change several times a
-    /// second).
+    /// change wakes `lease_notify` (the election only: every node renews its Lease).
     fn start(
         client: &Client,
         lease_ns: &str,
         notify: &Arc<Notify>,
         lease_notify: &Arc<Notify>,
+        lease_watch_ok: &Arc<AtomicBool>,
     ) -> Stores {
         Stores {
             services: reflect(
@@ -227,30 +242,35 @@ impl Stores {
                 watcher::Config::default(),
                 notify.clone(),
                 "Services",
+                None,
             ),
             slices: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default().labels(SERVICE_NAME_LABEL),
                 notify.clone(),
                 "EndpointSlices",
+                None,
             ),
             nodes: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 notify.clone(),
                 "Nodes",
+                None,
             ),
             pools: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 notify.clone(),
                 "IPPools",
+                None,
             ),
             leases: reflect(
                 Api::namespaced(client.clone(), lease_ns),
                 watcher::Config::default().labels(LEASE_LABEL),
                 lease_notify.clone(),
                 "Leases",
+                Some(lease_watch_ok.clone()),
             ),
         }
     }
@@ -437,9 +457,9 @@ struct Controller {
     settings: KubeSettings,
     dataplane: SharedDataplane,
     stores: Stores,
-    liveness: Liveness,
-    /// When this node's own Lease was last renewed successfully.
-    renewed: Arc<Mutex<Option<Instant>>>,
+    membership: Membership,
+    /// Wakes the election (Lease and gossip changes).
+    wake: Arc<Notify>,
     lookups: Lookups,
     recorder: Recorder,
     /// The status writer and our connectivity as of the last full sync.
@@ -463,14 +483,20 @@ pub async fn run(
     let lease_ns = lease_namespace(&settings);
     let notify = Arc::new(Notify::new());
     let lease_notify = Arc::new(Notify::new());
-    let stores = Stores::start(&client, &lease_ns, &notify, &lease_notify);
-    let renewed = Arc::new(Mutex::new(None));
-    tokio::spawn(renew_lease(
+    let membership = Membership::new(opts.node_name.clone(), settings.clone());
+    let stores = Stores::start(
+        &client,
+        &lease_ns,
+        &notify,
+        &lease_notify,
+        &membership.lease_watch_ok,
+    );
+    tokio::spawn(membership::renew_lease(
         client.clone(),
         lease_ns.clone(),
         opts.node_name.clone(),
         settings.clone(),
-        renewed.clone(),
+        membership.renewal.clone(),
         notify.clone(),
         stop,
     ));
@@ -486,8 +512,8 @@ pub async fn run(
         settings,
         dataplane,
         stores,
-        liveness: Liveness::default(),
-        renewed,
+        membership,
+        wake: lease_notify.clone(),
         lookups: Lookups::default(),
         recorder,
         last_writer: None,
@@ -499,7 +525,7 @@ pub async fn run(
     c.stores.wait_ready().await;
     info!("Kubernetes: initial lists complete; programming");
     // Election needs time to pass as well as events: leases expire without any event.
-    let tick = (c.settings.lease_renew / 2).max(Duration::from_millis(50));
+    let tick = ELECTION_TICK;
     // A full sync on every change, and at least every CACHE_TTL (Secrets and pod
     // annotations are not watched); on the ticks in between only liveness and election.
     let mut full = true;
@@ -519,39 +545,13 @@ pub async fn run(
     }
 }
 
-/// The election as this node sees it at one moment.
-#[derive(Debug, Clone, Default)]
-struct View {
-    /// Our own renewal succeeded recently and came back through the watch, so the Lease
-    /// store is current (see election's "Frozen").
-    connected: bool,
-    alive: BTreeSet<String>,
-    /// The alive node that writes Service status.
-    writer: Option<String>,
-}
-
 impl Controller {
     /// Liveness and who this node is for the election.
     fn observe(&mut self) -> View {
-        let now = Instant::now();
-        self.liveness.observe(&snapshot(&self.stores.leases), now);
-        let fresh = self.settings.lease_renew * 2;
-        let recent =
-            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < fresh);
-        // A plain timestamp: valid whatever a panicking writer was doing.
-        let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
-        let connected = recent(renewed) && recent(self.liveness.seen_at(&self.r.node));
-        let alive = self.liveness.alive(self.settings.lease_duration, now);
-        let writer = election::winner(
-            election::STATUS_WRITER_KEY,
-            alive.iter().map(String::as_str),
+        self.membership.view(
+            &snapshot(&self.stores.leases),
+            &snapshot(&self.stores.nodes),
         )
-        .map(str::to_owned);
-        View {
-            connected,
-            alive,
-            writer,
-        }
     }
 
     /// Between changes: re-elect (a Lease may have expired); a new status writer, or
@@ -573,6 +573,7 @@ impl Controller {
             .partition(|s| is_ours(s, &self.settings));
         let slices = snapshot(&self.stores.slices);
         let nodes = snapshot(&self.stores.nodes);
+        self.membership.ensure_gossip(&nodes, &self.wake).await;
         let view = self.observe();
         self.last_writer = view.writer.clone();
         self.last_connected = view.connected;
@@ -778,10 +779,10 @@ impl Reconciler {
         self.tick(dp, nodes, view);
     }
 
-    /// Announce the VIPs this node wins (unless disconnected: then announcements freeze)
-    /// and report for `/status`.
+    /// Announce the VIPs this node wins and report for `/status`. Without gossip and
+    /// without the API server this node cannot judge anyone: announcements freeze.
     fn tick(&self, dp: &mut dyn NodeDataplane, nodes: &[Node], view: &View) {
-        if view.connected {
+        if view.connected || view.gossip {
             self.elect(dp, nodes, &view.alive);
         }
         let status = self.status(view, dp.announced());
@@ -835,6 +836,9 @@ impl Reconciler {
             lease_namespace: self.lease_ns.clone(),
             connected: view.connected,
             alive_nodes: view.alive.clone(),
+            isolated: view.isolated,
+            members: view.members.clone(),
+            gossip: view.gossip_stats.clone(),
             status_writer: view.writer.clone(),
             services: self.services_seen,
             announced,
@@ -923,70 +927,6 @@ fn want_bad(reason: &str, msg: &str) -> status::Want {
     }
 }
 
-/// Renew this node's heartbeat Lease every `lease_renew` (server-side apply creates it),
-/// until `stop` says so (or its sender is gone).
-async fn renew_lease(
-    client: Client,
-    ns: String,
-    node: String,
-    settings: KubeSettings,
-    renewed: Arc<Mutex<Option<Instant>>>,
-    notify: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let api: Api<Lease> = Api::namespaced(client, &ns);
-    let name = election::lease_name(&node);
-    let secs = settings.lease_duration.as_secs_f64().ceil() as i32;
-    let mut tick = tokio::time::interval(settings.lease_renew);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            biased;
-            // Returning drops `stop`, which tells give_up_lease it may delete the Lease.
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        let started = Instant::now();
-        let lease = json!({
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": name, "namespace": ns, "labels": {LEASE_LABEL: "true"}},
-            "spec": {
-                "holderIdentity": node,
-                "leaseDurationSeconds": secs,
-                "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now()),
-            },
-        });
-        let r = api
-            .patch(
-                &name,
-                &PatchParams::apply(status::FIELD_MANAGER).force(),
-                &Patch::Apply(&lease),
-            )
-            .await;
-        match r {
-            Ok(_) => {
-                *renewed.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
-                if failing {
-                    info!("Lease {ns}/{name} renewed again");
-                    failing = false;
-                    notify.notify_one();
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    warn!(
-                        "renewing Lease {ns}/{name} failed ({e}); keeping the data plane and \
-                         announcements as they are until the API server answers"
-                    );
-                    failing = true;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -996,6 +936,7 @@ mod tests {
         api::core::v1::{NodeCondition, NodeSpec, NodeStatus},
         apimachinery::pkg::apis::meta::v1::ObjectMeta,
     };
+    use serde_json::json;
 
     use super::*;
 
@@ -1104,6 +1045,7 @@ mod tests {
             connected,
             alive: names(alive),
             writer: writer.map(str::to_owned),
+            ..View::default()
         }
     }
 
@@ -1331,6 +1273,22 @@ mod tests {
     }
 
     #[test]
+    fn with_gossip_a_disconnected_node_still_elects() {
+        let vip = ip("198.18.0.1");
+        let mut fake = Fake {
+            announced: vec![vip],
+            ..Fake::default()
+        };
+        let mut r = reconciler("node-a");
+        r.announce = BTreeMap::from([(vip, Eligible::AnyNode)]);
+        // Gossip says node-a is down to the others and they dropped it: node-b wins.
+        let mut v = view(false, &["node-b"], Some("node-b"));
+        v.gossip = true;
+        r.tick(&mut fake, &[node("node-a"), node("node-b")], &v);
+        assert_eq!(fake.calls[0], Call::SetAnnounced(vec![]));
+    }
+
+    #[test]
     fn status_has_the_fields_of_slash_status() {
         let mut fake = Fake {
             announced: vec![ip("198.18.0.1"), ip("fd00:18::1")],
@@ -1341,11 +1299,22 @@ mod tests {
         r.status_writes = 7;
         r.status_errors = 1;
         // No election while disconnected, so the status shows the fake's VIPs.
-        r.tick(
-            &mut fake,
-            &[],
-            &view(false, &["node-b", "node-a"], Some("node-b")),
-        );
+        let mut v = view(false, &["node-b", "node-a"], Some("node-b"));
+        v.members = BTreeMap::from([(
+            "node-b".to_owned(),
+            membership::MemberStatus {
+                lease: true,
+                gossip: Some(super::super::liveness::GossipState::Suspect),
+                alive: true,
+            },
+        )]);
+        v.gossip_stats = Some(membership::GossipStats {
+            addr: "198.18.0.11:7946".into(),
+            sent: 10,
+            received: 9,
+            rejected: 1,
+        });
+        r.tick(&mut fake, &[], &v);
         let [Call::SetStatus(status)] = &fake.calls[..] else {
             panic!("{:?}", fake.calls);
         };
@@ -1356,6 +1325,9 @@ mod tests {
                 "lease_namespace": "lb-system",
                 "connected": false,
                 "alive_nodes": ["node-a", "node-b"],
+                "isolated": false,
+                "members": {"node-b": {"lease": true, "gossip": "suspect", "alive": true}},
+                "gossip": {"addr": "198.18.0.11:7946", "sent": 10, "received": 9, "rejected": 1},
                 "status_writer": "node-b",
                 "services": 2,
                 "announced": ["198.18.0.1", "fd00:18::1"],

@@ -4,10 +4,10 @@
 //! namespace. There is no Lease per VIP: each node computes the same answer from the same
 //! inputs, so API load grows with the number of nodes, not Services.
 //!
-//! - **Alive:** a node whose Lease this daemon saw renewed within the lease duration, timed
-//!   by this daemon's own monotonic clock from the moment it observed the change (as the
-//!   node lifecycle controller does), so clock skew between nodes does not matter. A Lease
-//!   found at start-up counts from its `renewTime`.
+//! - **Alive:** see [`super::liveness`]: a node whose Lease is valid (timed by this
+//!   daemon's own monotonic clock from the moment it observed the renewal, as the node
+//!   lifecycle controller does, so clock skew between nodes does not matter; a Lease found
+//!   at start-up counts from its `renewTime`) and that gossip does not report down.
 //! - **Eligible** for a VIP: alive, its Node is Ready, not cordoned (`spec.unschedulable`),
 //!   not labelled `node.kubernetes.io/exclude-from-external-load-balancers`, and for
 //!   `externalTrafficPolicy: Local` it hosts a ready endpoint of the Service.
@@ -16,12 +16,10 @@
 //!   spread over nodes, and when a node dies only its VIPs move.
 //! - **Status writer:** the alive node ranked first for the fixed key `status-writer`
 //!   allocates addresses and writes Service status; the others only read it.
-//! - **Frozen:** unless this daemon renewed its own Lease *and* saw that renewal come back
-//!   through its watch within two renew intervals, it keeps announcing what it announced
-//!   and judges nobody: a partitioned daemon (or one whose watch stalled) must neither stop
-//!   forwarding nor take over VIPs because it no longer sees the others' renewals. Two
-//!   renew intervals are shorter than a lease, so a daemon freezes before it could declare
-//!   anyone dead. Two nodes may then answer ARP for one VIP; both route every
+//! - **API server lost:** see [`super::membership`]: Leases are judged as last seen and
+//!   gossip alone decides who died, so an outage moves no VIP. Without gossip (it could
+//!   not start) a daemon that lost the API server keeps announcing what it announced and
+//!   judges nobody. Two nodes may then answer ARP for one VIP; both route every
 //!   connection the same way (connection IDs and Maglev), so the client is served by
 //!   whichever it reaches.
 
@@ -154,6 +152,16 @@ impl Liveness {
             .collect()
     }
 
+    /// Time every Lease from `now`, as if just renewed: after this daemon could not see
+    /// renewals (an API outage), the others had no way to renew either, so their Leases
+    /// get a full duration from the moment this daemon sees again (as the node lifecycle
+    /// controller waits after its own outage). Deaths meanwhile are gossip's to see.
+    pub fn restart_clocks(&mut self, now: Instant) {
+        for (_, at) in self.seen.values_mut() {
+            *at = now;
+        }
+    }
+
     /// When this daemon last saw `node`'s Lease renewed.
     pub fn seen_at(&self, node: &str) -> Option<Instant> {
         self.seen.get(node).map(|(_, at)| *at)
@@ -276,6 +284,10 @@ mod tests {
         l.observe(&[lease("a", later)], t0 + Duration::from_millis(1700));
         assert!(l.seen_at("b").is_none());
         assert_eq!(l.seen_at("a"), Some(t0 + Duration::from_millis(1000)));
+        // After an outage every Lease gets a full duration again.
+        assert!(l.alive(d, t0 + Duration::from_millis(2600)).is_empty());
+        l.restart_clocks(t0 + Duration::from_millis(2600));
+        assert_eq!(l.alive(d, t0 + Duration::from_millis(4000)).len(), 1);
     }
 
     #[test]

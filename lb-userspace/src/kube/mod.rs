@@ -1,13 +1,16 @@
 //! Kubernetes as a source of truth (`lb run --kube`): IP pools, Services of type
 //! LoadBalancer with our `loadBalancerClass`, their EndpointSlices, Nodes, and the Leases
-//! that elect one announcing node per VIP. Everything feeds the same [`crate::config::Config`]
+//! and gossip that elect one announcing node per VIP. Everything feeds the same [`crate::config::Config`]
 //! model, plan and map writer as the static config file.
 //!
 //! The controller never sees the daemon: it drives the node through [`NodeDataplane`],
 //! which the daemon implements over its maps and announcers (the same seam as
 //! [`crate::metrics::MetricsSource`]), and its unit tests implement with a fake.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use serde_json::{Value, json};
 
@@ -16,7 +19,10 @@ use crate::config::Config;
 pub mod controller;
 pub mod crd;
 pub mod election;
+pub mod gossip;
 pub mod ipam;
+pub mod liveness;
+pub mod membership;
 pub mod status;
 #[cfg(test)]
 mod test_support;
@@ -44,9 +50,15 @@ pub struct ControllerStatus {
     pub node: String,
     pub lease_namespace: String,
     /// This node's Lease renewals succeed and come back through its watch; when not,
-    /// announcements are frozen (see [`election`]).
+    /// Leases are judged as last seen and gossip alone decides (see [`membership`]).
     pub connected: bool,
     pub alive_nodes: BTreeSet<String>,
+    /// Gossip reaches only a minority of the members: this node announces nothing.
+    pub isolated: bool,
+    /// Every Node and member: Lease, gossip state, alive.
+    pub members: BTreeMap<String, membership::MemberStatus>,
+    /// This node's gossip (address, datagram counters); `None` when it is not running.
+    pub gossip: Option<membership::GossipStats>,
     /// The node that allocates addresses and writes Service status.
     pub status_writer: Option<String>,
     /// lb's Services, as of the last full sync.
@@ -65,6 +77,9 @@ impl ControllerStatus {
             "lease_namespace": self.lease_namespace,
             "connected": self.connected,
             "alive_nodes": self.alive_nodes,
+            "isolated": self.isolated,
+            "members": self.members,
+            "gossip": self.gossip,
             "status_writer": self.status_writer,
             "services": self.services,
             "announced": self.announced.iter().map(|a| a.to_string()).collect::<Vec<_>>(),

@@ -88,7 +88,8 @@ impl Faults {
         lock(&self.log).push(r);
     }
 
-    /// Count a list or watch of a resource (`verb` is `"list"` or `"watch"`).
+    /// Count a list or watch of a resource, or an event sent on a watch (`verb` is
+    /// `"list"`, `"watch"` or `"event"`).
     pub fn count(&self, verb: &'static str, resource: &str) {
         *lock(&self.counts)
             .entry((verb, resource.to_string()))

@@ -286,6 +286,13 @@ impl FakeApiServer {
         self.inner.faults.counted("list", resource)
     }
 
+    /// Number of change events (`ADDED`, `MODIFIED`, `DELETED` after the initial state;
+    /// not bookmarks) sent on all watches of `resource`, summed over watchers: the fan-out
+    /// a real API server would serve.
+    pub fn watch_event_count(&self, resource: &str) -> u64 {
+        self.inner.faults.counted("event", resource)
+    }
+
     /// Number of WATCH requests for `resource` (same naming as [`list_count`](Self::list_count)).
     pub fn watch_count(&self, resource: &str) -> u64 {
         self.inner.faults.counted("watch", resource)

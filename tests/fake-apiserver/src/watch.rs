@@ -197,6 +197,7 @@ async fn run(inner: Arc<Inner>, res: Arc<ResourceInfo>, p: WatchParams, tx: mpsc
             {
                 return;
             }
+            inner.faults.count("event", &key);
         }
         tokio::select! {
             r = rv_rx.changed() => if r.is_err() { return },

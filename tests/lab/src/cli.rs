@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::{backend, bench, demo, probe};
+use crate::{backend, bench, demo, membership_bench, probe};
 
 /// lb-lab: lb's lab tools (demo, backend, probe, benchmark); the load balancer is `lb`.
 #[derive(Parser)]
@@ -41,6 +41,21 @@ enum Command {
         #[arg(long, default_value_t = bench::DEFAULT_ROUNDS)]
         rounds: u32,
     },
+    /// Measure the API server load of lb's membership (Lease writes/s and watch events/s)
+    /// with simulated nodes against the in-process fake API server, for the Lease as failure
+    /// detector (renew 300 ms) and for gossip + kubelet-cadence Leases (renew 10 s). No root.
+    BenchMembership {
+        /// Node counts to simulate.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,500")]
+        nodes: Vec<usize>,
+        /// Real Lease watches per scenario (every daemon's watch receives the same events; the
+        /// total is this sample's rate times the node count).
+        #[arg(long, default_value_t = 10)]
+        watchers: usize,
+        /// Also write the results as JSON: {"membership": [{"design", "nodes", "api_writes_per_s", "watch_events_per_s", ...}]}.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 /// Parse the command line and run the subcommand.
@@ -62,6 +77,20 @@ pub fn main() -> Result<()> {
                 json,
                 repeat,
                 rounds,
+            })
+        }
+        Command::BenchMembership {
+            nodes,
+            watchers,
+            json,
+        } => {
+            if nodes.contains(&0) || watchers == 0 {
+                bail!("--nodes and --watchers must be at least 1");
+            }
+            membership_bench::run(&membership_bench::Options {
+                nodes,
+                watchers,
+                json,
             })
         }
     }

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod kube_proxy_standin;
+pub mod membership_bench;
 pub mod netns;
 pub mod packet;
 pub mod probe;

@@ -1,5 +1,5 @@
-//! `[kubernetes]`: the settings of `lb run --kube` (which Services are ours, and the
-//! per-node heartbeat Leases). Absent values keep their defaults ([`KubeSettings::default`]).
+//! `[kubernetes]`: the settings of `lb run --kube` (which Services are ours, the per-node
+//! heartbeat Leases, and the gossip between nodes). Absent values keep their defaults ([`KubeSettings::default`]).
 
 use std::time::Duration;
 
@@ -47,7 +47,51 @@ pub(super) fn validate_kubernetes(
         k.lease_renew = d;
     }
     check_renewal_rate(raw, &k, errs);
+    validate_gossip(raw, &mut k, errs);
     k
+}
+
+/// The `gossip_*` keys (see [`KubeSettings`]).
+fn validate_gossip(raw: &RawKubernetes, k: &mut KubeSettings, errs: &mut Errors) {
+    if let Some(p) = &raw.gossip_port {
+        match int_in(*p.get_ref(), 1, 65535) {
+            Some(n) => k.gossip_port = n as u16,
+            None => errs.at(
+                p.span(),
+                "kubernetes.gossip_port",
+                format!("{} is not a UDP port; use 1..=65535", p.get_ref()),
+            ),
+        }
+    }
+    if let Some(f) = &raw.gossip_key_file {
+        if f.get_ref().is_empty() {
+            errs.at(
+                f.span(),
+                "kubernetes.gossip_key_file",
+                "is empty: name the file holding the gossip key, or leave the key out",
+            );
+        } else {
+            k.gossip_key_file = Some(f.get_ref().into());
+        }
+    }
+    if let Some(d) = millis(
+        &raw.gossip_probe_ms,
+        "kubernetes.gossip_probe_ms",
+        20,
+        10_000,
+        errs,
+    ) {
+        k.gossip_probe = d;
+    }
+    if let Some(d) = millis(
+        &raw.gossip_suspect_ms,
+        "kubernetes.gossip_suspect_ms",
+        20,
+        60_000,
+        errs,
+    ) {
+        k.gossip_suspect = d;
+    }
 }
 
 /// `load_balancer_class`, when given and valid.

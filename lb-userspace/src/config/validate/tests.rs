@@ -583,7 +583,8 @@ fn kubernetes_table_defaults_and_values() {
     let c = Config::parse(
         "interfaces = [\"eth0\"]\n[kubernetes]\nload_balancer_class = \"example.com/lb\"\n\
          default_class = true\nlease_namespace = \"kube-lb\"\nlease_duration_ms = 3000\n\
-         lease_renew_ms = 1000\n",
+         lease_renew_ms = 1000\ngossip_port = 7000\ngossip_key_file = \"/etc/lb/gossip-key\"\n\
+         gossip_probe_ms = 500\ngossip_suspect_ms = 2000\n",
         "t.toml",
         Path::new("."),
     )
@@ -596,7 +597,43 @@ fn kubernetes_table_defaults_and_values() {
             lease_namespace: Some("kube-lb".into()),
             lease_duration: std::time::Duration::from_millis(3000),
             lease_renew: std::time::Duration::from_millis(1000),
+            gossip_port: 7000,
+            gossip_key_file: Some("/etc/lb/gossip-key".into()),
+            gossip_probe: std::time::Duration::from_millis(500),
+            gossip_suspect: std::time::Duration::from_millis(2000),
         }
+    );
+}
+
+#[test]
+fn kubernetes_defaults_are_kubelets_lease_cadence_and_fast_gossip() {
+    let k = KubeSettings::default();
+    assert_eq!(k.lease_renew, std::time::Duration::from_secs(10));
+    assert_eq!(k.lease_duration, std::time::Duration::from_secs(40));
+    assert_eq!(k.gossip_port, 7946);
+    // A dead node is declared down within a probe period, the probe and the suspicion:
+    // well under a second.
+    assert!(k.gossip_probe * 2 + k.gossip_suspect < std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn gossip_keys_are_checked() {
+    let e = Config::parse(
+        "interfaces = [\"eth0\"]\n[kubernetes]\ngossip_port = 70000\ngossip_key_file = \"\"\n\
+         gossip_probe_ms = 5\n",
+        "t.toml",
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("kubernetes.gossip_port: 70000 is not a UDP port"),
+        "{e}"
+    );
+    assert!(e.contains("kubernetes.gossip_key_file: is empty"), "{e}");
+    assert!(
+        e.contains("kubernetes.gossip_probe_ms: 5 is out of range"),
+        "{e}"
     );
 }
 
