@@ -30,6 +30,7 @@ use crate::{
     config::{self, Config, Plan, XdpMode},
     dataplane::{Dataplane, LoadOptions, monotonic_ns},
     kube::{ControllerStatus, NodeDataplane, controller},
+    links,
     metrics::{
         self, BackendLabel, DaemonStats, Format, Labels, MetricsSource, QuicLabel, VipLabel,
     },
@@ -57,7 +58,12 @@ pub struct State {
     pub plan: Plan,
     /// XDP and reverse-NAT attachments, by interface index, for detaching at exit.
     xdp_ifindexes: Vec<(String, u32)>,
+    /// Where the XDP program runs in native mode (its driver runs XDP).
+    xdp_native: Vec<u32>,
     rnat_ifindexes: Vec<(String, u32)>,
+    /// The interfaces marked as taking a native XDP redirect (`LB_IFACES`), by ifindex,
+    /// with the name they had.
+    xmit_ifindexes: Vec<(String, u32)>,
     announcers: Vec<AnnouncerHandle>,
     /// Kubernetes mode: the VIPs this node won the election for (static mode: `None`,
     /// every VIP of the plan is announced).
@@ -139,6 +145,9 @@ impl State {
         .context("loading the BPF object")?;
         dp.set_mark_remote(config.reverse_nat.mark_remote)
             .context("setting the steering mark")?;
+        // Tunnels and devices without ndo_xdp_xmit: to the kernel (lb_common::egress).
+        dp.set_xmit_only(true)
+            .context("restricting redirects to interfaces that take them")?;
         let t = Instant::now();
         let changes = Plan::diff(&Plan::default(), &plan);
         config::apply(&mut dp, &changes).context("programming the maps")?;
@@ -152,6 +161,8 @@ impl State {
             config,
             plan,
             xdp_ifindexes: Vec::new(),
+            xdp_native: Vec::new(),
+            xmit_ifindexes: Vec::new(),
             rnat_ifindexes: Vec::new(),
             announcers: Vec::new(),
             announced: (!announce_plan).then(Vec::new),
@@ -174,6 +185,7 @@ impl State {
             let i = ifindex(&iface.name)?;
             let generic = iface.xdp_mode == XdpMode::Generic;
             match self.dp.attach(i, generic) {
+                Ok(()) if !generic => self.xdp_native.push(i),
                 Ok(()) => {}
                 Err(e) if !generic => {
                     warn!(
@@ -221,7 +233,52 @@ impl State {
             info!("reverse NAT attached to {name}");
         }
         self.rescan_backend_interfaces();
+        self.rescan_redirect_targets();
+        let kernel: Vec<String> = links::scan()
+            .iter()
+            .filter(|l| l.kind != links::LinkKind::Loopback)
+            .filter(|l| !self.xmit_ifindexes.iter().any(|(_, i)| *i == l.ifindex))
+            .map(|l| format!("{} ({})", l.name, l.kind.name()))
+            .collect();
+        if !kernel.is_empty() {
+            info!(
+                "no native XDP redirect to {}: steered packets leaving through them go to the \
+                 kernel's routing (pass_kernel_route)",
+                kernel.join(", ")
+            );
+        }
         Ok(())
+    }
+
+    /// Tell the XDP program which interfaces take a native redirect
+    /// (`links::takes_native_redirect`); packets for any other egress go to the kernel.
+    /// Runs at start-up and every second (interfaces come and go with pods and tunnels).
+    pub fn rescan_redirect_targets(&mut self) {
+        let links = links::scan();
+        let mut want = Vec::new();
+        for l in &links {
+            let native = self.xdp_native.contains(&l.ifindex);
+            if links::takes_native_redirect(&l.kind, native) {
+                want.push((l.name.clone(), l.ifindex));
+            }
+        }
+        for (name, i) in std::mem::take(&mut self.xmit_ifindexes) {
+            if want.iter().any(|(_, j)| *j == i) {
+                self.xmit_ifindexes.push((name, i));
+            } else if let Err(e) = self.dp.set_iface_xmit(i, false) {
+                warn!("forgetting {name} as a redirect target: {e}");
+            }
+        }
+        for (name, i) in want {
+            if self.xmit_ifindexes.iter().any(|(_, j)| *j == i) {
+                continue;
+            }
+            match self.dp.set_iface_xmit(i, true) {
+                Ok(()) => self.xmit_ifindexes.push((name, i)),
+                // The link may have vanished between listing and writing; next scan.
+                Err(e) => warn!("marking {name} as a redirect target: {e:#}"),
+            }
+        }
     }
 
     /// Attach the reverse NAT to links matching a `backend_interfaces` pattern (`veth*`)
@@ -238,7 +295,7 @@ impl State {
         if patterns.is_empty() {
             return 0;
         }
-        let links = links();
+        let links = links::names();
         self.rnat_ifindexes.retain(|(name, i)| {
             !is_pattern_match(&patterns, name) || links.contains(&(name.clone(), *i))
         });
@@ -431,28 +488,6 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
-/// The links of this network namespace, as (name, ifindex).
-fn links() -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
-    unsafe {
-        let head = libc::if_nameindex();
-        if head.is_null() {
-            return out;
-        }
-        let mut p = head;
-        while (*p).if_index != 0 {
-            let name = std::ffi::CStr::from_ptr((*p).if_name)
-                .to_string_lossy()
-                .into_owned();
-            out.push((name, (*p).if_index));
-            p = p.add(1);
-        }
-        libc::if_freenameindex(head);
-    }
-    out
-}
-
 impl Drop for State {
     fn drop(&mut self) {
         self.shutdown();
@@ -586,23 +621,18 @@ pub fn run(opts: RunOptions) -> Result<()> {
     })
 }
 
-/// Re-attach the reverse NAT to new links matching `backend_interfaces` patterns, every
-/// second (pods come and go with their veths).
+/// Every second (pods come and go with their veths, tunnels with CNIs): re-attach the
+/// reverse NAT to new links matching `backend_interfaces` patterns, and re-tell the XDP
+/// program which interfaces take a native redirect.
 fn spawn_rescan(state: &Arc<Mutex<State>>) {
-    let patterned = lock(state)
-        .config
-        .backend_interfaces
-        .iter()
-        .any(|n| is_pattern(n));
-    if !patterned {
-        return;
-    }
     let state = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            lock(&state).rescan_backend_interfaces();
+            let mut s = lock(&state);
+            s.rescan_backend_interfaces();
+            s.rescan_redirect_targets();
         }
     });
 }
@@ -702,6 +732,10 @@ mod tests {
 
     #[test]
     fn links_lists_loopback() {
-        assert!(links().iter().any(|(name, i)| name == "lo" && *i > 0));
+        assert!(
+            links::names()
+                .iter()
+                .any(|(name, i)| name == "lo" && *i > 0)
+        );
     }
 }

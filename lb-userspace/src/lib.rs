@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod kube;
+pub mod links;
 pub mod mac;
 pub mod maglev;
 pub mod map_batch;
