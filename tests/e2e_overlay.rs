@@ -271,7 +271,7 @@ impl Cluster {
             "# Written by lb's overlay end-to-end test.\n\
              interfaces = {ifaces}\n\
              xdp_mode = \"generic\"\n\
-             backend_interfaces = [\"pa?\", \"be?\"]\n\
+             backend_interfaces = [\"pa0\", \"be1\"]\n\
              metrics_addr = \"{METRICS_ADDR}\"\n\n\
              [[vips]]\n\
              name = \"web\"\n\

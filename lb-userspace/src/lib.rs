@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod ifaces;
 pub mod kube;
 pub mod links;
 pub mod mac;

@@ -35,6 +35,7 @@
 //! | `lb_reply_flows_capacity` | gauge | | flows the reply table can hold (`[reverse_nat] max_flows`) |
 //! | `lb_reply_flows_expired_total` | counter | | reply-table entries the sweep deleted as idle |
 //! | `lb_reply_sweep_duration_seconds` | gauge | | how long the last sweep of the reply table took |
+//! | `lb_interface_pattern_unmatched` | gauge | `key` (`interfaces`, `backend_interfaces`), `pattern` | 1 while the config entry names no interface on this node (a name, glob or `auto`), else 0; the daemon keeps looking every second |
 //!
 //! Every VIP has a series for each reason the program counts per VIP (all but the
 //! `pass_*` parse reasons, which are node-wide only), zeros included, so `rate()` works from
@@ -182,6 +183,8 @@ pub struct DaemonStats {
     map_sync_totals: Arc<(AtomicU64, AtomicU64)>,
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
     reply_table: ReplyTableStats,
+    /// `lb_interface_pattern_unmatched`, by (key, pattern).
+    unmatched: Family<Vec<(String, String)>, Gauge>,
     version: &'static str,
 }
 
@@ -216,8 +219,19 @@ impl DaemonStats {
             map_sync_totals: Arc::default(),
             reloads,
             reply_table: ReplyTableStats::default(),
+            unmatched: Family::default(),
             version,
         }
+    }
+
+    /// Whether the config entry `pattern` of `key` names any interface on this node now.
+    pub fn interface_pattern(&self, key: &str, pattern: &str, unmatched: bool) {
+        self.unmatched
+            .get_or_create(&vec![
+                ("key".to_string(), key.to_string()),
+                ("pattern".to_string(), pattern.to_string()),
+            ])
+            .set(i64::from(unmatched));
     }
 
     /// The reply table holds at most `n` flows.
@@ -590,6 +604,11 @@ fn registry(snap: Snapshot, labels: &Labels, extra: &DaemonStats) -> Registry {
         "lb_config_reloads",
         "Configuration reloads by result",
         extra.reloads.clone(),
+    );
+    reg.register(
+        "lb_interface_pattern_unmatched",
+        "1 while this interfaces / backend_interfaces entry names no interface on this node",
+        extra.unmatched.clone(),
     );
     let r = &extra.reply_table;
     reg.register(

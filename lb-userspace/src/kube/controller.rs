@@ -44,7 +44,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
-        events::{Recorder, Reporter},
+        events::{Event, EventType, Recorder, Reporter},
         reflector::{self, Store},
         utils::Backoff,
         watcher,
@@ -447,6 +447,8 @@ struct Controller {
     last_connected: bool,
     /// Pool warnings already logged (they repeat on every sync until fixed).
     warned: BTreeSet<String>,
+    /// Interface entries that named nothing at the last look (reported as Events).
+    unmatched: Vec<(String, String)>,
     r: Reconciler,
 }
 
@@ -493,6 +495,7 @@ pub async fn run(
         last_writer: None,
         last_connected: false,
         warned: BTreeSet::new(),
+        unmatched: Vec::new(),
         r: Reconciler::new(opts.node_name, lease_ns, base),
     };
     info!("Kubernetes: waiting for the first complete list of every watched resource");
@@ -517,6 +520,15 @@ pub async fn run(
             _ = tokio::time::sleep(tick) => false,
         };
     }
+}
+
+/// The entries of `now` that were not in `before`: each is reported once, when it starts
+/// naming nothing (again).
+fn newly_unmatched(before: &[(String, String)], now: &[(String, String)]) -> Vec<(String, String)> {
+    now.iter()
+        .filter(|e| !before.contains(e))
+        .cloned()
+        .collect()
 }
 
 /// The election as this node sees it at one moment.
@@ -563,6 +575,43 @@ impl Controller {
         }
         let nodes = snapshot(&self.stores.nodes);
         self.r.tick(&mut *lock(&self.dataplane), &nodes, &view);
+        self.report_interfaces(&nodes).await;
+    }
+
+    /// A Warning Event on this Node for each interface entry that has just started to name
+    /// nothing (a DaemonSet's one config on a node whose NICs are named differently).
+    async fn report_interfaces(&mut self, nodes: &[Node]) {
+        let now = lock(&self.dataplane).unmatched_interfaces();
+        let fresh = newly_unmatched(&self.unmatched, &now);
+        self.unmatched = now;
+        if fresh.is_empty() {
+            return;
+        }
+        let Some(node) = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(&self.r.node))
+        else {
+            return;
+        };
+        for (key, pattern) in fresh {
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: "InterfaceNotFound".into(),
+                note: Some(format!(
+                    "{key} entry {pattern:?} names no interface on node {}; lb attaches when \
+                     one appears (checked every second). Fix the node's config if it never will.",
+                    self.r.node
+                )),
+                action: "Attach".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&ev, &node.object_ref(&())).await {
+                warn!(
+                    "recording the InterfaceNotFound Event on node {}: {e}",
+                    self.r.node
+                );
+            }
+        }
     }
 
     async fn sync(&mut self) {
@@ -1305,6 +1354,21 @@ mod tests {
         };
         assert!(!status.connected);
         assert_eq!(status.announced, [vip]);
+    }
+
+    #[test]
+    fn an_unmatched_interface_entry_is_reported_once_per_episode() {
+        let e = |k: &str, p: &str| (k.to_string(), p.to_string());
+        let none: Vec<(String, String)> = Vec::new();
+        let ext = vec![e("interfaces", "eth9")];
+        let both = vec![e("interfaces", "eth9"), e("backend_interfaces", "cali*")];
+        assert_eq!(newly_unmatched(&none, &ext), ext);
+        // Still unmatched: no new Event; another entry joins: only that one.
+        assert!(newly_unmatched(&ext, &ext).is_empty());
+        assert_eq!(newly_unmatched(&ext, &both), both[1..]);
+        // Matched for a while, then unmatched again: reported again.
+        assert!(newly_unmatched(&ext, &none).is_empty());
+        assert_eq!(newly_unmatched(&none, &ext), ext);
     }
 
     #[test]
