@@ -12,6 +12,9 @@
 //!   the default route (not the one without), the reverse NAT on the `cali*` and `lxc*`
 //!   veths and not on a veth named otherwise.
 //!
+//! - Kubernetes mode: an entry naming nothing is a Warning Event `InterfaceNotFound` on the
+//!   Node (through the fake API server), once per episode.
+//!
 //! Needs root. `cargo test -p lb-tests --test interfaces -- --test-threads=1 --nocapture`
 
 mod support;
@@ -34,7 +37,7 @@ const METRICS_ADDR: &str = "127.0.0.1:9467";
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A daemon in its own namespace; Drop stops it, then the namespaces go.
-struct Node {
+struct Daemon {
     child: Option<Child>,
     log: PathBuf,
     dir: PathBuf,
@@ -42,15 +45,15 @@ struct Node {
     peer: NetNs,
 }
 
-impl Node {
-    fn start(tag: &str, config: &str) -> Node {
+impl Daemon {
+    fn start(tag: &str, config: &str) -> Daemon {
         netns::require_root().unwrap_or_else(|e| panic!("{e:#}"));
         for p in ["n", "p"] {
             let _ = netns::remove_stale(&format!("lbif{tag}{p}"));
         }
         let dir = std::env::temp_dir().join(format!("lbif{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut node = Node {
+        let mut node = Daemon {
             child: None,
             log: dir.join("lb.log"),
             ns: NetNs::create(&format!("lbif{tag}n")).unwrap(),
@@ -85,7 +88,7 @@ impl Node {
     }
 
     /// Poll `ok` until it holds, failing at the deadline or if the daemon exits.
-    fn wait(&mut self, what: &str, ok: impl Fn(&Node) -> bool) {
+    fn wait(&mut self, what: &str, ok: impl Fn(&Daemon) -> bool) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if ok(self) {
@@ -165,7 +168,7 @@ impl Node {
     }
 }
 
-impl Drop for Node {
+impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             topology::stop_children([("lb run", &mut c)]);
@@ -183,7 +186,7 @@ fn config(interfaces: &str, backend: &str) -> String {
 
 #[test]
 fn missing_interfaces_are_waited_for_and_reported() {
-    let mut n = Node::start("g", &config("[\"ext*\"]", "[\"pod*\"]"));
+    let mut n = Daemon::start("g", &config("[\"ext*\"]", "[\"pod*\"]"));
     n.wait("both entries unmatched in /status", |n| {
         n.unmatched() == ["interfaces=ext*", "backend_interfaces=pod*"]
     });
@@ -266,7 +269,7 @@ fn missing_interfaces_are_waited_for_and_reported() {
 
 #[test]
 fn auto_picks_the_default_route_interface_and_the_cni_veths() {
-    let mut n = Node::start("a", &config("[\"auto\"]", "[\"auto\"]"));
+    let mut n = Daemon::start("a", &config("[\"auto\"]", "[\"auto\"]"));
     n.wait("auto unmatched (no default route yet)", |n| {
         n.unmatched() == ["interfaces=auto", "backend_interfaces=auto"]
     });
@@ -313,4 +316,143 @@ fn auto_picks_the_default_route_interface_and_the_cni_veths() {
     assert_eq!(rnat, ["cali0a1b2c3d4e5", "lxc12ab"]);
     assert!(n.unmatched().is_empty());
     assert!(n.xdp_prog("uplink").is_some() && n.xdp_prog("side").is_none());
+}
+
+/// Kubernetes mode: an `interfaces` entry that names nothing on the node is a Warning Event
+/// `InterfaceNotFound` on that Node (recorded through the fake API server), and the daemon
+/// runs on; the interface appearing attaches XDP.
+#[test]
+fn kube_mode_reports_an_unmatched_entry_as_a_node_event() {
+    use fake_apiserver::FakeApiServer;
+    use k8s_openapi::api::{
+        core::v1::{Node, NodeCondition, NodeStatus},
+        events::v1::Event,
+    };
+    use kube::CustomResourceExt;
+
+    const NODE: &str = "node-if";
+    netns::require_root().unwrap_or_else(|e| panic!("{e:#}"));
+    let _ = netns::remove_stale("lbifkn");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = FakeApiServer::new();
+    api.create(&lb_userspace::kube::crd::IPPool::crd()).unwrap();
+    let mut node = Node::default();
+    node.metadata.name = Some(NODE.into());
+    node.status = Some(NodeStatus {
+        conditions: Some(vec![NodeCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    api.create(&node).unwrap();
+    let ns = NetNs::create("lbifkn").unwrap();
+    let peer = NetNs::create("lbifkp").unwrap();
+    ns.link_up("lo").unwrap();
+    // The API server as the node sees it: 127.0.0.1:6443 in its namespace.
+    let listener = ns
+        .run_in(|| std::net::TcpListener::bind(("127.0.0.1", 6443)))
+        .unwrap()
+        .unwrap();
+    let served = api.clone();
+    rt.spawn(async move { served.serve(listener).await });
+    let dir = std::env::temp_dir().join(format!("lbifk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        FakeApiServer::kubeconfig("http://127.0.0.1:6443"),
+    )
+    .unwrap();
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = [{{ name = \"ext*\", xdp_mode = \"generic\" }}]\n\
+             backend_interfaces = [\"pod*\"]\nmetrics_addr = \"{METRICS_ADDR}\"\n\
+             [kubernetes]\nlease_namespace = \"lb-system\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("lb.log");
+    let child = ns
+        .command(support::lb())
+        .unwrap()
+        .args(["run", "--kube", "--config"])
+        .arg(&config)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--node-name", NODE])
+        .arg("--control-socket")
+        .arg(dir.join("lb.sock"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(File::create(&log).unwrap())
+        .stderr(File::create(dir.join("lb.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut n = Daemon {
+        child: Some(child),
+        log,
+        dir,
+        ns,
+        peer,
+    };
+    let events = |pattern: &str| {
+        api.list::<Event>()
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("InterfaceNotFound")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Node")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NODE)
+                    && e.note.as_deref().is_some_and(|t| t.contains(pattern))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while !(events("\"ext*\"") > 0 && events("\"pod*\"") > 0) {
+        if Instant::now() > deadline {
+            let reqs: Vec<String> = api
+                .requests()
+                .iter()
+                .filter(|r| !r.path.contains("lease"))
+                .map(|r| format!("{} {} {}", r.method, r.path, r.code))
+                .collect();
+            panic!(
+                "no InterfaceNotFound Events for both entries within {DEADLINE:?}; events: {:?}\nrequests: {reqs:#?}\n{}",
+                api.list::<Event>(),
+                n.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let note = api
+        .list::<Event>()
+        .into_iter()
+        .find_map(|e| e.note.filter(|t| t.contains("\"ext*\"")))
+        .unwrap_or_default();
+    assert!(
+        note.contains("interfaces entries") && note.contains(NODE),
+        "{note}"
+    );
+    veth_pair(
+        &n.ns,
+        "ext0",
+        [2, 0x18, 0, 0, 0, 1],
+        &n.peer,
+        "c0",
+        [2, 0x18, 0, 0, 0, 2],
+    )
+    .unwrap();
+    n.wait("ext0 attached", |n| n.attached("xdp") == ["ext0"]);
+    assert!(n.alive(), "{}", n.logs());
+    assert_eq!(events("\"ext*\""), 1, "one Event per episode");
+    drop(n);
+    rt.shutdown_background();
 }

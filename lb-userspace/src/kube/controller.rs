@@ -583,26 +583,43 @@ impl Controller {
     async fn report_interfaces(&mut self, nodes: &[Node]) {
         let now = lock(&self.dataplane).unmatched_interfaces();
         let fresh = newly_unmatched(&self.unmatched, &now);
-        self.unmatched = now;
         if fresh.is_empty() {
+            self.unmatched = now;
             return;
         }
+        // Not listed (yet): keep the entries fresh, to report once the Node is seen.
         let Some(node) = nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(&self.r.node))
         else {
             return;
         };
-        for (key, pattern) in fresh {
+        self.unmatched = now;
+        // One Event per key: the recorder folds Events with the same reason and action on
+        // one object into a series (a later note is not kept), so the action says which
+        // list, and the note names every entry of it that has just started to name nothing.
+        for (key, action) in [
+            ("interfaces", "AttachXDP"),
+            ("backend_interfaces", "AttachReverseNAT"),
+        ] {
+            let entries: Vec<String> = fresh
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, p)| format!("{p:?}"))
+                .collect();
+            if entries.is_empty() {
+                continue;
+            }
             let ev = Event {
                 type_: EventType::Warning,
                 reason: "InterfaceNotFound".into(),
                 note: Some(format!(
-                    "{key} entry {pattern:?} names no interface on node {}; lb attaches when \
-                     one appears (checked every second). Fix the node's config if it never will.",
+                    "{key} entries {} name no interface on node {}; lb attaches when one \
+                     appears (checked every second). Fix the node's config if none ever will.",
+                    entries.join(", "),
                     self.r.node
                 )),
-                action: "Attach".into(),
+                action: action.into(),
                 secondary: None,
             };
             if let Err(e) = self.recorder.publish(&ev, &node.object_ref(&())).await {
