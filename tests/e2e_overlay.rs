@@ -20,8 +20,9 @@
 //! with the steering mark: out of ext0 again (flat, routed: `tx`) or, on the VXLAN, handed
 //! to the kernel because vx0 takes no native redirect (`pass_kernel_route`); B's `lb_xdp`
 //! (on ext0, and on vx0 for the overlay) removes the mark and records the flow
-//! (`from_peer`), and B's reverse NAT sends b1's replies from the VIP straight to the
-//! client.
+//! (`from_peer`) and delivers the packet (a redirect to be1; from vx0, where the program
+//! runs in generic mode, through the kernel: `pass_kernel_route`), and B's reverse NAT
+//! sends b1's replies from the VIP straight to the client.
 //!
 //! Asserted in each: HTTP/3 connections that migrate to a new source port all succeed and
 //! survive, HTTP/1.1 over TCP succeeds, the backend saw the client's own address, the
