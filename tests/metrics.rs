@@ -295,15 +295,15 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
             zeros += 1;
         }
     }
-    // 5 VIPs x 22 per-VIP reasons x 2, 29 node reasons x 2 (minus the 3 non-zero), 6
+    // 5 VIPs x 23 per-VIP reasons x 2, 30 node reasons x 2 (minus the 3 non-zero), 6
     // backends x 2 (minus 1), 9 reverse-NAT reasons x 2.
     let per_vip = Reason::ALL
         .iter()
         .filter(|r| metrics::counted_per_vip(**r))
         .count();
-    assert_eq!(per_vip, 22);
-    assert_eq!(Reason::ALL.len(), 29);
-    assert_eq!(zeros, (5 * 22 - 2) * 2 + (29 - 3) * 2 + (6 - 1) * 2 + 9 * 2);
+    assert_eq!(per_vip, 23);
+    assert_eq!(Reason::ALL.len(), 30);
+    assert_eq!(zeros, (5 * 23 - 2) * 2 + (30 - 3) * 2 + (6 - 1) * 2 + 9 * 2);
     // Parse-failure reasons have no per-VIP series at all.
     assert!(!text.contains(
         r#"lb_packets_total{vip="198.18.0.100",port="443",proto="udp",reason="pass_not_vip"}"#

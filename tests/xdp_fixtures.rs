@@ -1396,6 +1396,77 @@ fn xdp_tx_when_backend_is_behind_ingress() -> Result<()> {
     })
 }
 
+/// `lb run`'s rule (`SETTINGS_F_XMIT_ONLY`): the program redirects only between interfaces
+/// userspace marked as taking a native redirect. Any other egress (here `be` unmarked, as a
+/// VXLAN device would be) or ingress (`ext` unmarked, as on a tunnel where the program runs
+/// in generic mode) gets the DNATed packet passed to the kernel with the MACs untouched, so
+/// the node's routing and overlay carry it: `pass_kernel_route`, from the FIB and from the
+/// next-hop cache alike. With the setting off (after load) everything is redirected.
+#[test]
+fn egress_without_native_redirect_goes_to_the_kernel() -> Result<()> {
+    with_lb(RING, FibCache::Default, |lb| {
+        let (ext, be) = (lb.tb.ext_ifindex, lb.tb.be_ifindex);
+        lb.dp.set_xmit_only(true)?;
+        lb.dp.set_iface_xmit(ext, true)?;
+        lb.dp.set_iface_xmit(be, true)?;
+        assert_eq!(lb.dp.xmit_ifindexes(), {
+            let mut v = vec![ext, be];
+            v.sort_unstable();
+            v
+        });
+        let cases = [
+            (v4_short(0), v4_backend_id(0)),
+            (v6_short(1), v6_backend_id(1)),
+        ];
+        let kernel = |lb: &Lb, what: &str, p: &Pkt, id: u32, cached: bool| {
+            let (addr, _) = backend_of(id);
+            let want = p.clone().dnat(addr, BACKEND_PORT).bytes();
+            let reasons: &[Reason] = if cached {
+                &[RoutedCid, FibCached, PassKernelRoute]
+            } else {
+                &[RoutedCid, PassKernelRoute]
+            };
+            lb.check(
+                what,
+                &p.bytes(),
+                Want {
+                    verdict: XDP_PASS,
+                    out: &want,
+                    reasons,
+                    vip: Some(vip_of(p)),
+                    backend: Some(id),
+                },
+            );
+        };
+        for (p, id) in &cases {
+            expect_redirect(lb, "both ends take redirects", p, &[RoutedCid], *id);
+            // The egress is a tunnel.
+            lb.dp.set_iface_xmit(be, false)?;
+            lb.dp.flush_fib_cache(*id)?;
+            kernel(lb, "egress without ndo_xdp_xmit", p, *id, false);
+            kernel(lb, "egress without ndo_xdp_xmit, cached", p, *id, true);
+            // The ingress is a tunnel.
+            lb.dp.set_iface_xmit(be, true)?;
+            lb.dp.set_iface_xmit(ext, false)?;
+            lb.dp.flush_fib_cache(*id)?;
+            kernel(lb, "ingress without native XDP", p, *id, false);
+            kernel(lb, "ingress without native XDP, cached", p, *id, true);
+            lb.dp.set_iface_xmit(ext, true)?;
+            lb.dp.flush_fib_cache(*id)?;
+        }
+        // Off: the fixtures' (and `lb attach`'s) behaviour, whatever the list says.
+        lb.dp.set_xmit_only(false)?;
+        lb.dp.set_iface_xmit(be, false)?;
+        lb.dp.set_iface_xmit(ext, false)?;
+        assert!(lb.dp.xmit_ifindexes().is_empty());
+        for (p, id) in &cases {
+            lb.dp.flush_fib_cache(*id)?;
+            expect_redirect(lb, "setting off", p, &[RoutedCid], *id);
+        }
+        Ok(())
+    })
+}
+
 /// The FIB knows the route but not the neighbour: pass to the kernel (which resolves it and
 /// forwards) with the DNAT already applied and the MACs (and tag) untouched.
 #[test]

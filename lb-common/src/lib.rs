@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod egress;
 pub mod hash;
 pub mod maglev;
 pub mod maps;

@@ -66,10 +66,12 @@ pub mod map_names {
     /// Reverse NAT: the reply of every flow lb steered (the reply's own 5-tuple) -> the VIP
     /// and port it must leave from ([`ReplyNat`](super::ReplyNat)).
     pub const REPLIES: &str = "LB_REPLIES";
-    /// The interfaces the reverse NAT is attached to (ifindex -> 1): a backend reached out
-    /// of any other interface is behind another node, and its packets carry the steering
-    /// mark.
-    pub const BACKEND_IFS: &str = "LB_BACKEND_IFS";
+    /// What the XDP program must know of the node's interfaces (ifindex -> `IFACE_F_*`):
+    /// where the reverse NAT is attached ([`IFACE_F_BACKEND`](super::IFACE_F_BACKEND): a
+    /// backend reached out of any other interface is behind another node, and its packets
+    /// carry the steering mark) and which take a native XDP redirect
+    /// ([`IFACE_F_XMIT`](super::IFACE_F_XMIT)).
+    pub const IFACES: &str = "LB_IFACES";
     /// Per-CPU counters of the reverse-NAT program, one slot per [`RnatReason`](super::RnatReason).
     pub const RNAT_STATS: &str = "LB_RNAT_STATS";
     /// Learned-CID mode: (VIP index, server-chosen CID) -> backend id, filled by the reverse
@@ -434,9 +436,13 @@ pub enum Reason {
     /// A packet with a steering mark whose backend is not behind this node: passed on with
     /// the mark, untouched.
     PassMarkTransit = 28,
+    /// Rewritten, but the FIB's egress, or the ingress, takes no native XDP redirect (a
+    /// tunnel: VXLAN, Geneve, IPIP, GRE, WireGuard; or any device userspace does not know
+    /// takes one): passed to the kernel, whose routing and overlay carry it to the backend.
+    PassKernelRoute = 29,
 }
 
-pub const REASON_COUNT: u32 = 29;
+pub const REASON_COUNT: u32 = 30;
 const _: () = assert!(REASON_COUNT <= REASON_STRIDE);
 /// Slots in a [`CounterBlock`] (room for future reasons without a layout change).
 pub const REASON_STRIDE: u32 = 32;
@@ -472,6 +478,7 @@ impl Reason {
         Reason::IcmpTooBig,
         Reason::DropTooBig,
         Reason::PassMarkTransit,
+        Reason::PassKernelRoute,
     ];
 
     /// Stable snake_case name, used in metrics labels and the bench's counter proofs.
@@ -506,6 +513,7 @@ impl Reason {
             Reason::IcmpTooBig => "icmp_too_big",
             Reason::DropTooBig => "drop_too_big",
             Reason::PassMarkTransit => "pass_mark_transit",
+            Reason::PassKernelRoute => "pass_kernel_route",
         }
     }
 }
@@ -536,10 +544,16 @@ pub struct FibCacheEntry {
     /// every [`FIB_CACHE_CLOCK_EVERY`] hits, so an expired entry may serve that many more
     /// packets on a CPU before it is looked up again.
     pub unchecked: u8,
-    /// 1 when the egress is not a backend-facing interface (`LB_BACKEND_IFS`): the backend
-    /// is behind another node, so packets to it carry the steering mark (when on).
-    pub remote: u8,
+    /// `FIB_HOP_*`: what `LB_IFACES` said about the egress when the entry was written.
+    pub hop_flags: u8,
 }
+
+/// [`FibCacheEntry::hop_flags`]: the egress is not a backend-facing interface: the backend
+/// is behind another node, so packets to it carry the steering mark (when on).
+pub const FIB_HOP_REMOTE: u8 = 1;
+/// [`FibCacheEntry::hop_flags`]: the ingress and the egress take native XDP redirects
+/// ([`IFACE_F_XMIT`]; `egress::xmit_path`).
+pub const FIB_HOP_XMIT: u8 = 2;
 
 /// See [`FibCacheEntry::unchecked`].
 pub const FIB_CACHE_CLOCK_EVERY: u8 = 32;
@@ -556,9 +570,16 @@ pub struct Settings {
 }
 
 /// [`Settings::flags`]: packets steered to a backend that is not behind one of this node's
-/// backend-facing interfaces (`LB_BACKEND_IFS`) carry the steering mark ([`crate::mark`]),
+/// backend-facing interfaces (`LB_IFACES` with [`IFACE_F_BACKEND`]) carry the steering mark ([`crate::mark`]),
 /// so the node in front of the backend rewrites its replies. Off after loading.
 pub const SETTINGS_F_MARK_REMOTE: u32 = 1;
+/// [`Settings::flags`]: redirect (or `XDP_TX`) only between interfaces marked
+/// [`IFACE_F_XMIT`] in `LB_IFACES`; a packet whose egress or ingress is any other interface
+/// (a tunnel, a device without `ndo_xdp_xmit`) goes to the kernel rewritten
+/// ([`Reason::PassKernelRoute`]), so the node's routing and overlay carry it
+/// ([`crate::egress`]). Off after loading (every egress is
+/// redirected, as the fixtures expect); `lb run` turns it on.
+pub const SETTINGS_F_XMIT_ONLY: u32 = 2;
 
 /// Default FIB cache lifetime: a neighbour or route change reaches the data plane within
 /// this long even if nobody tells `lb`.
@@ -583,8 +604,16 @@ pub struct BenchTemplate {
 /// Default capacity of `LB_REPLIES` (the `[reverse_nat] max_flows` setting overrides it at
 /// load time).
 pub const REPLY_TABLE_ENTRIES: u32 = 262_144;
-/// Capacity of `LB_BACKEND_IFS`.
-pub const MAX_BACKEND_IFS: u32 = 4096;
+/// Capacity of `LB_IFACES`.
+pub const MAX_IFACES: u32 = 4096;
+
+/// `LB_IFACES` value bit: the reverse NAT is attached here; a backend whose next hop is this
+/// interface is behind this node (no steering mark).
+pub const IFACE_F_BACKEND: u32 = 1;
+/// `LB_IFACES` value bit: the interface takes a native XDP redirect (userspace's rule, by
+/// device kind: veths, and physical NICs lb attached native XDP to). Consulted only with
+/// [`SETTINGS_F_XMIT_ONLY`].
+pub const IFACE_F_XMIT: u32 = 2;
 
 /// [`ReplyNat::flags`]: a reply of the flow went through the reverse NAT.
 pub const REPLY_F_REPLIED: u8 = 1;

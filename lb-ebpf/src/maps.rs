@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry,
-    FlowKey, MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKEND_IFS, MAX_BACKENDS, MAX_SERVER_IDS,
+    FlowKey, MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKENDS, MAX_IFACES, MAX_SERVER_IDS,
     MAX_VIPS, QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REPLY_TABLE_ENTRIES, ReplyNat, ServerIdKey,
     Settings, VipKey, VipMeta,
 };
@@ -100,10 +100,11 @@ pub static BENCH_TC_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 pub static LB_REPLIES: HashMap<FlowKey, ReplyNat> =
     HashMap::with_max_entries(REPLY_TABLE_ENTRIES, 0);
 
-/// The interfaces the reverse NAT is attached to: a backend reached out of any other
-/// interface is behind another node.
-#[map(name = "LB_BACKEND_IFS")]
-pub static LB_BACKEND_IFS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_BACKEND_IFS, 0);
+/// ifindex -> `lb_common::IFACE_F_*`: where the reverse NAT is attached (a backend reached
+/// out of any other interface is behind another node) and which interfaces take a native
+/// XDP redirect.
+#[map(name = "LB_IFACES")]
+pub static LB_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 /// `lb_tc_rnat`'s counters, indexed by `lb_common::RnatReason`.
 #[map(name = "LB_RNAT_STATS")]

@@ -1,6 +1,7 @@
 //! The next hop of a packet `lb_xdp` (or `lb_xdp_peer`) sends to a backend: the FIB
 //! (`fib`), the per-CPU next-hop cache in front of it (`LB_FIB_CACHE`), whether the egress
-//! leads to another node, and handing the frame to the egress interface.
+//! leads to another node, and handing the frame to the egress interface, or to the kernel
+//! when that interface takes no native redirect (`lb_common::egress`).
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -8,13 +9,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FIB_CACHE_CLOCK_EVERY, FibCacheEntry, Reason,
+    FIB_CACHE_CLOCK_EVERY, FIB_HOP_REMOTE, FIB_HOP_XMIT, FibCacheEntry, IFACE_F_BACKEND, Reason,
+    egress::{Egress, egress, xmit_path},
     wire::{ETH_ALEN, VLAN_HLEN},
 };
 
 use crate::{
     fib::{self, Fib},
-    maps::{LB_BACKEND_IFS, LB_FIB_CACHE, scratch},
+    maps::{LB_FIB_CACHE, LB_IFACES, scratch},
     packet::{Parsed, ptr_at},
 };
 
@@ -26,6 +28,9 @@ pub struct NextHop {
     pub mtu: u16,
     /// The egress is not a backend-facing interface: the backend is behind another node.
     pub remote: bool,
+    /// Both the ingress and the egress take native XDP redirects
+    /// (`lb_common::egress::xmit_path`).
+    xmit: bool,
 }
 
 /// A FIB lookup that found no usable next hop: the reason to count, and whether the egress
@@ -35,11 +40,11 @@ pub struct FibMiss {
     pub remote: bool,
 }
 
-/// Is `ifindex` one of the interfaces the reverse NAT is attached to (a local backend)?
+/// `LB_IFACES[ifindex]`, 0 for an interface userspace did not list.
 #[inline(always)]
-fn is_backend_if(ifindex: u32) -> bool {
-    // SAFETY: reading a value we do not keep.
-    unsafe { LB_BACKEND_IFS.get(&ifindex) }.is_some()
+fn iface_flags(ifindex: u32) -> u32 {
+    // SAFETY: the value is copied out.
+    unsafe { LB_IFACES.get(&ifindex) }.copied().unwrap_or(0)
 }
 
 /// `bpf_fib_lookup` from the client (`p`'s source) to `dst`:`dport`, for a packet of
@@ -73,16 +78,20 @@ pub fn lookup(
         ifindex: ingress,
     };
     match fib::lookup(ctx, params, &q) {
-        Fib::Found(r) => Ok(NextHop {
-            egress: r.ifindex,
-            dmac: r.dmac,
-            smac: r.smac,
-            mtu: r.mtu,
-            remote: !is_backend_if(r.ifindex),
-        }),
+        Fib::Found(r) => {
+            let flags = iface_flags(r.ifindex);
+            Ok(NextHop {
+                egress: r.ifindex,
+                dmac: r.dmac,
+                smac: r.smac,
+                mtu: r.mtu,
+                remote: flags & IFACE_F_BACKEND == 0,
+                xmit: xmit_path(iface_flags(ingress), flags),
+            })
+        }
         Fib::NoNeighbour { ifindex } => Err(FibMiss {
             reason: Reason::PassNoNeighbour,
-            remote: !is_backend_if(ifindex),
+            remote: iface_flags(ifindex) & IFACE_F_BACKEND == 0,
         }),
         Fib::Failed => Err(FibMiss {
             reason: Reason::PassFibFailed,
@@ -119,7 +128,8 @@ pub fn cached(backend_id: u32, ingress: u32, ip_tot_len: u16, ttl: u64) -> Optio
         dmac: e.dmac,
         smac: e.smac,
         mtu: e.mtu,
-        remote: e.remote != 0,
+        remote: e.hop_flags & FIB_HOP_REMOTE != 0,
+        xmit: e.hop_flags & FIB_HOP_XMIT != 0,
     })
 }
 
@@ -141,22 +151,35 @@ pub fn remember(backend_id: u32, ingress: u32, hop: &NextHop, ttl: u64) {
                 smac: hop.smac,
                 mtu: hop.mtu,
                 unchecked: 0,
-                remote: hop.remote as u8,
+                hop_flags: if hop.remote { FIB_HOP_REMOTE } else { 0 }
+                    | if hop.xmit { FIB_HOP_XMIT } else { 0 },
             };
         }
     }
 }
 
-/// Rewrite the MACs and hand the frame to its egress interface.
+/// Rewrite the MACs and hand the frame to its egress interface; or, when the ingress or
+/// the egress takes no native redirect (`settings_flags`: `Settings::flags`), leave the
+/// frame as it is (addressed to this node) and pass it to the kernel, which routes it.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, p: &Parsed, ingress: u32, hop: &NextHop) -> (u32, Reason) {
+pub fn send(
+    ctx: &XdpContext,
+    p: &Parsed,
+    ingress: u32,
+    hop: &NextHop,
+    settings_flags: u32,
+) -> (u32, Reason) {
+    let how = egress(ingress, hop.egress, hop.xmit, settings_flags);
+    if how == Egress::Kernel {
+        return (xdp_action::XDP_PASS, Reason::PassKernelRoute);
+    }
     let Some(eth) = ptr_at::<[u8; 2 * ETH_ALEN], _>(ctx, 0) else {
         return (xdp_action::XDP_PASS, Reason::PassMalformed);
     };
     let mut macs = [0u8; 2 * ETH_ALEN];
     macs[..ETH_ALEN].copy_from_slice(&hop.dmac);
     macs[ETH_ALEN..].copy_from_slice(&hop.smac);
-    if hop.egress == ingress {
+    if how == Egress::Tx {
         // Same interface, same VLAN: keep any tag.
         unsafe { *eth = macs };
         return (xdp_action::XDP_TX, Reason::Tx);

@@ -16,6 +16,7 @@ use crate::{
     mark as marking,
     nexthop::{lookup, send},
     packet::{Parsed, parse_marked, read},
+    rewrite,
     stats::{VipCounters, count},
 };
 
@@ -96,7 +97,7 @@ pub fn deliver(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
     let (verdict, reason) = match hop {
-        Ok(hop) => send(ctx, p, ingress, &hop),
+        Ok(hop) => send(ctx, p, ingress, &hop, rewrite::settings().flags),
         Err(miss) => (xdp_action::XDP_PASS, miss.reason),
     };
     counters.count(reason);

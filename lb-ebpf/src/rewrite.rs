@@ -108,13 +108,14 @@ pub fn dnat_and_forward(
         counters.count(Reason::MarkedForPeer);
     }
     match hop {
-        Ok(hop) => nexthop::send(ctx, p, ingress, &hop),
+        Ok(hop) => nexthop::send(ctx, p, ingress, &hop, settings.flags),
         Err(miss) => (xdp_action::XDP_PASS, miss.reason),
     }
 }
 
+/// `LB_SETTINGS[0]`, or everything off.
 #[inline(always)]
-fn settings() -> Settings {
+pub fn settings() -> Settings {
     LB_SETTINGS.get(0).copied().unwrap_or(Settings {
         fib_cache_ttl_ns: 0,
         flags: 0,

@@ -21,8 +21,9 @@ use lb_common::{
     VipMeta, maglev_ring_base, map_names, program_names, quic_lb,
 };
 use lb_common::{
-    CONN_F_VALID, LearnedKey, MAX_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, REPLY_TABLE_ENTRIES,
-    RNAT_REASON_COUNT, ReplyNat, RnatReason, SETTINGS_F_MARK_REMOTE, SourceRangeKey, flow_of_reply,
+    CONN_F_VALID, IFACE_F_BACKEND, IFACE_F_XMIT, LearnedKey, MAX_SOURCE_RANGES, PROTO_TCP,
+    PROTO_UDP, REPLY_TABLE_ENTRIES, RNAT_REASON_COUNT, ReplyNat, RnatReason,
+    SETTINGS_F_MARK_REMOTE, SETTINGS_F_XMIT_ONLY, SourceRangeKey, flow_of_reply,
     reply::ReplyTimeouts, source_range_key, source_range_prefix_len,
 };
 use thiserror::Error;
@@ -218,7 +219,8 @@ pub struct Dataplane {
     replies: HashMap<MapData, FlowKey, ReplyNat>,
     /// Capacity of `LB_REPLIES` as loaded.
     reply_capacity: u32,
-    backend_ifs: HashMap<MapData, u32, u32>,
+    /// `LB_IFACES`: ifindex -> `IFACE_F_*`.
+    ifaces: HashMap<MapData, u32, u32>,
     rnat_stats: PerCpuArray<MapData, Counter>,
     learned: HashMap<MapData, LearnedKey, u32>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
@@ -312,8 +314,8 @@ impl Dataplane {
             Array::try_from(take(map_names::SETTINGS)?).map_err(map_err(map_names::SETTINGS))?;
         let replies =
             HashMap::try_from(take(map_names::REPLIES)?).map_err(map_err(map_names::REPLIES))?;
-        let backend_ifs = HashMap::try_from(take(map_names::BACKEND_IFS)?)
-            .map_err(map_err(map_names::BACKEND_IFS))?;
+        let ifaces =
+            HashMap::try_from(take(map_names::IFACES)?).map_err(map_err(map_names::IFACES))?;
         let rnat_stats = PerCpuArray::try_from(take(map_names::RNAT_STATS)?)
             .map_err(map_err(map_names::RNAT_STATS))?;
         let learned =
@@ -338,7 +340,7 @@ impl Dataplane {
             links: StdHashMap::new(),
             replies,
             reply_capacity: opts.reply_flows,
-            backend_ifs,
+            ifaces,
             rnat_stats,
             learned,
             source_ranges,
@@ -471,6 +473,18 @@ impl Dataplane {
 
     /// Whether packets to a backend behind another node carry the steering mark
     /// (`SETTINGS_F_MARK_REMOTE`; off after loading).
+    /// Redirect only to interfaces marked with [`set_iface_xmit`](Self::set_iface_xmit);
+    /// any other egress goes to the kernel (`SETTINGS_F_XMIT_ONLY`). Off after loading.
+    pub fn set_xmit_only(&mut self, on: bool) -> Result<()> {
+        let mut s = self.settings()?;
+        if on {
+            s.flags |= SETTINGS_F_XMIT_ONLY;
+        } else {
+            s.flags &= !SETTINGS_F_XMIT_ONLY;
+        }
+        self.set_settings(&s)
+    }
+
     pub fn set_mark_remote(&mut self, on: bool) -> Result<()> {
         let mut s = self.settings()?;
         if on {
@@ -1182,16 +1196,52 @@ impl Dataplane {
             .map_err(prog_err(program_names::TC_RNAT))?;
         self.rnat_links.insert(ifindex, id);
         // Backends out of this interface are local: no steering mark towards them.
-        self.backend_ifs
-            .insert(ifindex, 1, 0)
-            .map_err(map_err(map_names::BACKEND_IFS))
+        self.set_iface_flag(ifindex, IFACE_F_BACKEND, true)
     }
 
     /// The interfaces the reverse NAT is attached to, as the XDP program sees them.
     pub fn backend_ifindexes(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.backend_ifs.keys().filter_map(|k| k.ok()).collect();
+        self.ifindexes_with(IFACE_F_BACKEND)
+    }
+
+    /// The interfaces the XDP program may redirect to natively, as it sees them.
+    pub fn xmit_ifindexes(&self) -> Vec<u32> {
+        self.ifindexes_with(IFACE_F_XMIT)
+    }
+
+    fn ifindexes_with(&self, flag: u32) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .ifaces
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter(|(_, f)| f & flag != 0)
+            .map(|(k, _)| k)
+            .collect();
         v.sort_unstable();
         v
+    }
+
+    /// Say whether `ifindex` takes a native XDP redirect (`IFACE_F_XMIT`; see
+    /// `lb_common::egress` and [`set_xmit_only`](Self::set_xmit_only)).
+    pub fn set_iface_xmit(&mut self, ifindex: u32, on: bool) -> Result<()> {
+        self.set_iface_flag(ifindex, IFACE_F_XMIT, on)
+    }
+
+    /// Set or clear one `IFACE_F_*` bit of `ifindex`, deleting entries left with none.
+    fn set_iface_flag(&mut self, ifindex: u32, flag: u32, on: bool) -> Result<()> {
+        let old = self.ifaces.get(&ifindex, 0).unwrap_or(0);
+        let new = if on { old | flag } else { old & !flag };
+        if new == old && (new != 0 || !on) {
+            return Ok(());
+        }
+        if new == 0 {
+            // Gone already (an interface that vanished) is fine.
+            let _ = self.ifaces.remove(&ifindex);
+            return Ok(());
+        }
+        self.ifaces
+            .insert(ifindex, new, 0)
+            .map_err(map_err(map_names::IFACES))
     }
 
     /// Whether the reverse NAT forwards rewritten replies itself (`RNAT_F_FORWARD`: FIB
@@ -1221,8 +1271,7 @@ impl Dataplane {
                 "reverse NAT is not attached to ifindex {ifindex}"
             )));
         };
-        // Gone already (an interface that vanished) is fine.
-        let _ = self.backend_ifs.remove(&ifindex);
+        self.set_iface_flag(ifindex, IFACE_F_BACKEND, false)?;
         self.rnat_prog()?
             .detach(id)
             .map_err(prog_err(program_names::TC_RNAT))

@@ -38,6 +38,7 @@
 //! | `lb_reply_sweep_duration_seconds` | gauge | | how long the last sweep of the reply table took |
 //! | `lb_gossip_members` | gauge | `state` (`alive`, `suspect`, `down`) | Kubernetes mode: cluster members by what this node's gossip (SWIM) says of them |
 //! | `lb_gossip_messages_total` | counter | `result` (`sent`, `received`, `rejected`) | Kubernetes mode: gossip datagrams; `rejected`: not from a Node's InternalIP, a bad or missing key tag, or undecodable |
+//! | `lb_interface_pattern_unmatched` | gauge | `key` (`interfaces`, `backend_interfaces`), `pattern` | 1 while the config entry names no interface on this node (a name, glob or `auto`), else 0; the daemon keeps looking every second |
 //!
 //! Every VIP has a series for each reason the program counts per VIP (all but the
 //! `pass_*` parse reasons, which are node-wide only), zeros included, so `rate()` works from
@@ -186,6 +187,8 @@ pub struct DaemonStats {
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
     reply_table: ReplyTableStats,
     gossip: GossipMetrics,
+    /// `lb_interface_pattern_unmatched`, by (key, pattern).
+    unmatched: Family<Vec<(String, String)>, Gauge>,
     version: &'static str,
 }
 
@@ -228,8 +231,19 @@ impl DaemonStats {
             reloads,
             reply_table: ReplyTableStats::default(),
             gossip: GossipMetrics::default(),
+            unmatched: Family::default(),
             version,
         }
+    }
+
+    /// Whether the config entry `pattern` of `key` names any interface on this node now.
+    pub fn interface_pattern(&self, key: &str, pattern: &str, unmatched: bool) {
+        self.unmatched
+            .get_or_create(&vec![
+                ("key".to_string(), key.to_string()),
+                ("pattern".to_string(), pattern.to_string()),
+            ])
+            .set(i64::from(unmatched));
     }
 
     /// The reply table holds at most `n` flows.
@@ -621,6 +635,11 @@ fn registry(snap: Snapshot, labels: &Labels, extra: &DaemonStats) -> Registry {
         "lb_config_reloads",
         "Configuration reloads by result",
         extra.reloads.clone(),
+    );
+    reg.register(
+        "lb_interface_pattern_unmatched",
+        "1 while this interfaces / backend_interfaces entry names no interface on this node",
+        extra.unmatched.clone(),
     );
     let r = &extra.reply_table;
     reg.register(

@@ -30,6 +30,7 @@
 //! ```toml
 //! interfaces = ["eth0", { name = "eth1", xdp_mode = "generic" }]  # required, >= 1
 //! backend_interfaces = ["eth2"]   # optional: reverse NAT (TC) on the interfaces facing backends
+//! # Entries of both are names, globs ("veth*") or "auto", resolved on the node (crate::ifaces).
 //! metrics_addr = "127.0.0.1:7472"  # optional (static mode: off without it; --kube: 0.0.0.0:7472)
 //!
 //! [reverse_nat]                   # optional; these are the defaults

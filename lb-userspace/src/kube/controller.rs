@@ -46,7 +46,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
-        events::{Recorder, Reporter},
+        events::{Event, EventType, Recorder, Reporter},
         reflector::{self, Store},
         utils::Backoff,
         watcher,
@@ -467,6 +467,8 @@ struct Controller {
     last_connected: bool,
     /// Pool warnings already logged (they repeat on every sync until fixed).
     warned: BTreeSet<String>,
+    /// Interface entries that named nothing at the last look (reported as Events).
+    unmatched: Vec<(String, String)>,
     r: Reconciler,
 }
 
@@ -519,6 +521,7 @@ pub async fn run(
         last_writer: None,
         last_connected: false,
         warned: BTreeSet::new(),
+        unmatched: Vec::new(),
         r: Reconciler::new(opts.node_name, lease_ns, base),
     };
     info!("Kubernetes: waiting for the first complete list of every watched resource");
@@ -545,6 +548,15 @@ pub async fn run(
     }
 }
 
+/// The entries of `now` that were not in `before`: each is reported once, when it starts
+/// naming nothing (again).
+fn newly_unmatched(before: &[(String, String)], now: &[(String, String)]) -> Vec<(String, String)> {
+    now.iter()
+        .filter(|e| !before.contains(e))
+        .cloned()
+        .collect()
+}
+
 impl Controller {
     /// Liveness and who this node is for the election.
     fn observe(&mut self) -> View {
@@ -563,6 +575,60 @@ impl Controller {
         }
         let nodes = snapshot(&self.stores.nodes);
         self.r.tick(&mut *lock(&self.dataplane), &nodes, &view);
+        self.report_interfaces(&nodes).await;
+    }
+
+    /// A Warning Event on this Node for each interface entry that has just started to name
+    /// nothing (a DaemonSet's one config on a node whose NICs are named differently).
+    async fn report_interfaces(&mut self, nodes: &[Node]) {
+        let now = lock(&self.dataplane).unmatched_interfaces();
+        let fresh = newly_unmatched(&self.unmatched, &now);
+        if fresh.is_empty() {
+            self.unmatched = now;
+            return;
+        }
+        // Not listed (yet): keep the entries fresh, to report once the Node is seen.
+        let Some(node) = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(&self.r.node))
+        else {
+            return;
+        };
+        self.unmatched = now;
+        // One Event per key: the recorder folds Events with the same reason and action on
+        // one object into a series (a later note is not kept), so the action says which
+        // list, and the note names every entry of it that has just started to name nothing.
+        for (key, action) in [
+            ("interfaces", "AttachXDP"),
+            ("backend_interfaces", "AttachReverseNAT"),
+        ] {
+            let entries: Vec<String> = fresh
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, p)| format!("{p:?}"))
+                .collect();
+            if entries.is_empty() {
+                continue;
+            }
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: "InterfaceNotFound".into(),
+                note: Some(format!(
+                    "{key} entries {} name no interface on node {}; lb attaches when one \
+                     appears (checked every second). Fix the node's config if none ever will.",
+                    entries.join(", "),
+                    self.r.node
+                )),
+                action: action.into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&ev, &node.object_ref(&())).await {
+                warn!(
+                    "recording the InterfaceNotFound Event on node {}: {e}",
+                    self.r.node
+                );
+            }
+        }
     }
 
     async fn sync(&mut self) {
@@ -1286,6 +1352,21 @@ mod tests {
         v.gossip = true;
         r.tick(&mut fake, &[node("node-a"), node("node-b")], &v);
         assert_eq!(fake.calls[0], Call::SetAnnounced(vec![]));
+    }
+
+    #[test]
+    fn an_unmatched_interface_entry_is_reported_once_per_episode() {
+        let e = |k: &str, p: &str| (k.to_string(), p.to_string());
+        let none: Vec<(String, String)> = Vec::new();
+        let ext = vec![e("interfaces", "eth9")];
+        let both = vec![e("interfaces", "eth9"), e("backend_interfaces", "cali*")];
+        assert_eq!(newly_unmatched(&none, &ext), ext);
+        // Still unmatched: no new Event; another entry joins: only that one.
+        assert!(newly_unmatched(&ext, &ext).is_empty());
+        assert_eq!(newly_unmatched(&ext, &both), both[1..]);
+        // Matched for a while, then unmatched again: reported again.
+        assert!(newly_unmatched(&ext, &none).is_empty());
+        assert_eq!(newly_unmatched(&none, &ext), ext);
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub trait NodeDataplane {
     fn set_sync_error(&mut self, error: Option<String>);
     /// The controller's view of the cluster, for `/status`.
     fn set_status(&mut self, status: ControllerStatus);
+    /// (config key, entry) of the `interfaces` / `backend_interfaces` entries that name no
+    /// interface on this node now: the controller reports each as a Warning Event on the
+    /// Node when it starts naming nothing.
+    fn unmatched_interfaces(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// What `/status` shows of the controller, under `kubernetes`.

@@ -62,6 +62,9 @@ struct Case {
     /// How far the path moves the frame's head (the steering mark: -8 to insert it, +8 to
     /// remove it); the harness undoes it before every iteration.
     head_delta: i32,
+    /// `lb run`'s rule on (`SETTINGS_F_XMIT_ONLY`) with no interface marked as taking a
+    /// native redirect: the egress is a tunnel as far as the program knows.
+    xmit_only: bool,
 }
 
 const XDP_PASS: u32 = 2;
@@ -152,6 +155,7 @@ fn cases() -> Vec<Case> {
         warmup,
         fib_cache: true,
         head_delta: 0,
+        xmit_only: false,
     };
     let tc = |name, packet, expect| Case {
         name,
@@ -160,6 +164,7 @@ fn cases() -> Vec<Case> {
         warmup: vec![],
         fib_cache: true,
         head_delta: 0,
+        xmit_only: false,
     };
     let port = fixture::BACKEND_PORT;
     // A packet another node steered to backend 0 with the steering mark, as it arrives.
@@ -252,6 +257,7 @@ fn cases() -> Vec<Case> {
             warmup: vec![],
             fib_cache: true,
             head_delta: -(lb_common::mark::IPV4_LEN as i32),
+            xmit_only: false,
         },
         Case {
             name: "quic_short_from_peer_v4",
@@ -260,6 +266,7 @@ fn cases() -> Vec<Case> {
             warmup: vec![],
             fib_cache: true,
             head_delta: lb_common::mark::IPV4_LEN as i32,
+            xmit_only: false,
         },
         case(
             "tcp_syn_v4",
@@ -275,6 +282,17 @@ fn cases() -> Vec<Case> {
         ),
         // Not a required case: the same packets with the next-hop cache off, so the cost of
         // bpf_fib_lookup itself is on the record.
+        // lb run's rule, the egress a tunnel (a VXLAN device): the rewritten packet goes to
+        // the kernel instead of out of `be`.
+        Case {
+            name: "quic_short_to_kernel_route_v4",
+            packet: short(c4, v4),
+            expect: Path::Xdp(&[RoutedCid, FibCached, PassKernelRoute]),
+            warmup: vec![],
+            fib_cache: true,
+            head_delta: 0,
+            xmit_only: true,
+        },
         Case {
             name: "quic_short_plaintext_v4_fib_uncached",
             packet: short(c4, v4),
@@ -282,6 +300,7 @@ fn cases() -> Vec<Case> {
             warmup: vec![],
             fib_cache: false,
             head_delta: 0,
+            xmit_only: false,
         },
         Case {
             name: "quic_short_plaintext_v6_fib_uncached",
@@ -290,6 +309,7 @@ fn cases() -> Vec<Case> {
             warmup: vec![],
             fib_cache: false,
             head_delta: 0,
+            xmit_only: false,
         },
     ]
 }
@@ -336,6 +356,7 @@ fn measure_xdp(
         0
     };
     dp.set_fib_cache_ttl(ttl)?;
+    dp.set_xmit_only(case.xmit_only)?;
     for w in case.warmup.iter().chain([&case.packet]) {
         dp.test_run(w, tb.ext_ifindex)?;
     }

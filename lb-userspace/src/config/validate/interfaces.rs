@@ -1,6 +1,8 @@
 //! The node's interfaces: `interfaces` (where XDP attaches, each with its XDP mode, the
 //! top-level `xdp_mode` being the default for bare names) and `backend_interfaces` (where
-//! the reverse-NAT TC program goes).
+//! the reverse-NAT TC program goes). Entries are names, globs or `"auto"`; which interfaces
+//! they name is decided on the node, every second (`crate::ifaces`), so an entry that names
+//! nothing there is not a config error.
 
 use std::{collections::HashMap, ops::Range};
 

@@ -406,6 +406,29 @@ fn interface_checks() {
 }
 
 #[test]
+fn interface_globs_and_auto_are_entries_like_names() {
+    let c = parse(
+        "interfaces = [\"auto\", \"enp*s0\", { name = \"flannel.1\", xdp_mode = \"generic\" }]\n\
+         backend_interfaces = [\"auto\", \"cali*\", \"pod?\"]\n",
+    )
+    .unwrap();
+    let names: Vec<&str> = c.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["auto", "enp*s0", "flannel.1"]);
+    assert_eq!(c.backend_interfaces, ["auto", "cali*", "pod?"]);
+    // Still checked: a repeated entry names the key and both lines.
+    assert_error_like(
+        "interfaces = [\"auto\",\n\"auto\"]\n",
+        "lb.toml:2:1: interfaces[1].name: ",
+        "listed twice (also on line 1)",
+    );
+    assert_error_like(
+        "interfaces = [\"eth0\"]\nbackend_interfaces = [\"cali*\", \"cali*\"]\n",
+        "lb.toml:2:32: backend_interfaces[1]: ",
+        "listed twice",
+    );
+}
+
+#[test]
 fn learned_cid_len_checks() {
     assert_error_like(
         &learned_vip("learned_cid_len = 0"),
