@@ -444,7 +444,8 @@ fn configmap_holds_a_kube_mode_lb_toml() {
             "default_class",
             "lease_namespace",
             "lease_duration_ms",
-            "lease_renew_ms"
+            "lease_renew_ms",
+            "gossip_port"
         ])
     );
     assert_eq!(k["load_balancer_class"].as_str(), Some("lb.dev/lb"));
@@ -454,8 +455,20 @@ fn configmap_holds_a_kube_mode_lb_toml() {
         k["lease_duration_ms"].as_integer().unwrap(),
         k["lease_renew_ms"].as_integer().unwrap(),
     );
-    assert_eq!((duration, renew), (1200, 300));
-    assert!(renew < duration);
+    // The daemon's defaults, written out for the operator to see: kubelet's Lease cadence
+    // (membership) and the gossip port (failure detection).
+    let defaults = lb_userspace::config::KubeSettings::default();
+    assert_eq!(
+        (duration, renew),
+        (
+            defaults.lease_duration.as_millis() as i64,
+            defaults.lease_renew.as_millis() as i64
+        )
+    );
+    assert_eq!(
+        k["gossip_port"].as_integer(),
+        Some(i64::from(defaults.gossip_port))
+    );
 }
 
 /// (apiGroup, resource) -> verbs, flattened from a role's rules. A rule limited to
