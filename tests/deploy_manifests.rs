@@ -1115,6 +1115,16 @@ fn config_checksum_rolls_the_pods_exactly_when_lb_toml_changes() {
         sum(Some("podAnnotations: {team: net}\nlogLevel: debug\n")),
         "lb.toml unchanged: no roll for the config (the pod spec rolls by itself)"
     );
+    // rollOnConfigChange=false: no checksum; the daemons reload the mounted file themselves.
+    let objs = objects_of(&render_chart(Some("rollOnConfigChange: false\n")));
+    let ds = find(&objs, "DaemonSet", "lb");
+    assert!(
+        ds["spec"]["template"]["metadata"]["annotations"]
+            .get("checksum/config")
+            .is_none(),
+        "{}",
+        ds["spec"]["template"]["metadata"]
+    );
 }
 
 fn rendered_lb_toml(objs: &[Json]) -> String {

@@ -453,6 +453,54 @@ fn kube_mode_reports_an_unmatched_entry_as_a_node_event() {
     n.wait("ext0 attached", |n| n.attached("xdp") == ["ext0"]);
     assert!(n.alive(), "{}", n.logs());
     assert_eq!(events("\"ext*\""), 1, "one Event per episode");
+
+    // The node settings reload in Kubernetes mode. A setting only a restart applies is
+    // refused, naming it, and nothing changes.
+    let kube_settings = |interfaces: &str, extra: &str| {
+        format!(
+            "interfaces = [{{ name = \"{interfaces}\", xdp_mode = \"generic\" }}]\n\
+             backend_interfaces = [\"pod*\"]\nmetrics_addr = \"{METRICS_ADDR}\"\n\
+             [kubernetes]\nlease_namespace = \"lb-system\"\n{extra}"
+        )
+    };
+    std::fs::write(&config, kube_settings("lan*", "gossip_port = 7000\n")).unwrap();
+    let reload =
+        n.ns.command(support::lb())
+            .unwrap()
+            .args(["reload", "--control-socket"])
+            .arg(n.dir.join("lb.sock"))
+            .output()
+            .unwrap();
+    let reply = String::from_utf8_lossy(&reload.stdout).into_owned()
+        + &String::from_utf8_lossy(&reload.stderr);
+    assert!(!reload.status.success(), "{reply}");
+    assert!(
+        reply.contains("[kubernetes] changed, which only a restart applies")
+            && reply.contains("nothing was applied"),
+        "{reply}"
+    );
+    assert_eq!(
+        n.attached("xdp"),
+        ["ext0"],
+        "a refused reload changed nothing"
+    );
+    // The interface lists apply live, and the daemon sees the file change by itself (the
+    // kubelet rewrites a mounted ConfigMap; nobody sends SIGHUP): ext0 is no longer named,
+    // so XDP leaves it, in lb's view and in the kernel's.
+    std::fs::write(&config, kube_settings("lan*", "")).unwrap();
+    n.wait("ext0 detached after the file changed", |n| {
+        n.attached("xdp").is_empty() && n.xdp_prog("ext0").is_none()
+    });
+    assert!(
+        n.unmatched().contains(&"interfaces=lan*".to_owned()),
+        "{:?}",
+        n.unmatched()
+    );
+    std::fs::write(&config, kube_settings("ext*", "")).unwrap();
+    n.wait("ext0 attached again", |n| {
+        n.attached("xdp") == ["ext0"] && n.xdp_prog("ext0").is_some()
+    });
+    assert!(n.alive(), "{}", n.logs());
     drop(n);
     rt.shutdown_background();
 }

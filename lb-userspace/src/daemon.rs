@@ -270,6 +270,7 @@ impl State {
             .map(|i| i.name.clone())
             .collect();
         let external = ifaces::resolve(&patterns, ifaces::Role::External, &links, &[]);
+        self.detach_unnamed_xdp(&ifaces::all_links(&external));
         let mut attached = 0;
         for (k, m) in external.iter().enumerate() {
             let mode = self.config.interfaces[k].xdp_mode;
@@ -288,7 +289,9 @@ impl State {
             &links,
             &taken,
         );
-        for (name, i) in ifaces::all_links(&backend) {
+        let backend_links = ifaces::all_links(&backend);
+        self.detach_unnamed_rnat(&backend_links);
+        for (name, i) in backend_links {
             if self.rnat_ifindexes.iter().any(|(_, j)| *j == i) {
                 continue;
             }
@@ -304,6 +307,42 @@ impl State {
         }
         self.report_unmatched(&external, &backend);
         attached
+    }
+
+    /// Detach XDP, and stop the announcer, on the links no `interfaces` entry names any more
+    /// (a reloaded file dropped or narrowed the entry).
+    fn detach_unnamed_xdp(&mut self, named: &[(String, u32)]) {
+        for (name, i) in std::mem::take(&mut self.xdp_ifindexes) {
+            if named.iter().any(|(_, j)| *j == i) {
+                self.xdp_ifindexes.push((name, i));
+                continue;
+            }
+            info!("{name}: no interfaces entry names it any more; detaching XDP");
+            if let Err(e) = self.dp.detach(i) {
+                warn!("detaching XDP from {name}: {e:#}");
+            }
+            self.xdp_native.retain(|j| *j != i);
+            if let Some(k) = self.announcers.iter().position(|(j, _)| *j == i) {
+                let (_, a) = self.announcers.remove(k);
+                let _ = a.stop();
+            }
+        }
+    }
+
+    /// Detach the reverse NAT from the links no `backend_interfaces` entry names any more.
+    fn detach_unnamed_rnat(&mut self, named: &[(String, u32)]) {
+        for (name, i) in std::mem::take(&mut self.rnat_ifindexes) {
+            if named.iter().any(|(_, j)| *j == i) {
+                self.rnat_ifindexes.push((name, i));
+                continue;
+            }
+            info!(
+                "{name}: no backend_interfaces entry names it any more; detaching the reverse NAT"
+            );
+            if let Err(e) = self.dp.detach_rnat(i) {
+                warn!("detaching the reverse NAT from {name}: {e:#}");
+            }
+        }
     }
 
     /// Attach `lb_xdp` to `name` (native, else generic as `mode` allows) and announce the
@@ -424,26 +463,49 @@ impl State {
     }
 
     fn try_reload(&mut self, path: &Path) -> Result<usize> {
-        let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if config.interfaces != self.config.interfaces
-            || config.backend_interfaces != self.config.backend_interfaces
-        {
+        let mut config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let restart = config::restart_needed(&self.config, &config);
+        if !restart.is_empty() {
             bail!(
-                "{}: the interface lists changed; interfaces are attached at start-up, so \
-                 restart lb to change them (nothing was applied)",
+                "{}: {} changed, which only a restart applies (the interface lists, the \
+                 steering mark and the reply timeouts apply live); nothing was applied",
+                path.display(),
+                restart.join(", ")
+            );
+        }
+        config.metrics_addr = self.config.metrics_addr;
+        if !config.backend_interfaces.is_empty() {
+            self.dp
+                .set_rnat_forward(true)
+                .context("turning on forwarding in the reverse NAT")?;
+        }
+        let changes = if self.kube_mode {
+            self.apply_node_settings(config, path)?
+        } else {
+            self.apply_config(config)?
+        };
+        self.rescan_interfaces();
+        self.rescan_redirect_targets();
+        Ok(changes)
+    }
+
+    /// Kubernetes mode: the file holds only node settings (the VIPs are the controller's,
+    /// in `self.plan`), so take them without touching the VIP maps.
+    fn apply_node_settings(&mut self, config: Config, path: &Path) -> Result<usize> {
+        if !config.vips.is_empty() {
+            bail!(
+                "{}: [[vips]] is not allowed with --kube (Kubernetes Services define the \
+                 VIPs); nothing was applied",
                 path.display()
             );
         }
-        if config.reverse_nat.max_flows != self.config.reverse_nat.max_flows {
-            bail!(
-                "{}: reverse_nat.max_flows changed ({} -> {}); the reply table is sized at \
-                 start-up, so restart lb to change it (nothing was applied)",
-                path.display(),
-                self.config.reverse_nat.max_flows,
-                config.reverse_nat.max_flows
-            );
+        if config.reverse_nat.mark_remote != self.config.reverse_nat.mark_remote {
+            self.dp
+                .set_mark_remote(config.reverse_nat.mark_remote)
+                .context("setting the steering mark")?;
         }
-        self.apply_config(config)
+        self.config = config;
+        Ok(0)
     }
 
     /// Program the difference between the running plan and `config` (same interfaces).
@@ -595,7 +657,7 @@ impl Drop for State {
 }
 
 /// Serve `lb reload` on a Unix socket: one line in ("reload"), the outcome out.
-async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: Option<PathBuf>) {
+async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: PathBuf) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -606,13 +668,7 @@ async fn control(listener: UnixListener, state: Arc<Mutex<State>>, config: Optio
             continue;
         }
         let reply = match line.trim() {
-            "reload" => match &config {
-                Some(path) => reload_reply(&state, path),
-                None => "error: lb runs with --kube: the VIPs come from Kubernetes, and every node \
-                         setting of the config file is read at start-up; restart the daemon to \
-                         apply a change (the Helm chart rolls the pods when its ConfigMap changes)\n"
-                    .to_owned(),
-            },
+            "reload" => reload_reply(&state, &config),
             other => format!("error: unknown command {other:?}; the only command is \"reload\"\n"),
         };
         let _ = wr.write_all(reply.as_bytes()).await;
@@ -675,10 +731,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let _ = std::fs::remove_file(&opts.control_socket);
         let listener = UnixListener::bind(&opts.control_socket)
             .with_context(|| format!("listening on {}", opts.control_socket.display()))?;
-        let reload_config = (!kube_mode).then(|| opts.config.clone());
-        tokio::spawn(control(listener, state.clone(), reload_config.clone()));
+        // Both modes: with --kube the file holds only node settings (State::reload says which
+        // apply live), the VIPs being the controller's.
+        tokio::spawn(control(listener, state.clone(), opts.config.clone()));
         spawn_metrics(&state)?;
         spawn_rescan(&state);
+        if kube_mode {
+            spawn_config_watch(&state, opts.config.clone());
+        }
         spawn_reply_sweep(&state);
         let mut lease_holder = None;
         if let Some(kube_opts) = opts.kube {
@@ -709,19 +769,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         );
         loop {
             tokio::select! {
-                _ = hup.recv() => {
-                    match &reload_config {
-                        Some(path) => { reload_reply(&state, path); }
-                        None => warn!(
-                            "SIGHUP ignored: with --kube the VIPs come from the API server, and \
-                             every node setting of {} (interfaces, xdp_mode, backend_interfaces, \
-                             metrics_addr, [reverse_nat], [kubernetes]) is read at start-up; \
-                             restart the daemon to apply a change (the Helm chart rolls the pods \
-                             when its ConfigMap changes)",
-                            opts.config.display()
-                        ),
-                    }
-                }
+                _ = hup.recv() => { reload_reply(&state, &opts.config); }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -748,6 +796,29 @@ fn spawn_rescan(state: &Arc<Mutex<State>>) {
             let mut s = lock(&state);
             s.rescan_interfaces();
             s.rescan_redirect_targets();
+        }
+    });
+}
+
+/// How often Kubernetes mode looks at the config file for a change.
+const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Kubernetes mode: reload the config file when its contents change. The kubelet swaps a
+/// mounted ConfigMap's files in place (within about a minute of the update), and nobody is
+/// there to send SIGHUP. A rejected file is not retried until it changes again.
+fn spawn_config_watch(state: &Arc<Mutex<State>>, path: PathBuf) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut last = std::fs::read(&path).ok();
+        let mut tick = tokio::time::interval(CONFIG_WATCH_INTERVAL);
+        loop {
+            tick.tick().await;
+            let now = std::fs::read(&path).ok();
+            if now.is_some() && now != last {
+                info!("{} changed: reloading it", path.display());
+                reload_reply(&state, &path);
+                last = now;
+            }
         }
     });
 }

@@ -107,6 +107,7 @@
 mod apply;
 mod diff;
 mod error;
+mod live;
 mod plan;
 mod raw;
 mod validate;
@@ -125,6 +126,7 @@ pub use self::{
     apply::{ApplyError, apply},
     diff::Change,
     error::{ConfigError, ConfigErrors},
+    live::restart_needed,
     plan::{BackendEntry, Plan, PlannedBackend, PlannedServerId, PlannedVip, VipId},
 };
 use self::{
