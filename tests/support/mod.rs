@@ -4,6 +4,7 @@
 //! keep-alive HTTP/1.1 clients (`lab_process`). Each test binary uses a different part of it.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod fixture;
 pub mod lab_process;
 
