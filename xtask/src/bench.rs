@@ -24,6 +24,22 @@ pub struct Args {
     rounds: Option<u32>,
 }
 
+/// `--json PATH` for lb-lab. cargo runs in the workspace root: keep a relative path relative
+/// to where the user is.
+fn json_arg(cmd: &mut std::process::Command, json: Option<&std::path::Path>) -> Result<()> {
+    if let Some(json) = json {
+        let json = if json.is_absolute() {
+            json.to_path_buf()
+        } else {
+            env::current_dir()
+                .context("reading the current directory")?
+                .join(json)
+        };
+        cmd.arg("--json").arg(json);
+    }
+    Ok(())
+}
+
 pub fn bench(args: &Args) -> Result<()> {
     run::require_root(
         "bench",
@@ -33,17 +49,7 @@ pub fn bench(args: &Args) -> Result<()> {
     setup::setup(Scope::Everything)?;
 
     let mut cmd = run::lab_release("bench");
-    if let Some(json) = &args.json {
-        // cargo runs in the workspace root; keep the path relative to where the user is.
-        let json = if json.is_absolute() {
-            json.clone()
-        } else {
-            env::current_dir()
-                .context("reading the current directory")?
-                .join(json)
-        };
-        cmd.arg("--json").arg(json);
-    }
+    json_arg(&mut cmd, args.json.as_deref())?;
     if let Some(repeat) = args.repeat {
         cmd.arg("--repeat").arg(repeat.to_string());
     }
@@ -76,16 +82,7 @@ pub fn bench_membership(args: &MembershipArgs) -> Result<()> {
     // lb-lab links lb-userspace, whose build script builds the BPF object.
     setup::setup(Scope::Build)?;
     let mut cmd = run::lab_release("bench-membership");
-    if let Some(json) = &args.json {
-        let json = if json.is_absolute() {
-            json.clone()
-        } else {
-            env::current_dir()
-                .context("reading the current directory")?
-                .join(json)
-        };
-        cmd.arg("--json").arg(json);
-    }
+    json_arg(&mut cmd, args.json.as_deref())?;
     if let Some(nodes) = &args.nodes {
         cmd.arg("--nodes").arg(nodes);
     }
