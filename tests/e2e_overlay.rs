@@ -35,14 +35,14 @@
 
 mod support;
 
+use lb_lab::children::Proc;
 use support::capture::Capture;
 
 use std::{
     fmt::Write as _,
-    fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -75,12 +75,6 @@ enum Fabric {
     FlatL2,
     Vxlan,
     RoutedL3,
-}
-
-struct Proc {
-    what: String,
-    child: Child,
-    log: PathBuf,
 }
 
 /// Drop stops the children, then the namespaces go (fields), then the directory.
@@ -287,19 +281,8 @@ impl Cluster {
         s
     }
 
-    fn spawn(&mut self, what: &str, mut cmd: Command) -> anyhow::Result<usize> {
-        let log = self.dir.join(format!("{what}.log"));
-        let file = File::create(&log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .env("RUST_LOG", "info");
-        let child = cmd.spawn()?;
-        self.procs.push(Proc {
-            what: what.into(),
-            child,
-            log,
-        });
+    fn spawn(&mut self, what: &str, cmd: Command) -> anyhow::Result<usize> {
+        self.procs.push(Proc::spawn(&self.dir, what, cmd, "info")?);
         Ok(self.procs.len() - 1)
     }
 
@@ -335,20 +318,7 @@ impl Cluster {
     }
 
     fn wait_for_line(&mut self, i: usize, marker: &str, deadline: Instant) -> anyhow::Result<()> {
-        loop {
-            let p = &mut self.procs[i];
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            if text.lines().any(|l| l.starts_with(marker)) {
-                return Ok(());
-            }
-            if let Some(status) = p.child.try_wait()? {
-                anyhow::bail!("{} exited ({status}) before {marker:?}:\n{text}", p.what);
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("{} did not print {marker:?} in time:\n{text}", p.what);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        self.procs[i].wait_for_line(marker, deadline)
     }
 
     fn logs(&self) -> String {
@@ -361,8 +331,7 @@ impl Cluster {
             }
         }
         for p in &self.procs {
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            let _ = writeln!(s, "--- {} ---\n{text}", p.what);
+            let _ = writeln!(s, "--- {} ---\n{}", p.what, p.output());
         }
         s
     }

@@ -36,15 +36,15 @@
 
 mod support;
 
+use lb_lab::children::Proc;
 use support::capture::Capture;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -77,12 +77,6 @@ const MAC_A_BE0: Mac = [0x02, 0x19, 0x00, 0x00, 0x00, 0x01];
 const MAC_B0: Mac = [0x02, 0x19, 0x00, 0x00, 0x00, 0x10];
 const MAC_B_BE1: Mac = [0x02, 0x19, 0x01, 0x00, 0x00, 0x01];
 const MAC_B1: Mac = [0x02, 0x19, 0x01, 0x00, 0x00, 0x10];
-
-struct Proc {
-    what: String,
-    child: Child,
-    log: PathBuf,
-}
 
 /// The two-node network. Drop stops the probes and the children (SIGTERM, then SIGKILL),
 /// then the namespaces (fields) go, with every veth in them, and the temporary directory.
@@ -192,19 +186,8 @@ impl TwoNodes {
         s
     }
 
-    fn spawn(&mut self, what: &str, mut cmd: Command) -> anyhow::Result<usize> {
-        let log = self.dir.join(format!("{what}.log"));
-        let file = File::create(&log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .env("RUST_LOG", "info");
-        let child = cmd.spawn()?;
-        self.procs.push(Proc {
-            what: what.into(),
-            child,
-            log,
-        });
+    fn spawn(&mut self, what: &str, cmd: Command) -> anyhow::Result<usize> {
+        self.procs.push(Proc::spawn(&self.dir, what, cmd, "info")?);
         Ok(self.procs.len() - 1)
     }
 
@@ -273,20 +256,7 @@ impl TwoNodes {
     }
 
     fn wait_for_line(&mut self, i: usize, marker: &str, deadline: Instant) -> anyhow::Result<()> {
-        loop {
-            let p = &mut self.procs[i];
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            if text.lines().any(|l| l.starts_with(marker)) {
-                return Ok(());
-            }
-            if let Some(status) = p.child.try_wait()? {
-                anyhow::bail!("{} exited ({status}) before {marker:?}:\n{text}", p.what);
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("{} did not print {marker:?} in time:\n{text}", p.what);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        self.procs[i].wait_for_line(marker, deadline)
     }
 
     fn log(&self, what: &str) -> String {

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod children;
 pub mod cli;
 pub mod demo;
 pub mod kube_proxy_standin;

@@ -36,7 +36,6 @@
 
 use std::{
     fmt::Write as _,
-    fs::File,
     io::{Read, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -47,6 +46,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::{
+    children::Proc,
     kube_proxy_standin::{KubeProxyRules, ServicePort},
     netns::{Mac, NetNs, veth_pair},
     prober::{PROBE_EVERY, Prober, Target},
@@ -156,13 +156,6 @@ pub struct Options {
     /// First delete namespaces with this prefix whose process is gone (left by a killed run).
     /// Off for the demo: `lb-lab demo --keep` leaves namespaces of a dead process on purpose.
     pub remove_stale: bool,
-}
-
-/// A started child process, with the log file that holds its stdout and stderr.
-struct Proc {
-    what: String,
-    child: Child,
-    log: PathBuf,
 }
 
 /// The running end-to-end network. Dropping it stops every child (SIGTERM, then SIGKILL
@@ -295,22 +288,9 @@ impl Topology {
         self.prober.as_ref().map(Prober::tally).unwrap_or_default()
     }
 
-    fn spawn(&mut self, what: &str, mut cmd: Command, rust_log: &str) -> Result<usize> {
-        let log = self.dir.join(format!("{what}.log"));
-        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .env("RUST_LOG", rust_log);
-        let program = Path::new(cmd.get_program()).display().to_string();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {what} ({program})"))?;
-        self.procs.push(Proc {
-            what: what.to_string(),
-            child,
-            log,
-        });
+    fn spawn(&mut self, what: &str, cmd: Command, rust_log: &str) -> Result<usize> {
+        self.procs
+            .push(Proc::spawn(&self.dir, what, cmd, rust_log)?);
         Ok(self.procs.len() - 1)
     }
 
@@ -403,27 +383,7 @@ impl Topology {
 
     /// Poll child `i`'s log for a line starting with `marker`.
     fn wait_for_line(&mut self, i: usize, marker: &str, deadline: Instant) -> Result<()> {
-        loop {
-            let p = &mut self.procs[i];
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            if text.lines().any(|l| l.starts_with(marker)) {
-                return Ok(());
-            }
-            if let Some(status) = p.child.try_wait()? {
-                bail!(
-                    "{} exited ({status}) before printing {marker:?}; its output:\n{text}",
-                    p.what
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not print {marker:?} within {:?}; its output so far:\n{text}",
-                    p.what,
-                    START_DEADLINE
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        self.procs[i].wait_for_line(marker, deadline)
     }
 
     /// The log (stdout and stderr) of the child started as `what` (`lb-run`, `backend-b1`,
