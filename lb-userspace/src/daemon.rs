@@ -248,21 +248,6 @@ impl State {
     /// start-up and every second. Returns how many attachments were made.
     pub fn rescan_interfaces(&mut self) -> usize {
         let links = links::scan();
-        let present = |i: u32| links.iter().any(|l| l.ifindex == i);
-        for (name, i) in std::mem::take(&mut self.xdp_ifindexes) {
-            if present(i) {
-                self.xdp_ifindexes.push((name, i));
-                continue;
-            }
-            warn!("{name} is gone: XDP and its announcer with it; waiting for it to return");
-            let _ = self.dp.detach(i);
-            self.xdp_native.retain(|j| *j != i);
-            if let Some(k) = self.announcers.iter().position(|(j, _)| *j == i) {
-                let (_, a) = self.announcers.remove(k);
-                let _ = a.stop();
-            }
-        }
-        self.rnat_ifindexes.retain(|(_, i)| present(*i));
         let patterns: Vec<String> = self
             .config
             .interfaces
@@ -270,7 +255,7 @@ impl State {
             .map(|i| i.name.clone())
             .collect();
         let external = ifaces::resolve(&patterns, ifaces::Role::External, &links, &[]);
-        self.detach_unnamed_xdp(&ifaces::all_links(&external));
+        self.detach_unnamed_xdp(&ifaces::all_links(&external), &links);
         let mut attached = 0;
         for (k, m) in external.iter().enumerate() {
             let mode = self.config.interfaces[k].xdp_mode;
@@ -290,7 +275,7 @@ impl State {
             &taken,
         );
         let backend_links = ifaces::all_links(&backend);
-        self.detach_unnamed_rnat(&backend_links);
+        self.detach_unnamed_rnat(&backend_links, &links);
         for (name, i) in backend_links {
             if self.rnat_ifindexes.iter().any(|(_, j)| *j == i) {
                 continue;
@@ -309,17 +294,23 @@ impl State {
         attached
     }
 
-    /// Detach XDP, and stop the announcer, on the links no `interfaces` entry names any more
-    /// (a reloaded file dropped or narrowed the entry).
-    fn detach_unnamed_xdp(&mut self, named: &[(String, u32)]) {
+    /// Forget XDP, and stop the announcer, on the attached links no `interfaces` entry names
+    /// now: a link that is gone (the kernel removed its program with it; it is waited for),
+    /// or one a reloaded file dropped or narrowed the entry for (detached here).
+    fn detach_unnamed_xdp(&mut self, named: &[(String, u32)], links: &[links::Link]) {
         for (name, i) in std::mem::take(&mut self.xdp_ifindexes) {
             if named.iter().any(|(_, j)| *j == i) {
                 self.xdp_ifindexes.push((name, i));
                 continue;
             }
-            info!("{name}: no interfaces entry names it any more; detaching XDP");
-            if let Err(e) = self.dp.detach(i) {
-                warn!("detaching XDP from {name}: {e:#}");
+            if links.iter().any(|l| l.ifindex == i) {
+                info!("{name}: no interfaces entry names it any more; detaching XDP");
+                if let Err(e) = self.dp.detach(i) {
+                    warn!("detaching XDP from {name}: {e:#}");
+                }
+            } else {
+                warn!("{name} is gone: XDP and its announcer with it; waiting for it to return");
+                let _ = self.dp.detach(i);
             }
             self.xdp_native.retain(|j| *j != i);
             if let Some(k) = self.announcers.iter().position(|(j, _)| *j == i) {
@@ -329,11 +320,15 @@ impl State {
         }
     }
 
-    /// Detach the reverse NAT from the links no `backend_interfaces` entry names any more.
-    fn detach_unnamed_rnat(&mut self, named: &[(String, u32)]) {
+    /// Forget the reverse NAT on the attached links no `backend_interfaces` entry names now:
+    /// gone ones (nothing to detach) and ones a reloaded file no longer names (detached).
+    fn detach_unnamed_rnat(&mut self, named: &[(String, u32)], links: &[links::Link]) {
         for (name, i) in std::mem::take(&mut self.rnat_ifindexes) {
             if named.iter().any(|(_, j)| *j == i) {
                 self.rnat_ifindexes.push((name, i));
+                continue;
+            }
+            if !links.iter().any(|l| l.ifindex == i) {
                 continue;
             }
             info!(
@@ -489,6 +484,16 @@ impl State {
         Ok(changes)
     }
 
+    /// Turn the steering mark on or off as `config` says, if that is a change.
+    fn follow_mark_remote(&mut self, config: &Config) -> Result<()> {
+        if config.reverse_nat.mark_remote != self.config.reverse_nat.mark_remote {
+            self.dp
+                .set_mark_remote(config.reverse_nat.mark_remote)
+                .context("setting the steering mark")?;
+        }
+        Ok(())
+    }
+
     /// Kubernetes mode: the file holds only node settings (the VIPs are the controller's,
     /// in `self.plan`), so take them without touching the VIP maps.
     fn apply_node_settings(&mut self, config: Config, path: &Path) -> Result<usize> {
@@ -499,11 +504,7 @@ impl State {
                 path.display()
             );
         }
-        if config.reverse_nat.mark_remote != self.config.reverse_nat.mark_remote {
-            self.dp
-                .set_mark_remote(config.reverse_nat.mark_remote)
-                .context("setting the steering mark")?;
-        }
+        self.follow_mark_remote(&config)?;
         self.config = config;
         Ok(0)
     }
@@ -513,11 +514,7 @@ impl State {
     pub fn apply_config(&mut self, config: Config) -> Result<usize> {
         let plan = Plan::build(&config, Some(&self.plan)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let changes = Plan::diff(&self.plan, &plan);
-        if config.reverse_nat.mark_remote != self.config.reverse_nat.mark_remote {
-            self.dp
-                .set_mark_remote(config.reverse_nat.mark_remote)
-                .context("setting the steering mark")?;
-        }
+        self.follow_mark_remote(&config)?;
         if changes.is_empty() {
             self.config = config;
             return Ok(0);
