@@ -6,6 +6,7 @@
 //! imports it.
 
 pub mod announce;
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -35,6 +35,10 @@ pub const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "nft: the kube-proxy stand-in of the end-to-end lab (kube-proxy's nftables mode)",
     ),
+    (
+        "bird2",
+        "bird: lb's BGP speaker (lb run drives it), and the upstream router of the BGP lab",
+    ),
 ];
 
 /// PyPI packages the tests (and the demo) use, installed into the project-local virtualenv

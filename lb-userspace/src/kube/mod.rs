@@ -48,6 +48,18 @@ pub trait NodeDataplane {
     fn unmatched_interfaces(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// Advertise exactly `desired` over BGP (this node's peers and the prefixes it
+    /// originates); `None`: the cluster configures no BGP peer for this node. A speaker that
+    /// refuses the configuration keeps the previous one and the error comes back here.
+    fn set_bgp(&mut self, desired: Option<crate::bgp::Desired>) -> anyhow::Result<()> {
+        let _ = desired;
+        Ok(())
+    }
+    /// What the speaker reports of its sessions (for Service conditions and Events);
+    /// `None` without BGP.
+    fn bgp_status(&self) -> Option<crate::bgp::speaker::SpeakerStatus> {
+        None
+    }
 }
 
 /// What `/status` shows of the controller, under `kubernetes`.
