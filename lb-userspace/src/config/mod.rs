@@ -41,6 +41,17 @@
 //! closing_timeout_s = 10          # after a TCP FIN or RST
 //! mark_remote = true              # steering mark on packets to backends behind other nodes
 //!
+//! [bgp]                           # optional: lb drives BIRD (crate::bgp, docs/bgp.md)
+//! asn = 64512                     # required with peers
+//! router_id = "198.18.1.2"        # optional; run_dir, bird, spawn, withdraw_timeout_ms too
+//!
+//! [[bgp.peers]]
+//! name = "tor-a"                  # optional, default the address
+//! address = "198.18.1.1"
+//! asn = 64500
+//! hold_time_s = 9                 # optional: port, keepalive_s, password_file,
+//! bfd = true                      # source_address, multihop, graceful_restart; bfd table
+//!
 //! [[vips]]
 //! name = "web"                    # optional label
 //! address = "198.18.0.100"        # IPv4 or IPv6
@@ -58,6 +69,11 @@
 //! nonce_len = 6                   # >= 4; server_id_len + nonce_len <= 19
 //! key = "000102030405060708090a0b0c0d0e0f"  # or key_file = "web.key"; neither: plaintext
 //! encode_length = true            # default true (servers self-encode the CID length)
+//!
+//! announce = "l2"                 # or "bgp" or "both" (see crate::bgp and docs/bgp.md)
+//! bgp_communities = ["64512:100"] # bgp/both only: communities, LOCAL_PREF, peer names
+//! bgp_local_pref = 150
+//! bgp_peers = ["tor-a"]
 //!
 //! [[vips.backends]]
 //! address = "198.19.0.10"         # same family as the VIP

@@ -534,3 +534,161 @@ fn announce(
         bgp: over_bgp.then_some(vb),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{
+        bgp::{Bfd, Community},
+        config::tests::{errors, parse},
+    };
+
+    const PEER: &str = "[bgp]\nasn = 64512\nrouter_id = \"198.18.1.2\"\n\
+                        [[bgp.peers]]\nname = \"tor\"\naddress = \"198.18.1.1\"\nasn = 64500\n";
+
+    fn vip(extra: &str) -> String {
+        format!(
+            "[[vips]]\naddress = \"198.18.0.100\"\nports = [443]\nprotocols = [\"tcp\"]\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn a_bgp_vip_becomes_one_route_to_its_peers_with_its_attributes() {
+        let text = format!(
+            "interfaces = [\"eth0\"]\n{}{PEER}hold_time_s = 9\n\
+             bfd = {{ receive_interval_ms = 100, detect_multiplier = 5 }}\n\
+             [[bgp.peers]]\naddress = \"198.18.1.5\"\nasn = 64501\nbfd = true\n\
+             [[bgp.peers]]\naddress = \"fd00:1::1\"\nasn = 64501\n",
+            vip(
+                "announce = \"both\"\nbgp_communities = [\"64512:7\", \"no-export\"]\n\
+                 bgp_local_pref = 150\nbgp_peers = [\"tor\"]"
+            )
+        );
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let p = &c.bgp.peers;
+        assert_eq!(c.bgp.asn, Some(64512));
+        assert_eq!(
+            (p[0].hold_time_s, p[0].keepalive_s, p[0].local_asn),
+            (9, 3, 64512)
+        );
+        assert_eq!(
+            p[0].bfd,
+            Some(Bfd {
+                receive_interval_ms: 100,
+                transmit_interval_ms: 300,
+                detect_multiplier: 5,
+                passive: false
+            })
+        );
+        // A peer without a name is named by its address; defaults are MetalLB's.
+        assert_eq!(
+            (p[1].name.as_str(), p[1].hold_time_s, p[1].keepalive_s),
+            ("198.18.1.5", 90, 30)
+        );
+        assert_eq!(p[1].bfd, Some(Bfd::default()));
+        assert_eq!(c.bgp.withdraw_timeout, Duration::from_secs(3));
+        let d = c.bgp_desired().unwrap();
+        assert_eq!(d.adverts.len(), 1);
+        assert_eq!(d.adverts[0].prefix.to_string(), "198.18.0.100/32");
+        assert_eq!(d.adverts[0].peers, ["tor"]);
+        assert_eq!(
+            d.adverts[0].communities,
+            [
+                Community::Standard(64512, 7),
+                Community::Standard(0xffff, 0xff01)
+            ]
+        );
+        assert_eq!(d.adverts[0].local_pref, Some(150));
+        // "both": ARP/NDP too.
+        assert_eq!(
+            c.l2_addresses(),
+            ["198.18.0.100".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // "bgp" only: no ARP/NDP; "l2" (the default): no route.
+        let c = parse(&format!(
+            "interfaces = [\"eth0\"]\n{}{PEER}",
+            vip("announce = \"bgp\"")
+        ))
+        .unwrap();
+        assert!(c.l2_addresses().is_empty());
+        let c = parse(&format!("interfaces = [\"eth0\"]\n{}", vip(""))).unwrap();
+        assert_eq!(c.l2_addresses().len(), 1);
+        assert_eq!(c.bgp_desired(), None);
+    }
+
+    #[test]
+    fn bgp_errors_name_file_line_and_field() {
+        let text = format!(
+            "interfaces = [\"eth0\"]\n{}{}\
+             [bgp]\nasn = 0\nrouter_id = \"fd00::1\"\n\
+             [[bgp.peers]]\nname = \"tor\"\naddress = \"198.18.1.1\"\nasn = 64500\nhold_time_s = 2\n\
+             [[bgp.peers]]\nname = \"tor\"\naddress = \"198.18.1.9\"\nasn = 1\n\
+             [[bgp.peers]]\naddress = \"198.18.1.7\"\nasn = 1\nkeepalive_s = 0\npassword_file = \"missing.pw\"\n\
+             source_address = \"fd00::2\"\nbfd = {{ receive_interval_ms = 1 }}\n",
+            vip("announce = \"bgp\"\nbgp_communities = [\"65536:1\"]\nbgp_peers = [\"tor2\"]"),
+            "[[vips]]\naddress = \"198.18.0.101\"\nports = [80]\nprotocols = [\"tcp\"]\nannounce = \"ospf\"\nbgp_local_pref = 5\n"
+        );
+        let e = errors(&text);
+        let expect = [
+            "lb.toml:16:7: bgp.asn: 0 is not an AS number",
+            "lb.toml:17:13: bgp.router_id: \"fd00::1\" is not a BGP router ID",
+            "lb.toml:22:15: bgp.peers[0].hold_time_s: 2 is not a BGP hold time",
+            "lb.toml:30:15: bgp.peers[2].keepalive_s: 0 is not a keepalive interval for hold_time_s = 90",
+            "lb.toml:31:17: bgp.peers[2].password_file: cannot read",
+            "lb.toml:32:18: bgp.peers[2].source_address: fd00::2 is IPv6 but the peer 198.18.1.7 is IPv4",
+            "lb.toml:33:31: bgp.peers[2].bfd.receive_interval_ms: 1 is out of range",
+            "lb.toml:7:20: vips[0].bgp_communities[0]: \"65536:1\" is not a BGP community",
+            "lb.toml:8:14: vips[0].bgp_peers[0]: \"tor2\" is not the name of a [[bgp.peers]] entry (names: [\"tor\"])",
+            "lb.toml:13:12: vips[1].announce: \"ospf\" is not an announcement",
+        ];
+        assert_eq!(e.len(), expect.len(), "{}", e.join("\n"));
+        for (got, want) in e.iter().zip(expect) {
+            assert!(
+                got.starts_with(want),
+                "{got:?} does not start with {want:?}"
+            );
+        }
+        // A VIP over BGP without a [bgp] table, or with no peer of its family.
+        let e = errors(&format!(
+            "interfaces = [\"eth0\"]\n{}",
+            vip("announce = \"bgp\"")
+        ));
+        assert!(
+            e[0].starts_with("lb.toml:6:12: vips[0].announce: BGP needs a [bgp] table"),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "interfaces = [\"eth0\"]\n{}[bgp]\nasn = 1\n[[bgp.peers]]\naddress = \"fd00::1\"\nasn = 2\n",
+            vip("announce = \"bgp\"")
+        ));
+        assert!(
+            e[0].contains("no valid [[bgp.peers]] entry has an IPv4 address"),
+            "{e:?}"
+        );
+        // bgp_* keys on an l2 VIP.
+        let e = errors(&format!(
+            "interfaces = [\"eth0\"]\n{}{PEER}",
+            vip("bgp_local_pref = 1")
+        ));
+        assert_eq!(
+            e,
+            ["lb.toml:6:18: vips[0].bgp_local_pref: is set but the VIP is not announced over \
+              BGP; add announce = \"bgp\" or \"both\", or remove it"]
+        );
+        // Two entries of one address announced differently.
+        let e = errors(&format!(
+            "interfaces = [\"eth0\"]\n{}{}{PEER}",
+            vip(""),
+            vip("announce = \"bgp\"").replace("[443]", "[80]")
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "lb.toml:11:12: vips[1].announce: 198.18.0.100 is also vips[0], announced \
+                 differently (announce = \"l2\")"
+            ),
+            "{e:?}"
+        );
+    }
+}
