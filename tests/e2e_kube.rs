@@ -252,6 +252,7 @@ fn create_pool(api: &FakeApiServer, name: &str, addresses: &str) {
             addresses: vec![addresses.into()],
             auto_assign: true,
             service_selector: None,
+            l2: None,
         },
     );
     api.create_json(serde_json::to_value(&pool).unwrap())
