@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 
+pub mod bgp;
 pub mod controller;
 pub mod crd;
 pub mod election;
