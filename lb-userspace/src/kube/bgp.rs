@@ -45,9 +45,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use k8s_openapi::{
-    api::core::v1::Node, apimachinery::pkg::apis::meta::v1::LabelSelector,
-};
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::LabelSelector};
 
 use super::{
     crd::{BFDProfile, BGPAdvertisement, BGPPeer, IPPool},
@@ -123,7 +121,14 @@ const UNSUPPORTED: &str = "UnsupportedField";
 struct Problems(Vec<ObjectProblem>);
 
 impl Problems {
-    fn add(&mut self, kind: &'static str, name: &str, field: &str, reason: &'static str, msg: String) {
+    fn add(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        field: &str,
+        reason: &'static str,
+        msg: String,
+    ) {
         self.0.push(ObjectProblem {
             kind,
             name: name.to_owned(),
@@ -222,8 +227,14 @@ pub fn plan(view: &BgpView) -> Plan {
         return plan;
     }
 
-    let router_id = mine.iter().find_map(|(_, id)| *id).or_else(|| internal_ipv4(node));
-    if let Some(first) = mine.iter().find_map(|(p, id)| id.map(|id| (p.name.clone(), id))) {
+    let router_id = mine
+        .iter()
+        .find_map(|(_, id)| *id)
+        .or_else(|| internal_ipv4(node));
+    if let Some(first) = mine
+        .iter()
+        .find_map(|(p, id)| id.map(|id| (p.name.clone(), id)))
+    {
         for (p, id) in &mine {
             if let Some(id) = id
                 && *id != first.1
@@ -249,7 +260,12 @@ pub fn plan(view: &BgpView) -> Plan {
     let mut routes: BTreeMap<(IpNet, String), Attrs> = BTreeMap::new();
     if election::node_eligible(node) {
         for (a, raw) in parsed.iter().zip(&adverts) {
-            for unknown in raw.spec.peers.iter().filter(|n| !all_peer_names.contains(*n)) {
+            for unknown in raw
+                .spec
+                .peers
+                .iter()
+                .filter(|n| !all_peer_names.contains(*n))
+            {
                 problems.add(
                     ADVERT,
                     &a.name,
@@ -318,18 +334,24 @@ pub fn plan(view: &BgpView) -> Plan {
     let mut grouped: BTreeMap<(IpNet, Vec<Community>, Option<u32>), Vec<String>> = BTreeMap::new();
     for ((prefix, peer), (communities, lp)) in routes {
         grouped
-            .entry((prefix, communities.into_iter().collect(), lp.map(|(v, _)| v)))
+            .entry((
+                prefix,
+                communities.into_iter().collect(),
+                lp.map(|(v, _)| v),
+            ))
             .or_default()
             .push(peer);
     }
     let adverts = grouped
         .into_iter()
-        .map(|((prefix, communities, local_pref), peers)| bgp::Advertisement {
-            prefix,
-            peers,
-            communities,
-            local_pref,
-        })
+        .map(
+            |((prefix, communities, local_pref), peers)| bgp::Advertisement {
+                prefix,
+                peers,
+                communities,
+                local_pref,
+            },
+        )
         .collect();
     plan.desired = Some(bgp::Desired {
         router_id,
@@ -434,7 +456,16 @@ impl ParsedAdvert {
                 None => valid = false,
             }
         }
-        if selectors_match(&spec.node_selectors, &BTreeMap::new(), ADVERT, &name, "spec.nodeSelectors", problems).is_none() {
+        if selectors_match(
+            &spec.node_selectors,
+            &BTreeMap::new(),
+            ADVERT,
+            &name,
+            "spec.nodeSelectors",
+            problems,
+        )
+        .is_none()
+        {
             valid = false;
         }
         let mut agg = |field: &str, v: Option<i32>, max: u8| -> u8 {
@@ -510,7 +541,11 @@ fn parse_profiles(profiles: &[BFDProfile], problems: &mut Problems) -> BTreeMap<
                 default
             }
         };
-        let receive = interval("spec.receiveInterval", s.receive_interval, d.receive_interval_ms);
+        let receive = interval(
+            "spec.receiveInterval",
+            s.receive_interval,
+            d.receive_interval_ms,
+        );
         let transmit = interval(
             "spec.transmitInterval",
             s.transmit_interval,
@@ -537,8 +572,7 @@ fn parse_profiles(profiles: &[BFDProfile], problems: &mut Problems) -> BTreeMap<
                 &name,
                 "spec.echoMode",
                 UNSUPPORTED,
-                "BIRD, lb's speaker, has no BFD echo mode: the sessions run without echo"
-                    .into(),
+                "BIRD, lb's speaker, has no BFD echo mode: the sessions run without echo".into(),
             );
         }
         if s.echo_interval.is_some() {
@@ -556,8 +590,7 @@ fn parse_profiles(profiles: &[BFDProfile], problems: &mut Problems) -> BTreeMap<
                 &name,
                 "spec.minimumTtl",
                 UNSUPPORTED,
-                "BIRD, lb's speaker, does not check a minimum TTL on BFD packets: ignored"
-                    .into(),
+                "BIRD, lb's speaker, does not check a minimum TTL on BFD packets: ignored".into(),
             );
         }
         if ok {
@@ -652,10 +685,7 @@ fn parse_peer(
                 None
             }
             Err(_) => {
-                bad(
-                    "spec.sourceAddress",
-                    format!("{a:?} is not an IP address"),
-                );
+                bad("spec.sourceAddress", format!("{a:?} is not an IP address"));
                 None
             }
         },
@@ -717,7 +747,10 @@ fn parse_peer(
         }
         (Some(pw), None) => Some(pw.clone()),
         (None, Some(r)) => {
-            if r.namespace.as_deref().is_some_and(|ns| ns != view.namespace) {
+            if r.namespace
+                .as_deref()
+                .is_some_and(|ns| ns != view.namespace)
+            {
                 bad(
                     "spec.passwordSecret.namespace",
                     format!(
@@ -1016,7 +1049,10 @@ mod tests {
         let a = c.plan("node-a");
         assert_eq!(
             routes(&a),
-            [r("198.18.10.1/32", &["tor"]), r("fd00:10::1/128", &["tor6"])]
+            [
+                r("198.18.10.1/32", &["tor"]),
+                r("fd00:10::1/128", &["tor6"])
+            ]
         );
         let b = c.plan("node-b");
         assert_eq!(
@@ -1028,11 +1064,21 @@ mod tests {
             ]
         );
         let d = a.desired.unwrap();
-        assert_eq!(d.router_id, Some(Ipv4Addr::new(198, 18, 1, 2)), "InternalIP v4");
+        assert_eq!(
+            d.router_id,
+            Some(Ipv4Addr::new(198, 18, 1, 2)),
+            "InternalIP v4"
+        );
         assert_eq!(d.peers.len(), 2);
         let tor = &d.peers[0];
         assert_eq!(
-            (tor.port, tor.hold_time_s, tor.keepalive_s, tor.bfd, tor.multihop),
+            (
+                tor.port,
+                tor.hold_time_s,
+                tor.keepalive_s,
+                tor.bfd,
+                tor.multihop
+            ),
             (179, 90, 30, None, None)
         );
         assert!(a.problems.is_empty(), "{:?}", a.problems);
@@ -1079,13 +1125,16 @@ mod tests {
             match how {
                 "cordon" => n.spec.as_mut().unwrap().unschedulable = Some(true),
                 "exclude" => {
-                    n.metadata.labels.as_mut().unwrap().insert(
-                        election::EXCLUDE_LABEL.into(),
-                        String::new(),
-                    );
+                    n.metadata
+                        .labels
+                        .as_mut()
+                        .unwrap()
+                        .insert(election::EXCLUDE_LABEL.into(), String::new());
                 }
-                _ => n.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status =
-                    "False".into(),
+                _ => {
+                    n.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status =
+                        "False".into()
+                }
             }
             let d = c.plan("node-a").desired.unwrap();
             assert_eq!(d.peers.len(), 2, "{how}");
@@ -1106,12 +1155,21 @@ mod tests {
         let a = c.plan("node-a");
         assert_eq!(
             routes(&a),
-            [r("198.18.10.1/32", &["tor"]), r("fd00:10::1/128", &["tor6"])]
+            [
+                r("198.18.10.1/32", &["tor"]),
+                r("fd00:10::1/128", &["tor6"])
+            ]
         );
         // node-b has no IPv4 peer: nothing IPv4 goes anywhere from it.
         let b = c.plan("node-b");
         assert_eq!(
-            b.desired.as_ref().unwrap().peers.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            b.desired
+                .as_ref()
+                .unwrap()
+                .peers
+                .iter()
+                .map(|p| &p.name)
+                .collect::<Vec<_>>(),
             ["tor6"]
         );
         assert_eq!(routes(&b), [r("fd00:10::1/128", &["tor6"])]);
@@ -1155,14 +1213,24 @@ mod tests {
                     s(&["64512:100", "65535:65281", "large:64512:1:2"]),
                     Some(150)
                 ),
-                ("198.18.10.1/32".into(), s(&["tor-b"]), s(&["large:64512:1:2"]), None),
+                (
+                    "198.18.10.1/32".into(),
+                    s(&["tor-b"]),
+                    s(&["large:64512:1:2"]),
+                    None
+                ),
                 (
                     "198.18.10.2/32".into(),
                     s(&["tor"]),
                     s(&["64512:100", "65535:65281", "large:64512:1:2"]),
                     Some(150)
                 ),
-                ("198.18.10.2/32".into(), s(&["tor-b"]), s(&["large:64512:1:2"]), None),
+                (
+                    "198.18.10.2/32".into(),
+                    s(&["tor-b"]),
+                    s(&["large:64512:1:2"]),
+                    None
+                ),
             ],
             "no advertisement names tor6: the IPv6 VIP goes nowhere"
         );
@@ -1228,10 +1296,16 @@ mod tests {
             d.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             ["tor", "tor6"]
         );
-        assert_eq!(d.peers[0].bfd, None, "an unknown profile: no BFD, session kept");
+        assert_eq!(
+            d.peers[0].bfd, None,
+            "an unknown profile: no BFD, session kept"
+        );
         assert_eq!(
             routes(&p),
-            [r("198.18.10.1/32", &["tor"]), r("fd00:10::1/128", &["tor6"])],
+            [
+                r("198.18.10.1/32", &["tor"]),
+                r("fd00:10::1/128", &["tor6"])
+            ],
             "the malformed advertisement advertises nothing"
         );
         assert!(
@@ -1322,8 +1396,10 @@ mod tests {
             name: Some("v6-pw".into()),
             namespace: None,
         });
-        c2.passwords
-            .insert("v6-pw".into(), Err("Secret lb-system/v6-pw does not exist".into()));
+        c2.passwords.insert(
+            "v6-pw".into(),
+            Err("Secret lb-system/v6-pw does not exist".into()),
+        );
         assert_eq!(
             password_secrets(&c2.peers, "lb-system"),
             ["v6-pw".to_string()].into()
@@ -1392,7 +1468,8 @@ spec:
 "#;
         let p: BGPPeer = serde_yaml::from_str(yaml).unwrap();
         let back = serde_json::to_value(&p.spec).unwrap();
-        let orig: serde_json::Value = serde_yaml::from_str::<serde_json::Value>(yaml).unwrap()["spec"].clone();
+        let orig: serde_json::Value =
+            serde_yaml::from_str::<serde_json::Value>(yaml).unwrap()["spec"].clone();
         assert_eq!(back, orig);
         let yaml = r#"
 apiVersion: lb.dev/v1beta1
@@ -1411,7 +1488,8 @@ spec:
   peers: [peer1]
 "#;
         let a: BGPAdvertisement = serde_yaml::from_str(yaml).unwrap();
-        let orig: serde_json::Value = serde_yaml::from_str::<serde_json::Value>(yaml).unwrap()["spec"].clone();
+        let orig: serde_json::Value =
+            serde_yaml::from_str::<serde_json::Value>(yaml).unwrap()["spec"].clone();
         assert_eq!(serde_json::to_value(&a.spec).unwrap(), orig);
         let yaml = r#"
 apiVersion: lb.dev/v1beta1
@@ -1427,7 +1505,8 @@ spec:
   minimumTtl: 254
 "#;
         let b: BFDProfile = serde_yaml::from_str(yaml).unwrap();
-        let orig: serde_json::Value = serde_yaml::from_str::<serde_json::Value>(yaml).unwrap()["spec"].clone();
+        let orig: serde_json::Value =
+            serde_yaml::from_str::<serde_json::Value>(yaml).unwrap()["spec"].clone();
         assert_eq!(serde_json::to_value(&b.spec).unwrap(), orig);
     }
 }
