@@ -367,7 +367,8 @@ fn daemonset_runs_lb_run_with_flags_it_knows() {
         .collect();
     assert_eq!(
         added,
-        BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON", "NET_RAW"])
+        BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON", "NET_RAW", "NET_BIND_SERVICE"]),
+        "NET_BIND_SERVICE: BIRD, lb's BGP speaker, listens on port 179"
     );
 
     // Volumes: bpffs from the host, the config, an emptyDir for the control socket.
@@ -383,6 +384,9 @@ fn daemonset_runs_lb_run_with_flags_it_knows() {
     assert_eq!(volume("bpffs")["hostPath"]["path"], "/sys/fs/bpf");
     assert_eq!(mounts["run"], "/run/lb");
     assert!(volume("run")["emptyDir"].is_object());
+    // BIRD's run directory (lb's default bgp run_dir): its config and control socket.
+    assert_eq!(mounts["bird"], "/run/lb/bird");
+    assert_eq!(volume("bird")["emptyDir"]["medium"], "Memory");
     assert_eq!(mounts["config"], "/etc/lb");
     assert_eq!(volume("config")["configMap"]["name"], "lb-config");
 
@@ -523,6 +527,9 @@ const CLUSTER_GRANTS: &[(&str, &str, &[&str])] = &[
     ("lb.dev", "ippools", &["list", "watch"]),
     // The status writer keeps each pool's assigned/available counts.
     ("lb.dev", "ippools/status", &["patch"]),
+    ("lb.dev", "bgppeers", &["list", "watch"]),
+    ("lb.dev", "bgpadvertisements", &["list", "watch"]),
+    ("lb.dev", "bfdprofiles", &["list", "watch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 /// e2e_kube checks these tables against the requests real daemons make.
@@ -644,6 +651,38 @@ fn chart_grants_quic_lb_secrets_only_in_the_namespaces_listed() {
     want.extend_from_slice(QUIC_LB_GRANTS);
     assert_eq!(grants(find(&objs, "ClusterRole", "lb")), table(&want));
     assert_eq!(objs.iter().filter(|o| o["kind"] == "Role").count(), 1);
+}
+
+#[test]
+fn chart_grants_bgp_password_secrets_only_by_the_names_listed() {
+    let objs = objects_of(&render_chart(None));
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["metadata"]["name"] == "lb-bgp-passwords"),
+        "no Secret of lb's namespace readable by default"
+    );
+    let objs = objects_of(&render_chart(Some(
+        "bgp: {passwordSecretNames: [tor-a, tor-b]}\n",
+    )));
+    let role = find(&objs, "Role", "lb-bgp-passwords");
+    assert_eq!(role["metadata"]["namespace"], "lb-system");
+    assert_eq!(
+        grants(role),
+        table(&[("", "secrets[tor-a,tor-b]", &["get"])])
+    );
+    assert_binds_lb(
+        &objs,
+        "RoleBinding",
+        "Role",
+        "lb-bgp-passwords",
+        Some("lb-system"),
+    );
+    assert_eq!(
+        grants(find(&objs, "ClusterRole", "lb")),
+        table(CLUSTER_GRANTS),
+        "nothing more cluster-wide"
+    );
 }
 
 fn example(name: &str) -> Vec<Json> {
