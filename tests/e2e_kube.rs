@@ -321,7 +321,11 @@ impl Lab {
         for i in 1..=nodes {
             lab.add_node(i, nodes);
         }
-        lab.api.create(&IPPool::crd()).unwrap();
+        // Every CRD of lb (IPPool and the BGP ones: without them the daemons would wait
+        // for the BGP lists at start and run without BGP).
+        for (_, crd) in lb_userspace::kube::crd::all_crds().unwrap() {
+            lab.api.create(&crd).unwrap();
+        }
         for i in 1..=nodes {
             lab.api.create(&ready_node(i)).unwrap();
         }
@@ -1533,12 +1537,15 @@ fn assert_rbac_is_least_privilege(lab: &Lab) {
 }
 
 /// What the daemons watch, as the fake API server counts requests (`plural[.group]`).
-const WATCHED: [&str; 5] = [
+const WATCHED: [&str; 8] = [
     "services",
     "endpointslices.discovery.k8s.io",
     "nodes",
     "ippools.lb.dev",
     "leases.coordination.k8s.io",
+    "bgppeers.lb.dev",
+    "bgpadvertisements.lb.dev",
+    "bfdprofiles.lb.dev",
 ];
 
 #[test]
@@ -1569,7 +1576,8 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
     let w0 = watches(&lab);
     lab.api.cut_watches();
     wait_for("the daemons to re-watch", CONVERGE, || {
-        if watches(&lab) >= w0 + 10 {
+        // Every watched resource, on both daemons.
+        if watches(&lab) >= w0 + 2 * WATCHED.len() as u64 {
             Ok(())
         } else {
             Err(format!("{} watches", watches(&lab)))

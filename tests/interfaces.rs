@@ -339,7 +339,9 @@ fn kube_mode_reports_an_unmatched_entry_as_a_node_event() {
         .build()
         .unwrap();
     let api = FakeApiServer::new();
-    api.create(&lb_userspace::kube::crd::IPPool::crd()).unwrap();
+    for (_, crd) in lb_userspace::kube::crd::all_crds().unwrap() {
+        api.create(&crd).unwrap();
+    }
     let mut node = Node::default();
     node.metadata.name = Some(NODE.into());
     node.status = Some(NodeStatus {
