@@ -1191,7 +1191,8 @@ mod tests {
         y.spec.aggregation_length_v6 = Some(64);
         c.adverts = vec![x, y];
         let d = c.plan("node-b").desired.unwrap();
-        let got: Vec<(String, Vec<String>, Vec<String>, Option<u32>)> = d
+        type Row = (String, Vec<String>, Vec<String>, Option<u32>);
+        let got: Vec<Row> = d
             .adverts
             .iter()
             .map(|a| {
