@@ -47,7 +47,6 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use kube::CustomResourceExt;
 use lb_lab::{
     backend::Whoami,
     demo::parse_json_output,

@@ -328,7 +328,6 @@ fn kube_mode_reports_an_unmatched_entry_as_a_node_event() {
         core::v1::{Node, NodeCondition, NodeStatus},
         events::v1::Event,
     };
-    use kube::CustomResourceExt;
 
     const NODE: &str = "node-if";
     netns::require_root().unwrap_or_else(|e| panic!("{e:#}"));

@@ -854,7 +854,7 @@ fn parse_peer(
             port: s.peer_port.unwrap_or(bgp::DEFAULT_PORT),
             hold_time_s: hold_time_s as u16,
             keepalive_s: keepalive_s as u16,
-            password,
+            password: password.map(bgp::Password),
             source_address,
             multihop: (s.ebgp_multi_hop == Some(true)).then_some(255),
             graceful_restart: s.enable_graceful_restart.unwrap_or(false),
@@ -1379,7 +1379,7 @@ mod tests {
         assert_eq!(tor.source_address, Some(ip("198.18.1.2")));
         assert_eq!(tor.multihop, Some(255));
         assert!(tor.graceful_restart);
-        assert_eq!(tor.password.as_deref(), Some("s3cret"));
+        assert_eq!(tor.password, Some(bgp::Password("s3cret".into())));
         assert_eq!((d.peers[1].hold_time_s, d.peers[1].keepalive_s), (180, 60));
         let got: Vec<String> = p.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(got.len(), 3, "{got:#?}");

@@ -1351,7 +1351,7 @@ mod tests {
         Apply(Box<Config>),
         SetAnnounced(Vec<IpAddr>),
         SetSyncError(Option<String>),
-        SetStatus(ControllerStatus),
+        SetStatus(Box<ControllerStatus>),
         SetBgp(Option<bgp::Desired>),
     }
 
@@ -1399,7 +1399,7 @@ mod tests {
         }
 
         fn set_status(&mut self, status: ControllerStatus) {
-            self.calls.push(Call::SetStatus(status));
+            self.calls.push(Call::SetStatus(Box::new(status)));
         }
 
         fn set_bgp(&mut self, desired: Option<bgp::Desired>) -> Result<()> {
