@@ -1440,6 +1440,99 @@ fn custom_resources_validate_against_the_crd() {
     }
 }
 
+/// MetalLB's BGP objects with only `apiVersion` changed validate against lb's BGP CRDs, and
+/// the schemas refuse what the daemon could not use (a zero ASN, an address or duration
+/// that is none, a community of no known shape, out-of-range lengths and timers, a missing
+/// required field, a selector operator that does not exist).
+#[test]
+fn bgp_resources_validate_against_their_crds() {
+    let py = support::python_with("jsonschema");
+    let crds: String = [
+        "bgppeers.lb.dev.yaml",
+        "bgpadvertisements.lb.dev.yaml",
+        "bfdprofiles.lb.dev.yaml",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(deploy().join("crds").join(f)).unwrap())
+    .collect::<Vec<_>>()
+    .join("\n---\n");
+    let crds = Scratch::new("bgp-crds.yaml", &crds);
+    let run = |yaml: &str| {
+        let file = Scratch::new("bgp-objects.yaml", yaml);
+        let out = Command::new(&py)
+            .arg(repo().join("tests/python/validate_custom_resources.py"))
+            .arg(&crds.0)
+            .arg(&file.0)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // MetalLB's documentation examples (metallb.io/v1beta2 and v1beta1), apiVersion changed.
+    let (ok, text) = run(
+        "apiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: example, namespace: metallb-system}\n\
+         spec:\n  myASN: 64500\n  peerASN: 64501\n  peerAddress: 10.0.0.1\n  peerPort: 179\n\
+         \x20 sourceAddress: 10.0.0.2\n  routerID: 10.10.10.10\n  holdTime: 90s\n  keepaliveTime: 30s\n\
+         \x20 passwordSecret: {name: secretname, namespace: metallb-system}\n  bfdProfile: full\n\
+         \x20 ebgpMultiHop: true\n  enableGracefulRestart: true\n\
+         \x20 nodeSelectors:\n  - matchLabels: {kubernetes.io/hostname: kind-worker}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: local, namespace: metallb-system}\n\
+         spec:\n  ipAddressPools: [bgp-pool]\n  aggregationLength: 32\n  aggregationLengthV6: 128\n\
+         \x20 localPref: 100\n  communities: [\"65535:65282\", \"large:1:2:3\", no-advertise]\n\
+         \x20 peers: [example]\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BFDProfile\nmetadata: {name: full, namespace: metallb-system}\n\
+         spec: {receiveInterval: 380, transmitInterval: 270, detectMultiplier: 37, echoInterval: 62, \
+         echoMode: true, passiveMode: true, minimumTtl: 254}\n",
+    );
+    assert!(ok, "{text}");
+    for want in [
+        "ok BGPPeer example",
+        "ok BGPAdvertisement local",
+        "ok BFDProfile full",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+
+    let (ok, text) = run(
+        "apiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: asn0}\n\
+         spec: {myASN: 0, peerASN: 64500, peerAddress: 10.0.0.1}\n\
+         ---\napiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: noaddr}\n\
+         spec: {myASN: 64512, peerASN: 64500}\n\
+         ---\napiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: host}\n\
+         spec: {myASN: 64512, peerASN: 64500, peerAddress: router.example}\n\
+         ---\napiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: hold}\n\
+         spec: {myASN: 64512, peerASN: 64500, peerAddress: 10.0.0.1, holdTime: ninety}\n\
+         ---\napiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: op}\n\
+         spec: {myASN: 64512, peerASN: 64500, peerAddress: 10.0.0.1, \
+         nodeSelectors: [{matchExpressions: [{key: a, operator: Equals}]}]}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: community}\n\
+         spec: {communities: [my-alias]}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: agg}\n\
+         spec: {aggregationLength: 33}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BFDProfile\nmetadata: {name: mult}\n\
+         spec: {detectMultiplier: 1}\n",
+    );
+    assert!(!ok, "{text}");
+    for (kind, name, why) in [
+        ("BGPPeer", "asn0", "less than the minimum of 1"),
+        ("BGPPeer", "noaddr", "'peerAddress' is a required property"),
+        ("BGPPeer", "host", "'router.example' does not match"),
+        ("BGPPeer", "hold", "'ninety' does not match"),
+        ("BGPPeer", "op", "'Equals' is not one of"),
+        ("BGPAdvertisement", "community", "'my-alias' does not match"),
+        ("BGPAdvertisement", "agg", "greater than the maximum of 32"),
+        ("BFDProfile", "mult", "less than the minimum of 2"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("invalid {kind} {name}:")) && l.contains(why)),
+            "{kind} {name}: {text}"
+        );
+    }
+}
+
 /// checkov's findings that deploy/ accepts everywhere, each with its reason. The ones that
 /// concern one object only are skipped on that object instead (`checkov.io/skipN`
 /// annotations, with their reasons: lb's DaemonSet, the h3-whoami and Traefik Deployments),
