@@ -731,10 +731,15 @@ fn parse_peer(
         None if s.hold_time.is_none() => u64::from(bgp::DEFAULT_KEEPALIVE_S),
         None => hold_time_s / 3,
     };
-    if keepalive_s > hold_time_s {
+    // As the static config's rule: 1 s up to less than the hold time (any with hold 0).
+    if keepalive.is_some() && (keepalive_s == 0 || (hold_time_s != 0 && keepalive_s >= hold_time_s))
+    {
         bad(
             "spec.keepaliveTime",
-            format!("{keepalive_s}s is longer than the hold time {hold_time_s}s"),
+            format!(
+                "{keepalive_s}s is not a keepalive interval for a hold time of \
+                 {hold_time_s}s; use 1s up to less than the hold time (usually a third of it)"
+            ),
         );
     }
     let password = match (&s.password, &s.password_secret) {
@@ -782,11 +787,13 @@ fn parse_peer(
     };
     if password
         .as_ref()
-        .is_some_and(|pw| pw.contains(['"', '\n', '\r']))
+        .is_some_and(|pw| pw.is_empty() || pw.len() > 80 || pw.contains(['"', '\n', '\r']))
     {
         bad(
             "spec.password",
-            "contains a double quote or a line break, which BIRD cannot take".into(),
+            "a TCP MD5 password is one line of 1..=80 characters without a double quote \
+             (BIRD cannot quote '\"')"
+                .into(),
         );
     }
     for (field, set) in [
@@ -1413,6 +1420,32 @@ mod tests {
             p.problems[1].message,
             "Secret lb-system/v6-pw does not exist"
         );
+    }
+
+    #[test]
+    fn keepalives_and_passwords_follow_the_static_configs_rules() {
+        let mut c = Cluster::new();
+        c.peers[0].spec.hold_time = Some("9s".into());
+        c.peers[0].spec.keepalive_time = Some("9s".into());
+        c.peers[1].spec.password = Some("a\"b".into());
+        let p = c.plan("node-a");
+        assert_eq!(p.desired, None, "both peers left out");
+        let got: Vec<String> = p.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(got[0].starts_with(
+            "BGPPeer tor: spec.keepaliveTime: 9s is not a keepalive interval for a hold time of 9s"
+        ));
+        assert!(got[1].starts_with("BGPPeer tor6: spec.password: a TCP MD5 password is one line"));
+        // Hold time 0 (no keepalives) takes any keepalive; 1 s under the hold time is fine.
+        c.peers[0].spec.hold_time = Some("0s".into());
+        c.peers[1].spec.password = None;
+        c.peers[1].spec.hold_time = Some("4s".into());
+        c.peers[1].spec.keepalive_time = Some("3s".into());
+        let p = c.plan("node-a");
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let d = p.desired.unwrap();
+        assert_eq!((d.peers[0].hold_time_s, d.peers[0].keepalive_s), (0, 9));
+        assert_eq!((d.peers[1].hold_time_s, d.peers[1].keepalive_s), (4, 3));
     }
 
     #[test]
