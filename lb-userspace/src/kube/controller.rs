@@ -594,6 +594,8 @@ struct Controller {
     last_connected: bool,
     /// Pool warnings already logged (they repeat on every sync until fixed).
     warned: BTreeSet<String>,
+    /// BGP object problems already recorded as Events (by this node, as status writer).
+    bgp_evented: BTreeSet<String>,
     /// Interface entries that named nothing at the last look (reported as Events).
     unmatched: Vec<(String, String)>,
     r: Reconciler,
@@ -648,6 +650,7 @@ pub async fn run(
         last_writer: None,
         last_connected: false,
         warned: BTreeSet::new(),
+        bgp_evented: BTreeSet::new(),
         unmatched: Vec::new(),
         r: Reconciler::new(opts.node_name, lease_ns, base),
     };
@@ -851,13 +854,16 @@ impl Controller {
     /// write N Events for one typo).
     async fn report_bgp_problems(&mut self, problems: &[kbgp::ObjectProblem], writer: bool) {
         self.r.bgp_problems = problems.iter().map(|p| p.to_string()).collect();
+        // A problem fixed and made again is recorded again.
+        let now: BTreeSet<&String> = self.r.bgp_problems.iter().collect();
+        self.bgp_evented.retain(|m| now.contains(m));
         for p in problems {
             let msg = p.to_string();
-            if !self.warned.insert(msg.clone()) {
-                continue;
+            if self.warned.insert(msg.clone()) {
+                warn!("{msg}");
             }
-            warn!("{msg}");
-            if !writer {
+            // A node that becomes the status writer later records what is still wrong.
+            if !writer || !self.bgp_evented.insert(msg) {
                 continue;
             }
             let object = match p.kind {
