@@ -2559,6 +2559,24 @@ fn e2e_kube_bgp_peer_and_advertisement_reach_the_speaker() {
     });
     let msg = wait_condition(&lab, "whoami", "lb.dev/BGPAdvertised", "True", "Advertised");
     assert!(msg.contains(&format!("{vip} (IPPool lan)")), "{msg}");
+    // Cordon node-2: it keeps its session and withdraws the VIP; node-1 still advertises.
+    let conf = |i: u8| {
+        std::fs::read_to_string(lab.dir.join(node_name(i)).join("bird").join("bird.conf"))
+            .unwrap_or_default()
+    };
+    let mut n2: Node = lab.api.get(None, &node_name(2)).unwrap();
+    n2.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+    lab.api.replace(&n2).unwrap();
+    let route = format!("route {vip}/32 blackhole;");
+    wait_for("cordoned node-2 to withdraw the VIP", CONVERGE, || {
+        let text = conf(2);
+        if !text.contains(&route) && text.contains("description \"tor\";") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    assert!(conf(1).contains(&route), "{}", conf(1));
     wait_for("a Warning Event on BGPPeer bad", CONVERGE, || {
         let evs = lab.api.list::<Event>();
         evs.iter()
