@@ -1509,6 +1509,8 @@ fn bgp_resources_validate_against_their_crds() {
          nodeSelectors: [{matchExpressions: [{key: a, operator: Equals}]}]}\n\
          ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: community}\n\
          spec: {communities: [my-alias]}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: wide}\n\
+         spec: {communities: [\"65536:1\"]}\n\
          ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: agg}\n\
          spec: {aggregationLength: 33}\n\
          ---\napiVersion: lb.dev/v1beta1\nkind: BFDProfile\nmetadata: {name: mult}\n\
@@ -1522,6 +1524,7 @@ fn bgp_resources_validate_against_their_crds() {
         ("BGPPeer", "hold", "'ninety' does not match"),
         ("BGPPeer", "op", "'Equals' is not one of"),
         ("BGPAdvertisement", "community", "'my-alias' does not match"),
+        ("BGPAdvertisement", "wide", "'65536:1' does not match"),
         ("BGPAdvertisement", "agg", "greater than the maximum of 32"),
         ("BFDProfile", "mult", "less than the minimum of 2"),
     ] {

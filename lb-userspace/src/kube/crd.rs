@@ -394,8 +394,16 @@ const IPV4_PATTERN: &str = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$";
 const IP_PATTERN: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)$";
 /// A Go duration as MetalLB writes them: "90s", "1m30s", "500ms".
 const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$";
-/// "a:b", "large:a:b:c", or a well-known community name.
-const COMMUNITY_PATTERN: &str = r"^([0-9]+:[0-9]+|large:[0-9]+:[0-9]+:[0-9]+|no-export|no-advertise|no-export-subconfed|no-peer|blackhole|graceful-shutdown)$";
+/// "a:b" (each 0..=65535), "large:a:b:c" (each at most ten digits; the daemon checks the
+/// 32-bit range), or a well-known community name.
+const COMMUNITY_PATTERN: &str = concat!(
+    r"^((",
+    r"[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]",
+    r"):(",
+    r"[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]",
+    r")|large:[0-9]{1,10}:[0-9]{1,10}:[0-9]{1,10}",
+    r"|no-export|no-advertise|no-export-subconfed|no-peer|blackhole|graceful-shutdown)$"
+);
 
 /// Every CRD lb defines, with the file each is checked in as under `deploy/crds/`.
 pub fn all_crds() -> Result<Vec<(&'static str, CustomResourceDefinition)>, serde_json::Error> {
@@ -502,6 +510,35 @@ mod tests {
             "198.18.100",
             "10.0.0.1/",
             "a-b",
+        ] {
+            assert!(!re(bad), "{bad:?} should not match");
+        }
+    }
+
+    #[test]
+    fn the_community_pattern_takes_what_the_daemon_parses() {
+        let re = regex_lite(super::COMMUNITY_PATTERN);
+        for ok in [
+            "0:0",
+            "65535:65535",
+            "64512:100",
+            "9999:1",
+            "large:4294967295:1:2",
+            "no-export",
+            "graceful-shutdown",
+        ] {
+            assert!(re(ok), "{ok} should match");
+            assert!(ok.parse::<crate::bgp::Community>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "65536:1",
+            "1:65536",
+            "70000:1",
+            "1",
+            "a:b",
+            "large:1:2",
+            "alias",
+            "",
         ] {
             assert!(!re(bad), "{bad:?} should not match");
         }
