@@ -6,7 +6,8 @@
 //! The rules:
 //! - **Peers.** A `BGPPeer` whose `nodeSelectors` match this Node's labels (any of them;
 //!   all nodes when empty) is a session of this node. A peer with a field lb cannot use
-//!   (an unparsable address, hold time, password...) is left out and reported; the other
+//!   (an unparsable address, hold time, password...) is reported; if the speaker runs it
+//!   (an edit broke it) it keeps running as it was, otherwise it is left out; the other
 //!   peers are unaffected. `vrf` and `interface` (not supported) leave the peer out too;
 //!   `connectTime`, `disableMP` and `dynamicASN` are reported and ignored.
 //! - **BFD.** `bfdProfile` names a `BFDProfile`; its timers become the session's. An
@@ -71,6 +72,9 @@ pub struct BgpView<'a> {
     pub namespace: &'a str,
     /// Secret name (in `namespace`) → its `password`, or why it could not be read.
     pub passwords: &'a BTreeMap<String, Result<String, String>>,
+    /// What the speaker runs now: a peer whose object has become unusable keeps running
+    /// as it was (as MetalLB keeps its last valid configuration).
+    pub previous: Option<&'a bgp::Desired>,
 }
 
 /// What the translation decided.
@@ -205,21 +209,37 @@ pub fn plan(view: &BgpView) -> Plan {
     let mut mine: Vec<(bgp::Peer, Option<Ipv4Addr>)> = Vec::new();
     for p in peers {
         let name = name_of(p);
-        let Some(selected) = selectors_match(
+        let selected = selectors_match(
             &p.spec.node_selectors,
             &labels,
             PEER,
             &name,
             "spec.nodeSelectors",
             &mut problems,
-        ) else {
-            continue;
-        };
+        );
         // Check every peer (every node reports the same problems), keep the selected ones.
-        if let Some(peer) = parse_peer(p, &name, view, &profiles, &mut problems)
-            && selected
-        {
-            mine.push(peer);
+        let parsed = parse_peer(p, &name, view, &profiles, &mut problems);
+        match (selected, parsed) {
+            (Some(false), _) => {}
+            (Some(true), Some(peer)) => mine.push(peer),
+            // Unusable now: the session runs on as the speaker has it, if it does.
+            _ => {
+                if let Some(prev) = view
+                    .previous
+                    .and_then(|d| d.peers.iter().find(|q| q.name == name))
+                {
+                    problems.add(
+                        PEER,
+                        &name,
+                        "spec",
+                        "KeptPrevious",
+                        "the session keeps its last valid configuration until the object is \
+                         fixed"
+                            .into(),
+                    );
+                    mine.push((prev.clone(), None));
+                }
+            }
         }
     }
     if mine.is_empty() {
@@ -1021,6 +1041,7 @@ mod tests {
                 vips: &self.vips,
                 namespace: "lb-system",
                 passwords: &self.passwords,
+                previous: None,
             })
         }
 
@@ -1419,6 +1440,49 @@ mod tests {
         assert_eq!(
             p.problems[1].message,
             "Secret lb-system/v6-pw does not exist"
+        );
+    }
+
+    #[test]
+    fn a_running_peer_broken_by_an_edit_keeps_its_last_valid_configuration() {
+        let mut c = Cluster::new();
+        let before = c.plan("node-a").desired.unwrap();
+        c.peers[0].spec.hold_time = Some("2s".into());
+        c.peers.push(peer("new-and-bad", "198.18.1.300"));
+        let p = plan(&BgpView {
+            node_name: "node-a",
+            node: c.nodes.first(),
+            pools: &c.pools,
+            peers: &c.peers,
+            adverts: &c.adverts,
+            profiles: &c.profiles,
+            vips: &c.vips,
+            namespace: "lb-system",
+            passwords: &c.passwords,
+            previous: Some(&before),
+        });
+        let d = p.desired.unwrap();
+        assert_eq!(
+            d.peers, before.peers,
+            "tor runs on as it was; the new bad peer is left out"
+        );
+        assert_eq!(d.adverts, before.adverts);
+        let got: Vec<String> = p.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            got.contains(&"BGPPeer tor: spec: the session keeps its last valid configuration until the object is fixed".to_string()),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("BGPPeer tor: spec.holdTime:"))
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("BGPPeer new-and-bad: spec.peerAddress:"))
+        );
+        assert!(
+            !got.iter()
+                .any(|g| g.starts_with("BGPPeer new-and-bad: spec:"))
         );
     }
 

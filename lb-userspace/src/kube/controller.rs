@@ -846,6 +846,7 @@ impl Controller {
             vips,
             namespace: &ns,
             passwords: &passwords,
+            previous: self.r.bgp_sent.as_ref().and_then(Option::as_ref),
         }))
     }
 
@@ -1885,6 +1886,7 @@ mod tests {
                 vips: &announce,
                 namespace: "lb-system",
                 passwords: &BTreeMap::new(),
+                previous: r.bgp_sent.as_ref().and_then(Option::as_ref),
             });
             r.bgp_problems = plan.problems.iter().map(|p| p.to_string()).collect();
             leave_l2(&mut announce, Some(&plan));
