@@ -217,30 +217,27 @@ fn setup() -> Lab {
         node,
         router,
     };
-    std::fs::write(dir.join("router.conf"), ROUTER_CONF).unwrap();
-    let mut cmd = lab.router.command("bird").unwrap();
-    cmd.arg("-f")
-        .arg("-c")
-        .arg(dir.join("router.conf"))
-        .arg("-s")
-        .arg(dir.join("router.ctl"))
-        .arg("-P")
-        .arg(dir.join("router.pid"));
-    lab.router_bird = Some(Proc::spawn(&dir, "router-bird", cmd, "info").unwrap());
-    std::fs::write(dir.join("router2.conf"), ROUTER2_CONF).unwrap();
-    let mut cmd = lab.router.command("bird").unwrap();
-    cmd.arg("-f")
-        .arg("-c")
-        .arg(dir.join("router2.conf"))
-        .arg("-s")
-        .arg(dir.join("router2.ctl"))
-        .arg("-P")
-        .arg(dir.join("router2.pid"));
-    lab.router_bird2 = Some(Proc::spawn(&dir, "router-bird2", cmd, "info").unwrap());
+    lab.router_bird = Some(lab.start_router_bird("router", ROUTER_CONF));
+    lab.router_bird2 = Some(lab.start_router_bird("router2", ROUTER2_CONF));
     lab
 }
 
 impl Lab {
+    /// A BIRD in the router's namespace with `conf`, its files named `<name>.*`.
+    fn start_router_bird(&self, name: &str, conf: &str) -> Proc {
+        let file = |ext: &str| self.dir.join(format!("{name}.{ext}"));
+        std::fs::write(file("conf"), conf).unwrap();
+        let mut cmd = self.router.command("bird").unwrap();
+        cmd.arg("-f")
+            .arg("-c")
+            .arg(file("conf"))
+            .arg("-s")
+            .arg(file("ctl"))
+            .arg("-P")
+            .arg(file("pid"));
+        Proc::spawn(&self.dir, &format!("{name}-bird"), cmd, "info").unwrap()
+    }
+
     fn write_config(&self, text: &str) {
         std::fs::write(self.dir.join("lb.toml"), text).unwrap();
     }

@@ -193,23 +193,10 @@ mod tests {
     use std::{net::Ipv4Addr, process::Command};
 
     use super::*;
-    use crate::bgp::{Advertisement, Bfd, DEFAULT_PORT};
+    use crate::bgp::{Advertisement, Bfd};
 
     fn peer(name: &str, addr: &str) -> Peer {
-        Peer {
-            name: name.into(),
-            address: addr.parse().unwrap(),
-            local_asn: 64512,
-            peer_asn: 64500,
-            port: DEFAULT_PORT,
-            hold_time_s: 9,
-            keepalive_s: 3,
-            password: None,
-            source_address: None,
-            multihop: None,
-            graceful_restart: false,
-            bfd: None,
-        }
+        Peer::for_test(name, addr)
     }
 
     fn advert(p: &str, peers: &[&str], communities: &[&str], lp: Option<u32>) -> Advertisement {
