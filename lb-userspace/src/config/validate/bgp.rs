@@ -129,22 +129,71 @@ fn peer(
         .map_err(|m| errs.at(p.address.span(), &format!("{f}.address"), m))
         .ok();
     let peer_asn = asn(&p.asn, &format!("{f}.asn"), errs);
-    let port = match &p.port {
-        None => bgp::DEFAULT_PORT,
-        Some(v) => int_in(*v.get_ref(), 1, 65535)
-            .map(|n| n as u16)
-            .unwrap_or_else(|| {
-                errs.at(
-                    v.span(),
-                    &format!("{f}.port"),
-                    format!(
-                        "{} is not a TCP port; use 1..=65535 (BGP: 179)",
-                        v.get_ref()
-                    ),
-                );
-                0
-            }),
+    let port = port(p, &f, errs);
+    let (hold, keepalive) = timers(p, &f, errs);
+    let password = p
+        .password_file
+        .as_ref()
+        .and_then(|pf| password(pf, &f, base_dir, errs));
+    let source_address = p
+        .source_address
+        .as_ref()
+        .and_then(|s| source_address(s, address, &f, errs));
+    let multihop = p.multihop.as_ref().and_then(|m| {
+        int_in(*m.get_ref(), 1, 255).map(|n| n as u8).or_else(|| {
+            errs.at(
+                m.span(),
+                &format!("{f}.multihop"),
+                format!("{} is not a TTL; use 1..=255 hops", m.get_ref()),
+            );
+            None
+        })
+    });
+    let bfd = p.bfd.as_ref().and_then(|b| bfd(b, &f, errs));
+    let name = peer_name(p, &f, errs);
+    if errs.list.len() > before {
+        return None;
+    }
+    Some(Peer {
+        name,
+        address: address?,
+        local_asn,
+        peer_asn: peer_asn?,
+        port,
+        hold_time_s: hold,
+        keepalive_s: keepalive,
+        password,
+        source_address,
+        multihop,
+        graceful_restart: p.graceful_restart.unwrap_or(false),
+        bfd,
+    })
+}
+
+/// `port`, default 179.
+fn port(p: &RawBgpPeer, f: &str, errs: &mut Errors) -> u16 {
+    let Some(v) = &p.port else {
+        return bgp::DEFAULT_PORT;
     };
+    int_in(*v.get_ref(), 1, 65535)
+        .map(|n| n as u16)
+        .unwrap_or_else(|| {
+            errs.at(
+                v.span(),
+                &format!("{f}.port"),
+                format!(
+                    "{} is not a TCP port; use 1..=65535 (BGP: 179)",
+                    v.get_ref()
+                ),
+            );
+            0
+        })
+}
+
+/// (`hold_time_s`, `keepalive_s`): MetalLB's 90 / 30 when neither is given, a third of
+/// the hold time when only it is. RFC 4271: a hold time is 0 or at least 3 seconds, and
+/// keepalives come more often than the hold time runs out.
+fn timers(p: &RawBgpPeer, f: &str, errs: &mut Errors) -> (u16, u16) {
     let hold = match &p.hold_time_s {
         None => bgp::DEFAULT_HOLD_TIME_S,
         Some(v) => match *v.get_ref() {
@@ -180,67 +229,73 @@ fn peer(
             }
         },
     };
-    let password = p.password_file.as_ref().and_then(|pf| {
-        let path = base_dir.join(pf.get_ref());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let pw = text.trim_end_matches(['\n', '\r']).to_owned();
-                if pw.is_empty() || pw.contains(['"', '\n', '\r']) || pw.len() > 80 {
-                    errs.at(
-                        pf.span(),
-                        &format!("{f}.password_file"),
-                        format!(
-                            "{} must hold one line of 1..=80 characters without a double quote (TCP MD5 passwords; BIRD cannot quote '\"')",
-                            path.display()
-                        ),
-                    );
-                    None
-                } else {
-                    Some(Password(pw))
-                }
-            }
-            Err(e) => {
+    (hold, keepalive)
+}
+
+/// The TCP MD5 password in `password_file` (relative to the config's directory): one line
+/// BIRD can quote.
+fn password(pf: &Spanned<String>, f: &str, base_dir: &Path, errs: &mut Errors) -> Option<Password> {
+    let path = base_dir.join(pf.get_ref());
+    let field = format!("{f}.password_file");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let pw = text.trim_end_matches(['\n', '\r']).to_owned();
+            if pw.is_empty() || pw.contains(['"', '\n', '\r']) || pw.len() > 80 {
                 errs.at(
                     pf.span(),
-                    &format!("{f}.password_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                None
-            }
-        }
-    });
-    let source_address = p.source_address.as_ref().and_then(|s| {
-        let a = parse_addr(s.get_ref())
-            .map_err(|m| errs.at(s.span(), &format!("{f}.source_address"), m))
-            .ok()?;
-        match address {
-            Some(peer) if peer.is_ipv4() != a.is_ipv4() => {
-                errs.at(
-                    s.span(),
-                    &format!("{f}.source_address"),
+                    &field,
                     format!(
-                        "{a} is {} but the peer {peer} is {}; use an address of the peer's family",
-                        family(&a),
-                        family(&peer)
+                        "{} must hold one line of 1..=80 characters without a double quote (TCP MD5 passwords; BIRD cannot quote '\"')",
+                        path.display()
                     ),
                 );
                 None
+            } else {
+                Some(Password(pw))
             }
-            _ => Some(a),
         }
-    });
-    let multihop = p.multihop.as_ref().and_then(|m| {
-        int_in(*m.get_ref(), 1, 255).map(|n| n as u8).or_else(|| {
+        Err(e) => {
             errs.at(
-                m.span(),
-                &format!("{f}.multihop"),
-                format!("{} is not a TTL; use 1..=255 hops", m.get_ref()),
+                pf.span(),
+                &field,
+                format!("cannot read {}: {e}", path.display()),
             );
             None
-        })
-    });
-    let bfd = p.bfd.as_ref().and_then(|b| bfd(b, &f, errs));
-    let name = match &p.name {
+        }
+    }
+}
+
+/// `source_address`: an address of the peer's family.
+fn source_address(
+    s: &Spanned<String>,
+    peer: Option<IpAddr>,
+    f: &str,
+    errs: &mut Errors,
+) -> Option<IpAddr> {
+    let field = format!("{f}.source_address");
+    let a = parse_addr(s.get_ref())
+        .map_err(|m| errs.at(s.span(), &field, m))
+        .ok()?;
+    match peer {
+        Some(peer) if peer.is_ipv4() != a.is_ipv4() => {
+            errs.at(
+                s.span(),
+                &field,
+                format!(
+                    "{a} is {} but the peer {peer} is {}; use an address of the peer's family",
+                    family(&a),
+                    family(&peer)
+                ),
+            );
+            None
+        }
+        _ => Some(a),
+    }
+}
+
+/// `name`, default the address as written; it goes into BIRD's `description` string.
+fn peer_name(p: &RawBgpPeer, f: &str, errs: &mut Errors) -> String {
+    match &p.name {
         Some(n) if n.get_ref().is_empty() || n.get_ref().contains(['"', '\n']) => {
             errs.at(
                 n.span(),
@@ -251,24 +306,7 @@ fn peer(
         }
         Some(n) => n.get_ref().clone(),
         None => p.address.get_ref().clone(),
-    };
-    if errs.list.len() > before {
-        return None;
     }
-    Some(Peer {
-        name,
-        address: address?,
-        local_asn,
-        peer_asn: peer_asn?,
-        port,
-        hold_time_s: hold,
-        keepalive_s: keepalive,
-        password,
-        source_address,
-        multihop,
-        graceful_restart: p.graceful_restart.unwrap_or(false),
-        bfd,
-    })
 }
 
 /// `bfd`: `true` for the defaults, `false` for none, or a table of timers.
@@ -418,59 +456,96 @@ fn announce(
     errs: &mut Errors,
 ) -> Option<Announce> {
     let before = errs.list.len();
-    let (l2, over_bgp) = match v
+    let (l2, over_bgp) = announce_kind(v, vf, errs)?;
+    if over_bgp {
+        check_bgp_reaches(v, vf, addr, has_bgp_table, bgp, errs);
+    }
+    let vb = vip_bgp(v, vf, over_bgp, addr, bgp, errs);
+    if errs.list.len() > before {
+        return None;
+    }
+    Some(Announce {
+        l2,
+        bgp: over_bgp.then_some(vb),
+    })
+}
+
+/// `announce` as (ARP/NDP, BGP).
+fn announce_kind(v: &RawVip, vf: &str, errs: &mut Errors) -> Option<(bool, bool)> {
+    match v
         .announce
         .as_ref()
         .map(|s| (s.get_ref().as_str(), s.span()))
     {
-        None | Some(("l2", _)) => (true, false),
-        Some(("bgp", _)) => (false, true),
-        Some(("both", _)) => (true, true),
+        None | Some(("l2", _)) => Some((true, false)),
+        Some(("bgp", _)) => Some((false, true)),
+        Some(("both", _)) => Some((true, true)),
         Some((other, span)) => {
             errs.at(
                 span,
                 &format!("{vf}.announce"),
                 format!("{other:?} is not an announcement; use \"l2\" (ARP/NDP, the default), \"bgp\" or \"both\""),
             );
-            return None;
-        }
-    };
-    if over_bgp {
-        let span = v.announce.as_ref().map(|s| s.span()).unwrap_or_default();
-        if !has_bgp_table {
-            errs.at(
-                span.clone(),
-                &format!("{vf}.announce"),
-                "BGP needs a [bgp] table with this node's asn and at least one [[bgp.peers]]",
-            );
-        } else if !bgp
-            .peers
-            .iter()
-            .any(|p| p.address.is_ipv4() == addr.is_ipv4())
-        {
-            errs.at(
-                span,
-                &format!("{vf}.announce"),
-                format!(
-                    "{addr} is {} but no valid [[bgp.peers]] entry has an {} address: nobody would receive the route",
-                    family(&addr),
-                    family(&addr)
-                ),
-            );
+            None
         }
     }
-    let mut vb = VipBgp::default();
-    let not_bgp = |span: std::ops::Range<usize>, key: &str, errs: &mut Errors| {
+}
+
+/// A VIP announced over BGP needs a `[bgp]` table and a peer of its family: a route that
+/// no peer receives would leave it unreachable without a word.
+fn check_bgp_reaches(
+    v: &RawVip,
+    vf: &str,
+    addr: IpAddr,
+    has_bgp_table: bool,
+    bgp: &BgpSettings,
+    errs: &mut Errors,
+) {
+    let span = v.announce.as_ref().map(|s| s.span()).unwrap_or_default();
+    if !has_bgp_table {
         errs.at(
             span,
-            &format!("{vf}.{key}"),
-            "is set but the VIP is not announced over BGP; add announce = \"bgp\" or \"both\", or remove it",
+            &format!("{vf}.announce"),
+            "BGP needs a [bgp] table with this node's asn and at least one [[bgp.peers]]",
         );
+    } else if !bgp
+        .peers
+        .iter()
+        .any(|p| p.address.is_ipv4() == addr.is_ipv4())
+    {
+        errs.at(
+            span,
+            &format!("{vf}.announce"),
+            format!(
+                "{addr} is {} but no valid [[bgp.peers]] entry has an {} address: nobody would receive the route",
+                family(&addr),
+                family(&addr)
+            ),
+        );
+    }
+}
+
+/// `bgp_communities`, `bgp_local_pref` and `bgp_peers` (only with `announce` over BGP).
+fn vip_bgp(
+    v: &RawVip,
+    vf: &str,
+    over_bgp: bool,
+    addr: IpAddr,
+    bgp: &BgpSettings,
+    errs: &mut Errors,
+) -> VipBgp {
+    let mut vb = VipBgp::default();
+    let not_bgp = |span: std::ops::Range<usize>, key: &str, errs: &mut Errors| {
+        if !over_bgp {
+            errs.at(
+                span,
+                &format!("{vf}.{key}"),
+                "is set but the VIP is not announced over BGP; add announce = \"bgp\" or \"both\", or remove it",
+            );
+        }
     };
     if let Some(list) = &v.bgp_communities {
-        if !over_bgp {
-            not_bgp(list.span(), "bgp_communities", errs);
-        }
+        not_bgp(list.span(), "bgp_communities", errs);
         for (ci, c) in list.get_ref().iter().enumerate() {
             match c.get_ref().parse::<Community>() {
                 Ok(c) => vb.communities.push(c),
@@ -483,9 +558,7 @@ fn announce(
         }
     }
     if let Some(lp) = &v.bgp_local_pref {
-        if !over_bgp {
-            not_bgp(lp.span(), "bgp_local_pref", errs);
-        }
+        not_bgp(lp.span(), "bgp_local_pref", errs);
         match int_in(*lp.get_ref(), 0, u32::MAX as i64) {
             Some(n) => vb.local_pref = Some(n as u32),
             None => errs.at(
@@ -496,43 +569,52 @@ fn announce(
         }
     }
     if let Some(list) = &v.bgp_peers {
-        if !over_bgp {
-            not_bgp(list.span(), "bgp_peers", errs);
-        }
+        not_bgp(list.span(), "bgp_peers", errs);
         for (pi, n) in list.get_ref().iter().enumerate() {
-            match bgp.peers.iter().find(|p| p.name == *n.get_ref()) {
-                Some(p) if p.address.is_ipv4() != addr.is_ipv4() => errs.at(
-                    n.span(),
-                    &format!("{vf}.bgp_peers[{pi}]"),
-                    format!(
-                        "peer {:?} is {} and cannot carry the {} route of {addr}",
-                        p.name,
-                        family(&p.address),
-                        family(&addr)
-                    ),
-                ),
-                Some(_) => vb.peers.push(n.get_ref().clone()),
-                None => {
-                    let known: Vec<&str> = bgp.peers.iter().map(|p| p.name.as_str()).collect();
-                    errs.at(
-                        n.span(),
-                        &format!("{vf}.bgp_peers[{pi}]"),
-                        format!(
-                            "{:?} is not the name of a [[bgp.peers]] entry (names: {known:?})",
-                            n.get_ref()
-                        ),
-                    );
-                }
+            if let Some(name) = vip_peer(n, &format!("{vf}.bgp_peers[{pi}]"), addr, bgp, errs) {
+                vb.peers.push(name);
             }
         }
     }
-    if errs.list.len() > before {
-        return None;
+    vb
+}
+
+/// One `bgp_peers` entry: the name of a peer of the VIP's family.
+fn vip_peer(
+    n: &Spanned<String>,
+    field: &str,
+    addr: IpAddr,
+    bgp: &BgpSettings,
+    errs: &mut Errors,
+) -> Option<String> {
+    match bgp.peers.iter().find(|p| p.name == *n.get_ref()) {
+        Some(p) if p.address.is_ipv4() != addr.is_ipv4() => {
+            errs.at(
+                n.span(),
+                field,
+                format!(
+                    "peer {:?} is {} and cannot carry the {} route of {addr}",
+                    p.name,
+                    family(&p.address),
+                    family(&addr)
+                ),
+            );
+            None
+        }
+        Some(_) => Some(n.get_ref().clone()),
+        None => {
+            let known: Vec<&str> = bgp.peers.iter().map(|p| p.name.as_str()).collect();
+            errs.at(
+                n.span(),
+                field,
+                format!(
+                    "{:?} is not the name of a [[bgp.peers]] entry (names: {known:?})",
+                    n.get_ref()
+                ),
+            );
+            None
+        }
     }
-    Some(Announce {
-        l2,
-        bgp: over_bgp.then_some(vb),
-    })
 }
 
 #[cfg(test)]
