@@ -4,22 +4,29 @@
 //! `lb-lab demo-bgp`; torn down on drop (also on panic).
 //!
 //! ```text
-//!                                   router ns (BIRD 2, AS 64500; ECMP, fib_multipath_hash_policy=1)
+//!                                   router ns (BIRD 2, AS 64500; ECMP on the 5-tuple)
 //!  client ns                        rc 198.18.0.254/24
 //!  c0 198.18.0.2/24 ─────────────── rc
-//!                                   br1 198.18.1.254/24 ─ r1 ══ ext0 198.18.1.1/24  node 1 ─ pod0 ── b1 198.19.1.10
-//!                                   br2 198.18.2.254/24 ─ r2 ══ ext0 198.18.2.1/24  node 2 ─ pod0 ── b2 198.19.2.10
-//!                                   br3 198.18.3.254/24 ─ r3 ══ ext0 198.18.3.1/24  node 3 ─ pod0 ── b3 198.19.3.10
-//!                                   (each brN also holds a dummy port,             node 1 ─ pod1 ── b4 198.19.1.11
-//!                                    so it stays up when the node's link dies)      (b4: not in the config at first)
+//!                                   br1 198.18.1.254/24 ─ r1 ══ ext0 198.18.1.1/24  node 1 (BGP)
+//!                                   br2 198.18.2.254/24 ─ r2 ══ ext0 198.18.2.1/24  node 2 (BGP)
+//!                                   br3 198.18.3.254/24 ─ r3 ══ ext0 198.18.3.1/24  node 3 (BGP)
+//!                                   br4 198.18.4.254/24 ─ r4 ══ ext0 198.18.4.1/24  node 4 (worker) ─ podN ── bN 198.19.4.1N
+//!                                   (each brN also holds a spare port, so it stays      b1..b3, b4 added later
+//!                                    up when the node's link dies: only BFD notices)
 //! ```
+//!
+//! The backends are pods on a fourth node that does not announce the VIP (a worker), not on
+//! the three announcing nodes: stopping lb on a node also stops the reverse NAT in front of
+//! that node's own pods, so their connections end whatever the router does, and the lab
+//! measures what ECMP reshuffles do, not that. Every announcing node reaches them as a
+//! backend behind another node (the steering mark).
 //!
 //! - VIP [`VIP`]:443, TCP and UDP, QUIC-LB CIDs (config 0, server ID 2 octets, nonce 6);
 //!   backends b1..b3 (server IDs 0a01..0a03), b4 (0a04) added by [`BgpLab::set_backends`].
-//!   Every node has the same VIP and backend configuration.
+//!   Every node (the worker too) has the same VIP and backend configuration.
 //! - Nodes are AS 64512; the router AS 64500 with hold time 9 s, keepalive 3 s, BFD
 //!   100 ms x 3. The router's `kernel` protocol merges equal BGP routes into one multipath
-//!   route (`merge paths on`); the pod CIDRs 198.19.N.0/24 are static routes to node N
+//!   route (`merge paths on`); the worker's pod CIDR 198.19.4.0/24 is a static route to it
 //!   (what the CNI's routing would provide).
 //! - [`Mode::Lb`]: every node runs `lb run` (generic XDP on ext0, reverse NAT on the pod
 //!   veths). A node steers to a backend behind another node with the steering mark through
@@ -54,9 +61,14 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 100);
 pub const VIP_PORT: u16 = 443;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const BACKEND_PORT: u16 = 8443;
+/// The nodes that announce the VIP (indexes 0..NODES); node [`WORKER`] hosts the pods.
 pub const NODES: usize = 3;
+pub const WORKER: usize = 3;
 pub const ROUTER_ASN: u32 = 64500;
 pub const NODE_ASN: u32 = 64512;
+/// `fib_multipath_hash_fields`: source and destination address, IP protocol, source and
+/// destination port.
+pub const MULTIPATH_HASH_FIELDS: u32 = 0x0001 | 0x0002 | 0x0004 | 0x0010 | 0x0020;
 /// Where each node's lb serves /metrics, inside the node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9467";
 pub const HOLD_TIME_S: u16 = 9;
@@ -118,21 +130,15 @@ impl Backend {
     }
 }
 
-/// The four backends: b1..b3 one behind each node, b4 a second pod behind node 1.
+/// The four backends, pods on the worker: b1..b3, and b4 (not configured at first).
 pub fn backends() -> Vec<Backend> {
-    let mut v: Vec<Backend> = (1..=NODES as u8)
+    (1..=4u8)
         .map(|n| Backend {
             n,
-            addr: Ipv4Addr::new(198, 19, n, 10),
-            node: usize::from(n - 1),
+            addr: Ipv4Addr::new(198, 19, WORKER as u8 + 1, 10 + n),
+            node: WORKER,
         })
-        .collect();
-    v.push(Backend {
-        n: 4,
-        addr: Ipv4Addr::new(198, 19, 1, 11),
-        node: 0,
-    });
-    v
+        .collect()
 }
 
 /// Node `i`'s (0-based) uplink address.
@@ -208,7 +214,7 @@ impl BgpLab {
         let client = NetNs::create(&format!("{}c", opts.prefix))?;
         let router = NetNs::create(&format!("{}r", opts.prefix))?;
         let mut nodes = Vec::new();
-        for i in 0..NODES {
+        for i in 0..=WORKER {
             let run_dir = dir.join(format!("node{}-bird", i + 1));
             std::fs::create_dir_all(&run_dir)?;
             nodes.push(Node {
@@ -239,10 +245,10 @@ impl BgpLab {
         lab.wire().context("building the network")?;
         lab.start_backends()?;
         lab.start_router()?;
-        for i in 0..NODES {
+        for i in 0..=WORKER {
             lab.prepare_node(i)?;
         }
-        for i in 0..NODES {
+        for i in 0..=WORKER {
             lab.start_node(i)?;
         }
         lab.wait_next_hops(&[0, 1, 2], Instant::now() + START_DEADLINE)?;
@@ -258,8 +264,14 @@ impl BgpLab {
         c.neigh_add("198.18.0.254".parse()?, [2, 0x18, 0, 0, 0, 0xfe], "c0")?;
         r.neigh_add(IpAddr::V4(CLIENT), [2, 0x18, 0, 0, 0, 2], "rc")?;
         r.sysctl("net.ipv4.ip_forward", "1")?;
-        // ECMP by the flow's addresses and ports (L4), as a datacenter router hashes.
-        r.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+        // ECMP by the flow's addresses, protocol and ports (L4), computed from the packet as
+        // a datacenter router does. Policy 1 ("L4") would do, except that on a forwarded
+        // packet it reuses a hash the skb already carries, and a packet that crossed a veth
+        // from a local TCP socket carries that socket's random txhash (which TCP even
+        // re-rolls after a timeout): the path would not be a function of the 5-tuple. Policy
+        // 3 with these fields hashes the same 5-tuple and always reads it from the headers.
+        r.sysctl("net.ipv4.fib_multipath_hash_policy", "3")?;
+        r.sysctl("net.ipv4.fib_multipath_hash_fields", &format!("{MULTIPATH_HASH_FIELDS:#06x}"))?;
         for i in ["all", "default", "rc"] {
             r.sysctl(&format!("net/ipv4/conf/{i}/rp_filter"), "0")?;
         }
@@ -269,7 +281,9 @@ impl BgpLab {
             // The router's side is a bridge with a dummy port besides the node's veth, so
             // it keeps its carrier when the node's link dies: only BFD notices.
             ip(r, &format!("link add {br} address {} type bridge", crate::netns::format_mac(router_mac(i))))?;
-            ip(r, &format!("link add {dummy} type dummy"))?;
+            // No `dummy` module everywhere: a veth pair inside the router is the spare port.
+            ip(r, &format!("link add {dummy} type veth peer name {dummy}p"))?;
+            ip(r, &format!("link set {dummy}p up"))?;
             ip(r, &format!("link set {dummy} master {br} up"))?;
             veth_pair(n, "ext0", node_mac(i), r, &port, [2, 0x18, i as u8 + 1, 0, 0, 0xfd])?;
             ip(r, &format!("link set {port} master {br}"))?;
@@ -278,7 +292,9 @@ impl BgpLab {
             r.sysctl(&format!("net/ipv4/conf/{br}/rp_filter"), "0")?;
             r.neigh_add(IpAddr::V4(node_addr(i)), node_mac(i), &br)?;
             // The pod CIDR of node i, as the CNI's routing would teach the router.
-            r.route_add(&format!("198.19.{}.0/24", i + 1), Some(&node_addr(i).to_string()), None)?;
+            if i == WORKER {
+                r.route_add(&format!("198.19.{}.0/24", i + 1), Some(&node_addr(i).to_string()), None)?;
+            }
             n.sysctl("net.ipv4.ip_forward", "1")?;
             for k in ["all", "default"] {
                 n.sysctl(&format!("net/ipv4/conf/{k}/rp_filter"), "0")?;
@@ -288,16 +304,17 @@ impl BgpLab {
         for (k, b) in backends().iter().enumerate() {
             let n = &self.nodes[b.node].ns;
             let pod = &self.pods[k];
-            let dev = if b.n == 4 { "pod1" } else { "pod0" };
+            let dev = format!("pod{}", b.n);
+            let dev = dev.as_str();
             let gw = Ipv4Addr::new(198, 19, b.node as u8 + 1, 1);
-            veth_pair(n, dev, [2, 0x19, b.n, 0, 0, 1], pod, "eth0", [2, 0x19, b.n, 0, 0, 0x10])?;
+            veth_pair(n, dev, [2, 0x19, 4, b.n, 0, 1], pod, "eth0", [2, 0x19, 4, b.n, 0, 0x10])?;
             n.addr_add(dev, &format!("{gw}/32"))?;
             n.route_add(&format!("{}/32", b.addr), None, Some(dev))?;
             n.sysctl(&format!("net/ipv4/conf/{dev}/rp_filter"), "0")?;
-            n.neigh_add(IpAddr::V4(b.addr), [2, 0x19, b.n, 0, 0, 0x10], dev)?;
+            n.neigh_add(IpAddr::V4(b.addr), [2, 0x19, 4, b.n, 0, 0x10], dev)?;
             pod.addr_add("eth0", &format!("{}/24", b.addr))?;
             pod.route_add("default", Some(&gw.to_string()), Some("eth0"))?;
-            pod.neigh_add(IpAddr::V4(gw), [2, 0x19, b.n, 0, 0, 1], "eth0")?;
+            pod.neigh_add(IpAddr::V4(gw), [2, 0x19, 4, b.n, 0, 1], "eth0")?;
         }
         Ok(())
     }
@@ -414,11 +431,12 @@ impl BgpLab {
             "# Written by lb's BGP lab (node {}).\n\
              interfaces = [\"ext0\"]\n\
              xdp_mode = \"generic\"\n\
-             backend_interfaces = [\"pod0\", \"pod1\"]\n\
+             backend_interfaces = [\"pod1\", \"pod2\", \"pod3\", \"pod4\"]\n\
              metrics_addr = \"{METRICS_ADDR}\"\n",
             i + 1
         );
-        let speaker_lb = self.opts.speaker == Speaker::Lb;
+        // The worker does not announce the VIP: no `[bgp]`.
+        let speaker_lb = self.opts.speaker == Speaker::Lb && i < NODES;
         if speaker_lb {
             let _ = writeln!(
                 s,
@@ -477,11 +495,12 @@ impl BgpLab {
                 let text = self.lb_config(i, &self.configured.clone());
                 write_atomic(&self.nodes[i].config_path, &text)?;
             }
+            Mode::Baseline if i == WORKER => {}
             Mode::Baseline => Self::baseline_rules()
                 .install(&self.nodes[i].ns)
                 .with_context(|| format!("kube-proxy rules on node {}", i + 1))?,
         }
-        if self.uses_lab_bird() {
+        if self.uses_lab_bird() && i < NODES {
             let conf = self.nodes[i].run_dir.join("bird.conf");
             write_atomic(&conf, &Self::node_bird_config(i)?)?;
         }
@@ -513,7 +532,7 @@ impl BgpLab {
                 .with_context(|| format!("starting lb on node {}", i + 1))?;
             self.nodes[i].lb = Some(p);
         }
-        if self.uses_lab_bird() {
+        if self.uses_lab_bird() && i < NODES {
             let node = &self.nodes[i];
             let sock = node.run_dir.join("bird.ctl");
             let _ = std::fs::remove_file(&sock);
@@ -662,7 +681,7 @@ impl BgpLab {
     /// Write every node's config with backends `which` and apply it (`lb reload`).
     pub fn set_backends(&mut self, which: &[u8]) -> Result<()> {
         self.configured = which.to_vec();
-        for i in 0..NODES {
+        for i in 0..=WORKER {
             let text = self.lb_config(i, which);
             write_atomic(&self.nodes[i].config_path, &text)?;
             if self.nodes[i].lb.is_some() {

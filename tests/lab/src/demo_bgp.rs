@@ -293,6 +293,9 @@ fn lb_steps(
         let m = bgp_scenarios::reshuffle(lab, &client, 1, how)?;
         for x in &m {
             say(&format!("lb: {x}"));
+            for b in &x.broken {
+                say(&format!("    broken: {b}"));
+            }
         }
         match how {
             Stop::Kill => r.lb_kill = m.to_vec(),
@@ -319,6 +322,9 @@ fn lb_steps(
     r.backend_change = bgp_scenarios::reshuffle(lab, &client, 2, Stop::Kill)?.to_vec();
     for x in &r.backend_change {
         say(&format!("lb after adding b4: {x}"));
+        for b in &x.broken {
+            say(&format!("    broken: {b}"));
+        }
     }
     Ok(())
 }
@@ -352,6 +358,9 @@ fn baseline_steps(
         let m = bgp_scenarios::reshuffle(lab, &client, 1, how)?;
         for x in &m {
             say(&format!("kube-proxy: {x}"));
+            for b in x.broken.iter().take(2) {
+                say(&format!("    broken: {b}"));
+            }
         }
         match how {
             Stop::Kill => r.baseline_kill = m.to_vec(),
