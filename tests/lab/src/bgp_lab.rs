@@ -197,7 +197,8 @@ pub struct BgpLab {
 }
 
 fn ip(ns: &NetNs, args: &str) -> Result<()> {
-    ns.ip(&args.split_whitespace().collect::<Vec<_>>()).map(drop)
+    ns.ip(&args.split_whitespace().collect::<Vec<_>>())
+        .map(drop)
 }
 
 impl BgpLab {
@@ -257,7 +258,14 @@ impl BgpLab {
 
     fn wire(&self) -> Result<()> {
         let (c, r) = (&self.client, &self.router);
-        veth_pair(c, "c0", [2, 0x18, 0, 0, 0, 2], r, "rc", [2, 0x18, 0, 0, 0, 0xfe])?;
+        veth_pair(
+            c,
+            "c0",
+            [2, 0x18, 0, 0, 0, 2],
+            r,
+            "rc",
+            [2, 0x18, 0, 0, 0, 0xfe],
+        )?;
         c.addr_add("c0", &format!("{CLIENT}/24"))?;
         r.addr_add("rc", "198.18.0.254/24")?;
         c.route_add("default", Some("198.18.0.254"), None)?;
@@ -271,21 +279,41 @@ impl BgpLab {
         // re-rolls after a timeout): the path would not be a function of the 5-tuple. Policy
         // 3 with these fields hashes the same 5-tuple and always reads it from the headers.
         r.sysctl("net.ipv4.fib_multipath_hash_policy", "3")?;
-        r.sysctl("net.ipv4.fib_multipath_hash_fields", &format!("{MULTIPATH_HASH_FIELDS:#06x}"))?;
+        r.sysctl(
+            "net.ipv4.fib_multipath_hash_fields",
+            &format!("{MULTIPATH_HASH_FIELDS:#06x}"),
+        )?;
         for i in ["all", "default", "rc"] {
             r.sysctl(&format!("net/ipv4/conf/{i}/rp_filter"), "0")?;
         }
         for (i, node) in self.nodes.iter().enumerate() {
             let n = &node.ns;
-            let (br, port, dummy) = (format!("br{}", i + 1), format!("r{}", i + 1), format!("d{}", i + 1));
+            let (br, port, dummy) = (
+                format!("br{}", i + 1),
+                format!("r{}", i + 1),
+                format!("d{}", i + 1),
+            );
             // The router's side is a bridge with a dummy port besides the node's veth, so
             // it keeps its carrier when the node's link dies: only BFD notices.
-            ip(r, &format!("link add {br} address {} type bridge", crate::netns::format_mac(router_mac(i))))?;
+            ip(
+                r,
+                &format!(
+                    "link add {br} address {} type bridge",
+                    crate::netns::format_mac(router_mac(i))
+                ),
+            )?;
             // No `dummy` module everywhere: a veth pair inside the router is the spare port.
             ip(r, &format!("link add {dummy} type veth peer name {dummy}p"))?;
             ip(r, &format!("link set {dummy}p up"))?;
             ip(r, &format!("link set {dummy} master {br} up"))?;
-            veth_pair(n, "ext0", node_mac(i), r, &port, [2, 0x18, i as u8 + 1, 0, 0, 0xfd])?;
+            veth_pair(
+                n,
+                "ext0",
+                node_mac(i),
+                r,
+                &port,
+                [2, 0x18, i as u8 + 1, 0, 0, 0xfd],
+            )?;
             ip(r, &format!("link set {port} master {br}"))?;
             r.link_up(&br)?;
             r.addr_add(&br, &format!("{}/24", router_addr(i)))?;
@@ -293,7 +321,11 @@ impl BgpLab {
             r.neigh_add(IpAddr::V4(node_addr(i)), node_mac(i), &br)?;
             // The pod CIDR of node i, as the CNI's routing would teach the router.
             if i == WORKER {
-                r.route_add(&format!("198.19.{}.0/24", i + 1), Some(&node_addr(i).to_string()), None)?;
+                r.route_add(
+                    &format!("198.19.{}.0/24", i + 1),
+                    Some(&node_addr(i).to_string()),
+                    None,
+                )?;
             }
             n.sysctl("net.ipv4.ip_forward", "1")?;
             for k in ["all", "default"] {
@@ -307,7 +339,14 @@ impl BgpLab {
             let dev = format!("pod{}", b.n);
             let dev = dev.as_str();
             let gw = Ipv4Addr::new(198, 19, b.node as u8 + 1, 1);
-            veth_pair(n, dev, [2, 0x19, 4, b.n, 0, 1], pod, "eth0", [2, 0x19, 4, b.n, 0, 0x10])?;
+            veth_pair(
+                n,
+                dev,
+                [2, 0x19, 4, b.n, 0, 1],
+                pod,
+                "eth0",
+                [2, 0x19, 4, b.n, 0, 0x10],
+            )?;
             n.addr_add(dev, &format!("{gw}/32"))?;
             n.route_add(&format!("{}/32", b.addr), None, Some(dev))?;
             n.sysctl(&format!("net/ipv4/conf/{dev}/rp_filter"), "0")?;
@@ -339,7 +378,12 @@ impl BgpLab {
                 .args(["--name", &b.name(), "--server-id", &b.server_id()])
                 .args(["--server-id-len", "2", "--nonce-len", "6", "--cr-bits", "0"])
                 .args(["--sni-names", &format!("localhost,{VIP}")]);
-            let mut p = Proc::spawn(&self.dir, &format!("backend-{}", b.name()), cmd, &self.rust_log())?;
+            let mut p = Proc::spawn(
+                &self.dir,
+                &format!("backend-{}", b.name()),
+                cmd,
+                &self.rust_log(),
+            )?;
             p.wait_for_line("certificate sha256", deadline)?;
             self.backend_procs.push(p);
         }
@@ -456,7 +500,11 @@ impl BgpLab {
             "[[vips]]\nname = \"web\"\naddress = \"{VIP}\"\n{}ports = [{VIP_PORT}]\n\
              protocols = [\"tcp\", \"udp\"]\nmaglev_table_size = 1021\n\n\
              [[vips.quic_lb]]\nconfig_id = 0\nserver_id_len = 2\nnonce_len = 6\n",
-            if speaker_lb { "announce = \"bgp\"\n" } else { "" }
+            if speaker_lb {
+                "announce = \"bgp\"\n"
+            } else {
+                ""
+            }
         );
         for b in backends().iter().filter(|b| which.contains(&b.n)) {
             let _ = writeln!(
@@ -598,8 +646,11 @@ impl BgpLab {
 
     /// The next hops of the router's route to the VIP (node indexes); empty without one.
     pub fn next_hops(&self) -> Result<Vec<usize>> {
-        let out = self.router.ip(&["-4", "-j", "route", "show", &format!("{VIP}/32")])?;
-        let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("{out:?}"))?;
+        let out = self
+            .router
+            .ip(&["-4", "-j", "route", "show", &format!("{VIP}/32")])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("{out:?}"))?;
         let mut hops = Vec::new();
         for r in v.as_array().into_iter().flatten() {
             let gws: Vec<&serde_json::Value> = match r["nexthops"].as_array() {
@@ -675,7 +726,10 @@ impl BgpLab {
             .skip_while(|w| *w != "via")
             .nth(1)
             .ok_or_else(|| anyhow!("no next hop in {out:?}"))?;
-        via.parse().ok().and_then(node_of).ok_or_else(|| anyhow!("next hop not a node: {out:?}"))
+        via.parse()
+            .ok()
+            .and_then(node_of)
+            .ok_or_else(|| anyhow!("next hop not a node: {out:?}"))
     }
 
     /// Write every node's config with backends `which` and apply it (`lb reload`).
@@ -724,7 +778,11 @@ impl BgpLab {
     /// The children's logs and the router's state, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "--- router: birdc show protocols ---\n{}", self.router_status());
+        let _ = writeln!(
+            s,
+            "--- router: birdc show protocols ---\n{}",
+            self.router_status()
+        );
         if let Ok(r) = self.router.ip(&["-4", "route"]) {
             let _ = writeln!(s, "--- router: ip route ---\n{r}");
         }
@@ -789,7 +847,8 @@ fn spawn_bird(ns: &NetNs, dir: &Path, what: &str, conf: &Path, sock: &Path) -> R
             Ok(())
         });
     }
-    Proc::spawn(dir, what, cmd, "info").context("starting bird (Debian package bird2; `cargo xtask setup` installs it)")
+    Proc::spawn(dir, what, cmd, "info")
+        .context("starting bird (Debian package bird2; `cargo xtask setup` installs it)")
 }
 
 fn wait_socket(sock: &Path, deadline: Instant) -> Result<()> {

@@ -160,11 +160,23 @@ pub fn reshuffle(lab: &mut BgpLab, client: &Client, node: usize, how: Stop) -> R
     lab.wait_next_hops_without(node, Instant::now() + CONVERGE)?;
     let p1 = paths(lab, &before)?;
     let mid = settle(client)?;
-    let away = tally(&format!("node {} {name}: away", node + 1), &before, &p0, &p1, &mid);
+    let away = tally(
+        &format!("node {} {name}: away", node + 1),
+        &before,
+        &p0,
+        &p1,
+        &mid,
+    );
     lab.restore_node(node)?;
     let p2 = paths(lab, &before)?;
     let after = settle(client)?;
-    let back = tally(&format!("node {} {name}: back", node + 1), &mid, &p1, &p2, &after);
+    let back = tally(
+        &format!("node {} {name}: back", node + 1),
+        &mid,
+        &p1,
+        &p2,
+        &after,
+    );
     Ok([away, back])
 }
 
@@ -213,7 +225,11 @@ pub fn failover(lab: &mut BgpLab, client: &Client, node: usize, how: Stop) -> Re
     let deadline = t0 + CONVERGE;
     while lab.next_hops()?.contains(&node) {
         if Instant::now() > deadline {
-            bail!("the router kept node {} after {how:?}\n{}", node + 1, lab.router_status());
+            bail!(
+                "the router kept node {} after {how:?}\n{}",
+                node + 1,
+                lab.router_status()
+            );
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -245,7 +261,10 @@ pub fn graceful_churn(lab: &mut BgpLab, client: &Client, node: usize) -> Result<
         let deadline = Instant::now() + CONVERGE;
         while progress.load(Ordering::Relaxed) < target {
             if Instant::now() > deadline {
-                bail!("the client stalled at {} connections", progress.load(Ordering::Relaxed));
+                bail!(
+                    "the client stalled at {} connections",
+                    progress.load(Ordering::Relaxed)
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }

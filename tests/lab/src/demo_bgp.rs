@@ -76,13 +76,19 @@ impl Report {
         let mut p = Vec::new();
         let all: Vec<usize> = (0..NODES).collect();
         if self.next_hops != all {
-            p.push(format!("router next hops {:?}, not {all:?}", self.next_hops));
+            p.push(format!(
+                "router next hops {:?}, not {all:?}",
+                self.next_hops
+            ));
         }
         if self.spread.len() != NODES {
             p.push(format!("flows went to nodes {:?} only", self.spread));
         }
         if self.vip_packets.len() != NODES || self.vip_packets.contains(&0) {
-            p.push(format!("per-node VIP packet counters {:?}", self.vip_packets));
+            p.push(format!(
+                "per-node VIP packet counters {:?}",
+                self.vip_packets
+            ));
         }
         for m in self.lb_kill.iter().chain(&self.lb_graceful) {
             if m.moved() == 0 {
@@ -92,8 +98,18 @@ impl Report {
                 p.push(format!("lb: {m}: {:?}", m.broken));
             }
         }
-        let base_moved: usize = self.baseline_kill.iter().chain(&self.baseline_graceful).map(Moved::moved).sum();
-        let base_ok: usize = self.baseline_kill.iter().chain(&self.baseline_graceful).map(Moved::moved_ok).sum();
+        let base_moved: usize = self
+            .baseline_kill
+            .iter()
+            .chain(&self.baseline_graceful)
+            .map(Moved::moved)
+            .sum();
+        let base_ok: usize = self
+            .baseline_kill
+            .iter()
+            .chain(&self.baseline_graceful)
+            .map(Moved::moved_ok)
+            .sum();
         if base_moved == 0 || base_ok == base_moved {
             p.push(format!(
                 "baseline: {base_ok}/{base_moved} moved connections survived: the lab cannot tell lb from kube-proxy"
@@ -226,7 +242,11 @@ fn open(client: &Client, n: usize) -> Result<Vec<Flow>> {
     let flows = client.open(n, n, OPEN_STEP)?;
     let broken: Vec<String> = flows
         .iter()
-        .filter_map(|f| f.broken.as_ref().map(|b| format!("{:?} {}: {b}", f.proto, f.local)))
+        .filter_map(|f| {
+            f.broken
+                .as_ref()
+                .map(|b| format!("{:?} {}: {b}", f.proto, f.local))
+        })
         .collect();
     if !broken.is_empty() {
         bail!("new connections failed: {broken:?}");
@@ -262,8 +282,12 @@ pub fn measure(plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<Report> {
     }
     {
         let t = Instant::now();
-        let mut lab = BgpLab::start(&opts(Mode::Baseline, "b")).context("starting the baseline lab")?;
-        say(&format!("baseline lab up in {:.1}s", t.elapsed().as_secs_f64()));
+        let mut lab =
+            BgpLab::start(&opts(Mode::Baseline, "b")).context("starting the baseline lab")?;
+        say(&format!(
+            "baseline lab up in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
         if let Err(e) = baseline_steps(&mut lab, target, n, &mut r, say) {
             return Err(e.context(lab.logs()));
         }
@@ -283,7 +307,9 @@ fn lb_steps(
     let client = Client::start(&lab.client, target)?;
     let flows = open(&client, n)?;
     r.spread = bgp_scenarios::nodes_used(&bgp_scenarios::paths(lab, &flows)?);
-    r.vip_packets = (0..NODES).map(|i| lab.vip_packets(i)).collect::<Result<_>>()?;
+    r.vip_packets = (0..NODES)
+        .map(|i| lab.vip_packets(i))
+        .collect::<Result<_>>()?;
     say(&format!(
         "{n} QUIC + {n} TCP connections over nodes {:?}; VIP packets per node {:?}",
         r.spread.iter().map(|i| i + 1).collect::<Vec<_>>(),
@@ -385,7 +411,11 @@ pub fn run(args: &DemoBgpArgs) -> i32 {
                 lb,
                 lab,
                 prefix: "lbg".into(),
-                speaker: if args.lab_speaker { Speaker::Lab } else { Speaker::Lb },
+                speaker: if args.lab_speaker {
+                    Speaker::Lab
+                } else {
+                    Speaker::Lb
+                },
                 connections: args.connections,
                 failover_runs: args.failover_runs,
             },

@@ -368,44 +368,55 @@ fn new_flow(id: usize, proto: Proto, local: SocketAddr) -> Flow {
 }
 
 async fn round(live: &mut [Live], target: SocketAddr, step: Duration) {
-    let work = live.iter_mut().filter(|l| l.flow.alive()).map(|l| async move {
-        let r = match l.conn.as_mut() {
-            Some(Conn::Quic(c)) => c
-                .whoami(&format!("/quic/{}", l.flow.id), step)
-                .await
-                .map_err(|e| anyhow!("{e}")),
-            Some(Conn::Tcp(s)) => timeout(step, http1_get(s, target, &format!("/tcp/{}", l.flow.id), true))
+    let work = live
+        .iter_mut()
+        .filter(|l| l.flow.alive())
+        .map(|l| async move {
+            let r = match l.conn.as_mut() {
+                Some(Conn::Quic(c)) => c
+                    .whoami(&format!("/quic/{}", l.flow.id), step)
+                    .await
+                    .map_err(|e| anyhow!("{e}")),
+                Some(Conn::Tcp(s)) => timeout(
+                    step,
+                    http1_get(s, target, &format!("/tcp/{}", l.flow.id), true),
+                )
                 .await
                 .unwrap_or_else(|_| Err(anyhow!("no response in {step:?}"))),
-            None => Err(anyhow!("closed")),
-        };
-        match r {
-            Ok(who) if l.flow.backend.is_empty() || l.flow.backend == who.name => {
-                l.flow.backend = who.name;
-                l.flow.seen_as = who.client;
+                None => Err(anyhow!("closed")),
+            };
+            match r {
+                Ok(who) if l.flow.backend.is_empty() || l.flow.backend == who.name => {
+                    l.flow.backend = who.name;
+                    l.flow.seen_as = who.client;
+                }
+                Ok(who) => {
+                    l.flow.broken =
+                        Some(format!("answered by {} after {}", who.name, l.flow.backend))
+                }
+                Err(e) => l.flow.broken = Some(format!("{e:#}")),
             }
-            Ok(who) => {
-                l.flow.broken = Some(format!(
-                    "answered by {} after {}",
-                    who.name, l.flow.backend
-                ))
-            }
-            Err(e) => l.flow.broken = Some(format!("{e:#}")),
-        }
-        if !l.flow.alive() {
-            if let Some(Conn::Quic(c)) = l.conn.take() {
+            if !l.flow.alive()
+                && let Some(Conn::Quic(c)) = l.conn.take()
+            {
                 c.conn.close(0u32.into(), b"broken");
             }
-        }
-    });
+        });
     futures::future::join_all(work).await;
 }
 
 /// One GET on `s` (keep-alive unless `keep` is false): the whoami body, parsed.
-async fn http1_get(s: &mut TcpStream, target: SocketAddr, path: &str, keep: bool) -> Result<Whoami> {
+async fn http1_get(
+    s: &mut TcpStream,
+    target: SocketAddr,
+    path: &str,
+    keep: bool,
+) -> Result<Whoami> {
     let conn = if keep { "keep-alive" } else { "close" };
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: {conn}\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: {conn}\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
