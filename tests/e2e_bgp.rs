@@ -1,12 +1,13 @@
 //! BGP and ECMP end to end ([`lb_lab::bgp_lab`]): an upstream router running BIRD 2 learns the
 //! VIP over eBGP (BFD 100 ms x 3, hold 9 s) from three nodes and installs one multipath route
-//! with an L4 hash (`fib_multipath_hash_policy=1`); a client behind the router holds
-//! long-lived QUIC (routed by connection ID) and HTTP/1.1 keep-alive connections to the VIP.
+//! hashed on the 5-tuple; a client behind the router holds long-lived QUIC (routed by
+//! connection ID) and HTTP/1.1 keep-alive connections to the VIP.
 //!
 //! ```text
-//!  client ── router (BIRD, ECMP) ══ node 1 (lb run + BIRD) ── b1, b4
-//!                                ══ node 2 (lb run + BIRD) ── b2
-//!                                ══ node 3 (lb run + BIRD) ── b3
+//!  client ── router (BIRD, ECMP) ══ node 1 (lb run + BIRD)
+//!                                ══ node 2 (lb run + BIRD)
+//!                                ══ node 3 (lb run + BIRD)
+//!                                ── node 4, a worker (lb run, no BGP) ── b1, b2, b3 (b4 later)
 //! ```
 //!
 //! Asserted ([`lb_lab::demo_bgp::Report::problems`]), with lb on every node:

@@ -488,7 +488,7 @@ impl BgpLab {
                  [[bgp.peers]]\nname = \"router\"\naddress = \"{}\"\nasn = {ROUTER_ASN}\n\
                  hold_time_s = {HOLD_TIME_S}\nkeepalive_s = {KEEPALIVE_S}\n\
                  source_address = \"{}\"\n\
-                 bfd = {{ receive_interval_ms = {BFD_INTERVAL_MS}, transmit_interval_ms = {BFD_INTERVAL_MS}, detect_multiplier = {BFD_MULTIPLIER} }}\n",
+                 bfd = {{ receive_interval_ms = {BFD_INTERVAL_MS}, transmit_interval_ms = {BFD_INTERVAL_MS}, detect_multiplier = {BFD_MULTIPLIER}, passive = false }}\n",
                 node_addr(i),
                 self.nodes[i].run_dir.display(),
                 router_addr(i),
