@@ -469,6 +469,14 @@ impl BgpLab {
 
     /// Node `i`'s lb.toml with backends `which`.
     pub fn lb_config(&self, i: usize, which: &[u8]) -> String {
+        lb_config_text(i, which, self.opts.speaker, &self.nodes[i].run_dir)
+    }
+}
+
+/// Node `i`'s lb.toml with backends `which`; `[bgp]` (BIRD in `run_dir`) when lb speaks BGP
+/// and `i` is an announcing node.
+pub fn lb_config_text(i: usize, which: &[u8], speaker: Speaker, run_dir: &Path) -> String {
+    {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -480,7 +488,7 @@ impl BgpLab {
             i + 1
         );
         // The worker does not announce the VIP: no `[bgp]`.
-        let speaker_lb = self.opts.speaker == Speaker::Lb && i < NODES;
+        let speaker_lb = speaker == Speaker::Lb && i < NODES;
         if speaker_lb {
             let _ = writeln!(
                 s,
@@ -490,7 +498,7 @@ impl BgpLab {
                  source_address = \"{}\"\n\
                  bfd = {{ receive_interval_ms = {BFD_INTERVAL_MS}, transmit_interval_ms = {BFD_INTERVAL_MS}, detect_multiplier = {BFD_MULTIPLIER}, passive = false }}\n",
                 node_addr(i),
-                self.nodes[i].run_dir.display(),
+                run_dir.display(),
                 router_addr(i),
                 node_addr(i)
             );
@@ -516,7 +524,9 @@ impl BgpLab {
         }
         s
     }
+}
 
+impl BgpLab {
     fn baseline_rules() -> KubeProxyRules {
         let endpoints: Vec<SocketAddrV4> = backends()
             .iter()
@@ -875,5 +885,67 @@ fn term_and_wait(p: &mut Proc) -> Result<()> {
             bail!("{} did not stop on SIGTERM in {STOP_DEADLINE:?}", p.what);
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bird_parses(text: &str, name: &str) {
+        let dir = std::env::temp_dir().join(format!("lb-bgp-lab-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bird.conf");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("bird").arg("-p").arg("-c").arg(&path).output();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let out = out.expect("bird (Debian bird2; `cargo xtask setup` installs it)");
+        assert!(
+            out.status.success(),
+            "{}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn bird_configs_parse() {
+        let router = BgpLab::router_config();
+        for want in ["merge paths on", "bfd on", "neighbor 198.18.3.1 as 64512"] {
+            assert!(router.contains(want), "{want:?} in\n{router}");
+        }
+        assert!(
+            !router.contains("198.18.4.1"),
+            "the worker is no peer:\n{router}"
+        );
+        bird_parses(&router, "router");
+        let node = BgpLab::node_bird_config(1).unwrap();
+        assert!(node.contains("198.18.10.100/32"), "{node}");
+        bird_parses(&node, "node");
+    }
+
+    #[test]
+    fn lb_configs_parse() {
+        let dir = std::env::temp_dir().join(format!("lb-bgp-lab-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Without [bgp] (the lab's speaker, and the worker); with it once lb has it.
+        for (i, speaker) in [(0, Speaker::Lab), (WORKER, Speaker::Lb)] {
+            let path = dir.join("lb.toml");
+            std::fs::write(&path, lb_config_text(i, &[1, 2, 3, 4], speaker, &dir)).unwrap();
+            let cfg = lb_userspace::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let plan =
+                lb_userspace::config::Plan::build(&cfg, None).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(plan.vips.len(), 2);
+            assert!(plan.vips.iter().all(|v| v.backends.len() == 4));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn node_of_and_backends() {
+        assert_eq!(node_of(Ipv4Addr::new(198, 18, 2, 1)), Some(1));
+        assert_eq!(node_of(Ipv4Addr::new(198, 18, 4, 1)), None);
+        let b = backends();
+        assert_eq!(b[3].addr, Ipv4Addr::new(198, 19, 4, 14));
+        assert_eq!(b[3].server_id(), "0a04");
     }
 }
