@@ -440,3 +440,87 @@ pub fn run(args: &DemoBgpArgs) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved(event: &str, quic: (usize, usize), tcp: (usize, usize)) -> Moved {
+        Moved {
+            event: event.into(),
+            quic_moved: quic.1,
+            quic_moved_ok: quic.0,
+            tcp_moved: tcp.1,
+            tcp_moved_ok: tcp.0,
+            alive_before: 10,
+            alive_after: 10 - (quic.1 - quic.0) - (tcp.1 - tcp.0),
+            broken: Vec::new(),
+        }
+    }
+
+    fn good() -> Report {
+        Report {
+            spread: (0..NODES).collect(),
+            next_hops: (0..NODES).collect(),
+            vip_packets: vec![5, 6, 7],
+            lb_kill: vec![
+                moved("k away", (2, 2), (3, 3)),
+                moved("k back", (2, 2), (3, 3)),
+            ],
+            lb_graceful: vec![moved("g away", (1, 1), (1, 1))],
+            baseline_kill: vec![moved("k away", (0, 2), (0, 3))],
+            baseline_graceful: vec![moved("g away", (1, 1), (0, 1))],
+            after_reload: (10, 10),
+            backend_change: vec![moved("b away", (4, 4), (1, 3))],
+            failovers: vec![Failover {
+                how: Stop::LinkDown,
+                route: Duration::from_millis(250),
+                connect: Duration::from_millis(260),
+            }],
+            churn: Churn {
+                attempted: 100,
+                ..Churn::default()
+            },
+            path_mismatches: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn problems_name_each_broken_claim() {
+        assert_eq!(good().problems(), Vec::<String>::new());
+        let render = good().render();
+        assert!(render.contains("12/12 (100%)"), "{render}");
+        assert!(
+            render.contains("2/7 (29%)") || render.contains("1/7 (14%)"),
+            "{render}"
+        );
+
+        let mut r = good();
+        r.lb_kill[0] = moved("k away", (1, 2), (3, 3));
+        assert!(r.problems()[0].contains("k away"), "{:?}", r.problems());
+        let mut r = good();
+        r.baseline_kill[0] = moved("k away", (2, 2), (3, 3));
+        r.baseline_graceful[0] = moved("g away", (1, 1), (1, 1));
+        assert!(
+            r.problems()[0].contains("cannot tell"),
+            "{:?}",
+            r.problems()
+        );
+        let mut r = good();
+        r.failovers[0].connect = Duration::from_millis(1200);
+        assert!(r.problems()[0].contains("failover"), "{:?}", r.problems());
+        let mut r = good();
+        r.churn.failed = 1;
+        assert!(r.problems()[0].contains("graceful"), "{:?}", r.problems());
+        let mut r = good();
+        r.backend_change[0] = moved("b away", (3, 4), (1, 3));
+        assert!(
+            r.problems()[0].contains("backend change"),
+            "{:?}",
+            r.problems()
+        );
+        let mut r = good();
+        r.vip_packets[2] = 0;
+        assert!(r.problems()[0].contains("counters"), "{:?}", r.problems());
+    }
+}
