@@ -9,7 +9,6 @@
 //! and the running state stays as it was. SIGINT/SIGTERM detach everything that was attached.
 
 use std::{
-    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -27,6 +26,7 @@ use tokio::{
 
 use crate::{
     announce::{AnnounceOptions, Announcer, AnnouncerHandle},
+    bgp::{self, driver::BgpDriver},
     config::{self, Config, Plan, XdpMode},
     dataplane::{Dataplane, LoadOptions, monotonic_ns},
     ifaces,
@@ -72,7 +72,7 @@ pub struct State {
     /// (key, pattern) of the interface entries that name nothing on this node now.
     unmatched: Vec<(String, String)>,
     /// Kubernetes mode: the VIPs this node won the election for (static mode: `None`,
-    /// every VIP of the plan is announced).
+    /// every VIP address the config announces by ARP/NDP).
     announced: Option<Vec<IpAddr>>,
     /// Map changes applied since start-up (start-up included): stays put when a
     /// Kubernetes relist or reload changes nothing.
@@ -96,6 +96,9 @@ pub struct State {
     /// Names of the programmed map slots, for metrics.
     labels: Labels,
     stats: DaemonStats,
+    /// The BGP speaker (static mode: `[bgp]` and the VIPs' `announce`; Kubernetes mode:
+    /// the controller's BGP objects).
+    bgp: BgpDriver,
 }
 
 /// Metric labels for what a plan programs.
@@ -130,11 +133,6 @@ fn labels(plan: &Plan) -> Labels {
     Labels { vips, backends }
 }
 
-fn vip_addresses(plan: &Plan) -> Vec<IpAddr> {
-    let set: BTreeSet<IpAddr> = plan.vips.iter().map(|v| v.key.addr).collect();
-    set.into_iter().collect()
-}
-
 impl State {
     /// Load, program and attach. On error everything attached so far is detached again by
     /// the caller dropping the state (and the kernel, for the BPF links of a dead process).
@@ -157,6 +155,7 @@ impl State {
         stats.observe_map_sync(last_sync);
         stats.set_reply_capacity(config.reverse_nat.max_flows);
         let labels = labels(&plan);
+        let bgp = BgpDriver::new(config.bgp.speaker.clone(), config.bgp.withdraw_timeout);
         let mut state = State {
             dp,
             config,
@@ -180,8 +179,15 @@ impl State {
             last_sync,
             labels,
             stats,
+            bgp,
         };
         state.attach()?;
+        // Routes only once the data plane answers the VIPs: a peer that sends traffic
+        // here the moment it learns a route finds XDP attached.
+        if announce_plan {
+            let desired = state.config.bgp_desired();
+            state.bgp.set(desired).context("starting BGP")?;
+        }
         Ok(state)
     }
 
@@ -377,7 +383,7 @@ impl State {
         let vips = self
             .announced
             .clone()
-            .unwrap_or_else(|| vip_addresses(&self.plan));
+            .unwrap_or_else(|| self.config.l2_addresses());
         match Announcer::start(name, &vips, AnnounceOptions::default()) {
             Ok(a) => self.announcers.push((i, a)),
             Err(e) => warn!("announcing VIPs on {name}: {e:#}"),
@@ -505,6 +511,7 @@ impl State {
             );
         }
         self.follow_mark_remote(&config)?;
+        self.bgp.withdraw_timeout = config.bgp.withdraw_timeout;
         self.config = config;
         Ok(0)
     }
@@ -515,8 +522,22 @@ impl State {
         let plan = Plan::build(&config, Some(&self.plan)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let changes = Plan::diff(&self.plan, &plan);
         self.follow_mark_remote(&config)?;
+        self.bgp.withdraw_timeout = config.bgp.withdraw_timeout;
         if changes.is_empty() {
+            // Only how the VIPs are announced may have changed.
+            if self.announced.is_none() {
+                let vips = config.l2_addresses();
+                for (_, a) in &self.announcers {
+                    a.set_vips(&vips)?;
+                }
+            }
+            let desired = (!self.kube_mode).then(|| config.bgp_desired()).flatten();
             self.config = config;
+            if !self.kube_mode {
+                self.bgp
+                    .set(desired)
+                    .context("the BGP speaker kept its previous configuration")?;
+            }
             return Ok(0);
         }
         let t = Instant::now();
@@ -527,13 +548,19 @@ impl State {
         self.map_changes += changes.len() as u64;
         self.syncs += 1;
         if self.announced.is_none() {
-            let vips = vip_addresses(&plan);
+            let vips = config.l2_addresses();
             for (_, a) in &self.announcers {
                 a.set_vips(&vips)?;
             }
         }
+        let desired = (!self.kube_mode).then(|| config.bgp_desired()).flatten();
         self.config = config;
         self.plan = plan;
+        if !self.kube_mode {
+            self.bgp.set(desired).context(
+                "the maps were updated, but the BGP speaker kept its previous configuration",
+            )?;
+        }
         Ok(changes.len())
     }
 
@@ -560,6 +587,9 @@ impl State {
     }
 
     fn shutdown(&mut self) {
+        // Withdraw the routes first, while the data plane still forwards what peers send
+        // until they have processed the withdrawal.
+        self.bgp.withdraw_and_stop();
         for (_, a) in self.announcers.drain(..) {
             if let Err(e) = a.stop() {
                 warn!("stopping an announcer: {e}");
@@ -589,7 +619,15 @@ impl NodeDataplane for State {
     fn announced(&self) -> Vec<IpAddr> {
         self.announced
             .clone()
-            .unwrap_or_else(|| vip_addresses(&self.plan))
+            .unwrap_or_else(|| self.config.l2_addresses())
+    }
+
+    fn set_bgp(&mut self, desired: Option<bgp::Desired>) -> Result<()> {
+        self.bgp.set(desired)
+    }
+
+    fn bgp_status(&self) -> Option<bgp::speaker::SpeakerStatus> {
+        self.bgp.running().then(|| self.bgp.status.clone())
     }
 
     fn set_announced(&mut self, vips: &[IpAddr]) -> Result<()> {
@@ -707,6 +745,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
             config::DEFAULT_METRICS_PORT,
         )));
     }
+    if opts.kube.is_some() && !config.bgp.peers.is_empty() {
+        bail!(
+            "{}: [[bgp.peers]] is not allowed with --kube: BGPPeer objects define the peers; \
+             keep only the speaker's settings (run_dir, bird, spawn, withdraw_timeout_ms) in [bgp]",
+            opts.config.display()
+        );
+    }
     if opts.kube.is_some() && !config.vips.is_empty() {
         bail!(
             "{}: [[vips]] is not allowed with --kube: Kubernetes Services of type LoadBalancer \
@@ -737,6 +782,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             spawn_config_watch(&state, opts.config.clone());
         }
         spawn_reply_sweep(&state);
+        spawn_bgp_poll(&state);
         let mut lease_holder = None;
         if let Some(kube_opts) = opts.kube {
             let client = controller::client(&kube_opts).await?;
@@ -833,6 +879,23 @@ fn spawn_reply_sweep(state: &Arc<Mutex<State>>) {
     });
 }
 
+/// Read the BGP speaker's sessions back every [`bgp::driver::POLL_INTERVAL`] (and start
+/// it again if it died), for `/status` and the metrics.
+fn spawn_bgp_poll(state: &Arc<Mutex<State>>) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(bgp::driver::POLL_INTERVAL);
+        loop {
+            tick.tick().await;
+            let mut s = lock(&state);
+            s.bgp.poll();
+            let figures = s.bgp.peer_figures();
+            s.stats
+                .bgp(&figures, s.bgp.applied, s.bgp.rejected, s.bgp.restarts());
+        }
+    });
+}
+
 /// `lb reload`: ask the running daemon to re-read its config; prints its answer.
 pub fn reload(socket: &Path) -> Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -873,6 +936,7 @@ impl MetricsSource for DaemonMetrics {
                 }),
             );
             obj.insert("interfaces".into(), s.interfaces_json());
+            obj.insert("bgp".into(), s.bgp.to_json());
             if let Some(k) = &s.kube_status {
                 obj.insert("kubernetes".into(), k.to_json());
             }
@@ -938,6 +1002,9 @@ impl State {
         }
         if let Some(e) = &self.announce_error {
             not.push(format!("changing the announced VIPs failed: {e}"));
+        }
+        if let Some(e) = &self.bgp.error {
+            not.push(format!("BGP: {e}"));
         }
         if not.is_empty() { Ok(()) } else { Err(not) }
     }

@@ -37,6 +37,11 @@
 //! | `lb_reply_flows_expired_total` | counter | | reply-table entries the sweep deleted as idle |
 //! | `lb_reply_sweep_duration_seconds` | gauge | | how long the last sweep of the reply table took |
 //! | `lb_gossip_members` | gauge | `state` (`alive`, `suspect`, `down`) | Kubernetes mode: cluster members by what this node's gossip (SWIM) says of them |
+//! | `lb_bgp_session_up` | gauge | `peer` | 1 while the BGP session with the peer is Established (as BIRD reports it) |
+//! | `lb_bgp_prefixes_exported` | gauge | `peer` | prefixes BIRD exports to the peer |
+//! | `lb_bgp_bfd_session_up` | gauge | `peer` | 1 while the peer's BFD session is Up (peers with BFD only) |
+//! | `lb_bgp_config_applies_total` | counter | `result` (`applied`, `rejected`) | speaker configurations; `rejected`: BIRD refused it and kept the previous one |
+//! | `lb_bgp_speaker_restarts_total` | counter | | times lb started BIRD again after it died |
 //! | `lb_gossip_messages_total` | counter | `result` (`sent`, `received`, `rejected`) | Kubernetes mode: gossip datagrams; `rejected`: not from a Node's InternalIP, a bad or missing key tag, or undecodable |
 //! | `lb_interface_pattern_unmatched` | gauge | `key` (`interfaces`, `backend_interfaces`), `pattern` | 1 while the config entry names no interface on this node (a name, glob or `auto`), else 0; the daemon keeps looking every second |
 //!
@@ -187,6 +192,7 @@ pub struct DaemonStats {
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
     reply_table: ReplyTableStats,
     gossip: GossipMetrics,
+    bgp: BgpMetrics,
     /// `lb_interface_pattern_unmatched`, by (key, pattern).
     unmatched: Family<Vec<(String, String)>, Gauge>,
     version: &'static str,
@@ -197,6 +203,16 @@ pub struct DaemonStats {
 struct GossipMetrics {
     members: Family<[(&'static str, &'static str); 1], Gauge>,
     messages: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+/// The BGP speaker as the daemon last read it back.
+#[derive(Clone, Debug, Default)]
+struct BgpMetrics {
+    session_up: Family<Vec<(String, String)>, Gauge>,
+    exported: Family<Vec<(String, String)>, Gauge>,
+    bfd_up: Family<Vec<(String, String)>, Gauge>,
+    applies: Family<[(&'static str, &'static str); 1], Counter>,
+    restarts: Counter,
 }
 
 /// The reply table as the daemon's sweeps see it (counting entries needs a walk of the
@@ -231,6 +247,7 @@ impl DaemonStats {
             reloads,
             reply_table: ReplyTableStats::default(),
             gossip: GossipMetrics::default(),
+            bgp: BgpMetrics::default(),
             unmatched: Family::default(),
             version,
         }
@@ -301,6 +318,41 @@ impl DaemonStats {
             if *total > now {
                 c.inc_by(total - now);
             }
+        }
+    }
+}
+
+impl DaemonStats {
+    /// The speaker's sessions as just read back: per peer (name, established, prefixes
+    /// exported, BFD up when BFD is on), and the speaker's totals (configurations applied
+    /// and refused, restarts), which only move forward.
+    pub fn bgp(
+        &self,
+        peers: &[(String, bool, u64, Option<bool>)],
+        applied: u64,
+        rejected: u64,
+        restarts: u64,
+    ) {
+        let b = &self.bgp;
+        b.session_up.clear();
+        b.exported.clear();
+        b.bfd_up.clear();
+        for (peer, up, exported, bfd) in peers {
+            let l = vec![("peer".to_string(), peer.clone())];
+            b.session_up.get_or_create(&l).set(i64::from(*up));
+            b.exported.get_or_create(&l).set(*exported as i64);
+            if let Some(bfd) = bfd {
+                b.bfd_up.get_or_create(&l).set(i64::from(*bfd));
+            }
+        }
+        for (result, total) in [("applied", applied), ("rejected", rejected)] {
+            let c = b.applies.get_or_create(&[("result", result)]);
+            if total > c.get() {
+                c.inc_by(total - c.get());
+            }
+        }
+        if restarts > b.restarts.get() {
+            b.restarts.inc_by(restarts - b.restarts.get());
         }
     }
 }
@@ -672,6 +724,32 @@ fn registry(snap: Snapshot, labels: &Labels, extra: &DaemonStats) -> Registry {
         "lb_gossip_messages",
         "Kubernetes mode: gossip datagrams sent, received, and rejected",
         extra.gossip.messages.clone(),
+    );
+    let b = &extra.bgp;
+    reg.register(
+        "lb_bgp_session_up",
+        "1 while the BGP session with this peer is Established",
+        b.session_up.clone(),
+    );
+    reg.register(
+        "lb_bgp_prefixes_exported",
+        "Prefixes the speaker exports to this peer, as it reports them",
+        b.exported.clone(),
+    );
+    reg.register(
+        "lb_bgp_bfd_session_up",
+        "1 while the BFD session with this peer is Up (peers with BFD only)",
+        b.bfd_up.clone(),
+    );
+    reg.register(
+        "lb_bgp_config_applies",
+        "Speaker configurations by result: applied, or rejected (the previous one kept running)",
+        b.applies.clone(),
+    );
+    reg.register(
+        "lb_bgp_speaker_restarts",
+        "Times lb started its BGP speaker again after it died",
+        b.restarts.clone(),
     );
     // `info` in OpenMetrics (`lb_build_info{version} 1`), a gauge of 1 in the 0.0.4 text.
     reg.register(

@@ -18,9 +18,12 @@
 //! - [`render`]: [`Desired`] → `bird.conf` text (pure; unit-tested);
 //! - [`bird`]: BIRD's control-socket protocol and the parsing of its replies;
 //! - [`speaker`]: the BIRD process lb runs, applying configurations, reading status,
-//!   withdrawing on shutdown.
+//!   withdrawing on shutdown;
+//! - [`driver`]: the daemon's side: the speaker kept in step with the config or the
+//!   controller, polled for `/status` and metrics, withdrawn first at shutdown.
 
 pub mod bird;
+pub mod driver;
 pub mod render;
 pub mod speaker;
 
@@ -64,8 +67,8 @@ pub struct Peer {
     /// Seconds; 0 turns keepalives off (RFC 4271), otherwise at least 3.
     pub hold_time_s: u16,
     pub keepalive_s: u16,
-    /// TCP MD5 password (read from a file or Secret; never logged).
-    pub password: Option<String>,
+    /// TCP MD5 password (read from a file or Secret).
+    pub password: Option<Password>,
     /// The local address of the session (`sourceAddress`); BIRD picks one when absent.
     pub source_address: Option<IpAddr>,
     /// eBGP multihop TTL (`ebgpMultiHop`); `None`: directly connected.
@@ -73,6 +76,16 @@ pub struct Peer {
     /// Keep forwarding through a restart of the speaker (RFC 4724, `enableGracefulRestart`).
     pub graceful_restart: bool,
     pub bfd: Option<Bfd>,
+}
+
+/// A session's TCP MD5 password: shown as `***` by `Debug`, so no log or error carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// BFD timers of one session (MetalLB's `BFDProfile`). Milliseconds.
@@ -170,7 +183,7 @@ impl Desired {
     pub fn peers_of<'a>(&'a self, advert: &'a Advertisement) -> impl Iterator<Item = &'a Peer> {
         self.peers.iter().filter(move |p| {
             p.address.is_ipv4() == advert.prefix.addr().is_ipv4()
-                && (advert.peers.is_empty() || advert.peers.iter().any(|n| *n == p.name))
+                && (advert.peers.is_empty() || advert.peers.contains(&p.name))
         })
     }
 }

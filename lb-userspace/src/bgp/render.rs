@@ -119,7 +119,7 @@ fn render_peer(
         "    hold time {};\n    keepalive time {};",
         peer.hold_time_s, peer.keepalive_s
     );
-    if let Some(pw) = &peer.password {
+    if let Some(super::Password(pw)) = &peer.password {
         if pw.contains('"') || pw.contains('\n') || pw.contains('\r') {
             return Err(RenderError::Password {
                 peer: peer.name.clone(),
@@ -225,7 +225,7 @@ mod tests {
         let mut a = peer("tor-a", "198.18.1.1");
         a.bfd = Some(Bfd::default());
         a.graceful_restart = true;
-        a.password = Some("s3cret".into());
+        a.password = Some(crate::bgp::Password("s3cret".into()));
         let mut v6 = peer("tor-v6 \"x\"", "fd00:1::1");
         v6.source_address = Some("fd00:1::2".parse().unwrap());
         v6.multihop = Some(2);
@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn a_password_bird_cannot_quote_is_refused() {
         let mut d = sample();
-        d.peers[1].password = Some("a\"b".into());
+        d.peers[1].password = Some(crate::bgp::Password("a\"b".into()));
         assert_eq!(
             render(&d),
             Err(RenderError::Password {

@@ -20,6 +20,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     if new.kubernetes != running.kubernetes {
         needed.push("[kubernetes]");
     }
+    // The speaker process is started once; its sessions and routes apply live.
+    if new.bgp.speaker != running.bgp.speaker {
+        needed.push("bgp.run_dir, bgp.bird, bgp.spawn");
+    }
     // An entry kept but with another mode would need its links re-attached in place; a new
     // or removed entry is attached or detached by the next scan.
     let mode_changed = new.interfaces.iter().any(|n| {

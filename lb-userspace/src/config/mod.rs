@@ -41,6 +41,17 @@
 //! closing_timeout_s = 10          # after a TCP FIN or RST
 //! mark_remote = true              # steering mark on packets to backends behind other nodes
 //!
+//! [bgp]                           # optional: lb drives BIRD (crate::bgp, docs/bgp.md)
+//! asn = 64512                     # required with peers
+//! router_id = "198.18.1.2"        # optional; run_dir, bird, spawn, withdraw_timeout_ms too
+//!
+//! [[bgp.peers]]
+//! name = "tor-a"                  # optional, default the address
+//! address = "198.18.1.1"
+//! asn = 64500
+//! hold_time_s = 9                 # optional: port, keepalive_s, password_file,
+//! bfd = true                      # source_address, multihop, graceful_restart; bfd table
+//!
 //! [[vips]]
 //! name = "web"                    # optional label
 //! address = "198.18.0.100"        # IPv4 or IPv6
@@ -58,6 +69,11 @@
 //! nonce_len = 6                   # >= 4; server_id_len + nonce_len <= 19
 //! key = "000102030405060708090a0b0c0d0e0f"  # or key_file = "web.key"; neither: plaintext
 //! encode_length = true            # default true (servers self-encode the CID length)
+//!
+//! announce = "l2"                 # or "bgp" or "both" (see crate::bgp and docs/bgp.md)
+//! bgp_communities = ["64512:100"] # bgp/both only: communities, LOCAL_PREF, peer names
+//! bgp_local_pref = 150
+//! bgp_peers = ["tor-a"]
 //!
 //! [[vips.backends]]
 //! address = "198.19.0.10"         # same family as the VIP
@@ -238,6 +254,63 @@ pub struct Config {
     pub kubernetes: KubeSettings,
     /// The `[reverse_nat]` table, with defaults filled in.
     pub reverse_nat: ReverseNatSettings,
+    /// The `[bgp]` table (the speaker and its peers), with defaults filled in.
+    pub bgp: BgpSettings,
+    /// How each VIP address is announced (`announce` and the `bgp_*` keys of its
+    /// `[[vips]]` entries); an address not here is announced by ARP/NDP only.
+    pub announce: std::collections::BTreeMap<IpAddr, Announce>,
+}
+
+/// How one VIP address is made reachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// ARP/NDP on the external interfaces (the default).
+    pub l2: bool,
+    /// Originated over BGP to the peers, with these attributes.
+    pub bgp: Option<VipBgp>,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Announce {
+            l2: true,
+            bgp: None,
+        }
+    }
+}
+
+/// The BGP attributes of a VIP address (`bgp_communities`, `bgp_local_pref`, `bgp_peers`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VipBgp {
+    pub communities: Vec<crate::bgp::Community>,
+    pub local_pref: Option<u32>,
+    /// Peer names; empty: every peer of the address's family.
+    pub peers: Vec<String>,
+}
+
+/// The `[bgp]` table: lb's speaker (BIRD) and the sessions it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpSettings {
+    /// This node's AS; required with `[[bgp.peers]]`.
+    pub asn: Option<u32>,
+    pub router_id: Option<std::net::Ipv4Addr>,
+    pub speaker: crate::bgp::speaker::SpeakerOptions,
+    /// On SIGTERM, how long lb waits for the withdrawals to be sent before the data plane
+    /// goes.
+    pub withdraw_timeout: std::time::Duration,
+    pub peers: Vec<crate::bgp::Peer>,
+}
+
+impl Default for BgpSettings {
+    fn default() -> Self {
+        BgpSettings {
+            asn: None,
+            router_id: None,
+            speaker: crate::bgp::speaker::SpeakerOptions::default(),
+            withdraw_timeout: std::time::Duration::from_secs(3),
+            peers: Vec::new(),
+        }
+    }
 }
 
 /// The reply table's size and idle timeouts, and the steering mark (`[reverse_nat]`).
@@ -360,6 +433,52 @@ impl Config {
         } else {
             Err(ConfigErrors(errs.list))
         }
+    }
+}
+
+impl Config {
+    /// How `addr` is announced.
+    pub fn announce_of(&self, addr: IpAddr) -> Announce {
+        self.announce.get(&addr).cloned().unwrap_or_default()
+    }
+
+    /// What the static config asks of the BGP speaker: its peers and every VIP address
+    /// announced over BGP as a /32 or /128. `None`: no peers and no such VIP (no speaker).
+    pub fn bgp_desired(&self) -> Option<crate::bgp::Desired> {
+        let adverts: Vec<crate::bgp::Advertisement> = self
+            .announce
+            .iter()
+            .filter_map(|(addr, a)| {
+                let b = a.bgp.as_ref()?;
+                Some(crate::bgp::Advertisement {
+                    prefix: ipnet::IpNet::from(*addr),
+                    peers: b.peers.clone(),
+                    communities: b.communities.clone(),
+                    local_pref: b.local_pref,
+                })
+            })
+            .collect();
+        if self.bgp.peers.is_empty() && adverts.is_empty() {
+            return None;
+        }
+        Some(crate::bgp::Desired {
+            router_id: self.bgp.router_id,
+            peers: self.bgp.peers.clone(),
+            adverts,
+        })
+    }
+
+    /// The VIP addresses announced by ARP/NDP.
+    pub fn l2_addresses(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .vips
+            .iter()
+            .map(|v| v.addr)
+            .filter(|a| self.announce_of(*a).l2)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 }
 

@@ -30,6 +30,97 @@ pub(super) struct RawConfig {
     pub(super) kubernetes: Option<Spanned<RawKubernetes>>,
     #[serde(default)]
     pub(super) reverse_nat: Option<Spanned<RawReverseNat>>,
+    #[serde(default)]
+    pub(super) bgp: Option<Spanned<RawBgp>>,
+}
+
+/// `[bgp]`: the speaker and its sessions.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgp {
+    #[serde(default)]
+    pub(super) asn: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) router_id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) run_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) bird: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) spawn: Option<bool>,
+    #[serde(default)]
+    pub(super) withdraw_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) peers: Vec<Spanned<RawBgpPeer>>,
+}
+
+/// One `[[bgp.peers]]` session.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgpPeer {
+    #[serde(default)]
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) address: Spanned<String>,
+    pub(super) asn: Spanned<i64>,
+    #[serde(default)]
+    pub(super) port: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) hold_time_s: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) keepalive_s: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) password_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) source_address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) multihop: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) graceful_restart: Option<bool>,
+    #[serde(default)]
+    pub(super) bfd: Option<Spanned<RawBfd>>,
+}
+
+/// `bfd = true` (the default timers) or `bfd = { receive_interval_ms = 100, ... }`.
+pub(super) enum RawBfd {
+    On(bool),
+    Table(RawBfdTable),
+}
+
+/// The table form of `bfd`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBfdTable {
+    #[serde(default)]
+    pub(super) receive_interval_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) transmit_interval_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) detect_multiplier: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) passive: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawBfd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawBfd;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "true, false, or a table { receive_interval_ms = 300, \
+                     transmit_interval_ms = 300, detect_multiplier = 3, passive = false }",
+                )
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawBfd, E> {
+                Ok(RawBfd::On(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawBfd, A::Error> {
+                RawBfdTable::deserialize(de::value::MapAccessDeserializer::new(m))
+                    .map(RawBfd::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[reverse_nat]`: the reply table and the steering mark.
@@ -135,6 +226,14 @@ pub(super) struct RawVip {
     pub(super) quic_lb: Vec<Spanned<RawQuicLb>>,
     #[serde(default)]
     pub(super) backends: Vec<Spanned<RawBackend>>,
+    #[serde(default)]
+    pub(super) announce: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) bgp_communities: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) bgp_local_pref: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) bgp_peers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[vips.quic_lb]]` config.

@@ -195,7 +195,7 @@ fn structural_errors_name_field_line_and_column() {
         "interfaces = [\"eth0\"]\nmetrics = \"x\"\n",
         "lb.toml:2:1: metrics: unknown field `metrics`, expected one of `interfaces`, \
          `xdp_mode`, `backend_interfaces`, `metrics_addr`, `vips`, `kubernetes`, \
-         `reverse_nat`",
+         `reverse_nat`, `bgp`",
     );
     // Wrong type.
     assert_error(

@@ -1009,7 +1009,7 @@ mod tests {
     /// What the controller asked of the data plane, in order.
     #[derive(Debug, Clone, PartialEq)]
     enum Call {
-        Apply(Config),
+        Apply(Box<Config>),
         SetAnnounced(Vec<IpAddr>),
         SetSyncError(Option<String>),
         SetStatus(ControllerStatus),
@@ -1030,7 +1030,7 @@ mod tests {
 
     impl NodeDataplane for Fake {
         fn apply(&mut self, config: Config) -> Result<usize> {
-            self.calls.push(Call::Apply(config.clone()));
+            self.calls.push(Call::Apply(Box::new(config.clone())));
             match &self.reject {
                 Some(e) => Err(anyhow!("{e}")),
                 None => {
@@ -1131,7 +1131,7 @@ mod tests {
         let mut expected = base();
         expected.vips = want.clone();
         // A clean apply with no error before records nothing else.
-        assert_eq!(fake.calls, [Call::Apply(expected)]);
+        assert_eq!(fake.calls, [Call::Apply(Box::new(expected))]);
         assert_eq!(fake.programmed, want);
         assert!(!r.retry && r.sync_error.is_none());
     }

@@ -2460,6 +2460,8 @@ mod tests {
             vips: d.vips,
             kubernetes: Default::default(),
             reverse_nat: Default::default(),
+            bgp: Default::default(),
+            announce: Default::default(),
         };
         let plan = Plan::build(&config, None).expect("the translated model builds a plan");
         assert_eq!(plan.vips.len(), 2);

@@ -5,7 +5,7 @@
 //! in [`vip`] is part of the behaviour: the top-level `xdp_mode` and `interfaces`, then
 //! `backend_interfaces` and `metrics_addr`, then each `[[vips]]` entry in turn (its own
 //! values, its QUIC-LB configs, its backends, with the map-capacity checks at the points
-//! where an entry adds to a map), then `[kubernetes]` and `[reverse_nat]`.
+//! where an entry adds to a map), then `[kubernetes]`, `[reverse_nat]`, `[bgp]` and how each VIP is announced.
 //!
 //! One file per concern:
 //! - [`interfaces`]: `interfaces`, `xdp_mode` and `backend_interfaces`;
@@ -14,11 +14,13 @@
 //! - [`quic_lb`]: a VIP's `[[vips.quic_lb]]` configs and their keys;
 //! - [`backends`]: a VIP's `[[vips.backends]]` and their server IDs;
 //! - [`capacity`]: what the entries so far use of the data plane's fixed-size maps;
-//! - [`kubernetes`] and [`reverse_nat`]: those two tables.
+//! - [`kubernetes`] and [`reverse_nat`]: those two tables;
+//! - [`bgp`]: `[bgp]` and the `announce` / `bgp_*` keys of the `[[vips]]` entries.
 //!
 //! The value parsers more than one of them uses are here.
 
 mod backends;
+mod bgp;
 mod capacity;
 mod interfaces;
 mod kubernetes;
@@ -47,6 +49,8 @@ pub(super) fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Co
     let vips = vip::vips(&raw.vips, base_dir, errs);
     let kubernetes = kubernetes::validate_kubernetes(raw.kubernetes.as_ref(), errs);
     let reverse_nat = reverse_nat::validate_reverse_nat(raw.reverse_nat.as_ref(), errs);
+    let bgp = bgp::validate_bgp(raw.bgp.as_ref(), base_dir, errs);
+    let announce = bgp::announcements(&raw.vips, raw.bgp.is_some(), &bgp, errs);
     Config {
         file: errs.src.file.to_owned(),
         interfaces,
@@ -55,6 +59,8 @@ pub(super) fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Co
         vips,
         kubernetes,
         reverse_nat,
+        bgp,
+        announce,
     }
 }
 
