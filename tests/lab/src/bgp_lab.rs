@@ -927,8 +927,8 @@ mod tests {
     fn lb_configs_parse() {
         let dir = std::env::temp_dir().join(format!("lb-bgp-lab-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // Without [bgp] (the lab's speaker, and the worker); with it once lb has it.
-        for (i, speaker) in [(0, Speaker::Lab), (WORKER, Speaker::Lb)] {
+        // Without [bgp] (the lab's speaker, and the worker), and with it.
+        for (i, speaker) in [(0, Speaker::Lab), (WORKER, Speaker::Lb), (1, Speaker::Lb)] {
             let path = dir.join("lb.toml");
             std::fs::write(&path, lb_config_text(i, &[1, 2, 3, 4], speaker, &dir)).unwrap();
             let cfg = lb_userspace::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
