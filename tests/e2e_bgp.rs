@@ -25,6 +25,8 @@
 //!    that hashed to the stopped node succeeds within 1 s;
 //! 5. new connections opened back to back while a node withdraws gracefully and comes
 //!    back: none fails.
+//! 6. without BFD, the node's uplink down is noticed by the hold timer (9 s) only: the first
+//!    new connection succeeds after more than 1 s and within the hold time plus 1 s.
 //!
 //! Needs root and BIRD (`cargo xtask setup`).
 //! `cargo test -p lb-tests --test e2e_bgp -- --test-threads=1 --nocapture`
@@ -59,6 +61,7 @@ fn bgp_ecmp_reshuffle_survival_failover_and_graceful_withdrawal() {
         speaker: speaker(),
         connections: 12,
         failover_runs: 3,
+        without_bfd: true,
     };
     let report = measure(&plan, &mut |line| eprintln!("e2e_bgp: {line}"))
         .unwrap_or_else(|e| panic!("{e:#}"));

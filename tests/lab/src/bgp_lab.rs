@@ -109,6 +109,8 @@ pub struct Options {
     pub prefix: String,
     pub mode: Mode,
     pub speaker: Speaker,
+    /// BFD on every session (otherwise a dead peer is noticed by the hold timer).
+    pub bfd: bool,
     /// RUST_LOG of the children (default info).
     pub rust_log: Option<String>,
 }
@@ -252,7 +254,11 @@ impl BgpLab {
         for i in 0..=WORKER {
             lab.start_node(i)?;
         }
-        lab.wait_next_hops(&[0, 1, 2], Instant::now() + START_DEADLINE)?;
+        let deadline = Instant::now() + START_DEADLINE;
+        lab.wait_next_hops(&[0, 1, 2], deadline)?;
+        for i in 0..NODES {
+            lab.wait_bfd_up(i, deadline)?;
+        }
         Ok(lab)
     }
 
@@ -395,8 +401,9 @@ impl BgpLab {
     }
 
     /// The router's BIRD configuration: one eBGP session per node, BFD, ECMP into the kernel.
-    pub fn router_config() -> String {
+    pub fn router_config(bfd: bool) -> String {
         let mut s = String::new();
+        let bfd = if bfd { "on" } else { "off" };
         let _ = writeln!(
             s,
             "# Written by lb's BGP lab: the upstream router.\n\
@@ -408,7 +415,7 @@ impl BgpLab {
              protocol bfd {{ interface \"br*\" {{ min rx interval {BFD_INTERVAL_MS} ms; \
              min tx interval {BFD_INTERVAL_MS} ms; multiplier {BFD_MULTIPLIER}; }}; }}\n\
              template bgp node {{\n    local as {ROUTER_ASN};\n    hold time {HOLD_TIME_S};\n    \
-             keepalive time {KEEPALIVE_S};\n    bfd on;\n    \
+             keepalive time {KEEPALIVE_S};\n    bfd {bfd};\n    \
              # Come back quickly after a node restarts (the defaults wait up to minutes).\n    \
              connect delay time 1;\n    connect retry time 1;\n    error wait time 1, 2;\n    \
              ipv4 {{ import all; export none; }};\n}}"
@@ -426,7 +433,7 @@ impl BgpLab {
 
     fn start_router(&mut self) -> Result<()> {
         let conf = self.dir.join("router-bird.conf");
-        std::fs::write(&conf, Self::router_config())?;
+        std::fs::write(&conf, Self::router_config(self.opts.bfd))?;
         let sock = self.dir.join("router-bird.ctl");
         let p = spawn_bird(&self.router, &self.dir, "router-bird", &conf, &sock)?;
         self.router_bird = Some(p);
@@ -435,7 +442,7 @@ impl BgpLab {
 
     /// Node `i`'s BIRD configuration when the lab runs the speaker: what lb's renderer
     /// writes for the same peer and VIP.
-    pub fn node_bird_config(i: usize) -> Result<String> {
+    pub fn node_bird_config(i: usize, bfd: bool) -> Result<String> {
         let desired = Desired {
             router_id: Some(node_addr(i)),
             peers: vec![Peer {
@@ -450,7 +457,7 @@ impl BgpLab {
                 source_address: Some(IpAddr::V4(node_addr(i))),
                 multihop: None,
                 graceful_restart: false,
-                bfd: Some(Bfd {
+                bfd: bfd.then_some(Bfd {
                     receive_interval_ms: BFD_INTERVAL_MS,
                     transmit_interval_ms: BFD_INTERVAL_MS,
                     detect_multiplier: BFD_MULTIPLIER,
@@ -469,13 +476,25 @@ impl BgpLab {
 
     /// Node `i`'s lb.toml with backends `which`.
     pub fn lb_config(&self, i: usize, which: &[u8]) -> String {
-        lb_config_text(i, which, self.opts.speaker, &self.nodes[i].run_dir)
+        lb_config_text(
+            i,
+            which,
+            self.opts.speaker,
+            self.opts.bfd,
+            &self.nodes[i].run_dir,
+        )
     }
 }
 
 /// Node `i`'s lb.toml with backends `which`; `[bgp]` (BIRD in `run_dir`) when lb speaks BGP
 /// and `i` is an announcing node.
-pub fn lb_config_text(i: usize, which: &[u8], speaker: Speaker, run_dir: &Path) -> String {
+pub fn lb_config_text(
+    i: usize,
+    which: &[u8],
+    speaker: Speaker,
+    bfd: bool,
+    run_dir: &Path,
+) -> String {
     {
         let mut s = String::new();
         let _ = writeln!(
@@ -496,11 +515,19 @@ pub fn lb_config_text(i: usize, which: &[u8], speaker: Speaker, run_dir: &Path) 
                  [[bgp.peers]]\nname = \"router\"\naddress = \"{}\"\nasn = {ROUTER_ASN}\n\
                  hold_time_s = {HOLD_TIME_S}\nkeepalive_s = {KEEPALIVE_S}\n\
                  source_address = \"{}\"\n\
-                 bfd = {{ receive_interval_ms = {BFD_INTERVAL_MS}, transmit_interval_ms = {BFD_INTERVAL_MS}, detect_multiplier = {BFD_MULTIPLIER}, passive = false }}\n",
+                 bfd = {}\n",
                 node_addr(i),
                 run_dir.display(),
                 router_addr(i),
-                node_addr(i)
+                node_addr(i),
+                if bfd {
+                    format!(
+                        "{{ receive_interval_ms = {BFD_INTERVAL_MS}, transmit_interval_ms = \
+                         {BFD_INTERVAL_MS}, detect_multiplier = {BFD_MULTIPLIER}, passive = false }}"
+                    )
+                } else {
+                    "false".to_string()
+                }
             );
         }
         let _ = writeln!(
@@ -560,7 +587,7 @@ impl BgpLab {
         }
         if self.uses_lab_bird() && i < NODES {
             let conf = self.nodes[i].run_dir.join("bird.conf");
-            write_atomic(&conf, &Self::node_bird_config(i)?)?;
+            write_atomic(&conf, &Self::node_bird_config(i, self.opts.bfd)?)?;
         }
         Ok(())
     }
@@ -651,7 +678,42 @@ impl BgpLab {
         self.stop_node(i, Stop::Kill)?;
         self.node_uplink(i)?;
         self.start_node(i)?;
-        self.wait_next_hops(&[0, 1, 2], Instant::now() + START_DEADLINE)
+        let deadline = Instant::now() + START_DEADLINE;
+        self.wait_next_hops(&[0, 1, 2], deadline)?;
+        self.wait_bfd_up(i, deadline)
+    }
+
+    /// With BFD: poll until the router's BFD session with node `i` is Up. BIRD brings it up
+    /// after the BGP session, at a slow rate first; a link that dies before it is Up is
+    /// noticed by the hold timer only.
+    pub fn wait_bfd_up(&self, i: usize, deadline: Instant) -> Result<()> {
+        if !self.opts.bfd {
+            return Ok(());
+        }
+        let addr = node_addr(i).to_string();
+        loop {
+            let out = Command::new("birdc")
+                .arg("-s")
+                .arg(self.dir.join("router-bird.ctl"))
+                .args(["show", "bfd", "sessions"])
+                .output()
+                .context("running birdc")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let up = text.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.first() == Some(&addr.as_str()) && w.get(2) == Some(&"Up")
+            });
+            if up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the router's BFD session with node {} is not Up:\n{text}",
+                    i + 1
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The next hops of the router's route to the VIP (node indexes); empty without one.
@@ -909,7 +971,9 @@ mod tests {
 
     #[test]
     fn bird_configs_parse() {
-        let router = BgpLab::router_config();
+        bird_parses(&BgpLab::router_config(false), "router-nobfd");
+        bird_parses(&BgpLab::node_bird_config(0, false).unwrap(), "node-nobfd");
+        let router = BgpLab::router_config(true);
         for want in ["merge paths on", "bfd on", "neighbor 198.18.3.1 as 64512"] {
             assert!(router.contains(want), "{want:?} in\n{router}");
         }
@@ -918,7 +982,7 @@ mod tests {
             "the worker is no peer:\n{router}"
         );
         bird_parses(&router, "router");
-        let node = BgpLab::node_bird_config(1).unwrap();
+        let node = BgpLab::node_bird_config(1, true).unwrap();
         assert!(node.contains("198.18.10.100/32"), "{node}");
         bird_parses(&node, "node");
     }
@@ -928,9 +992,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-bgp-lab-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         // Without [bgp] (the lab's speaker, and the worker), and with it.
-        for (i, speaker) in [(0, Speaker::Lab), (WORKER, Speaker::Lb), (1, Speaker::Lb)] {
+        for (i, speaker, bfd) in [
+            (0, Speaker::Lab, true),
+            (WORKER, Speaker::Lb, true),
+            (1, Speaker::Lb, true),
+            (2, Speaker::Lb, false),
+        ] {
             let path = dir.join("lb.toml");
-            std::fs::write(&path, lb_config_text(i, &[1, 2, 3, 4], speaker, &dir)).unwrap();
+            std::fs::write(&path, lb_config_text(i, &[1, 2, 3, 4], speaker, bfd, &dir)).unwrap();
             let cfg = lb_userspace::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
             let plan =
                 lb_userspace::config::Plan::build(&cfg, None).unwrap_or_else(|e| panic!("{e}"));

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::{
-    bgp_lab::{BgpLab, Mode, NODES, Options, Speaker, Stop, VIP, VIP_PORT},
+    bgp_lab::{BgpLab, HOLD_TIME_S, Mode, NODES, Options, Speaker, Stop, VIP, VIP_PORT},
     bgp_scenarios::{self, Failover, Moved},
     ecmp_client::{Churn, Client, Flow},
 };
@@ -65,6 +65,8 @@ pub struct Report {
     pub after_reload: (usize, usize),
     pub backend_change: Vec<Moved>,
     pub failovers: Vec<Failover>,
+    /// The link-down failover with BFD off (hold timer only).
+    pub without_bfd: Option<Failover>,
     pub churn: Churn,
     /// Baseline flows whose masquerading node differs from the router's `ip route get`.
     pub path_mismatches: Vec<String>,
@@ -137,6 +139,14 @@ impl Report {
                 p.push(format!("failover over {FAILOVER_BOUND:?}: {f}"));
             }
         }
+        if let Some(f) = self.without_bfd {
+            let hold = Duration::from_secs(HOLD_TIME_S.into());
+            if f.connect <= FAILOVER_BOUND || f.connect > hold + FAILOVER_BOUND {
+                p.push(format!(
+                    "without BFD the failover should take the hold timer ({hold:?}), not {f}"
+                ));
+            }
+        }
         if self.churn.attempted == 0 || self.churn.failed != 0 {
             p.push(format!(
                 "graceful withdrawal: {}/{} new connections failed: {:?}",
@@ -204,6 +214,9 @@ impl Report {
         for (k, f) in self.failovers.iter().enumerate() {
             let _ = writeln!(s, "  run {:>2}: {f}", k + 1);
         }
+        if let Some(f) = self.without_bfd {
+            let _ = writeln!(s, "  without BFD (hold time {HOLD_TIME_S} s): {f}");
+        }
         let _ = writeln!(
             s,
             "\nGraceful withdrawal under new connections: {}/{} failed (slowest {} ms)",
@@ -236,6 +249,8 @@ pub struct Plan {
     pub speaker: Speaker,
     pub connections: usize,
     pub failover_runs: usize,
+    /// Also measure a dead host without BFD (a lab of its own; about 20 s).
+    pub without_bfd: bool,
 }
 
 fn open(client: &Client, n: usize) -> Result<Vec<Flow>> {
@@ -259,17 +274,18 @@ pub fn measure(plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<Report> {
     let mut r = Report::default();
     let target = SocketAddr::new(IpAddr::V4(VIP), VIP_PORT);
     let n = plan.connections;
-    let opts = |mode, suffix: &str| Options {
+    let opts = |mode, suffix: &str, bfd| Options {
         lb: plan.lb.clone(),
         lab: plan.lab.clone(),
         prefix: format!("{}{suffix}", plan.prefix),
         mode,
         speaker: plan.speaker,
+        bfd,
         rust_log: None,
     };
     {
         let t = Instant::now();
-        let mut lab = BgpLab::start(&opts(Mode::Lb, "l")).context("starting the lb lab")?;
+        let mut lab = BgpLab::start(&opts(Mode::Lb, "l", true)).context("starting the lb lab")?;
         say(&format!(
             "lb lab up in {:.1}s: the router has {VIP}/32 via nodes {:?}",
             t.elapsed().as_secs_f64(),
@@ -283,13 +299,27 @@ pub fn measure(plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<Report> {
     {
         let t = Instant::now();
         let mut lab =
-            BgpLab::start(&opts(Mode::Baseline, "b")).context("starting the baseline lab")?;
+            BgpLab::start(&opts(Mode::Baseline, "b", true)).context("starting the baseline lab")?;
         say(&format!(
             "baseline lab up in {:.1}s",
             t.elapsed().as_secs_f64()
         ));
         if let Err(e) = baseline_steps(&mut lab, target, n, &mut r, say) {
             return Err(e.context(lab.logs()));
+        }
+    }
+    if plan.without_bfd {
+        // The same dead host without BFD: only the hold timer notices, which also shows
+        // that nothing but BFD noticed it above.
+        let mut lab =
+            BgpLab::start(&opts(Mode::Lb, "h", false)).context("starting the lab without BFD")?;
+        let client = Client::start(&lab.client, target)?;
+        match bgp_scenarios::failover(&mut lab, &client, 0, Stop::LinkDown) {
+            Ok(f) => {
+                say(&format!("without BFD (hold time {HOLD_TIME_S} s): {f}"));
+                r.without_bfd = Some(f);
+            }
+            Err(e) => return Err(e.context(lab.logs())),
         }
     }
     Ok(r)
@@ -418,6 +448,7 @@ pub fn run(args: &DemoBgpArgs) -> i32 {
                 },
                 connections: args.connections,
                 failover_runs: args.failover_runs,
+                without_bfd: true,
             },
             &mut |line| println!("  {line}"),
         )
@@ -477,6 +508,11 @@ mod tests {
                 route: Duration::from_millis(250),
                 connect: Duration::from_millis(260),
             }],
+            without_bfd: Some(Failover {
+                how: Stop::LinkDown,
+                route: Duration::from_millis(7000),
+                connect: Duration::from_millis(7010),
+            }),
             churn: Churn {
                 attempted: 100,
                 ..Churn::default()
@@ -509,6 +545,13 @@ mod tests {
         let mut r = good();
         r.failovers[0].connect = Duration::from_millis(1200);
         assert!(r.problems()[0].contains("failover"), "{:?}", r.problems());
+        let mut r = good();
+        r.without_bfd.as_mut().unwrap().connect = Duration::from_millis(300);
+        assert!(
+            r.problems()[0].contains("without BFD"),
+            "{:?}",
+            r.problems()
+        );
         let mut r = good();
         r.churn.failed = 1;
         assert!(r.problems()[0].contains("graceful"), "{:?}", r.problems());
