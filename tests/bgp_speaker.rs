@@ -8,7 +8,9 @@
 //!     │  session "wrong-asn" 198.18.1.3:179  lb expects 64999  (router says 64500)
 //!     │  session "refused"   198.18.1.4:1179                   (nothing listens: RST)
 //!     │  session "nobody"    198.18.1.99                       (no host: unreachable)
-//!  node ns:   ext0 198.18.1.2/24, lb run (generic XDP), AS 64512, VIP 198.18.10.100 bgp
+//!     │  session "tor6"      fd00:1::1                         (good, IPv6)
+//!  node ns:   ext0 198.18.1.2/24 and fd00:1::2/64, lb run (generic XDP), AS 64512,
+//!             VIP 198.18.10.100 (bgp) and fd00:18::100 (both: BGP and NDP)
 //! ```
 //!
 //! Asserted: the router learns the VIP from the node with the configured community; `/status`
@@ -41,6 +43,7 @@ use serde_json::Value;
 const PREFIX: &str = "lbbgps";
 const DEADLINE: Duration = Duration::from_secs(20);
 const VIP: &str = "198.18.10.100";
+const VIP6: &str = "fd00:18::100";
 const METRICS: &str = "127.0.0.1:7472";
 
 struct Lab {
@@ -72,11 +75,17 @@ const ROUTER_CONF: &str = r#"
 router id 198.18.1.1;
 protocol device { scan time 1; }
 protocol kernel { ipv4 { import none; export all; }; }
+protocol kernel { ipv6 { import none; export all; }; }
 protocol bfd { }
 protocol bgp node {
     local 198.18.1.1 as 64500; neighbor 198.18.1.2 as 64512; strict bind on;
     hold time 9; keepalive time 3; bfd on;
     ipv4 { import all; export none; };
+}
+protocol bgp node6 {
+    local fd00:1::1 as 64500; neighbor fd00:1::2 as 64512; strict bind on;
+    hold time 9; keepalive time 3;
+    ipv6 { import all; export none; };
 }
 "#;
 
@@ -110,6 +119,13 @@ asn = 64500
 hold_time_s = 9
 keepalive_s = 3
 bfd = {{ receive_interval_ms = 100, transmit_interval_ms = 100, detect_multiplier = 3 }}
+
+[[bgp.peers]]
+name = "tor6"
+address = "fd00:1::1"
+asn = 64500
+hold_time_s = 9
+keepalive_s = 3
 {extra_peers}
 [[vips]]
 address = "{VIP}"
@@ -120,6 +136,16 @@ bgp_communities = ["64512:7"]
 
 [[vips.backends]]
 address = "198.19.0.10"
+port = 8443
+
+[[vips]]
+address = "{VIP6}"
+ports = [443]
+protocols = ["udp"]
+announce = "both"
+
+[[vips.backends]]
+address = "fd00:19::10"
 port = 8443
 "#
     )
@@ -178,6 +204,8 @@ fn setup() -> Lab {
     router.addr_add("eth0", "198.18.1.3/24").unwrap();
     router.addr_add("eth0", "198.18.1.4/24").unwrap();
     node.addr_add("ext0", "198.18.1.2/24").unwrap();
+    router.addr_add("eth0", "fd00:1::1/64").unwrap();
+    node.addr_add("ext0", "fd00:1::2/64").unwrap();
     let dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -189,30 +217,27 @@ fn setup() -> Lab {
         node,
         router,
     };
-    std::fs::write(dir.join("router.conf"), ROUTER_CONF).unwrap();
-    let mut cmd = lab.router.command("bird").unwrap();
-    cmd.arg("-f")
-        .arg("-c")
-        .arg(dir.join("router.conf"))
-        .arg("-s")
-        .arg(dir.join("router.ctl"))
-        .arg("-P")
-        .arg(dir.join("router.pid"));
-    lab.router_bird = Some(Proc::spawn(&dir, "router-bird", cmd, "info").unwrap());
-    std::fs::write(dir.join("router2.conf"), ROUTER2_CONF).unwrap();
-    let mut cmd = lab.router.command("bird").unwrap();
-    cmd.arg("-f")
-        .arg("-c")
-        .arg(dir.join("router2.conf"))
-        .arg("-s")
-        .arg(dir.join("router2.ctl"))
-        .arg("-P")
-        .arg(dir.join("router2.pid"));
-    lab.router_bird2 = Some(Proc::spawn(&dir, "router-bird2", cmd, "info").unwrap());
+    lab.router_bird = Some(lab.start_router_bird("router", ROUTER_CONF));
+    lab.router_bird2 = Some(lab.start_router_bird("router2", ROUTER2_CONF));
     lab
 }
 
 impl Lab {
+    /// A BIRD in the router's namespace with `conf`, its files named `<name>.*`.
+    fn start_router_bird(&self, name: &str, conf: &str) -> Proc {
+        let file = |ext: &str| self.dir.join(format!("{name}.{ext}"));
+        std::fs::write(file("conf"), conf).unwrap();
+        let mut cmd = self.router.command("bird").unwrap();
+        cmd.arg("-f")
+            .arg("-c")
+            .arg(file("conf"))
+            .arg("-s")
+            .arg(file("ctl"))
+            .arg("-P")
+            .arg(file("pid"));
+        Proc::spawn(&self.dir, &format!("{name}-bird"), cmd, "info").unwrap()
+    }
+
     fn write_config(&self, text: &str) {
         std::fs::write(self.dir.join("lb.toml"), text).unwrap();
     }
@@ -353,13 +378,23 @@ fn lb_drives_bird_and_reports_every_session() {
 
     // 1. The route, with its community, reaches the router; lb reports the session.
     lab.wait_route(true);
-    let s = lab.wait_status("tor Established with 1 prefix", |s| {
-        established(s, "tor") && Lab::session(s, "tor")["exported"] == 1
+    let s = lab.wait_status("tor and tor6 Established with 1 prefix each", |s| {
+        established(s, "tor")
+            && Lab::session(s, "tor")["exported"] == 1
+            && established(s, "tor6")
+            && Lab::session(s, "tor6")["exported"] == 1
     });
     assert_eq!(
         s["bgp"]["advertised"],
-        serde_json::json!([format!("{VIP}/32")])
+        serde_json::json!([format!("{VIP}/32"), format!("{VIP6}/128")])
     );
+    // Each family's VIP over its own session; "both" is announced by NDP too, "bgp" not.
+    let r6 = lab
+        .router
+        .ip(&["-6", "route", "show", &format!("{VIP6}/128")])
+        .unwrap();
+    assert!(r6.contains("via fd00:1::2"), "{r6}");
+    assert_eq!(s["sync"]["announced"], serde_json::json!([VIP6]));
     assert_eq!(Lab::session(&s, "tor")["address"], "198.18.1.1");
     let routes = lab.birdc(&format!("show route {VIP}/32 all"));
     assert!(routes.contains("BGP.community: (64512,7)"), "{routes}");
@@ -456,14 +491,21 @@ fn lb_drives_bird_and_reports_every_session() {
         "{running}"
     );
     assert!(established(&s, "tor") && lab.router_route().contains("via 198.18.1.2"));
-    let m = lab.metrics();
-    let rejected = sample(&m, "lb_bgp_config_applies_total{result=\"rejected\"}");
-    assert!(rejected >= Some(1.0), "{m}");
+    // The metrics follow within the daemon's next poll of the speaker.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let m = lab.metrics();
+        if sample(&m, "lb_bgp_config_applies_total{result=\"rejected\"}") == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     lab.write_config(&lb_config(""));
     let (ok, reply) = lab.reload();
     assert!(ok, "{reply}");
     let s = lab.wait_status("the broken sessions gone", |s| {
-        s["bgp"]["sessions"].as_array().map(Vec::len) == Some(1)
+        s["bgp"]["sessions"].as_array().map(Vec::len) == Some(2)
     });
     assert!(
         s["bgp"]["config_error"].is_null() && s["ready"] == true,

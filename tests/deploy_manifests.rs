@@ -367,7 +367,8 @@ fn daemonset_runs_lb_run_with_flags_it_knows() {
         .collect();
     assert_eq!(
         added,
-        BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON", "NET_RAW"])
+        BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON", "NET_RAW", "NET_BIND_SERVICE"]),
+        "NET_BIND_SERVICE: BIRD, lb's BGP speaker, listens on port 179"
     );
 
     // Volumes: bpffs from the host, the config, an emptyDir for the control socket.
@@ -383,6 +384,9 @@ fn daemonset_runs_lb_run_with_flags_it_knows() {
     assert_eq!(volume("bpffs")["hostPath"]["path"], "/sys/fs/bpf");
     assert_eq!(mounts["run"], "/run/lb");
     assert!(volume("run")["emptyDir"].is_object());
+    // BIRD's run directory (lb's default bgp run_dir): its config and control socket.
+    assert_eq!(mounts["bird"], "/run/lb/bird");
+    assert_eq!(volume("bird")["emptyDir"]["medium"], "Memory");
     assert_eq!(mounts["config"], "/etc/lb");
     assert_eq!(volume("config")["configMap"]["name"], "lb-config");
 
@@ -523,6 +527,9 @@ const CLUSTER_GRANTS: &[(&str, &str, &[&str])] = &[
     ("lb.dev", "ippools", &["list", "watch"]),
     // The status writer keeps each pool's assigned/available counts.
     ("lb.dev", "ippools/status", &["patch"]),
+    ("lb.dev", "bgppeers", &["list", "watch"]),
+    ("lb.dev", "bgpadvertisements", &["list", "watch"]),
+    ("lb.dev", "bfdprofiles", &["list", "watch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 /// e2e_kube checks these tables against the requests real daemons make.
@@ -644,6 +651,38 @@ fn chart_grants_quic_lb_secrets_only_in_the_namespaces_listed() {
     want.extend_from_slice(QUIC_LB_GRANTS);
     assert_eq!(grants(find(&objs, "ClusterRole", "lb")), table(&want));
     assert_eq!(objs.iter().filter(|o| o["kind"] == "Role").count(), 1);
+}
+
+#[test]
+fn chart_grants_bgp_password_secrets_only_by_the_names_listed() {
+    let objs = objects_of(&render_chart(None));
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["metadata"]["name"] == "lb-bgp-passwords"),
+        "no Secret of lb's namespace readable by default"
+    );
+    let objs = objects_of(&render_chart(Some(
+        "bgp: {passwordSecretNames: [tor-a, tor-b]}\n",
+    )));
+    let role = find(&objs, "Role", "lb-bgp-passwords");
+    assert_eq!(role["metadata"]["namespace"], "lb-system");
+    assert_eq!(
+        grants(role),
+        table(&[("", "secrets[tor-a,tor-b]", &["get"])])
+    );
+    assert_binds_lb(
+        &objs,
+        "RoleBinding",
+        "Role",
+        "lb-bgp-passwords",
+        Some("lb-system"),
+    );
+    assert_eq!(
+        grants(find(&objs, "ClusterRole", "lb")),
+        table(CLUSTER_GRANTS),
+        "nothing more cluster-wide"
+    );
 }
 
 fn example(name: &str) -> Vec<Json> {
@@ -1397,6 +1436,102 @@ fn custom_resources_validate_against_the_crd() {
             text.lines()
                 .any(|l| l.starts_with(&format!("invalid IPPool {name}:")) && l.contains(why)),
             "{name}: {text}"
+        );
+    }
+}
+
+/// MetalLB's BGP objects with only `apiVersion` changed validate against lb's BGP CRDs, and
+/// the schemas refuse what the daemon could not use (a zero ASN, an address or duration
+/// that is none, a community of no known shape, out-of-range lengths and timers, a missing
+/// required field, a selector operator that does not exist).
+#[test]
+fn bgp_resources_validate_against_their_crds() {
+    let py = support::python_with("jsonschema");
+    let crds: String = [
+        "bgppeers.lb.dev.yaml",
+        "bgpadvertisements.lb.dev.yaml",
+        "bfdprofiles.lb.dev.yaml",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(deploy().join("crds").join(f)).unwrap())
+    .collect::<Vec<_>>()
+    .join("\n---\n");
+    let crds = Scratch::new("bgp-crds.yaml", &crds);
+    let run = |yaml: &str| {
+        let file = Scratch::new("bgp-objects.yaml", yaml);
+        let out = Command::new(&py)
+            .arg(repo().join("tests/python/validate_custom_resources.py"))
+            .arg(&crds.0)
+            .arg(&file.0)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // MetalLB's documentation examples (metallb.io/v1beta2 and v1beta1), apiVersion changed.
+    let (ok, text) = run(
+        "apiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: example, namespace: metallb-system}\n\
+         spec:\n  myASN: 64500\n  peerASN: 64501\n  peerAddress: 10.0.0.1\n  peerPort: 179\n\
+         \x20 sourceAddress: 10.0.0.2\n  routerID: 10.10.10.10\n  holdTime: 90s\n  keepaliveTime: 30s\n\
+         \x20 passwordSecret: {name: secretname, namespace: metallb-system}\n  bfdProfile: full\n\
+         \x20 ebgpMultiHop: true\n  enableGracefulRestart: true\n\
+         \x20 nodeSelectors:\n  - matchLabels: {kubernetes.io/hostname: kind-worker}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: local, namespace: metallb-system}\n\
+         spec:\n  ipAddressPools: [bgp-pool]\n  aggregationLength: 32\n  aggregationLengthV6: 128\n\
+         \x20 localPref: 100\n  communities: [\"65535:65282\", \"large:1:2:3\", no-advertise]\n\
+         \x20 peers: [example]\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BFDProfile\nmetadata: {name: full, namespace: metallb-system}\n\
+         spec: {receiveInterval: 380, transmitInterval: 270, detectMultiplier: 37, echoInterval: 62, \
+         echoMode: true, passiveMode: true, minimumTtl: 254}\n",
+    );
+    assert!(ok, "{text}");
+    for want in [
+        "ok BGPPeer example",
+        "ok BGPAdvertisement local",
+        "ok BFDProfile full",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+
+    let (ok, text) = run(
+        "apiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: asn0}\n\
+         spec: {myASN: 0, peerASN: 64500, peerAddress: 10.0.0.1}\n\
+         ---\napiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: noaddr}\n\
+         spec: {myASN: 64512, peerASN: 64500}\n\
+         ---\napiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: host}\n\
+         spec: {myASN: 64512, peerASN: 64500, peerAddress: router.example}\n\
+         ---\napiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: hold}\n\
+         spec: {myASN: 64512, peerASN: 64500, peerAddress: 10.0.0.1, holdTime: ninety}\n\
+         ---\napiVersion: lb.dev/v1beta2\nkind: BGPPeer\nmetadata: {name: op}\n\
+         spec: {myASN: 64512, peerASN: 64500, peerAddress: 10.0.0.1, \
+         nodeSelectors: [{matchExpressions: [{key: a, operator: Equals}]}]}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: community}\n\
+         spec: {communities: [my-alias]}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: wide}\n\
+         spec: {communities: [\"65536:1\"]}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: agg}\n\
+         spec: {aggregationLength: 33}\n\
+         ---\napiVersion: lb.dev/v1beta1\nkind: BFDProfile\nmetadata: {name: mult}\n\
+         spec: {detectMultiplier: 1}\n",
+    );
+    assert!(!ok, "{text}");
+    for (kind, name, why) in [
+        ("BGPPeer", "asn0", "less than the minimum of 1"),
+        ("BGPPeer", "noaddr", "'peerAddress' is a required property"),
+        ("BGPPeer", "host", "'router.example' does not match"),
+        ("BGPPeer", "hold", "'ninety' does not match"),
+        ("BGPPeer", "op", "'Equals' is not one of"),
+        ("BGPAdvertisement", "community", "'my-alias' does not match"),
+        ("BGPAdvertisement", "wide", "'65536:1' does not match"),
+        ("BGPAdvertisement", "agg", "greater than the maximum of 32"),
+        ("BFDProfile", "mult", "less than the minimum of 2"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("invalid {kind} {name}:")) && l.contains(why)),
+            "{kind} {name}: {text}"
         );
     }
 }

@@ -47,7 +47,6 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use kube::CustomResourceExt;
 use lb_lab::{
     backend::Whoami,
     demo::parse_json_output,
@@ -252,6 +251,7 @@ fn create_pool(api: &FakeApiServer, name: &str, addresses: &str) {
             addresses: vec![addresses.into()],
             auto_assign: true,
             service_selector: None,
+            l2: None,
         },
     );
     api.create_json(serde_json::to_value(&pool).unwrap())
@@ -320,7 +320,11 @@ impl Lab {
         for i in 1..=nodes {
             lab.add_node(i, nodes);
         }
-        lab.api.create(&IPPool::crd()).unwrap();
+        // Every CRD of lb (IPPool and the BGP ones: without them the daemons would wait
+        // for the BGP lists at start and run without BGP).
+        for (_, crd) in lb_userspace::kube::crd::all_crds().unwrap() {
+            lab.api.create(&crd).unwrap();
+        }
         for i in 1..=nodes {
             lab.api.create(&ready_node(i)).unwrap();
         }
@@ -503,7 +507,9 @@ impl Lab {
                 "interfaces = [{{ name = \"ext0\", xdp_mode = \"generic\" }}]\n\
                  backend_interfaces = [\"pod*\"]\n\
                  metrics_addr = \"{METRICS}\"\n\
-                 [kubernetes]\nlease_namespace = \"lb-system\"\n"
+                 [kubernetes]\nlease_namespace = \"lb-system\"\n\
+                 [bgp]\nrun_dir = \"{}\"\n",
+                dir.join("bird").display()
             ),
         )
         .unwrap();
@@ -1532,12 +1538,15 @@ fn assert_rbac_is_least_privilege(lab: &Lab) {
 }
 
 /// What the daemons watch, as the fake API server counts requests (`plural[.group]`).
-const WATCHED: [&str; 5] = [
+const WATCHED: [&str; 8] = [
     "services",
     "endpointslices.discovery.k8s.io",
     "nodes",
     "ippools.lb.dev",
     "leases.coordination.k8s.io",
+    "bgppeers.lb.dev",
+    "bgpadvertisements.lb.dev",
+    "bfdprofiles.lb.dev",
 ];
 
 #[test]
@@ -1568,7 +1577,8 @@ fn e2e_kube_watch_cuts_410_and_api_outage() {
     let w0 = watches(&lab);
     lab.api.cut_watches();
     wait_for("the daemons to re-watch", CONVERGE, || {
-        if watches(&lab) >= w0 + 10 {
+        // Every watched resource, on both daemons.
+        if watches(&lab) >= w0 + 2 * WATCHED.len() as u64 {
             Ok(())
         } else {
             Err(format!("{} watches", watches(&lab)))
@@ -2424,4 +2434,160 @@ fn kube_cli_errors_name_the_bad_input() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// BGP in Kubernetes mode against real daemons: a BGPPeer and a BGPAdvertisement of the
+/// Service's pool become each node's BIRD configuration (the VIP's /32 with its community,
+/// the session), the VIP leaves ARP/NDP, the Service says `lb.dev/BGPAdvertised`, and a
+/// malformed BGPPeer is a Warning Event naming its field while the good peer keeps running.
+/// (No BGP router here: the session itself is tests/bgp_speaker's and the BGP lab's.)
+#[test]
+fn e2e_kube_bgp_peer_and_advertisement_reach_the_speaker() {
+    use k8s_openapi::api::events::v1::Event;
+    use lb_userspace::kube::crd::{BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec};
+
+    let _ = lb_lab::netns::remove_stale(PREFIX);
+    let lab = Lab::start(2, &[1, 2]);
+    lab.api
+        .create(&slice("whoami", &[(1, Cond::Ready), (2, Cond::Ready)]))
+        .unwrap();
+    lab.api.create(&whoami_service("whoami", &[])).unwrap();
+    let vip = lab.wait_ip("whoami");
+    // Before any BGP object: announced by ARP from one node.
+    wait_for("the VIP to be announced by ARP", CONVERGE, || {
+        let n: usize = (1..=2)
+            .map(|i| lab.announced(i).map(|a| a.len()))
+            .sum::<Result<usize, String>>()?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} announcers"))
+        }
+    });
+
+    let peer = |name: &str, asn: u32| {
+        let mut p = BGPPeer::new(
+            name,
+            BGPPeerSpec {
+                my_asn: 64512,
+                peer_asn: asn,
+                // The client's address: nothing listens on 179 there.
+                peer_address: CLIENT.to_string(),
+                hold_time: Some("9s".into()),
+                ..Default::default()
+            },
+        );
+        p.metadata.name = Some(name.into());
+        serde_json::to_value(&p).unwrap()
+    };
+    lab.api.create_json(peer("tor", 64500)).unwrap();
+    // The fake API server does not validate schemas: this reaches the daemons.
+    lab.api.create_json(peer("bad", 0)).unwrap();
+    let mut advert = BGPAdvertisement::new(
+        "lan",
+        BGPAdvertisementSpec {
+            ip_address_pools: vec!["lan".into()],
+            communities: vec!["64512:100".into()],
+            ..Default::default()
+        },
+    );
+    advert.metadata.name = Some("lan".into());
+    lab.api
+        .create_json(serde_json::to_value(&advert).unwrap())
+        .unwrap();
+
+    for i in 1..=2 {
+        let conf = lab.dir.join(node_name(i)).join("bird").join("bird.conf");
+        let text = wait_for(
+            &format!("node-{i}'s bird.conf to carry the VIP"),
+            CONVERGE,
+            || {
+                let text = std::fs::read_to_string(&conf)
+                    .map_err(|e| format!("{}: {e}", conf.display()))?;
+                if text.contains(&format!("route {vip}/32 blackhole;")) {
+                    Ok(text)
+                } else {
+                    Err(text)
+                }
+            },
+        );
+        assert!(
+            text.contains(&format!("neighbor {CLIENT} port 179 as 64500;")),
+            "{text}"
+        );
+        assert!(text.contains("description \"tor\";"), "{text}");
+        assert!(
+            !text.contains("description \"bad\";"),
+            "the malformed peer is left out: {text}"
+        );
+        assert!(text.contains("(64512,100)"), "the community: {text}");
+        assert!(
+            text.contains(&format!("router id {};", node_addr(i))),
+            "{text}"
+        );
+        let status = wait_for(
+            &format!("node-{i}'s /status to show the session"),
+            CONVERGE,
+            || {
+                let s = lab.status(i)?;
+                let peers: Vec<&str> = s["bgp"]["sessions"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p["peer"].as_str()).collect())
+                    .unwrap_or_default();
+                if peers == ["tor"] {
+                    Ok(s)
+                } else {
+                    Err(format!("{}", s["bgp"]))
+                }
+            },
+        );
+        let problems = status["kubernetes"]["bgp"]["problems"].to_string();
+        assert!(
+            problems.contains("BGPPeer bad: spec.peerASN: 0 is not an AS number"),
+            "{problems}"
+        );
+    }
+    wait_for("the VIP to leave ARP on every node", CONVERGE, || {
+        let a: Vec<Vec<String>> = (1..=2)
+            .map(|i| lab.announced(i))
+            .collect::<Result<_, _>>()?;
+        if a.iter().all(Vec::is_empty) {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    let msg = wait_condition(&lab, "whoami", "lb.dev/BGPAdvertised", "True", "Advertised");
+    assert!(msg.contains(&format!("{vip} (IPPool lan)")), "{msg}");
+    // Cordon node-2: it keeps its session and withdraws the VIP; node-1 still advertises.
+    let conf = |i: u8| {
+        std::fs::read_to_string(lab.dir.join(node_name(i)).join("bird").join("bird.conf"))
+            .unwrap_or_default()
+    };
+    let mut n2: Node = lab.api.get(None, &node_name(2)).unwrap();
+    n2.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+    lab.api.replace(&n2).unwrap();
+    let route = format!("route {vip}/32 blackhole;");
+    wait_for("cordoned node-2 to withdraw the VIP", CONVERGE, || {
+        let text = conf(2);
+        if !text.contains(&route) && text.contains("description \"tor\";") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    assert!(conf(1).contains(&route), "{}", conf(1));
+    wait_for("a Warning Event on BGPPeer bad", CONVERGE, || {
+        let evs = lab.api.list::<Event>();
+        evs.iter()
+            .find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad")
+                    && e.reason.as_deref() == Some("InvalidField")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("spec.peerASN:"))
+            })
+            .map(|_| ())
+            .ok_or_else(|| format!("{evs:#?}"))
+    });
 }

@@ -328,7 +328,6 @@ fn kube_mode_reports_an_unmatched_entry_as_a_node_event() {
         core::v1::{Node, NodeCondition, NodeStatus},
         events::v1::Event,
     };
-    use kube::CustomResourceExt;
 
     const NODE: &str = "node-if";
     netns::require_root().unwrap_or_else(|e| panic!("{e:#}"));
@@ -339,7 +338,9 @@ fn kube_mode_reports_an_unmatched_entry_as_a_node_event() {
         .build()
         .unwrap();
     let api = FakeApiServer::new();
-    api.create(&lb_userspace::kube::crd::IPPool::crd()).unwrap();
+    for (_, crd) in lb_userspace::kube::crd::all_crds().unwrap() {
+        api.create(&crd).unwrap();
+    }
     let mut node = Node::default();
     node.metadata.name = Some(NODE.into());
     node.status = Some(NodeStatus {

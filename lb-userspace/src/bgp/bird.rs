@@ -117,7 +117,7 @@ fn parse_line(line: &str) -> Option<(u16, bool, &str)> {
 /// One BGP session as BIRD reports it (`show protocols all`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SessionStatus {
-    /// BIRD's protocol name (`lb_peer_<i>`).
+    /// BIRD's protocol name (`lb_peer_<hash of the name>`).
     pub protocol: String,
     /// The peer's name, from the protocol's description.
     pub peer: String,

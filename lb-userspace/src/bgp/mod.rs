@@ -178,6 +178,27 @@ impl std::str::FromStr for Community {
     }
 }
 
+#[cfg(test)]
+impl Peer {
+    /// An eBGP session AS 64512 → 64500 on port 179, 9 s / 3 s, nothing else set.
+    pub(crate) fn for_test(name: &str, addr: &str) -> Peer {
+        Peer {
+            name: name.into(),
+            address: addr.parse().unwrap(),
+            local_asn: 64512,
+            peer_asn: 64500,
+            port: DEFAULT_PORT,
+            hold_time_s: 9,
+            keepalive_s: 3,
+            password: None,
+            source_address: None,
+            multihop: None,
+            graceful_restart: false,
+            bfd: None,
+        }
+    }
+}
+
 impl Desired {
     /// The peers `advert` goes to: those it names, or every peer of its family.
     pub fn peers_of<'a>(&'a self, advert: &'a Advertisement) -> impl Iterator<Item = &'a Peer> {
@@ -215,20 +236,7 @@ mod tests {
 
     #[test]
     fn an_advert_goes_to_its_named_peers_of_its_family_only() {
-        let peer = |name: &str, addr: &str| Peer {
-            name: name.into(),
-            address: addr.parse().unwrap(),
-            local_asn: 64512,
-            peer_asn: 64500,
-            port: DEFAULT_PORT,
-            hold_time_s: 9,
-            keepalive_s: 3,
-            password: None,
-            source_address: None,
-            multihop: None,
-            graceful_restart: false,
-            bfd: None,
-        };
+        let peer = Peer::for_test;
         let d = Desired {
             router_id: Some(Ipv4Addr::new(198, 18, 1, 2)),
             peers: vec![

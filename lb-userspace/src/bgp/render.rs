@@ -4,7 +4,7 @@
 //! - `protocol static lb_vips4` / `lb_vips6` hold one `blackhole` route per prefix. They are
 //!   only a source for BGP: the file has no `kernel` protocol, so nothing reaches the node's
 //!   own routing table (the XDP program, not the kernel, answers the VIPs).
-//! - one `protocol bgp lb_peer_<i>` per [`Peer`], named by its index because BIRD's symbols
+//! - one `protocol bgp lb_peer_<hash>` per [`Peer`] ([`peer_protocol`]): BIRD's symbols
 //!   allow fewer characters than peer names; the name is in its `description`, which is
 //!   how [`super::bird`] maps status back.
 //! - each session's export filter accepts exactly its prefixes. Prefixes with the same
@@ -22,9 +22,17 @@ pub fn static_protocol(v4: bool) -> &'static str {
     if v4 { "lb_vips4" } else { "lb_vips6" }
 }
 
-/// BIRD's name for the session of the `i`th peer of [`Desired::peers`].
-pub fn peer_protocol(i: usize) -> String {
-    format!("lb_peer_{i}")
+/// BIRD's name for the session with the peer named `name`: `lb_peer_` and 12 hex digits of
+/// SHA-256 of the name. Stable whatever other peers come and go (a name by position would
+/// rename, and so restart, every session after an added or removed peer), and made only of
+/// the characters BIRD's symbols allow, which peer names are not.
+pub fn peer_protocol(name: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("lb_peer_{hex}")
 }
 
 /// Values BIRD's configuration language cannot carry.
@@ -54,8 +62,8 @@ pub fn render(desired: &Desired) -> Result<String, RenderError> {
     if desired.peers.iter().any(|p| p.bfd.is_some()) {
         out.push_str("protocol bfd lb_bfd { }\n");
     }
-    for (i, peer) in desired.peers.iter().enumerate() {
-        render_peer(&mut out, desired, i, peer)?;
+    for peer in &desired.peers {
+        render_peer(&mut out, desired, peer)?;
     }
     Ok(out)
 }
@@ -88,18 +96,13 @@ struct Attributes {
     local_pref: Option<u32>,
 }
 
-fn render_peer(
-    out: &mut String,
-    desired: &Desired,
-    i: usize,
-    peer: &Peer,
-) -> Result<(), RenderError> {
+fn render_peer(out: &mut String, desired: &Desired, peer: &Peer) -> Result<(), RenderError> {
     let description: String = peer
         .name
         .chars()
         .map(|c| if c == '"' || c.is_control() { '_' } else { c })
         .collect();
-    let _ = writeln!(out, "protocol bgp {} {{", peer_protocol(i));
+    let _ = writeln!(out, "protocol bgp {} {{", peer_protocol(&peer.name));
     let _ = writeln!(out, "    description \"{description}\";");
     match peer.source_address {
         Some(a) => {
@@ -193,23 +196,10 @@ mod tests {
     use std::{net::Ipv4Addr, process::Command};
 
     use super::*;
-    use crate::bgp::{Advertisement, Bfd, DEFAULT_PORT};
+    use crate::bgp::{Advertisement, Bfd};
 
     fn peer(name: &str, addr: &str) -> Peer {
-        Peer {
-            name: name.into(),
-            address: addr.parse().unwrap(),
-            local_asn: 64512,
-            peer_asn: 64500,
-            port: DEFAULT_PORT,
-            hold_time_s: 9,
-            keepalive_s: 3,
-            password: None,
-            source_address: None,
-            multihop: None,
-            graceful_restart: false,
-            bfd: None,
-        }
+        Peer::for_test(name, addr)
     }
 
     fn advert(p: &str, peers: &[&str], communities: &[&str], lp: Option<u32>) -> Advertisement {
@@ -244,14 +234,14 @@ mod tests {
     #[test]
     fn each_peer_exports_exactly_its_prefixes_grouped_by_attributes() {
         let text = render(&sample()).unwrap();
-        let peer_block = |i: usize| {
+        let peer_block = |name: &str| {
             let start = text
-                .find(&format!("protocol bgp {} {{", peer_protocol(i)))
+                .find(&format!("protocol bgp {} {{", peer_protocol(name)))
                 .unwrap();
             let end = text[start..].find("\n}\n").unwrap() + start;
             text[start..end].to_owned()
         };
-        let a = peer_block(0);
+        let a = peer_block("tor-a");
         assert!(a.contains(
             "if net ~ [ 198.18.0.100/32, 198.18.0.102/32 ] then { bgp_community.add((65000,7)); accept; }"
         ), "{a}");
@@ -260,13 +250,13 @@ mod tests {
             "bfd { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; passive off; };"
         ));
         assert!(a.contains("graceful restart on;") && a.contains("password \"s3cret\";"));
-        let b = peer_block(1);
+        let b = peer_block("tor-b");
         assert!(
             b.contains("if net ~ [ 198.18.0.101/32 ] then { bgp_local_pref = 150; accept; }"),
             "{b}"
         );
         assert!(b.contains("if net ~ [ 198.18.0.100/32, 198.18.0.102/32 ]"));
-        let v6 = peer_block(2);
+        let v6 = peer_block("tor-v6 \"x\"");
         assert!(v6.contains("description \"tor-v6 _x_\";"), "{v6}");
         assert!(v6.contains("local fd00:1::2 as 64512;") && v6.contains("multihop 2;"));
         assert!(v6.contains(
@@ -278,6 +268,28 @@ mod tests {
             !text.contains("protocol kernel"),
             "lb's speaker never touches the node's routes"
         );
+    }
+
+    #[test]
+    fn session_names_are_stable_per_peer_and_bird_symbols() {
+        let a = peer_protocol("tor-a");
+        assert_eq!(a, peer_protocol("tor-a"));
+        assert_ne!(a, peer_protocol("tor-b"));
+        assert!(a.starts_with("lb_peer_") && a.len() == 20, "{a}");
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        // Adding a peer before another leaves the other's session (and name) as it was.
+        let one = render(&Desired {
+            peers: vec![peer("tor-b", "198.18.1.5")],
+            ..Desired::default()
+        })
+        .unwrap();
+        let two = render(&Desired {
+            peers: vec![peer("tor-a", "198.18.1.1"), peer("tor-b", "198.18.1.5")],
+            ..Desired::default()
+        })
+        .unwrap();
+        let b = format!("protocol bgp {} {{", peer_protocol("tor-b"));
+        assert!(one.contains(&b) && two.contains(&b));
     }
 
     #[test]

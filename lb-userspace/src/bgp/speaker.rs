@@ -264,9 +264,10 @@ impl Speaker {
         Ok(Some(status))
     }
 
-    /// Withdraw every prefix (keeping the sessions) and wait, at most `timeout`, until BIRD
-    /// has sent every established peer the withdrawals (nothing exported any more).
-    /// Returns how long that took; `Err` names what was still exported at the deadline.
+    /// Withdraw every prefix (keeping the sessions) and wait, at most `timeout`, until every
+    /// established peer has them: BIRD exports nothing any more, and the TCP connections to
+    /// the peers hold no byte the peer has not acknowledged (its kernel has the UPDATE).
+    /// Returns how long that took; `Err` names what was still outstanding at the deadline.
     pub fn withdraw_all(
         &mut self,
         desired: &Desired,
@@ -280,12 +281,20 @@ impl Speaker {
         self.apply(&none).map_err(|e| anyhow::anyhow!("{e}"))?;
         loop {
             let status = self.status().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let left: Vec<String> = status
+            let mut left: Vec<String> = status
                 .sessions
                 .iter()
                 .filter(|s| s.established() && s.exported > 0)
                 .map(|s| format!("{} ({} prefixes)", s.peer, s.exported))
                 .collect();
+            if left.is_empty() {
+                let peers: Vec<std::net::IpAddr> =
+                    desired.peers.iter().map(|p| p.address).collect();
+                left = unacknowledged(&peers)
+                    .into_iter()
+                    .map(|(a, n)| format!("{a} ({n} octets not acknowledged)"))
+                    .collect();
+            }
             if left.is_empty() {
                 return Ok(start.elapsed());
             }
@@ -325,6 +334,64 @@ impl Drop for Speaker {
     }
 }
 
+/// Established TCP connections of this network namespace to any of `peers` that hold
+/// octets the peer has not acknowledged yet: (peer, octets). From `/proc/net/tcp{,6}`,
+/// whose `tx_queue` is what was sent and not yet acknowledged.
+fn unacknowledged(peers: &[std::net::IpAddr]) -> Vec<(std::net::IpAddr, u64)> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(state), Some(queues)) = (cols.get(2), cols.get(3), cols.get(4))
+            else {
+                continue;
+            };
+            // 01: ESTABLISHED.
+            if *state != "01" {
+                continue;
+            }
+            let Some(addr) = remote.split(':').next().and_then(proc_net_addr) else {
+                continue;
+            };
+            let tx = queues
+                .split(':')
+                .next()
+                .and_then(|q| u64::from_str_radix(q, 16).ok())
+                .unwrap_or(0);
+            if tx > 0 && peers.contains(&addr) {
+                out.push((addr, tx));
+            }
+        }
+    }
+    out
+}
+
+/// An address as `/proc/net/tcp{,6}` prints it: the network-order octets read as native
+/// 32-bit words, each in hex.
+fn proc_net_addr(hex: &str) -> Option<std::net::IpAddr> {
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    match hex.len() {
+        8 => Some(std::net::Ipv4Addr::from(word(0)?).into()),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Some(std::net::Ipv6Addr::from(b).into())
+        }
+        _ => None,
+    }
+}
+
 /// Write `text` to `path`, readable by root only (it may hold BGP passwords).
 fn write_private(path: &Path, text: &str) -> io::Result<()> {
     use std::io::Write;
@@ -336,4 +403,28 @@ fn write_private(path: &Path, text: &str) -> io::Result<()> {
         .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses_decode() {
+        // As this (little-endian) machine's kernel prints 127.0.0.1 and ::1.
+        #[cfg(target_endian = "little")]
+        {
+            assert_eq!(
+                proc_net_addr("0100007F"),
+                Some("127.0.0.1".parse().unwrap())
+            );
+            assert_eq!(
+                proc_net_addr("00000000000000000000000001000000"),
+                Some("::1".parse().unwrap())
+            );
+        }
+        assert_eq!(proc_net_addr("zz"), None);
+        // The machine's own listening sockets parse, and none is a peer with octets due.
+        assert!(unacknowledged(&["198.18.255.254".parse().unwrap()]).is_empty());
+    }
 }

@@ -68,8 +68,8 @@ enum Command {
         #[arg(long)]
         netns: Option<String>,
     },
-    /// Print the CustomResourceDefinitions lb uses (IPPool), generated from its types: the
-    /// source of deploy/crds/.
+    /// Print the CustomResourceDefinitions lb uses (IPPool, BGPPeer, BGPAdvertisement,
+    /// BFDProfile), generated from its types: the source of deploy/crds/.
     Crds,
     /// Ask a running `lb run` to re-read its config and apply the difference; prints the
     /// outcome (exit 1 if the new config was rejected: the running state is unchanged).

@@ -57,8 +57,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use super::{
-    ControllerStatus, NodeDataplane,
-    crd::{IPPool, IPPoolStatus},
+    ControllerStatus, NodeDataplane, bgp as kbgp,
+    crd::{BFDProfile, BGPAdvertisement, BGPPeer, IPPool, IPPoolStatus},
     election::{self, LEASE_LABEL},
     ipam,
     membership::{self, Membership, View},
@@ -67,13 +67,20 @@ use super::{
         self, Eligible, QUIC_LB_SECRET_ANNOTATION, SERVER_ID_ANNOTATION, SERVICE_NAME_LABEL,
     },
 };
-use crate::config::{Config, KubeSettings, VipConfig};
+use crate::{
+    bgp,
+    config::{Config, KubeSettings, VipConfig},
+};
 
 /// The namespace of the Leases when neither the config nor `$POD_NAMESPACE` names one.
 pub const DEFAULT_LEASE_NAMESPACE: &str = "lb-system";
 
 /// Secrets and pod annotations are re-read at most this often.
 const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// How long the start waits for the BGP resources' first list (their CRDs may not be
+/// installed: then lb runs without BGP, and says so).
+const BGP_LIST_WAIT: Duration = Duration::from_secs(5);
 
 /// Between changes, re-elect this often: Leases expire and suspicions resolve without an
 /// event (gossip's up/down notifications wake the election at once).
@@ -224,6 +231,9 @@ struct Stores {
     nodes: Store<Node>,
     pools: Store<IPPool>,
     leases: Store<Lease>,
+    bgp_peers: Store<BGPPeer>,
+    bgp_adverts: Store<BGPAdvertisement>,
+    bfd_profiles: Store<BFDProfile>,
 }
 
 impl Stores {
@@ -272,7 +282,42 @@ impl Stores {
                 "Leases",
                 Some(lease_watch_ok.clone()),
             ),
+            bgp_peers: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                notify.clone(),
+                "BGPPeers",
+                None,
+            ),
+            bgp_adverts: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                notify.clone(),
+                "BGPAdvertisements",
+                None,
+            ),
+            bfd_profiles: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                notify.clone(),
+                "BFDProfiles",
+                None,
+            ),
         }
+    }
+
+    /// Whether the three BGP stores finished their first list. Until they have, lb
+    /// leaves the speaker alone and every VIP to ARP/NDP: a cluster without lb's BGP CRDs
+    /// runs as before.
+    fn bgp_ready(&self) -> bool {
+        use futures::FutureExt;
+        self.bgp_peers.wait_until_ready().now_or_never().is_some()
+            && self.bgp_adverts.wait_until_ready().now_or_never().is_some()
+            && self
+                .bfd_profiles
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
     }
 
     async fn wait_ready(&self) {
@@ -281,6 +326,18 @@ impl Stores {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pools.wait_until_ready().await;
         let _ = self.leases.wait_until_ready().await;
+        // Bounded: without the BGP CRDs these lists never complete.
+        let bgp = async {
+            let _ = self.bgp_peers.wait_until_ready().await;
+            let _ = self.bgp_adverts.wait_until_ready().await;
+            let _ = self.bfd_profiles.wait_until_ready().await;
+        };
+        if tokio::time::timeout(BGP_LIST_WAIT, bgp).await.is_err() {
+            warn!(
+                "BGPPeers, BGPAdvertisements or BFDProfiles could not be listed (are lb's BGP \
+                 CRDs installed? `lb crds`): no BGP until they can; VIPs are announced by ARP/NDP"
+            );
+        }
     }
 }
 
@@ -294,6 +351,27 @@ where
         key(a).cmp(&key(b))
     });
     v
+}
+
+/// VIPs that BGP carries leave the ARP/NDP election (unless their pool opts in); without
+/// a plan (BGP resources not listed) every VIP stays.
+fn leave_l2(announce: &mut BTreeMap<IpAddr, Eligible>, plan: Option<&kbgp::Plan>) {
+    if let Some(plan) = plan {
+        announce.retain(|vip, _| !plan.not_l2.contains(vip));
+    }
+}
+
+/// Reason of the Event and Service condition when the speaker refuses its configuration.
+const BGP_REJECTED: &str = "SpeakerConfigRejected";
+
+/// The reference of the object `name` in `store` (for an Event on it).
+fn find_ref<K>(store: &Store<K>, name: &str) -> Option<k8s_openapi::api::core::v1::ObjectReference>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store
+        .find(|o| o.meta().name.as_deref() == Some(name))
+        .map(|o| o.object_ref(&()))
 }
 
 /// Whether lb serves this Service.
@@ -323,9 +401,30 @@ type QuicConfigs = Result<Vec<lb_common::quic_lb::Config>, String>;
 struct Lookups {
     secrets: BTreeMap<(String, String), (Instant, QuicConfigs)>,
     pods: BTreeMap<(String, String), (Instant, Option<String>)>,
+    /// BGP passwords: (lb's namespace, Secret name) → the password or why not.
+    passwords: BTreeMap<(String, String), (Instant, Result<String, String>)>,
 }
 
 impl Lookups {
+    /// The `password` of each basic-auth Secret in `names` (in namespace `ns`).
+    async fn passwords(
+        &mut self,
+        client: &Client,
+        ns: &str,
+        names: &BTreeSet<String>,
+    ) -> BTreeMap<String, Result<String, String>> {
+        let mut out = BTreeMap::new();
+        for name in names {
+            let key = (ns.to_owned(), name.clone());
+            if !fresh(&self.passwords, &key) {
+                let v = read_password(client, ns, name).await;
+                self.passwords.insert(key.clone(), (Instant::now(), v));
+            }
+            out.insert(name.clone(), self.passwords[&key].1.clone());
+        }
+        out
+    }
+
     async fn quic(
         &mut self,
         client: &Client,
@@ -420,6 +519,34 @@ fn fresh<V>(cache: &BTreeMap<(String, String), (Instant, V)>, key: &(String, Str
         .is_some_and(|(at, _)| at.elapsed() < CACHE_TTL)
 }
 
+/// A BGPPeer's `passwordSecret`: MetalLB's shape, a `kubernetes.io/basic-auth` Secret
+/// whose key `password` is the password.
+async fn read_password(client: &Client, ns: &str, name: &str) -> Result<String, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading Secret {ns}/{name}: {e}"))?
+        .ok_or_else(|| format!("Secret {ns}/{name} does not exist"))?;
+    let type_ = secret.type_.as_deref().unwrap_or("Opaque");
+    if type_ != "kubernetes.io/basic-auth" {
+        return Err(format!(
+            "Secret {ns}/{name} is of type {type_}; a BGP password Secret is of type \
+             kubernetes.io/basic-auth"
+        ));
+    }
+    let bytes = secret
+        .data
+        .and_then(|d| d.get("password").map(|b| b.0.clone()))
+        .or_else(|| {
+            secret
+                .string_data
+                .and_then(|d| d.get("password").map(|s| s.clone().into_bytes()))
+        })
+        .ok_or_else(|| format!("Secret {ns}/{name} has no key \"password\""))?;
+    String::from_utf8(bytes).map_err(|_| format!("Secret {ns}/{name}: the password is not UTF-8"))
+}
+
 async fn read_quic_secrets(client: &Client, ns: &str, names: &str) -> QuicConfigs {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut out = Vec::new();
@@ -467,6 +594,8 @@ struct Controller {
     last_connected: bool,
     /// Pool warnings already logged (they repeat on every sync until fixed).
     warned: BTreeSet<String>,
+    /// BGP object problems already recorded as Events (by this node, as status writer).
+    bgp_evented: BTreeSet<String>,
     /// Interface entries that named nothing at the last look (reported as Events).
     unmatched: Vec<(String, String)>,
     r: Reconciler,
@@ -521,6 +650,7 @@ pub async fn run(
         last_writer: None,
         last_connected: false,
         warned: BTreeSet::new(),
+        bgp_evented: BTreeSet::new(),
         unmatched: Vec::new(),
         r: Reconciler::new(opts.node_name, lease_ns, base),
     };
@@ -646,28 +776,141 @@ impl Controller {
 
         let quic = self.lookups.quic(&self.client, &ours).await;
         let overrides = self.lookups.server_ids(&self.client, &ours, &slices).await;
-        let desired = translate::translate(&translate::ClusterView {
+        let mut desired = translate::translate(&translate::ClusterView {
             services: &ours,
             slices: &slices,
             node_name: &self.r.node,
             quic: &quic,
             server_id_overrides: &overrides,
         });
+        let plan = self.bgp_plan(&nodes, &desired.announce).await;
+        leave_l2(&mut desired.announce, plan.as_ref());
+        let writer = view.connected && view.writer.as_deref() == Some(self.r.node.as_str());
+        if let Some(plan) = &plan {
+            self.report_bgp_problems(&plan.problems, writer).await;
+        }
 
-        if view.connected && view.writer.as_deref() == Some(self.r.node.as_str()) {
-            self.write_statuses(&ours, &desired.problems).await;
+        if writer {
+            let bgp_vips = plan
+                .as_ref()
+                .map(|p| p.bgp_vips.clone())
+                .unwrap_or_default();
+            self.write_statuses(&ours, &desired.problems, &bgp_vips)
+                .await;
             self.release(&others).await;
         }
 
-        let dp = &mut *lock(&self.dataplane);
-        self.r.settle(
-            dp,
-            desired.vips,
-            desired.announce,
-            &nodes,
-            &view,
-            ours.len(),
-        );
+        let rejected = {
+            let dp = &mut *lock(&self.dataplane);
+            self.r.settle(
+                dp,
+                desired.vips,
+                desired.announce,
+                plan.map(|p| p.desired),
+                &nodes,
+                &view,
+                ours.len(),
+            )
+        };
+        if let Some(error) = rejected {
+            self.report_bgp_rejection(&nodes, &error).await;
+        }
+    }
+
+    /// What BGP does on this node, once the BGP resources are listed (`None` before).
+    async fn bgp_plan(
+        &mut self,
+        nodes: &[Node],
+        vips: &BTreeMap<IpAddr, Eligible>,
+    ) -> Option<kbgp::Plan> {
+        if !self.stores.bgp_ready() {
+            return None;
+        }
+        let peers = snapshot(&self.stores.bgp_peers);
+        let adverts = snapshot(&self.stores.bgp_adverts);
+        let profiles = snapshot(&self.stores.bfd_profiles);
+        let pools = snapshot(&self.stores.pools);
+        let ns = self.r.lease_ns.clone();
+        let secrets = kbgp::password_secrets(&peers, &ns);
+        let passwords = self.lookups.passwords(&self.client, &ns, &secrets).await;
+        let node = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(&self.r.node));
+        Some(kbgp::plan(&kbgp::BgpView {
+            node_name: &self.r.node,
+            node,
+            pools: &pools,
+            peers: &peers,
+            adverts: &adverts,
+            profiles: &profiles,
+            vips,
+            namespace: &ns,
+            passwords: &passwords,
+            previous: self.r.bgp_sent.as_ref().and_then(Option::as_ref),
+        }))
+    }
+
+    /// Log each problem of a BGP object once (every node), and record it as a Warning
+    /// Event on the object (the status writer only, so a cluster of N nodes does not
+    /// write N Events for one typo).
+    async fn report_bgp_problems(&mut self, problems: &[kbgp::ObjectProblem], writer: bool) {
+        self.r.bgp_problems = problems.iter().map(|p| p.to_string()).collect();
+        // A problem fixed and made again is recorded again.
+        let now: BTreeSet<&String> = self.r.bgp_problems.iter().collect();
+        self.bgp_evented.retain(|m| now.contains(m));
+        for p in problems {
+            let msg = p.to_string();
+            if self.warned.insert(msg.clone()) {
+                warn!("{msg}");
+            }
+            // A node that becomes the status writer later records what is still wrong.
+            if !writer || !self.bgp_evented.insert(msg) {
+                continue;
+            }
+            let object = match p.kind {
+                "BGPPeer" => find_ref(&self.stores.bgp_peers, &p.name),
+                "BGPAdvertisement" => find_ref(&self.stores.bgp_adverts, &p.name),
+                _ => find_ref(&self.stores.bfd_profiles, &p.name),
+            };
+            let Some(object) = object else { continue };
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: p.reason.into(),
+                note: Some(format!("{}: {}", p.field, p.message)),
+                action: "ConfigureBGP".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&ev, &object).await {
+                warn!("recording an Event on {} {}: {e}", p.kind, p.name);
+            }
+        }
+    }
+
+    /// A Warning Event on this Node: its speaker refused the configuration lb rendered
+    /// (the previous one keeps running).
+    async fn report_bgp_rejection(&mut self, nodes: &[Node], error: &str) {
+        let Some(node) = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(&self.r.node))
+        else {
+            return;
+        };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: BGP_REJECTED.into(),
+            note: Some(format!(
+                "the BGP speaker refused the configuration lb rendered; the previous one keeps \
+                 running: {error}"
+            )),
+            action: "ConfigureBGP".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &node.object_ref(&())).await {
+            warn!(
+                "recording the {BGP_REJECTED} Event on node {}: {e}",
+                self.r.node
+            );
+        }
     }
 
     /// Clear lb's status from Services that stopped being lb's.
@@ -702,7 +945,12 @@ impl Controller {
     }
 
     /// Allocate addresses and write every Service's status that differs from what lb wants.
-    async fn write_statuses(&mut self, ours: &[Service], problems: &[translate::Problem]) {
+    async fn write_statuses(
+        &mut self,
+        ours: &[Service],
+        problems: &[translate::Problem],
+        bgp_vips: &BTreeMap<IpAddr, String>,
+    ) {
         let pools = self.pools();
         let mut requests = Vec::new();
         let mut bad = BTreeMap::new();
@@ -731,9 +979,11 @@ impl Controller {
                 (None, Some(Err(e))) => (Vec::new(), want_bad(e.reason(), &e.to_string())),
                 (None, None) => continue,
             };
+            let mut conditions = vec![allocated, want_valid(problems, &key)];
+            conditions.extend(want_bgp(&ingress, bgp_vips, self.r.bgp_error.as_deref()));
             let want = status::WantedStatus {
                 ingress,
-                conditions: vec![allocated, want_valid(problems, &key)],
+                conditions,
             };
             if !status::up_to_date(svc, &want) {
                 self.write_status(svc, &key, &want).await;
@@ -812,6 +1062,12 @@ struct Reconciler {
     status_errors: u64,
     /// A status write or map update failed: the next tick is a full sync again.
     retry: bool,
+    /// The speaker configuration last accepted (`None`: never handed one).
+    bgp_sent: Option<Option<bgp::Desired>>,
+    /// Why the speaker refused the last configuration handed to it, until one applies.
+    bgp_error: Option<String>,
+    /// What is wrong with the BGP objects, for `/status`.
+    bgp_problems: Vec<String>,
 }
 
 impl Reconciler {
@@ -826,23 +1082,74 @@ impl Reconciler {
             status_writes: 0,
             status_errors: 0,
             retry: false,
+            bgp_sent: None,
+            bgp_error: None,
+            bgp_problems: Vec::new(),
         }
     }
 
-    /// The end of a full sync: program the translated VIPs, then as on every tick.
+    /// The end of a full sync: program the translated VIPs, hand the speaker its
+    /// configuration (`bgp`: `None` while the BGP resources are not listed: the speaker
+    /// is left alone), then as on every tick (ARP/NDP after BGP, so a VIP moving from L2
+    /// to BGP is advertised before its ARP announcement stops). Returns the speaker's
+    /// error when it newly refuses its configuration.
+    #[allow(clippy::too_many_arguments)]
     fn settle(
         &mut self,
         dp: &mut dyn NodeDataplane,
         vips: Vec<VipConfig>,
         announce: BTreeMap<IpAddr, Eligible>,
+        bgp: Option<Option<bgp::Desired>>,
         nodes: &[Node],
         view: &View,
         services: usize,
-    ) {
+    ) -> Option<String> {
         self.program(dp, vips);
+        let rejected = bgp.and_then(|desired| self.set_bgp(dp, desired));
         self.announce = announce;
         self.services_seen = services;
         self.tick(dp, nodes, view);
+        rejected
+    }
+
+    /// Hand `desired` to the speaker unless it is what the speaker already runs. A refused
+    /// configuration is retried on the next full sync (the speaker may have been
+    /// restarting) and warned about once per error; returns the error when it is new.
+    fn set_bgp(
+        &mut self,
+        dp: &mut dyn NodeDataplane,
+        desired: Option<bgp::Desired>,
+    ) -> Option<String> {
+        if self.bgp_sent.as_ref() == Some(&desired) {
+            return None;
+        }
+        let summary = match &desired {
+            None => "no BGP peer for this node".to_owned(),
+            Some(d) => format!("{} peers, {} prefixes", d.peers.len(), d.adverts.len()),
+        };
+        match dp.set_bgp(desired.clone()) {
+            Ok(()) => {
+                info!("BGP: speaker configured ({summary})");
+                // A refusal had been written to Service conditions: rewrite them now.
+                self.retry |= self.bgp_error.take().is_some();
+                self.bgp_sent = Some(desired);
+                None
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if self.bgp_error.as_ref() == Some(&msg) {
+                    return None;
+                }
+                warn!(
+                    "BGP: the speaker refused the configuration ({summary}); the previous one \
+                     keeps running: {msg}"
+                );
+                self.bgp_error = Some(msg.clone());
+                // The next tick is a full sync: the status writer writes the condition.
+                self.retry = true;
+                Some(msg)
+            }
+        }
     }
 
     /// Announce the VIPs this node wins and report for `/status`. Without gossip and
@@ -910,6 +1217,8 @@ impl Reconciler {
             announced,
             status_writes: self.status_writes,
             status_errors: self.status_errors,
+            bgp_error: self.bgp_error.clone(),
+            bgp_problems: self.bgp_problems.clone(),
         }
     }
 }
@@ -969,6 +1278,43 @@ fn want_valid(problems: &[translate::Problem], key: &(String, String)) -> status
     }
 }
 
+/// The `BGPAdvertised` condition of a Service holding `ingress`: present when BGP carries
+/// one of its addresses; false while this (the status writer's) speaker refuses its
+/// configuration.
+fn want_bgp(
+    ingress: &[IpAddr],
+    bgp_vips: &BTreeMap<IpAddr, String>,
+    error: Option<&str>,
+) -> Option<status::Want> {
+    let carried: Vec<String> = ingress
+        .iter()
+        .filter_map(|ip| bgp_vips.get(ip).map(|pool| format!("{ip} (IPPool {pool})")))
+        .collect();
+    if carried.is_empty() {
+        return None;
+    }
+    Some(match error {
+        None => status::Want {
+            type_: status::COND_BGP,
+            ok: true,
+            reason: "Advertised".into(),
+            message: format!(
+                "{} advertised over BGP by every eligible node (externalTrafficPolicy Local: \
+                 those with a ready endpoint)",
+                carried.join(", ")
+            ),
+        },
+        Some(e) => status::Want {
+            type_: status::COND_BGP,
+            ok: false,
+            reason: BGP_REJECTED.into(),
+            message: format!(
+                "the BGP speaker refused lb's configuration, the previous one keeps running: {e}"
+            ),
+        },
+    })
+}
+
 fn want_allocated(ips: &[IpAddr]) -> status::Want {
     status::Want {
         type_: status::COND_ALLOCATED,
@@ -1012,7 +1358,8 @@ mod tests {
         Apply(Box<Config>),
         SetAnnounced(Vec<IpAddr>),
         SetSyncError(Option<String>),
-        SetStatus(ControllerStatus),
+        SetStatus(Box<ControllerStatus>),
+        SetBgp(Option<bgp::Desired>),
     }
 
     /// A data plane that records every call and answers `apply` as scripted.
@@ -1026,6 +1373,10 @@ mod tests {
         reject: Option<String>,
         /// What a successful `apply` reports.
         changes: usize,
+        /// `Some(error)`: `set_bgp` refuses every configuration with it.
+        reject_bgp: Option<String>,
+        /// The speaker configuration last accepted.
+        bgp: Option<bgp::Desired>,
     }
 
     impl NodeDataplane for Fake {
@@ -1055,7 +1406,18 @@ mod tests {
         }
 
         fn set_status(&mut self, status: ControllerStatus) {
-            self.calls.push(Call::SetStatus(status));
+            self.calls.push(Call::SetStatus(Box::new(status)));
+        }
+
+        fn set_bgp(&mut self, desired: Option<bgp::Desired>) -> Result<()> {
+            self.calls.push(Call::SetBgp(desired.clone()));
+            match &self.reject_bgp {
+                Some(e) => Err(anyhow!("{e}")),
+                None => {
+                    self.bgp = desired;
+                    Ok(())
+                }
+            }
         }
     }
 
@@ -1302,6 +1664,7 @@ mod tests {
             &mut fake,
             vips(&["198.18.0.1"]),
             announce,
+            None,
             &[node("node-a")],
             &v,
             5,
@@ -1414,6 +1777,7 @@ mod tests {
                 "announced": ["198.18.0.1", "fd00:18::1"],
                 "status_writes": 7,
                 "status_errors": 1,
+                "bgp": {"config_rejected": null, "problems": []},
             })
         );
         // Nobody alive: no writer (null, not missing).
@@ -1424,5 +1788,327 @@ mod tests {
         };
         assert_eq!(status.to_json()["status_writer"], serde_json::Value::Null);
         assert_eq!(status.to_json()["alive_nodes"], json!([]));
+    }
+
+    // ------------------------------------------------------------------------------------
+    // BGP: the sync's BGP steps (plan → leave_l2 → settle) against the fake data plane.
+
+    mod bgp_sync {
+        use k8s_openapi::api::core::v1::NodeAddress;
+
+        use super::*;
+        use crate::kube::crd::{BGPAdvertisementSpec, BGPPeerSpec, IPPoolSpec};
+
+        /// Pools "bgp" (198.18.10.0/24) and "l2" (198.18.20.0/24); a peer "tor" for
+        /// every node; one advertisement of pool "bgp" with a community and localPref.
+        struct World {
+            nodes: Vec<Node>,
+            pools: Vec<IPPool>,
+            peers: Vec<BGPPeer>,
+            adverts: Vec<BGPAdvertisement>,
+        }
+
+        fn labelled(name: &str, rack: &str, addr: &str) -> Node {
+            let mut n = node(name);
+            n.metadata.labels = Some([("rack".to_string(), rack.to_string())].into());
+            n.status.as_mut().unwrap().addresses = Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: addr.into(),
+            }]);
+            n
+        }
+
+        fn world() -> World {
+            let pool = |name: &str, cidr: &str| {
+                let mut p = IPPool::new(
+                    name,
+                    IPPoolSpec {
+                        addresses: vec![cidr.into()],
+                        auto_assign: true,
+                        service_selector: None,
+                        l2: None,
+                    },
+                );
+                p.metadata.name = Some(name.into());
+                p
+            };
+            let mut advert = BGPAdvertisement::new(
+                "bgp",
+                BGPAdvertisementSpec {
+                    ip_address_pools: vec!["bgp".into()],
+                    communities: vec!["64512:100".into()],
+                    local_pref: Some(120),
+                    ..Default::default()
+                },
+            );
+            advert.metadata.name = Some("bgp".into());
+            World {
+                nodes: vec![
+                    labelled("node-a", "1", "198.18.1.2"),
+                    labelled("node-b", "2", "198.18.1.3"),
+                ],
+                pools: vec![pool("bgp", "198.18.10.0/24"), pool("l2", "198.18.20.0/24")],
+                peers: vec![BGPPeer::new(
+                    "tor",
+                    BGPPeerSpec {
+                        my_asn: 64512,
+                        peer_asn: 64500,
+                        peer_address: "198.18.1.1".into(),
+                        ..Default::default()
+                    },
+                )],
+                adverts: vec![advert],
+            }
+        }
+
+        /// Cluster VIP .10.1, Local VIP .10.2 (endpoint on node-b), L2 VIP .20.1.
+        fn announce() -> BTreeMap<IpAddr, Eligible> {
+            BTreeMap::from([
+                (ip("198.18.10.1"), Eligible::AnyNode),
+                (ip("198.18.10.2"), Eligible::Nodes(names(&["node-b"]))),
+                (ip("198.18.20.1"), Eligible::AnyNode),
+            ])
+        }
+
+        /// One full sync of `node` in `w`: what the controller's sync does after reading.
+        fn sync(r: &mut Reconciler, fake: &mut Fake, w: &World) -> Option<String> {
+            let mut announce = announce();
+            let plan = kbgp::plan(&kbgp::BgpView {
+                node_name: &r.node.clone(),
+                node: w
+                    .nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(&r.node)),
+                pools: &w.pools,
+                peers: &w.peers,
+                adverts: &w.adverts,
+                profiles: &[],
+                vips: &announce,
+                namespace: "lb-system",
+                passwords: &BTreeMap::new(),
+                previous: r.bgp_sent.as_ref().and_then(Option::as_ref),
+            });
+            r.bgp_problems = plan.problems.iter().map(|p| p.to_string()).collect();
+            leave_l2(&mut announce, Some(&plan));
+            let alive: Vec<&str> = w
+                .nodes
+                .iter()
+                .filter_map(|n| n.metadata.name.as_deref())
+                .collect();
+            r.settle(
+                fake,
+                vips(&[]),
+                announce,
+                Some(plan.desired),
+                &w.nodes,
+                &view(true, &alive, Some("node-a")),
+                3,
+            )
+        }
+
+        fn bgp_calls(fake: &Fake) -> Vec<Option<bgp::Desired>> {
+            fake.calls
+                .iter()
+                .filter_map(|c| match c {
+                    Call::SetBgp(d) => Some(d.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn prefixes(d: &bgp::Desired) -> Vec<String> {
+            d.adverts.iter().map(|a| a.prefix.to_string()).collect()
+        }
+
+        #[test]
+        fn cluster_vips_from_every_node_local_ones_from_endpoint_nodes_l2_vips_by_arp() {
+            let w = world();
+            let mut won_l2 = Vec::new();
+            for n in ["node-a", "node-b"] {
+                let mut fake = Fake::default();
+                let mut r = reconciler(n);
+                assert_eq!(sync(&mut r, &mut fake, &w), None);
+                let d = fake.bgp.clone().unwrap();
+                let want: &[&str] = if n == "node-a" {
+                    &["198.18.10.1/32"]
+                } else {
+                    &["198.18.10.1/32", "198.18.10.2/32"]
+                };
+                assert_eq!(prefixes(&d), want, "{n}");
+                let id = if n == "node-a" {
+                    "198.18.1.2"
+                } else {
+                    "198.18.1.3"
+                };
+                assert_eq!(d.router_id, Some(id.parse().unwrap()), "its InternalIP");
+                let a = &d.adverts[0];
+                assert_eq!(a.communities, [bgp::Community::Standard(64512, 100)]);
+                assert_eq!(
+                    (a.local_pref, a.peers.clone()),
+                    (Some(120), vec!["tor".to_string()])
+                );
+                // BGP is handed over before ARP/NDP is decided, and BGP VIPs are not in it.
+                let first_bgp = fake.calls.iter().position(|c| matches!(c, Call::SetBgp(_)));
+                let first_arp = fake
+                    .calls
+                    .iter()
+                    .position(|c| matches!(c, Call::SetAnnounced(_)));
+                assert!(first_bgp < first_arp, "{:?}", fake.calls);
+                assert!(fake.announced.iter().all(|v| *v == ip("198.18.20.1")));
+                won_l2.extend(fake.announced.clone());
+            }
+            assert_eq!(
+                won_l2,
+                [ip("198.18.20.1")],
+                "the L2 VIP has exactly one winner"
+            );
+        }
+
+        #[test]
+        fn a_cordoned_node_withdraws_and_an_unchanged_config_is_not_handed_again() {
+            let mut w = world();
+            let mut fake = Fake::default();
+            let mut r = reconciler("node-a");
+            sync(&mut r, &mut fake, &w);
+            sync(&mut r, &mut fake, &w);
+            assert_eq!(
+                bgp_calls(&fake).len(),
+                1,
+                "an unchanged cluster: one set_bgp"
+            );
+            w.nodes[0].spec.as_mut().unwrap().unschedulable = Some(true);
+            sync(&mut r, &mut fake, &w);
+            let calls = bgp_calls(&fake);
+            let d = calls.last().unwrap().as_ref().unwrap();
+            assert_eq!(d.peers.len(), 1, "the session stays");
+            assert!(d.adverts.is_empty(), "every prefix withdrawn");
+            // No peer for this node any more (nodeSelectors): no BGP at all.
+            w.peers[0].spec.node_selectors = vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some([("rack".to_string(), "2".to_string())].into()),
+                    match_expressions: None,
+                },
+            ];
+            sync(&mut r, &mut fake, &w);
+            assert_eq!(bgp_calls(&fake).last(), Some(&None));
+        }
+
+        #[test]
+        fn a_refused_speaker_config_is_reported_once_retried_and_cleared() {
+            let w = world();
+            let mut fake = Fake::default();
+            let mut r = reconciler("node-a");
+            sync(&mut r, &mut fake, &w);
+            let good = fake.bgp.clone();
+            let mut w2 = world();
+            w2.adverts[0].spec.local_pref = Some(130);
+            fake.reject_bgp = Some("bird: syntax error, line 12".into());
+            assert_eq!(
+                sync(&mut r, &mut fake, &w2).as_deref(),
+                Some("bird: syntax error, line 12")
+            );
+            assert!(r.retry, "the next tick writes the Service condition");
+            assert_eq!(fake.bgp, good, "the previous configuration keeps running");
+            // Retried on the next sync; the same error is not news.
+            r.retry = false;
+            assert_eq!(sync(&mut r, &mut fake, &w2), None);
+            assert_eq!(bgp_calls(&fake).len(), 3);
+            let Some(Call::SetStatus(st)) = fake.calls.last() else {
+                panic!("{:?}", fake.calls);
+            };
+            assert_eq!(
+                st.to_json()["bgp"]["config_rejected"],
+                "bird: syntax error, line 12"
+            );
+            let bgp_vips = BTreeMap::from([(ip("198.18.10.1"), "bgp".to_string())]);
+            let cond = want_bgp(&[ip("198.18.10.1")], &bgp_vips, r.bgp_error.as_deref()).unwrap();
+            assert_eq!((cond.ok, cond.reason.as_str()), (false, BGP_REJECTED));
+            assert!(cond.message.contains("bird: syntax error, line 12"));
+            // Accepted again: cleared, and the condition flips back on the next sync.
+            fake.reject_bgp = None;
+            r.retry = false;
+            assert_eq!(sync(&mut r, &mut fake, &w2), None);
+            assert!(r.retry && r.bgp_error.is_none());
+            assert_eq!(fake.bgp.as_ref().unwrap().adverts[0].local_pref, Some(130));
+            let cond = want_bgp(&[ip("198.18.10.1")], &bgp_vips, None).unwrap();
+            assert_eq!((cond.ok, cond.reason.as_str()), (true, "Advertised"));
+            assert_eq!(want_bgp(&[ip("198.18.20.1")], &bgp_vips, None), None);
+        }
+
+        #[test]
+        fn a_malformed_peer_is_reported_and_the_other_peers_still_run() {
+            let mut w = world();
+            let mut bad = BGPPeer::new(
+                "bad-asn",
+                BGPPeerSpec {
+                    my_asn: 64512,
+                    peer_asn: 0,
+                    peer_address: "198.18.1.9".into(),
+                    ..Default::default()
+                },
+            );
+            bad.spec.hold_time = Some("ninety".into());
+            w.peers.push(bad);
+            w.adverts[0]
+                .spec
+                .communities
+                .push("no-such-community".into());
+            let mut extra = w.adverts[0].clone();
+            extra.metadata.name = Some("second".into());
+            extra.spec.communities = vec![];
+            w.adverts.push(extra);
+            let mut fake = Fake::default();
+            let mut r = reconciler("node-a");
+            sync(&mut r, &mut fake, &w);
+            let d = fake.bgp.clone().unwrap();
+            assert_eq!(
+                d.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                ["tor"]
+            );
+            assert_eq!(
+                prefixes(&d),
+                ["198.18.10.1/32"],
+                "the valid advertisement still runs"
+            );
+            assert!(d.adverts[0].communities.is_empty());
+            let Some(Call::SetStatus(st)) = fake.calls.last() else {
+                panic!("{:?}", fake.calls);
+            };
+            let problems = st.to_json()["bgp"]["problems"].clone();
+            let problems: Vec<String> = serde_json::from_value(problems).unwrap();
+            assert_eq!(problems.len(), 3, "{problems:#?}");
+            assert!(
+                problems[0].starts_with(
+                    "BGPAdvertisement bgp: spec.communities[1]: \"no-such-community\""
+                )
+            );
+            assert!(
+                problems[1]
+                    .starts_with("BGPPeer bad-asn: spec.holdTime: \"ninety\" is not a duration")
+            );
+            assert!(
+                problems[2].starts_with("BGPPeer bad-asn: spec.peerASN: 0 is not an AS number")
+            );
+        }
+
+        #[test]
+        fn without_the_bgp_resources_every_vip_stays_on_arp_and_the_speaker_is_left_alone() {
+            let mut fake = Fake::default();
+            let mut r = reconciler("node-a");
+            let mut a = announce();
+            leave_l2(&mut a, None);
+            assert_eq!(a, announce());
+            let w = world();
+            r.settle(
+                &mut fake,
+                vips(&[]),
+                a,
+                None,
+                &w.nodes,
+                &view(true, &["node-a"], Some("node-a")),
+                0,
+            );
+            assert!(bgp_calls(&fake).is_empty());
+        }
     }
 }

@@ -1473,6 +1473,7 @@ mod tests {
                 addresses: strings(addresses),
                 auto_assign: true,
                 service_selector: None,
+                l2: None,
             },
         );
         p.metadata.name = Some(name.to_owned());

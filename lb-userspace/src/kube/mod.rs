@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 
+pub mod bgp;
 pub mod controller;
 pub mod crd;
 pub mod election;
@@ -85,6 +86,11 @@ pub struct ControllerStatus {
     /// Service status writes by this node (only the status writer writes).
     pub status_writes: u64,
     pub status_errors: u64,
+    /// Why this node's BGP speaker refused the configuration lb handed it (the previous
+    /// one keeps running); `None` when it runs the latest.
+    pub bgp_error: Option<String>,
+    /// What is wrong with the BGPPeers, BGPAdvertisements and BFDProfiles.
+    pub bgp_problems: Vec<String>,
 }
 
 impl ControllerStatus {
@@ -103,6 +109,10 @@ impl ControllerStatus {
             "announced": self.announced.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "status_writes": self.status_writes,
             "status_errors": self.status_errors,
+            "bgp": {
+                "config_rejected": self.bgp_error,
+                "problems": self.bgp_problems,
+            },
         })
     }
 }

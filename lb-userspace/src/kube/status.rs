@@ -6,6 +6,9 @@
 //!   (reason `PoolExhausted`, `AddressInUse`, `PortConflict`, ...).
 //! - `lb.dev/ConfigValid`: whether everything the Service asks for is programmable (reason
 //!   `UnsupportedProtocol`, `InvalidQuicLbSecret`, `ServerIdCollision`, ...).
+//! - `lb.dev/BGPAdvertised`, only on Services whose address BGP carries (a
+//!   BGPAdvertisement selects its pool): `Advertised`, or `SpeakerConfigRejected` while
+//!   the status writer's BGP speaker refuses the configuration lb rendered.
 
 use std::net::IpAddr;
 
@@ -24,6 +27,7 @@ use serde_json::json;
 pub const FIELD_MANAGER: &str = "lb";
 pub const COND_ALLOCATED: &str = "lb.dev/AddressAllocated";
 pub const COND_VALID: &str = "lb.dev/ConfigValid";
+pub const COND_BGP: &str = "lb.dev/BGPAdvertised";
 
 /// One condition as lb wants it (the transition time is filled in on write).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,10 +184,10 @@ pub async fn event(recorder: &Recorder, svc: &Service, w: &Want) -> kube::Result
         },
         reason: w.reason.clone(),
         note: Some(w.message.clone()),
-        action: if w.type_ == COND_ALLOCATED {
-            "AllocateAddress".into()
-        } else {
-            "Program".into()
+        action: match w.type_ {
+            COND_ALLOCATED => "AllocateAddress".into(),
+            COND_BGP => "AdvertiseBGP".into(),
+            _ => "Program".into(),
         },
         secondary: None,
     };

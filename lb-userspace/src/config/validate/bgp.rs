@@ -673,8 +673,10 @@ mod tests {
         ));
         assert_eq!(
             e,
-            ["lb.toml:6:18: vips[0].bgp_local_pref: is set but the VIP is not announced over \
-              BGP; add announce = \"bgp\" or \"both\", or remove it"]
+            [
+                "lb.toml:6:18: vips[0].bgp_local_pref: is set but the VIP is not announced over \
+              BGP; add announce = \"bgp\" or \"both\", or remove it"
+            ]
         );
         // Two entries of one address announced differently.
         let e = errors(&format!(
