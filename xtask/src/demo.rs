@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: the end-to-end demo (`lb-lab demo`, which runs `lb`), as root.
+//! `cargo xtask demo`: the end-to-end demo (`lb-lab demo`, which runs `lb`), as root; with
+//! `--bgp`, the BGP/ECMP lab (`lb-lab demo-bgp`).
 
 use anyhow::Result;
 
@@ -13,6 +14,11 @@ pub struct Args {
     /// reach them; passed to `lb-lab demo --keep`
     #[arg(long)]
     keep: bool,
+    /// Run the BGP lab instead (`lb-lab demo-bgp`): a BIRD router with ECMP in front of three
+    /// lb nodes, then three kube-proxy-style nodes; survival figures side by side and BFD
+    /// failover times
+    #[arg(long, conflicts_with = "keep")]
+    bgp: bool,
 }
 
 pub fn demo(args: &Args) -> Result<()> {
@@ -27,7 +33,7 @@ pub fn demo(args: &Args) -> Result<()> {
     let mut build = run::build_lb_release();
     println!("demo: {}", display(&build));
     status(&mut build)?;
-    let mut cmd = run::lab_release("demo");
+    let mut cmd = run::lab_release(if args.bgp { "demo-bgp" } else { "demo" });
     // Not an `lb` from elsewhere: the one just built.
     cmd.env_remove("LB_BIN");
     if args.keep {

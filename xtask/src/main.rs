@@ -114,7 +114,11 @@ enum Task {
         aioquic HTTP/3 request, 30 QUIC connections migrating with CID routing and without it \
         (side by side), HTTP/1.1 over TCP on the same VIP and port, and the daemon's nonzero \
         metrics. Ends with `demo: OK` or `demo: FAILED: ...`; exits with lb-lab demo's exit code. \
-        With --keep everything stays up and the demo prints how to reach it."
+        With --keep everything stays up and the demo prints how to reach it. \
+        With --bgp it runs `lb-lab demo-bgp` instead: a BIRD router with ECMP multipath routes \
+        in front of three nodes running `lb run` with `[bgp]`, then three kube-proxy-style nodes; \
+        it prints the ECMP reshuffle survival figures side by side, TCP survival after a backend \
+        change and ten BFD failover times, and ends with `demo-bgp: OK` or `demo-bgp: FAILED: ...`."
     )]
     Demo(demo::Args),
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::{backend, bench, demo, membership_bench, probe};
+use crate::{backend, bench, demo, demo_bgp, membership_bench, probe};
 
 /// lb-lab: lb's lab tools (demo, backend, probe, benchmark); the load balancer is `lb`.
 #[derive(Parser)]
@@ -28,6 +28,11 @@ enum Command {
     /// real HTTP/3 and HTTP/1.1 traffic and QUIC migration (needs root, and the `lb` binary
     /// next to this one or in $LB_BIN; exit 1: a failure).
     Demo(demo::DemoArgs),
+    /// The BGP lab: a BIRD router with ECMP multipath routes (L4 hash) in front of three nodes
+    /// running `lb run` with `[bgp]`, then three kube-proxy-style nodes; ECMP reshuffle
+    /// survival side by side, TCP after a backend change, BFD failover times (needs root;
+    /// exit 1: a failure).
+    DemoBgp(demo_bgp::DemoBgpArgs),
     /// Measure ns/packet of the XDP and TC programs through BPF_PROG_TEST_RUN against empty
     /// programs in the same run (needs root; builds a scratch network namespace).
     Bench {
@@ -65,6 +70,7 @@ pub fn main() -> Result<()> {
         Command::Backend(args) => std::process::exit(backend::run(&args)),
         Command::Probe(args) => std::process::exit(probe::run(&args)),
         Command::Demo(args) => std::process::exit(demo::run(&args)),
+        Command::DemoBgp(args) => std::process::exit(demo_bgp::run(&args)),
         Command::Bench {
             json,
             repeat,

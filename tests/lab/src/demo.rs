@@ -445,7 +445,7 @@ fn aioquic(args: &DemoArgs, topo: &Topology) -> Result<String> {
 
 /// The `lb` binary the demo runs: `$LB_BIN`, else `lb` beside this `lb-lab` (cargo builds
 /// both into one target directory; `cargo xtask demo` builds both).
-fn lb_binary(lab: &Path) -> Result<PathBuf> {
+pub fn lb_binary(lab: &Path) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("LB_BIN") {
         return Ok(PathBuf::from(path));
     }
