@@ -52,7 +52,10 @@ use k8s_openapi::{
 };
 
 use super::{
-    crd::{BFDProfile, BGPAdvertisement, BGPPeer, BGPPeerSpec, IPPool},
+    crd::{
+        BFDProfile, BFDProfileSpec, BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec,
+        IPPool,
+    },
     election,
     ipam::{Pool, Selector},
     translate::Eligible,
@@ -545,45 +548,13 @@ struct ParsedAdvert {
 }
 
 impl ParsedAdvert {
+    /// Parse (and report) one advertisement: the pools it selects, and whether it may
+    /// advertise (everything parses).
     fn parse(a: &BGPAdvertisement, pools: &[(&IPPool, Pool)], problems: &mut Problems) -> Self {
         let name = name_of(a);
         let spec = &a.spec;
-        let mut valid = true;
-        let mut selected: BTreeSet<String> = spec.ip_address_pools.iter().cloned().collect();
-        let known: BTreeSet<&str> = pools.iter().map(|(_, p)| p.name.as_str()).collect();
-        for unknown in spec
-            .ip_address_pools
-            .iter()
-            .filter(|n| !known.contains(n.as_str()))
-        {
-            problems.add(
-                ADVERT,
-                &name,
-                "spec.ipAddressPools",
-                INVALID,
-                format!("names IPPool {unknown:?}, which does not exist (or is invalid)"),
-            );
-        }
-        if spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty() {
-            selected.extend(known.iter().map(|s| s.to_string()));
-        }
-        for (crd, pool) in pools {
-            let labels = crd.metadata.labels.clone().unwrap_or_default();
-            match selectors_match(
-                &spec.ip_address_pool_selectors,
-                &labels,
-                ADVERT,
-                &name,
-                "spec.ipAddressPoolSelectors",
-                problems,
-            ) {
-                Some(true) if !spec.ip_address_pool_selectors.is_empty() => {
-                    selected.insert(pool.name.clone());
-                }
-                Some(_) => {}
-                None => valid = false,
-            }
-        }
+        let (selected, mut valid) = selected_pools(spec, &name, pools, problems);
+        // Node selectors are matched per node (in plan); here they are only checked.
         if selectors_match(
             &spec.node_selectors,
             &BTreeMap::new(),
@@ -596,54 +567,135 @@ impl ParsedAdvert {
         {
             valid = false;
         }
-        let mut agg = |field: &str, v: Option<i32>, max: u8| -> u8 {
-            match v {
-                None => max,
-                Some(v) if (0..=i32::from(max)).contains(&v) => v as u8,
-                Some(v) => {
-                    problems.add(
-                        ADVERT,
-                        &name,
-                        field,
-                        INVALID,
-                        format!("{v} is not a prefix length (0..={max})"),
-                    );
-                    valid = false;
-                    max
-                }
-            }
-        };
-        let agg_v4 = agg("spec.aggregationLength", spec.aggregation_length, 32);
-        let agg_v6 = agg("spec.aggregationLengthV6", spec.aggregation_length_v6, 128);
-        let mut communities = Vec::new();
-        for (i, c) in spec.communities.iter().enumerate() {
-            match c.parse::<Community>() {
-                Ok(c) => communities.push(c),
-                Err(e) => {
-                    problems.add(
-                        ADVERT,
-                        &name,
-                        &format!("spec.communities[{i}]"),
-                        INVALID,
-                        format!(
-                            "{e} (lb has no Community resource to name); the advertisement \
-                             is not applied until this is fixed"
-                        ),
-                    );
-                    valid = false;
-                }
-            }
-        }
+        let agg_v4 = aggregation_length(
+            &name,
+            "spec.aggregationLength",
+            spec.aggregation_length,
+            32,
+            problems,
+        );
+        let agg_v6 = aggregation_length(
+            &name,
+            "spec.aggregationLengthV6",
+            spec.aggregation_length_v6,
+            128,
+            problems,
+        );
+        let communities = parse_communities(&name, spec, problems);
+        valid &= agg_v4.is_some() && agg_v6.is_some() && communities.is_some();
         ParsedAdvert {
             name,
             pools: selected,
             valid,
-            agg_v4,
-            agg_v6,
-            communities,
+            agg_v4: agg_v4.unwrap_or(32),
+            agg_v6: agg_v6.unwrap_or(128),
+            communities: communities.unwrap_or_default(),
             local_pref: spec.local_pref,
         }
     }
+}
+
+/// The pools an advertisement selects: those it names and those its
+/// `ipAddressPoolSelectors` match, every pool when it has neither; and whether its pool
+/// selectors all parse. Unknown pool names are reported.
+fn selected_pools(
+    spec: &BGPAdvertisementSpec,
+    name: &str,
+    pools: &[(&IPPool, Pool)],
+    problems: &mut Problems,
+) -> (BTreeSet<String>, bool) {
+    let mut valid = true;
+    let mut selected: BTreeSet<String> = spec.ip_address_pools.iter().cloned().collect();
+    let known: BTreeSet<&str> = pools.iter().map(|(_, p)| p.name.as_str()).collect();
+    for unknown in spec
+        .ip_address_pools
+        .iter()
+        .filter(|n| !known.contains(n.as_str()))
+    {
+        problems.add(
+            ADVERT,
+            name,
+            "spec.ipAddressPools",
+            INVALID,
+            format!("names IPPool {unknown:?}, which does not exist (or is invalid)"),
+        );
+    }
+    if spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty() {
+        selected.extend(known.iter().map(|s| s.to_string()));
+    }
+    for (crd, pool) in pools {
+        let labels = crd.metadata.labels.clone().unwrap_or_default();
+        match selectors_match(
+            &spec.ip_address_pool_selectors,
+            &labels,
+            ADVERT,
+            name,
+            "spec.ipAddressPoolSelectors",
+            problems,
+        ) {
+            Some(true) if !spec.ip_address_pool_selectors.is_empty() => {
+                selected.insert(pool.name.clone());
+            }
+            Some(_) => {}
+            None => valid = false,
+        }
+    }
+    (selected, valid)
+}
+
+/// An aggregation length: `max` (the host prefix) when unset; `None` (reported) when it is
+/// not a prefix length of the family.
+fn aggregation_length(
+    name: &str,
+    field: &str,
+    v: Option<i32>,
+    max: u8,
+    problems: &mut Problems,
+) -> Option<u8> {
+    match v {
+        None => Some(max),
+        Some(v) if (0..=i32::from(max)).contains(&v) => Some(v as u8),
+        Some(v) => {
+            problems.add(
+                ADVERT,
+                name,
+                field,
+                INVALID,
+                format!("{v} is not a prefix length (0..={max})"),
+            );
+            None
+        }
+    }
+}
+
+/// The advertisement's communities; `None` when one (each reported) does not parse, as
+/// lb has no Community resource to look a name up in.
+fn parse_communities(
+    name: &str,
+    spec: &BGPAdvertisementSpec,
+    problems: &mut Problems,
+) -> Option<Vec<Community>> {
+    let mut communities = Vec::new();
+    let mut ok = true;
+    for (i, c) in spec.communities.iter().enumerate() {
+        match c.parse::<Community>() {
+            Ok(c) => communities.push(c),
+            Err(e) => {
+                problems.add(
+                    ADVERT,
+                    name,
+                    &format!("spec.communities[{i}]"),
+                    INVALID,
+                    format!(
+                        "{e} (lb has no Community resource to name); the advertisement \
+                         is not applied until this is fixed"
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(communities)
 }
 
 /// Each profile's BFD timers; what BIRD cannot do is reported on the profile.
@@ -651,89 +703,97 @@ fn parse_profiles(profiles: &[BFDProfile], problems: &mut Problems) -> BTreeMap<
     let mut out = BTreeMap::new();
     for p in profiles {
         let name = name_of(p);
-        let s = &p.spec;
-        let d = bgp::Bfd::default();
-        let mut ok = true;
-        let mut interval = |field: &str, v: Option<u32>, default: u32| match v {
-            None => default,
-            Some(v) if (10..=60000).contains(&v) => v,
-            Some(v) => {
-                problems.add(
-                    PROFILE,
-                    &name,
-                    field,
-                    INVALID,
-                    format!("{v} ms is out of range (10..=60000)"),
-                );
-                ok = false;
-                default
-            }
-        };
-        let receive = interval(
-            "spec.receiveInterval",
-            s.receive_interval,
-            d.receive_interval_ms,
-        );
-        let transmit = interval(
-            "spec.transmitInterval",
-            s.transmit_interval,
-            d.transmit_interval_ms,
-        );
-        let multiplier = match s.detect_multiplier {
-            None => d.detect_multiplier,
-            Some(m) if (2..=255).contains(&m) => m as u8,
-            Some(m) => {
-                problems.add(
-                    PROFILE,
-                    &name,
-                    "spec.detectMultiplier",
-                    INVALID,
-                    format!("{m} is out of range (2..=255)"),
-                );
-                ok = false;
-                d.detect_multiplier
-            }
-        };
-        if s.echo_mode == Some(true) {
-            problems.add(
-                PROFILE,
-                &name,
-                "spec.echoMode",
-                UNSUPPORTED,
-                "BIRD, lb's speaker, has no BFD echo mode: the sessions run without echo".into(),
-            );
-        }
-        if s.echo_interval.is_some() {
-            problems.add(
-                PROFILE,
-                &name,
-                "spec.echoInterval",
-                UNSUPPORTED,
-                "BIRD, lb's speaker, has no BFD echo mode: ignored".into(),
-            );
-        }
-        if s.minimum_ttl.is_some() {
-            problems.add(
-                PROFILE,
-                &name,
-                "spec.minimumTtl",
-                UNSUPPORTED,
-                "BIRD, lb's speaker, does not check a minimum TTL on BFD packets: ignored".into(),
-            );
-        }
-        if ok {
-            out.insert(
-                name,
-                bgp::Bfd {
-                    receive_interval_ms: receive,
-                    transmit_interval_ms: transmit,
-                    detect_multiplier: multiplier,
-                    passive: s.passive_mode.unwrap_or(false),
-                },
-            );
+        let timers = bfd_timers(&name, &p.spec, problems);
+        warn_bfd_unsupported(&name, &p.spec, problems);
+        if let Some(bfd) = timers {
+            out.insert(name, bfd);
         }
     }
     out
+}
+
+/// A profile's timers (BIRD's defaults for those unset); `None` (reported) when one is
+/// out of range: the profile is then unknown to its peers.
+fn bfd_timers(name: &str, s: &BFDProfileSpec, problems: &mut Problems) -> Option<bgp::Bfd> {
+    let d = bgp::Bfd::default();
+    let mut ok = true;
+    let mut interval = |field: &str, v: Option<u32>, default: u32| match v {
+        None => default,
+        Some(v) if (10..=60000).contains(&v) => v,
+        Some(v) => {
+            problems.add(
+                PROFILE,
+                name,
+                field,
+                INVALID,
+                format!("{v} ms is out of range (10..=60000)"),
+            );
+            ok = false;
+            default
+        }
+    };
+    let receive = interval(
+        "spec.receiveInterval",
+        s.receive_interval,
+        d.receive_interval_ms,
+    );
+    let transmit = interval(
+        "spec.transmitInterval",
+        s.transmit_interval,
+        d.transmit_interval_ms,
+    );
+    let multiplier = match s.detect_multiplier {
+        None => d.detect_multiplier,
+        Some(m) if (2..=255).contains(&m) => m as u8,
+        Some(m) => {
+            problems.add(
+                PROFILE,
+                name,
+                "spec.detectMultiplier",
+                INVALID,
+                format!("{m} is out of range (2..=255)"),
+            );
+            ok = false;
+            d.detect_multiplier
+        }
+    };
+    ok.then_some(bgp::Bfd {
+        receive_interval_ms: receive,
+        transmit_interval_ms: transmit,
+        detect_multiplier: multiplier,
+        passive: s.passive_mode.unwrap_or(false),
+    })
+}
+
+/// Reports what BIRD cannot do (echo mode, a minimum TTL); the profile applies without it.
+fn warn_bfd_unsupported(name: &str, s: &BFDProfileSpec, problems: &mut Problems) {
+    if s.echo_mode == Some(true) {
+        problems.add(
+            PROFILE,
+            name,
+            "spec.echoMode",
+            UNSUPPORTED,
+            "BIRD, lb's speaker, has no BFD echo mode: the sessions run without echo".into(),
+        );
+    }
+    if s.echo_interval.is_some() {
+        problems.add(
+            PROFILE,
+            name,
+            "spec.echoInterval",
+            UNSUPPORTED,
+            "BIRD, lb's speaker, has no BFD echo mode: ignored".into(),
+        );
+    }
+    if s.minimum_ttl.is_some() {
+        problems.add(
+            PROFILE,
+            name,
+            "spec.minimumTtl",
+            UNSUPPORTED,
+            "BIRD, lb's speaker, does not check a minimum TTL on BFD packets: ignored".into(),
+        );
+    }
 }
 
 /// A Go duration ("90s", "1m30s", "500ms", "1.5s", "0") in milliseconds.
