@@ -46,10 +46,16 @@ use std::{
 };
 
 use ipnet::IpNet;
-use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::LabelSelector};
+use k8s_openapi::{
+    api::core::v1::{Node, SecretReference},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
 
 use super::{
-    crd::{BFDProfile, BGPAdvertisement, BGPPeer, IPPool},
+    crd::{
+        BFDProfile, BFDProfileSpec, BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec,
+        IPPool,
+    },
     election,
     ipam::{Pool, Selector},
     translate::Eligible,
@@ -162,28 +168,57 @@ pub fn password_secrets(peers: &[BGPPeer], namespace: &str) -> BTreeSet<String> 
 /// Translate `view` (see the module doc for the rules).
 pub fn plan(view: &BgpView) -> Plan {
     let mut problems = Problems(Vec::new());
-    let mut pools: Vec<(&IPPool, Pool)> = view
-        .pools
+    let pools = parse_pools(view.pools);
+    let adverts = parse_adverts(view.adverts, &pools, &mut problems);
+    let mut plan = Plan::default();
+    split_l2_and_bgp(view.vips, &pools, &adverts, &mut plan);
+    plan.desired = desired(view, &pools, &adverts, &mut problems);
+    plan.problems = finish(problems);
+    plan
+}
+
+/// The valid IPPools, parsed, by name: the first that contains a VIP owns it.
+fn parse_pools(pools: &[IPPool]) -> Vec<(&IPPool, Pool)> {
+    let mut pools: Vec<(&IPPool, Pool)> = pools
         .iter()
         .filter_map(|p| Pool::from_crd(p).ok().map(|parsed| (p, parsed)))
         .collect();
     pools.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-    let pool_of = |vip: IpAddr| pools.iter().find(|(_, p)| p.contains(vip));
+    pools
+}
 
-    let mut adverts: Vec<&BGPAdvertisement> = view.adverts.iter().collect();
+/// The pool a VIP belongs to: the first (smallest name) containing it, as allocation does.
+fn pool_of<'p, 'a>(pools: &'p [(&'a IPPool, Pool)], vip: IpAddr) -> Option<&'p (&'a IPPool, Pool)> {
+    pools.iter().find(|(_, p)| p.contains(vip))
+}
+
+/// Every advertisement by name, parsed (and reported) whether or not it selects this node.
+fn parse_adverts<'a>(
+    adverts: &'a [BGPAdvertisement],
+    pools: &[(&IPPool, Pool)],
+    problems: &mut Problems,
+) -> Vec<(&'a BGPAdvertisement, ParsedAdvert)> {
+    let mut adverts: Vec<&BGPAdvertisement> = adverts.iter().collect();
     adverts.sort_by_key(|a| name_of(*a));
-    let parsed: Vec<ParsedAdvert> = adverts
-        .iter()
-        .map(|a| ParsedAdvert::parse(a, &pools, &mut problems))
-        .collect();
+    adverts
+        .into_iter()
+        .map(|a| (a, ParsedAdvert::parse(a, pools, problems)))
+        .collect()
+}
 
-    // L2 vs BGP, the same on every node.
-    let mut plan = Plan::default();
-    for &vip in view.vips.keys() {
-        let Some((crd, pool)) = pool_of(vip) else {
+/// Which VIPs BGP carries and which leave ARP/NDP: the same on every node, so it ignores
+/// the advertisements' node selectors (and their validity: a typo never moves VIPs to L2).
+fn split_l2_and_bgp(
+    vips: &BTreeMap<IpAddr, Eligible>,
+    pools: &[(&IPPool, Pool)],
+    adverts: &[(&BGPAdvertisement, ParsedAdvert)],
+    plan: &mut Plan,
+) {
+    for &vip in vips.keys() {
+        let Some((crd, pool)) = pool_of(pools, vip) else {
             continue;
         };
-        let selected = parsed.iter().any(|a| a.pools.contains(&pool.name));
+        let selected = adverts.iter().any(|(_, a)| a.pools.contains(&pool.name));
         if selected {
             plan.bgp_vips.insert(vip, pool.name.clone());
         }
@@ -195,58 +230,98 @@ pub fn plan(view: &BgpView) -> Plan {
             plan.not_l2.insert(vip);
         }
     }
+}
 
-    let Some(node) = view.node else {
-        plan.problems = finish(problems);
-        return plan;
-    };
+/// This node's speaker configuration; `None` without a Node or without a selected peer.
+fn desired(
+    view: &BgpView,
+    pools: &[(&IPPool, Pool)],
+    adverts: &[(&BGPAdvertisement, ParsedAdvert)],
+    problems: &mut Problems,
+) -> Option<bgp::Desired> {
+    let node = view.node?;
     let labels = node.metadata.labels.clone().unwrap_or_default();
-    let profiles = parse_profiles(view.profiles, &mut problems);
+    let profiles = parse_profiles(view.profiles, problems);
+    let mine = node_peers(view, &labels, &profiles, problems);
+    if mine.is_empty() {
+        return None;
+    }
+    let router_id = router_id(&mine, node, problems);
+    let peers: Vec<bgp::Peer> = mine.into_iter().map(|(p, _)| p).collect();
+    // An ineligible node keeps its sessions and withdraws every prefix.
+    let routes = if election::node_eligible(node) {
+        node_routes(view, &labels, pools, adverts, &peers, problems)
+    } else {
+        Routes::new()
+    };
+    Some(bgp::Desired {
+        router_id,
+        peers,
+        adverts: group_routes(routes),
+    })
+}
 
+/// This node's sessions with their `routerID`s: the selected usable peers, and the
+/// unusable ones the speaker already runs. Every peer is checked, so every node reports
+/// the same problems.
+fn node_peers(
+    view: &BgpView,
+    labels: &BTreeMap<String, String>,
+    profiles: &BTreeMap<String, bgp::Bfd>,
+    problems: &mut Problems,
+) -> Vec<(bgp::Peer, Option<Ipv4Addr>)> {
     let mut peers: Vec<&BGPPeer> = view.peers.iter().collect();
     peers.sort_by_key(|p| name_of(*p));
-    let all_peer_names: BTreeSet<String> = peers.iter().map(|p| name_of(*p)).collect();
-    let mut mine: Vec<(bgp::Peer, Option<Ipv4Addr>)> = Vec::new();
+    let mut mine = Vec::new();
     for p in peers {
         let name = name_of(p);
         let selected = selectors_match(
             &p.spec.node_selectors,
-            &labels,
+            labels,
             PEER,
             &name,
             "spec.nodeSelectors",
-            &mut problems,
+            problems,
         );
-        // Check every peer (every node reports the same problems), keep the selected ones.
-        let parsed = parse_peer(p, &name, view, &profiles, &mut problems);
+        let parsed = parse_peer(p, &name, view, profiles, problems);
         match (selected, parsed) {
             (Some(false), _) => {}
             (Some(true), Some(peer)) => mine.push(peer),
-            // Unusable now: the session runs on as the speaker has it, if it does.
             _ => {
-                if let Some(prev) = view
-                    .previous
-                    .and_then(|d| d.peers.iter().find(|q| q.name == name))
-                {
-                    problems.add(
-                        PEER,
-                        &name,
-                        "spec",
-                        "KeptPrevious",
-                        "the session keeps its last valid configuration until the object is \
-                         fixed"
-                            .into(),
-                    );
-                    mine.push((prev.clone(), None));
+                if let Some(prev) = kept_previous(view, &name, problems) {
+                    mine.push((prev, None));
                 }
             }
         }
     }
-    if mine.is_empty() {
-        plan.problems = finish(problems);
-        return plan;
-    }
+    mine
+}
 
+/// The session the speaker runs for an unusable peer, if it does: it runs on as it is
+/// (reported) rather than drop every node's session over an edit.
+fn kept_previous(view: &BgpView, name: &str, problems: &mut Problems) -> Option<bgp::Peer> {
+    let prev = view
+        .previous
+        .and_then(|d| d.peers.iter().find(|q| q.name == name))?;
+    problems.add(
+        PEER,
+        name,
+        "spec",
+        "KeptPrevious",
+        "the session keeps its last valid configuration until the object is \
+         fixed"
+            .into(),
+    );
+    Some(prev.clone())
+}
+
+/// The speaker's router ID: the first peer's `routerID` (others that differ are reported),
+/// else this Node's first IPv4 InternalIP.
+fn router_id(
+    mine: &[(bgp::Peer, Option<Ipv4Addr>)],
+    node: &Node,
+    problems: &mut Problems,
+) -> Option<Ipv4Addr> {
     let router_id = mine
         .iter()
         .find_map(|(_, id)| *id)
@@ -255,7 +330,7 @@ pub fn plan(view: &BgpView) -> Plan {
         .iter()
         .find_map(|(p, id)| id.map(|id| (p.name.clone(), id)))
     {
-        for (p, id) in &mine {
+        for (p, id) in mine {
             if let Some(id) = id
                 && *id != first.1
             {
@@ -273,84 +348,127 @@ pub fn plan(view: &BgpView) -> Plan {
             }
         }
     }
-    let peers: Vec<bgp::Peer> = mine.into_iter().map(|(p, _)| p).collect();
+    router_id
+}
 
-    // (prefix, peer) → (communities, local_pref, the advertisement that set local_pref).
-    type Attrs = (BTreeSet<Community>, Option<(u32, String)>);
-    let mut routes: BTreeMap<(IpNet, String), Attrs> = BTreeMap::new();
-    if election::node_eligible(node) {
-        for (a, raw) in parsed.iter().zip(&adverts) {
-            for unknown in raw
-                .spec
-                .peers
-                .iter()
-                .filter(|n| !all_peer_names.contains(*n))
-            {
-                problems.add(
-                    ADVERT,
-                    &a.name,
-                    "spec.peers",
-                    INVALID,
-                    format!("names BGPPeer {unknown:?}, which does not exist"),
-                );
-            }
-            if !a.valid {
-                continue;
-            }
-            let Some(true) = selectors_match(
-                &raw.spec.node_selectors,
-                &labels,
+/// A route's attributes: its communities, and its `localPref` with the advertisement that
+/// set it (the first by name, to report a conflicting one).
+type Attrs = (BTreeSet<Community>, Option<(u32, String)>);
+
+/// (prefix, peer name) → the merged attributes of every advertisement reaching it.
+type Routes = BTreeMap<(IpNet, String), Attrs>;
+
+/// What this (eligible) node advertises to which peer: the valid advertisements whose node
+/// selectors match it, merged per (prefix, peer). Unknown `peers` are reported here.
+fn node_routes(
+    view: &BgpView,
+    labels: &BTreeMap<String, String>,
+    pools: &[(&IPPool, Pool)],
+    adverts: &[(&BGPAdvertisement, ParsedAdvert)],
+    peers: &[bgp::Peer],
+    problems: &mut Problems,
+) -> Routes {
+    let all_peer_names: BTreeSet<String> = view.peers.iter().map(name_of).collect();
+    let mut routes = Routes::new();
+    for (raw, a) in adverts {
+        for unknown in raw
+            .spec
+            .peers
+            .iter()
+            .filter(|n| !all_peer_names.contains(*n))
+        {
+            problems.add(
                 ADVERT,
                 &a.name,
-                "spec.nodeSelectors",
-                &mut Problems(Vec::new()), // reported by ParsedAdvert::parse
-            ) else {
-                continue;
-            };
-            for (&vip, elig) in view.vips {
-                let serves_here = match elig {
-                    Eligible::AnyNode => true,
-                    Eligible::Nodes(set) => set.contains(view.node_name),
-                };
-                let in_pool = pool_of(vip).is_some_and(|(_, p)| a.pools.contains(&p.name));
-                if !serves_here || !in_pool {
-                    continue;
-                }
-                let len = if vip.is_ipv4() { a.agg_v4 } else { a.agg_v6 };
-                let Ok(prefix) = IpNet::new(vip, len) else {
-                    continue;
-                };
-                let prefix = prefix.trunc();
-                for peer in &peers {
-                    if peer.address.is_ipv4() != vip.is_ipv4()
-                        || (!raw.spec.peers.is_empty() && !raw.spec.peers.contains(&peer.name))
-                    {
-                        continue;
-                    }
-                    let entry = routes.entry((prefix, peer.name.clone())).or_default();
-                    entry.0.extend(a.communities.iter().copied());
-                    if let Some(lp) = a.local_pref {
-                        match &entry.1 {
-                            None => entry.1 = Some((lp, a.name.clone())),
-                            Some((had, by)) if *had != lp => problems.add(
-                                ADVERT,
-                                &a.name,
-                                "spec.localPref",
-                                INVALID,
-                                format!(
-                                    "localPref {lp} for {prefix} to BGPPeer {} conflicts with \
-                                     {had} of BGPAdvertisement {by}, which is used",
-                                    peer.name
-                                ),
-                            ),
-                            Some(_) => {}
-                        }
-                    }
-                }
+                "spec.peers",
+                INVALID,
+                format!("names BGPPeer {unknown:?}, which does not exist"),
+            );
+        }
+        if !a.valid {
+            continue;
+        }
+        let Some(true) = selectors_match(
+            &raw.spec.node_selectors,
+            labels,
+            ADVERT,
+            &a.name,
+            "spec.nodeSelectors",
+            &mut Problems(Vec::new()), // reported by ParsedAdvert::parse
+        ) else {
+            continue;
+        };
+        for prefix in advert_prefixes(view, pools, a) {
+            for peer in peers.iter().filter(|p| reaches(raw, p, prefix)) {
+                merge_route(&mut routes, prefix, peer, a, problems);
             }
         }
     }
-    // One advertisement per (prefix, attributes), naming its peers.
+    routes
+}
+
+/// The prefixes an advertisement makes of the VIPs this node may serve in its pools:
+/// each VIP truncated to the family's aggregation length.
+fn advert_prefixes(view: &BgpView, pools: &[(&IPPool, Pool)], a: &ParsedAdvert) -> Vec<IpNet> {
+    let mut prefixes = Vec::new();
+    for (&vip, elig) in view.vips {
+        let serves_here = match elig {
+            Eligible::AnyNode => true,
+            Eligible::Nodes(set) => set.contains(view.node_name),
+        };
+        let in_pool = pool_of(pools, vip).is_some_and(|(_, p)| a.pools.contains(&p.name));
+        if !serves_here || !in_pool {
+            continue;
+        }
+        let len = if vip.is_ipv4() { a.agg_v4 } else { a.agg_v6 };
+        let Ok(prefix) = IpNet::new(vip, len) else {
+            continue;
+        };
+        prefixes.push(prefix.trunc());
+    }
+    prefixes
+}
+
+/// Whether an advertisement sends `prefix` to `peer`: same family, and the peer is one
+/// of its `peers` (all when empty).
+fn reaches(raw: &BGPAdvertisement, peer: &bgp::Peer, prefix: IpNet) -> bool {
+    let v4 = matches!(prefix, IpNet::V4(_));
+    peer.address.is_ipv4() == v4
+        && (raw.spec.peers.is_empty() || raw.spec.peers.contains(&peer.name))
+}
+
+/// Add an advertisement's attributes to (prefix, peer): communities merge; the first
+/// `localPref` is kept and a different later one reported.
+fn merge_route(
+    routes: &mut Routes,
+    prefix: IpNet,
+    peer: &bgp::Peer,
+    a: &ParsedAdvert,
+    problems: &mut Problems,
+) {
+    let entry = routes.entry((prefix, peer.name.clone())).or_default();
+    entry.0.extend(a.communities.iter().copied());
+    if let Some(lp) = a.local_pref {
+        match &entry.1 {
+            None => entry.1 = Some((lp, a.name.clone())),
+            Some((had, by)) if *had != lp => problems.add(
+                ADVERT,
+                &a.name,
+                "spec.localPref",
+                INVALID,
+                format!(
+                    "localPref {lp} for {prefix} to BGPPeer {} conflicts with \
+                     {had} of BGPAdvertisement {by}, which is used",
+                    peer.name
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// The speaker's advertisements: one per (prefix, attributes), naming its peers.
+fn group_routes(routes: Routes) -> Vec<bgp::Advertisement> {
     let mut grouped: BTreeMap<(IpNet, Vec<Community>, Option<u32>), Vec<String>> = BTreeMap::new();
     for ((prefix, peer), (communities, lp)) in routes {
         grouped
@@ -362,7 +480,7 @@ pub fn plan(view: &BgpView) -> Plan {
             .or_default()
             .push(peer);
     }
-    let adverts = grouped
+    grouped
         .into_iter()
         .map(
             |((prefix, communities, local_pref), peers)| bgp::Advertisement {
@@ -372,14 +490,7 @@ pub fn plan(view: &BgpView) -> Plan {
                 local_pref,
             },
         )
-        .collect();
-    plan.desired = Some(bgp::Desired {
-        router_id,
-        peers,
-        adverts,
-    });
-    plan.problems = finish(problems);
-    plan
+        .collect()
 }
 
 fn finish(p: Problems) -> Vec<ObjectProblem> {
@@ -437,45 +548,13 @@ struct ParsedAdvert {
 }
 
 impl ParsedAdvert {
+    /// Parse (and report) one advertisement: the pools it selects, and whether it may
+    /// advertise (everything parses).
     fn parse(a: &BGPAdvertisement, pools: &[(&IPPool, Pool)], problems: &mut Problems) -> Self {
         let name = name_of(a);
         let spec = &a.spec;
-        let mut valid = true;
-        let mut selected: BTreeSet<String> = spec.ip_address_pools.iter().cloned().collect();
-        let known: BTreeSet<&str> = pools.iter().map(|(_, p)| p.name.as_str()).collect();
-        for unknown in spec
-            .ip_address_pools
-            .iter()
-            .filter(|n| !known.contains(n.as_str()))
-        {
-            problems.add(
-                ADVERT,
-                &name,
-                "spec.ipAddressPools",
-                INVALID,
-                format!("names IPPool {unknown:?}, which does not exist (or is invalid)"),
-            );
-        }
-        if spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty() {
-            selected.extend(known.iter().map(|s| s.to_string()));
-        }
-        for (crd, pool) in pools {
-            let labels = crd.metadata.labels.clone().unwrap_or_default();
-            match selectors_match(
-                &spec.ip_address_pool_selectors,
-                &labels,
-                ADVERT,
-                &name,
-                "spec.ipAddressPoolSelectors",
-                problems,
-            ) {
-                Some(true) if !spec.ip_address_pool_selectors.is_empty() => {
-                    selected.insert(pool.name.clone());
-                }
-                Some(_) => {}
-                None => valid = false,
-            }
-        }
+        let (selected, mut valid) = selected_pools(spec, &name, pools, problems);
+        // Node selectors are matched per node (in plan); here they are only checked.
         if selectors_match(
             &spec.node_selectors,
             &BTreeMap::new(),
@@ -488,54 +567,135 @@ impl ParsedAdvert {
         {
             valid = false;
         }
-        let mut agg = |field: &str, v: Option<i32>, max: u8| -> u8 {
-            match v {
-                None => max,
-                Some(v) if (0..=i32::from(max)).contains(&v) => v as u8,
-                Some(v) => {
-                    problems.add(
-                        ADVERT,
-                        &name,
-                        field,
-                        INVALID,
-                        format!("{v} is not a prefix length (0..={max})"),
-                    );
-                    valid = false;
-                    max
-                }
-            }
-        };
-        let agg_v4 = agg("spec.aggregationLength", spec.aggregation_length, 32);
-        let agg_v6 = agg("spec.aggregationLengthV6", spec.aggregation_length_v6, 128);
-        let mut communities = Vec::new();
-        for (i, c) in spec.communities.iter().enumerate() {
-            match c.parse::<Community>() {
-                Ok(c) => communities.push(c),
-                Err(e) => {
-                    problems.add(
-                        ADVERT,
-                        &name,
-                        &format!("spec.communities[{i}]"),
-                        INVALID,
-                        format!(
-                            "{e} (lb has no Community resource to name); the advertisement \
-                             is not applied until this is fixed"
-                        ),
-                    );
-                    valid = false;
-                }
-            }
-        }
+        let agg_v4 = aggregation_length(
+            &name,
+            "spec.aggregationLength",
+            spec.aggregation_length,
+            32,
+            problems,
+        );
+        let agg_v6 = aggregation_length(
+            &name,
+            "spec.aggregationLengthV6",
+            spec.aggregation_length_v6,
+            128,
+            problems,
+        );
+        let communities = parse_communities(&name, spec, problems);
+        valid &= agg_v4.is_some() && agg_v6.is_some() && communities.is_some();
         ParsedAdvert {
             name,
             pools: selected,
             valid,
-            agg_v4,
-            agg_v6,
-            communities,
+            agg_v4: agg_v4.unwrap_or(32),
+            agg_v6: agg_v6.unwrap_or(128),
+            communities: communities.unwrap_or_default(),
             local_pref: spec.local_pref,
         }
     }
+}
+
+/// The pools an advertisement selects: those it names and those its
+/// `ipAddressPoolSelectors` match, every pool when it has neither; and whether its pool
+/// selectors all parse. Unknown pool names are reported.
+fn selected_pools(
+    spec: &BGPAdvertisementSpec,
+    name: &str,
+    pools: &[(&IPPool, Pool)],
+    problems: &mut Problems,
+) -> (BTreeSet<String>, bool) {
+    let mut valid = true;
+    let mut selected: BTreeSet<String> = spec.ip_address_pools.iter().cloned().collect();
+    let known: BTreeSet<&str> = pools.iter().map(|(_, p)| p.name.as_str()).collect();
+    for unknown in spec
+        .ip_address_pools
+        .iter()
+        .filter(|n| !known.contains(n.as_str()))
+    {
+        problems.add(
+            ADVERT,
+            name,
+            "spec.ipAddressPools",
+            INVALID,
+            format!("names IPPool {unknown:?}, which does not exist (or is invalid)"),
+        );
+    }
+    if spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty() {
+        selected.extend(known.iter().map(|s| s.to_string()));
+    }
+    for (crd, pool) in pools {
+        let labels = crd.metadata.labels.clone().unwrap_or_default();
+        match selectors_match(
+            &spec.ip_address_pool_selectors,
+            &labels,
+            ADVERT,
+            name,
+            "spec.ipAddressPoolSelectors",
+            problems,
+        ) {
+            Some(true) if !spec.ip_address_pool_selectors.is_empty() => {
+                selected.insert(pool.name.clone());
+            }
+            Some(_) => {}
+            None => valid = false,
+        }
+    }
+    (selected, valid)
+}
+
+/// An aggregation length: `max` (the host prefix) when unset; `None` (reported) when it is
+/// not a prefix length of the family.
+fn aggregation_length(
+    name: &str,
+    field: &str,
+    v: Option<i32>,
+    max: u8,
+    problems: &mut Problems,
+) -> Option<u8> {
+    match v {
+        None => Some(max),
+        Some(v) if (0..=i32::from(max)).contains(&v) => Some(v as u8),
+        Some(v) => {
+            problems.add(
+                ADVERT,
+                name,
+                field,
+                INVALID,
+                format!("{v} is not a prefix length (0..={max})"),
+            );
+            None
+        }
+    }
+}
+
+/// The advertisement's communities; `None` when one (each reported) does not parse, as
+/// lb has no Community resource to look a name up in.
+fn parse_communities(
+    name: &str,
+    spec: &BGPAdvertisementSpec,
+    problems: &mut Problems,
+) -> Option<Vec<Community>> {
+    let mut communities = Vec::new();
+    let mut ok = true;
+    for (i, c) in spec.communities.iter().enumerate() {
+        match c.parse::<Community>() {
+            Ok(c) => communities.push(c),
+            Err(e) => {
+                problems.add(
+                    ADVERT,
+                    name,
+                    &format!("spec.communities[{i}]"),
+                    INVALID,
+                    format!(
+                        "{e} (lb has no Community resource to name); the advertisement \
+                         is not applied until this is fixed"
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(communities)
 }
 
 /// Each profile's BFD timers; what BIRD cannot do is reported on the profile.
@@ -543,89 +703,97 @@ fn parse_profiles(profiles: &[BFDProfile], problems: &mut Problems) -> BTreeMap<
     let mut out = BTreeMap::new();
     for p in profiles {
         let name = name_of(p);
-        let s = &p.spec;
-        let d = bgp::Bfd::default();
-        let mut ok = true;
-        let mut interval = |field: &str, v: Option<u32>, default: u32| match v {
-            None => default,
-            Some(v) if (10..=60000).contains(&v) => v,
-            Some(v) => {
-                problems.add(
-                    PROFILE,
-                    &name,
-                    field,
-                    INVALID,
-                    format!("{v} ms is out of range (10..=60000)"),
-                );
-                ok = false;
-                default
-            }
-        };
-        let receive = interval(
-            "spec.receiveInterval",
-            s.receive_interval,
-            d.receive_interval_ms,
-        );
-        let transmit = interval(
-            "spec.transmitInterval",
-            s.transmit_interval,
-            d.transmit_interval_ms,
-        );
-        let multiplier = match s.detect_multiplier {
-            None => d.detect_multiplier,
-            Some(m) if (2..=255).contains(&m) => m as u8,
-            Some(m) => {
-                problems.add(
-                    PROFILE,
-                    &name,
-                    "spec.detectMultiplier",
-                    INVALID,
-                    format!("{m} is out of range (2..=255)"),
-                );
-                ok = false;
-                d.detect_multiplier
-            }
-        };
-        if s.echo_mode == Some(true) {
-            problems.add(
-                PROFILE,
-                &name,
-                "spec.echoMode",
-                UNSUPPORTED,
-                "BIRD, lb's speaker, has no BFD echo mode: the sessions run without echo".into(),
-            );
-        }
-        if s.echo_interval.is_some() {
-            problems.add(
-                PROFILE,
-                &name,
-                "spec.echoInterval",
-                UNSUPPORTED,
-                "BIRD, lb's speaker, has no BFD echo mode: ignored".into(),
-            );
-        }
-        if s.minimum_ttl.is_some() {
-            problems.add(
-                PROFILE,
-                &name,
-                "spec.minimumTtl",
-                UNSUPPORTED,
-                "BIRD, lb's speaker, does not check a minimum TTL on BFD packets: ignored".into(),
-            );
-        }
-        if ok {
-            out.insert(
-                name,
-                bgp::Bfd {
-                    receive_interval_ms: receive,
-                    transmit_interval_ms: transmit,
-                    detect_multiplier: multiplier,
-                    passive: s.passive_mode.unwrap_or(false),
-                },
-            );
+        let timers = bfd_timers(&name, &p.spec, problems);
+        warn_bfd_unsupported(&name, &p.spec, problems);
+        if let Some(bfd) = timers {
+            out.insert(name, bfd);
         }
     }
     out
+}
+
+/// A profile's timers (BIRD's defaults for those unset); `None` (reported) when one is
+/// out of range: the profile is then unknown to its peers.
+fn bfd_timers(name: &str, s: &BFDProfileSpec, problems: &mut Problems) -> Option<bgp::Bfd> {
+    let d = bgp::Bfd::default();
+    let mut ok = true;
+    let mut interval = |field: &str, v: Option<u32>, default: u32| match v {
+        None => default,
+        Some(v) if (10..=60000).contains(&v) => v,
+        Some(v) => {
+            problems.add(
+                PROFILE,
+                name,
+                field,
+                INVALID,
+                format!("{v} ms is out of range (10..=60000)"),
+            );
+            ok = false;
+            default
+        }
+    };
+    let receive = interval(
+        "spec.receiveInterval",
+        s.receive_interval,
+        d.receive_interval_ms,
+    );
+    let transmit = interval(
+        "spec.transmitInterval",
+        s.transmit_interval,
+        d.transmit_interval_ms,
+    );
+    let multiplier = match s.detect_multiplier {
+        None => d.detect_multiplier,
+        Some(m) if (2..=255).contains(&m) => m as u8,
+        Some(m) => {
+            problems.add(
+                PROFILE,
+                name,
+                "spec.detectMultiplier",
+                INVALID,
+                format!("{m} is out of range (2..=255)"),
+            );
+            ok = false;
+            d.detect_multiplier
+        }
+    };
+    ok.then_some(bgp::Bfd {
+        receive_interval_ms: receive,
+        transmit_interval_ms: transmit,
+        detect_multiplier: multiplier,
+        passive: s.passive_mode.unwrap_or(false),
+    })
+}
+
+/// Reports what BIRD cannot do (echo mode, a minimum TTL); the profile applies without it.
+fn warn_bfd_unsupported(name: &str, s: &BFDProfileSpec, problems: &mut Problems) {
+    if s.echo_mode == Some(true) {
+        problems.add(
+            PROFILE,
+            name,
+            "spec.echoMode",
+            UNSUPPORTED,
+            "BIRD, lb's speaker, has no BFD echo mode: the sessions run without echo".into(),
+        );
+    }
+    if s.echo_interval.is_some() {
+        problems.add(
+            PROFILE,
+            name,
+            "spec.echoInterval",
+            UNSUPPORTED,
+            "BIRD, lb's speaker, has no BFD echo mode: ignored".into(),
+        );
+    }
+    if s.minimum_ttl.is_some() {
+        problems.add(
+            PROFILE,
+            name,
+            "spec.minimumTtl",
+            UNSUPPORTED,
+            "BIRD, lb's speaker, does not check a minimum TTL on BFD packets: ignored".into(),
+        );
+    }
 }
 
 /// A Go duration ("90s", "1m30s", "500ms", "1.5s", "0") in milliseconds.
@@ -674,201 +842,18 @@ fn parse_peer(
 ) -> Option<(bgp::Peer, Option<Ipv4Addr>)> {
     let s = &p.spec;
     let before = problems.0.len();
-    let mut bad = |field: &str, msg: String| problems.add(PEER, name, field, INVALID, msg);
-    let address: Option<IpAddr> = match s.peer_address.parse() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            bad(
-                "spec.peerAddress",
-                format!("{:?} is not an IP address", s.peer_address),
-            );
-            None
-        }
-    };
-    for (field, asn) in [("spec.myASN", s.my_asn), ("spec.peerASN", s.peer_asn)] {
-        if asn == 0 {
-            bad(field, "0 is not an AS number (1..=4294967295)".into());
-        }
-    }
-    if s.peer_port == Some(0) {
-        bad("spec.peerPort", "0 is not a port (1..=65535)".into());
-    }
-    let source_address = match &s.source_address {
-        None => None,
-        Some(a) => match a.parse::<IpAddr>() {
-            Ok(ip) if address.is_none_or(|p| p.is_ipv4() == ip.is_ipv4()) => Some(ip),
-            Ok(ip) => {
-                bad(
-                    "spec.sourceAddress",
-                    format!("{ip} is not of the family of peerAddress"),
-                );
-                None
-            }
-            Err(_) => {
-                bad("spec.sourceAddress", format!("{a:?} is not an IP address"));
-                None
-            }
-        },
-    };
-    let router_id = match &s.router_id {
-        None => None,
-        Some(r) => match r.parse::<Ipv4Addr>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                bad("spec.routerID", format!("{r:?} is not an IPv4 address"));
-                None
-            }
-        },
-    };
-    let mut seconds = |field: &str, v: &Option<String>| -> Option<u64> {
-        let v = v.as_ref()?;
-        match parse_duration_ms(v) {
-            Some(ms) if ms % 1000 == 0 => Some(ms / 1000),
-            Some(_) => {
-                bad(field, format!("{v:?} is not a whole number of seconds"));
-                None
-            }
-            None => {
-                bad(
-                    field,
-                    format!("{v:?} is not a duration (\"90s\", \"1m30s\")"),
-                );
-                None
-            }
-        }
-    };
-    let hold = seconds("spec.holdTime", &s.hold_time);
-    let keepalive = seconds("spec.keepaliveTime", &s.keepalive_time);
-    let hold_time_s = hold.unwrap_or(u64::from(bgp::DEFAULT_HOLD_TIME_S));
-    if hold_time_s != 0 && !(3..=65535).contains(&hold_time_s) {
-        bad(
-            "spec.holdTime",
-            format!("{hold_time_s}s: the hold time is 0 or 3s..=65535s"),
-        );
-    }
-    let keepalive_s = match keepalive {
-        Some(k) => k,
-        None if s.hold_time.is_none() => u64::from(bgp::DEFAULT_KEEPALIVE_S),
-        None => hold_time_s / 3,
-    };
-    // As the static config's rule: 1 s up to less than the hold time (any with hold 0).
-    if keepalive.is_some() && (keepalive_s == 0 || (hold_time_s != 0 && keepalive_s >= hold_time_s))
-    {
-        bad(
-            "spec.keepaliveTime",
-            format!(
-                "{keepalive_s}s is not a keepalive interval for a hold time of \
-                 {hold_time_s}s; use 1s up to less than the hold time (usually a third of it)"
-            ),
-        );
-    }
-    let password = match (&s.password, &s.password_secret) {
-        (Some(_), Some(_)) => {
-            bad(
-                "spec.passwordSecret",
-                "password and passwordSecret are both set; set one".into(),
-            );
-            None
-        }
-        (Some(pw), None) => Some(pw.clone()),
-        (None, Some(r)) => {
-            if r.namespace
-                .as_deref()
-                .is_some_and(|ns| ns != view.namespace)
-            {
-                bad(
-                    "spec.passwordSecret.namespace",
-                    format!(
-                        "the Secret must be in lb's namespace {:?}, not {:?}",
-                        view.namespace,
-                        r.namespace.as_deref().unwrap_or_default()
-                    ),
-                );
-                None
-            } else {
-                let secret = r.name.clone().unwrap_or_default();
-                match view.passwords.get(&secret) {
-                    Some(Ok(pw)) => Some(pw.clone()),
-                    Some(Err(e)) => {
-                        bad("spec.passwordSecret", e.clone());
-                        None
-                    }
-                    None => {
-                        bad(
-                            "spec.passwordSecret",
-                            format!("Secret {}/{secret} not read yet", view.namespace),
-                        );
-                        None
-                    }
-                }
-            }
-        }
-        (None, None) => None,
-    };
-    if password
-        .as_ref()
-        .is_some_and(|pw| pw.is_empty() || pw.len() > 80 || pw.contains(['"', '\n', '\r']))
-    {
-        bad(
-            "spec.password",
-            "a TCP MD5 password is one line of 1..=80 characters without a double quote \
-             (BIRD cannot quote '\"')"
-                .into(),
-        );
-    }
-    for (field, set) in [
-        ("spec.vrf", s.vrf.as_ref().is_some_and(|v| !v.is_empty())),
-        (
-            "spec.interface",
-            s.interface.as_ref().is_some_and(|v| !v.is_empty()),
-        ),
-    ] {
-        if set {
-            problems.add(
-                PEER,
-                name,
-                field,
-                UNSUPPORTED,
-                "lb does not support it (no VRFs, no unnumbered BGP): the session is not opened"
-                    .into(),
-            );
-        }
-    }
-    let fatal = problems.0.len() > before;
-    for (field, set) in [
-        ("spec.connectTime", s.connect_time.is_some()),
-        ("spec.dynamicASN", s.dynamic_asn.is_some()),
-        ("spec.disableMP", s.disable_mp.is_some()),
-    ] {
-        if set {
-            problems.add(
-                PEER,
-                name,
-                field,
-                UNSUPPORTED,
-                "not honoured by lb (BIRD's defaults apply); the session opens without it".into(),
-            );
-        }
-    }
-    let bfd = match &s.bfd_profile {
-        None => None,
-        Some(prof) => match profiles.get(prof) {
-            Some(b) => Some(*b),
-            None => {
-                problems.add(
-                    PEER,
-                    name,
-                    "spec.bfdProfile",
-                    INVALID,
-                    format!(
-                        "BFDProfile {prof:?} does not exist (or is invalid): the session runs \
-                         without BFD"
-                    ),
-                );
-                None
-            }
-        },
-    };
+    let mut r = PeerReport { name, problems };
+    let address = peer_address(s, &mut r);
+    check_asns_and_port(s, &mut r);
+    let source_address = source_address(s, address, &mut r);
+    let router_id = peer_router_id(s, &mut r);
+    let (hold_time_s, keepalive_s) = hold_and_keepalive(s, &mut r);
+    let password = peer_password(s, view, &mut r);
+    check_vrf_and_interface(s, &mut r);
+    // Everything so far leaves the peer out; what follows only warns.
+    let fatal = r.problems.0.len() > before;
+    warn_ignored_fields(s, &mut r);
+    let bfd = peer_bfd(s, profiles, &mut r);
     if fatal {
         return None;
     }
@@ -889,6 +874,252 @@ fn parse_peer(
         },
         router_id,
     ))
+}
+
+/// Reports the problems of one BGPPeer.
+struct PeerReport<'a> {
+    name: &'a str,
+    problems: &'a mut Problems,
+}
+
+impl PeerReport<'_> {
+    /// A value lb cannot use.
+    fn bad(&mut self, field: &str, msg: String) {
+        self.problems.add(PEER, self.name, field, INVALID, msg);
+    }
+
+    /// A MetalLB field lb does not implement.
+    fn unsupported(&mut self, field: &str, msg: &str) {
+        self.problems
+            .add(PEER, self.name, field, UNSUPPORTED, msg.to_owned());
+    }
+}
+
+/// The peer's `peerAddress`; `None` (reported) when it is not an IP address.
+fn peer_address(s: &BGPPeerSpec, r: &mut PeerReport) -> Option<IpAddr> {
+    match s.peer_address.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            r.bad(
+                "spec.peerAddress",
+                format!("{:?} is not an IP address", s.peer_address),
+            );
+            None
+        }
+    }
+}
+
+/// Reports an AS number or a port of 0 (the CRD's schema allows them).
+fn check_asns_and_port(s: &BGPPeerSpec, r: &mut PeerReport) {
+    for (field, asn) in [("spec.myASN", s.my_asn), ("spec.peerASN", s.peer_asn)] {
+        if asn == 0 {
+            r.bad(field, "0 is not an AS number (1..=4294967295)".into());
+        }
+    }
+    if s.peer_port == Some(0) {
+        r.bad("spec.peerPort", "0 is not a port (1..=65535)".into());
+    }
+}
+
+/// The `sourceAddress`, which must be of the peer address's family.
+fn source_address(s: &BGPPeerSpec, address: Option<IpAddr>, r: &mut PeerReport) -> Option<IpAddr> {
+    let a = s.source_address.as_ref()?;
+    match a.parse::<IpAddr>() {
+        Ok(ip) if address.is_none_or(|p| p.is_ipv4() == ip.is_ipv4()) => Some(ip),
+        Ok(ip) => {
+            r.bad(
+                "spec.sourceAddress",
+                format!("{ip} is not of the family of peerAddress"),
+            );
+            None
+        }
+        Err(_) => {
+            r.bad("spec.sourceAddress", format!("{a:?} is not an IP address"));
+            None
+        }
+    }
+}
+
+/// The peer's `routerID`, an IPv4 address.
+fn peer_router_id(s: &BGPPeerSpec, r: &mut PeerReport) -> Option<Ipv4Addr> {
+    let id = s.router_id.as_ref()?;
+    match id.parse::<Ipv4Addr>() {
+        Ok(id) => Some(id),
+        Err(_) => {
+            r.bad("spec.routerID", format!("{id:?} is not an IPv4 address"));
+            None
+        }
+    }
+}
+
+/// The hold time and keepalive in seconds, by the static config's rules: hold 0 or
+/// 3..=65535 s; keepalive 1 s up to less than the hold time (a third of it by default).
+fn hold_and_keepalive(s: &BGPPeerSpec, r: &mut PeerReport) -> (u64, u64) {
+    let hold = whole_seconds("spec.holdTime", &s.hold_time, r);
+    let keepalive = whole_seconds("spec.keepaliveTime", &s.keepalive_time, r);
+    let hold_time_s = hold.unwrap_or(u64::from(bgp::DEFAULT_HOLD_TIME_S));
+    if hold_time_s != 0 && !(3..=65535).contains(&hold_time_s) {
+        r.bad(
+            "spec.holdTime",
+            format!("{hold_time_s}s: the hold time is 0 or 3s..=65535s"),
+        );
+    }
+    let keepalive_s = match keepalive {
+        Some(k) => k,
+        None if s.hold_time.is_none() => u64::from(bgp::DEFAULT_KEEPALIVE_S),
+        None => hold_time_s / 3,
+    };
+    // As the static config's rule: 1 s up to less than the hold time (any with hold 0).
+    if keepalive.is_some() && (keepalive_s == 0 || (hold_time_s != 0 && keepalive_s >= hold_time_s))
+    {
+        r.bad(
+            "spec.keepaliveTime",
+            format!(
+                "{keepalive_s}s is not a keepalive interval for a hold time of \
+                 {hold_time_s}s; use 1s up to less than the hold time (usually a third of it)"
+            ),
+        );
+    }
+    (hold_time_s, keepalive_s)
+}
+
+/// A Go duration field as whole seconds; `None` when unset or (reported) unusable.
+fn whole_seconds(field: &str, v: &Option<String>, r: &mut PeerReport) -> Option<u64> {
+    let v = v.as_ref()?;
+    match parse_duration_ms(v) {
+        Some(ms) if ms % 1000 == 0 => Some(ms / 1000),
+        Some(_) => {
+            r.bad(field, format!("{v:?} is not a whole number of seconds"));
+            None
+        }
+        None => {
+            r.bad(
+                field,
+                format!("{v:?} is not a duration (\"90s\", \"1m30s\")"),
+            );
+            None
+        }
+    }
+}
+
+/// The TCP MD5 password, inline or from a Secret in lb's namespace; one BIRD can quote.
+fn peer_password(s: &BGPPeerSpec, view: &BgpView, r: &mut PeerReport) -> Option<String> {
+    let password = match (&s.password, &s.password_secret) {
+        (Some(_), Some(_)) => {
+            r.bad(
+                "spec.passwordSecret",
+                "password and passwordSecret are both set; set one".into(),
+            );
+            None
+        }
+        (Some(pw), None) => Some(pw.clone()),
+        (None, Some(secret)) => secret_password(secret, view, r),
+        (None, None) => None,
+    };
+    if password
+        .as_ref()
+        .is_some_and(|pw| pw.is_empty() || pw.len() > 80 || pw.contains(['"', '\n', '\r']))
+    {
+        r.bad(
+            "spec.password",
+            "a TCP MD5 password is one line of 1..=80 characters without a double quote \
+             (BIRD cannot quote '\"')"
+                .into(),
+        );
+    }
+    password
+}
+
+/// The password a `passwordSecret` holds, as the controller read it (see
+/// [`password_secrets`]); only lb's namespace is read.
+fn secret_password(secret: &SecretReference, view: &BgpView, r: &mut PeerReport) -> Option<String> {
+    if secret
+        .namespace
+        .as_deref()
+        .is_some_and(|ns| ns != view.namespace)
+    {
+        r.bad(
+            "spec.passwordSecret.namespace",
+            format!(
+                "the Secret must be in lb's namespace {:?}, not {:?}",
+                view.namespace,
+                secret.namespace.as_deref().unwrap_or_default()
+            ),
+        );
+        return None;
+    }
+    let name = secret.name.clone().unwrap_or_default();
+    match view.passwords.get(&name) {
+        Some(Ok(pw)) => Some(pw.clone()),
+        Some(Err(e)) => {
+            r.bad("spec.passwordSecret", e.clone());
+            None
+        }
+        None => {
+            r.bad(
+                "spec.passwordSecret",
+                format!("Secret {}/{name} not read yet", view.namespace),
+            );
+            None
+        }
+    }
+}
+
+/// Reports `vrf` and `interface`, which lb cannot do: they leave the peer out.
+fn check_vrf_and_interface(s: &BGPPeerSpec, r: &mut PeerReport) {
+    for (field, set) in [
+        ("spec.vrf", s.vrf.as_ref().is_some_and(|v| !v.is_empty())),
+        (
+            "spec.interface",
+            s.interface.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+    ] {
+        if set {
+            r.unsupported(
+                field,
+                "lb does not support it (no VRFs, no unnumbered BGP): the session is not opened",
+            );
+        }
+    }
+}
+
+/// Reports the fields lb ignores (BIRD's defaults apply); the session still opens.
+fn warn_ignored_fields(s: &BGPPeerSpec, r: &mut PeerReport) {
+    for (field, set) in [
+        ("spec.connectTime", s.connect_time.is_some()),
+        ("spec.dynamicASN", s.dynamic_asn.is_some()),
+        ("spec.disableMP", s.disable_mp.is_some()),
+    ] {
+        if set {
+            r.unsupported(
+                field,
+                "not honoured by lb (BIRD's defaults apply); the session opens without it",
+            );
+        }
+    }
+}
+
+/// The `bfdProfile`'s timers; an unknown profile is reported and the session runs without
+/// BFD (dropping it over a typo would withdraw every route of every node at once).
+fn peer_bfd(
+    s: &BGPPeerSpec,
+    profiles: &BTreeMap<String, bgp::Bfd>,
+    r: &mut PeerReport,
+) -> Option<bgp::Bfd> {
+    let prof = s.bfd_profile.as_ref()?;
+    match profiles.get(prof) {
+        Some(b) => Some(*b),
+        None => {
+            r.bad(
+                "spec.bfdProfile",
+                format!(
+                    "BFDProfile {prof:?} does not exist (or is invalid): the session runs \
+                     without BFD"
+                ),
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
