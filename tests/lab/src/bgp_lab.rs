@@ -52,7 +52,7 @@ use lb_userspace::bgp::{self, Advertisement, Bfd, Desired, Peer};
 
 use crate::{
     children::Proc,
-    kube_proxy_standin::{KubeProxyRules, ServicePort},
+    kube_proxy_standin::KubeProxyRules,
     netns::{Mac, NetNs, veth_pair},
     topology,
 };
@@ -560,18 +560,7 @@ impl BgpLab {
             .filter(|b| b.n <= 3)
             .map(|b| SocketAddrV4::new(b.addr, BACKEND_PORT))
             .collect();
-        let port = |protocol: &'static str| ServicePort {
-            name: format!("default-web-{protocol}-{VIP_PORT}"),
-            protocol,
-            cluster_ip: CLUSTER_IP,
-            port: VIP_PORT,
-            load_balancer_ips: vec![VIP],
-            endpoints: endpoints.clone(),
-        };
-        KubeProxyRules {
-            pod_cidr: POD_CIDR,
-            services: vec![port("tcp"), port("udp")],
-        }
+        KubeProxyRules::web_tcp_and_udp(POD_CIDR, CLUSTER_IP, VIP, VIP_PORT, endpoints)
     }
 
     fn prepare_node(&mut self, i: usize) -> Result<()> {

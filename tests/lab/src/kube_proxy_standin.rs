@@ -54,6 +54,30 @@ pub struct KubeProxyRules {
 }
 
 impl KubeProxyRules {
+    /// One Service `default/web` on `port` over TCP and UDP, at `cluster_ip` and the load
+    /// balancer address `vip`, with `endpoints` (what the demo's and the labs' kube-proxy
+    /// stand-ins serve).
+    pub fn web_tcp_and_udp(
+        pod_cidr: (Ipv4Addr, u8),
+        cluster_ip: Ipv4Addr,
+        vip: Ipv4Addr,
+        port: u16,
+        endpoints: Vec<SocketAddrV4>,
+    ) -> KubeProxyRules {
+        let service = |protocol: &'static str| ServicePort {
+            name: format!("default-web-{protocol}-{port}"),
+            protocol,
+            cluster_ip,
+            port,
+            load_balancer_ips: vec![vip],
+            endpoints: endpoints.clone(),
+        };
+        KubeProxyRules {
+            pod_cidr,
+            services: vec![service("tcp"), service("udp")],
+        }
+    }
+
     /// The `nft -f` script: deletes an earlier `ip kube-proxy` table, then writes the whole
     /// table (chains before the rules that jump to them).
     pub fn script(&self) -> String {

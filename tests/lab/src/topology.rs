@@ -47,7 +47,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::{
     children::Proc,
-    kube_proxy_standin::{KubeProxyRules, ServicePort},
+    kube_proxy_standin::KubeProxyRules,
     netns::{Mac, NetNs, veth_pair},
     prober::{PROBE_EVERY, Prober, Target},
 };
@@ -98,18 +98,7 @@ pub fn kube_proxy_rules() -> KubeProxyRules {
     let endpoints: Vec<std::net::SocketAddrV4> = (1..=BACKENDS)
         .map(|n| std::net::SocketAddrV4::new(backend_addr(n), BACKEND_PORT_CID))
         .collect();
-    let port = |protocol: &'static str| ServicePort {
-        name: format!("default-web-{protocol}-{VIP_PORT}"),
-        protocol,
-        cluster_ip: CLUSTER_IP,
-        port: VIP_PORT,
-        load_balancer_ips: vec![VIP_CID],
-        endpoints: endpoints.clone(),
-    };
-    KubeProxyRules {
-        pod_cidr: POD_CIDR,
-        services: vec![port("tcp"), port("udp")],
-    }
+    KubeProxyRules::web_tcp_and_udp(POD_CIDR, CLUSTER_IP, VIP_CID, VIP_PORT, endpoints)
 }
 
 /// What the kubelet-style prober probes: every pod's port 8443.
