@@ -6,7 +6,9 @@
 //! warning) and the reverse-NAT TC program to the backend-facing ones, starts answering
 //! ARP/NDP for the VIPs, and serves metrics. SIGHUP or `lb reload` re-reads the config and
 //! applies only the difference; a config that does not validate is rejected with its errors
-//! and the running state stays as it was. SIGINT/SIGTERM detach everything that was attached.
+//! and the running state stays as it was. With `[bgp]`, BIRD is started once the data plane
+//! is attached (`crate::bgp`). SIGINT/SIGTERM withdraw the BGP routes first (waiting until
+//! the peers have them), then detach everything that was attached.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -525,20 +527,8 @@ impl State {
         self.bgp.withdraw_timeout = config.bgp.withdraw_timeout;
         if changes.is_empty() {
             // Only how the VIPs are announced may have changed.
-            if self.announced.is_none() {
-                let vips = config.l2_addresses();
-                for (_, a) in &self.announcers {
-                    a.set_vips(&vips)?;
-                }
-            }
-            let desired = (!self.kube_mode).then(|| config.bgp_desired()).flatten();
             self.config = config;
-            if !self.kube_mode {
-                self.bgp
-                    .set(desired)
-                    .context("the BGP speaker kept its previous configuration")?;
-            }
-            return Ok(0);
+            return self.announce_config().map(|()| 0);
         }
         let t = Instant::now();
         config::apply(&mut self.dp, &changes).context("applying the new config")?;
@@ -547,21 +537,30 @@ impl State {
         self.labels = labels(&plan);
         self.map_changes += changes.len() as u64;
         self.syncs += 1;
+        self.config = config;
+        self.plan = plan;
+        self.announce_config()
+            .context("the maps were updated, but the announcements were not")?;
+        Ok(changes.len())
+    }
+
+    /// Announce the VIPs as the running config says, after its maps are written: ARP/NDP
+    /// for its `l2` addresses (static mode; Kubernetes mode elects them), BGP for the rest
+    /// (static mode; the controller sets Kubernetes mode's).
+    fn announce_config(&mut self) -> Result<()> {
         if self.announced.is_none() {
-            let vips = config.l2_addresses();
+            let vips = self.config.l2_addresses();
             for (_, a) in &self.announcers {
                 a.set_vips(&vips)?;
             }
         }
-        let desired = (!self.kube_mode).then(|| config.bgp_desired()).flatten();
-        self.config = config;
-        self.plan = plan;
         if !self.kube_mode {
-            self.bgp.set(desired).context(
-                "the maps were updated, but the BGP speaker kept its previous configuration",
-            )?;
+            let desired = self.config.bgp_desired();
+            self.bgp
+                .set(desired)
+                .context("the BGP speaker kept its previous configuration")?;
         }
-        Ok(changes.len())
+        Ok(())
     }
 
     /// One sweep of the reply table (see [`spawn_reply_sweep`]); its figures go to the
