@@ -37,12 +37,12 @@
 //! | `lb_reply_flows_expired_total` | counter | | reply-table entries the sweep deleted as idle |
 //! | `lb_reply_sweep_duration_seconds` | gauge | | how long the last sweep of the reply table took |
 //! | `lb_gossip_members` | gauge | `state` (`alive`, `suspect`, `down`) | Kubernetes mode: cluster members by what this node's gossip (SWIM) says of them |
+//! | `lb_gossip_messages_total` | counter | `result` (`sent`, `received`, `rejected`) | Kubernetes mode: gossip datagrams; `rejected`: not from a Node's InternalIP, a bad or missing key tag, or undecodable |
 //! | `lb_bgp_session_up` | gauge | `peer` | 1 while the BGP session with the peer is Established (as BIRD reports it) |
 //! | `lb_bgp_prefixes_exported` | gauge | `peer` | prefixes BIRD exports to the peer |
 //! | `lb_bgp_bfd_session_up` | gauge | `peer` | 1 while the peer's BFD session is Up (peers with BFD only) |
 //! | `lb_bgp_config_applies_total` | counter | `result` (`applied`, `rejected`) | speaker configurations; `rejected`: BIRD refused it and kept the previous one |
 //! | `lb_bgp_speaker_restarts_total` | counter | | times lb started BIRD again after it died |
-//! | `lb_gossip_messages_total` | counter | `result` (`sent`, `received`, `rejected`) | Kubernetes mode: gossip datagrams; `rejected`: not from a Node's InternalIP, a bad or missing key tag, or undecodable |
 //! | `lb_interface_pattern_unmatched` | gauge | `key` (`interfaces`, `backend_interfaces`), `pattern` | 1 while the config entry names no interface on this node (a name, glob or `auto`), else 0; the daemon keeps looking every second |
 //!
 //! Every VIP has a series for each reason the program counts per VIP (all but the
