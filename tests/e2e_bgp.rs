@@ -27,6 +27,9 @@
 //!    back: none fails.
 //! 6. without BFD, the node's uplink down is noticed by the hold timer (9 s) only: the first
 //!    new connection succeeds after more than 1 s and within the hold time plus 1 s.
+//! 7. traffic that is not lb's: kubelet-style probes from the worker node to its pods (TCP
+//!    connect and HTTP GET every 100 ms) for the whole lb lab, through every kill, reload
+//!    and withdrawal: every probe succeeds.
 //!
 //! Needs root and BIRD (`cargo xtask setup`).
 //! `cargo test -p lb-tests --test e2e_bgp -- --test-threads=1 --nocapture`

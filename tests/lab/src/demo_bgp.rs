@@ -18,9 +18,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::{
-    bgp_lab::{BgpLab, HOLD_TIME_S, Mode, NODES, Options, Speaker, Stop, VIP, VIP_PORT},
+    bgp_lab::{
+        BACKEND_PORT, BgpLab, HOLD_TIME_S, Mode, NODES, Options, Speaker, Stop, VIP, VIP_PORT,
+        WORKER, backends,
+    },
     bgp_scenarios::{self, Failover, Moved},
     ecmp_client::{Churn, Client, Flow},
+    prober::{PROBE_EVERY, Prober, Tally, Target},
 };
 
 /// Bound on opening a connection and its first request.
@@ -70,6 +74,9 @@ pub struct Report {
     pub churn: Churn,
     /// Baseline flows whose masquerading node differs from the router's `ip route get`.
     pub path_mismatches: Vec<String>,
+    /// Kubelet-style probes from the worker node to its pods for the whole lb lab: traffic
+    /// that is not lb's, which lb (XDP and reverse NAT on that node) must leave alone.
+    pub kubelet_probes: Option<Tally>,
 }
 
 impl Report {
@@ -116,6 +123,14 @@ impl Report {
             p.push(format!(
                 "baseline: {base_ok}/{base_moved} moved connections survived: the lab cannot tell lb from kube-proxy"
             ));
+        }
+        match &self.kubelet_probes {
+            Some(t) if t.all_ok() => {}
+            Some(t) => p.push(format!(
+                "kubelet-style probes from the worker to its pods: {}",
+                t.summary()
+            )),
+            None => p.push("no kubelet-style probes ran beside lb".into()),
         }
         if !self.path_mismatches.is_empty() {
             p.push(format!(
@@ -224,6 +239,13 @@ impl Report {
             self.churn.attempted,
             self.churn.slowest.as_millis()
         );
+        if let Some(t) = &self.kubelet_probes {
+            let _ = writeln!(
+                s,
+                "Kubelet-style probes from the worker to its pods, beside lb: {}",
+                t.summary()
+            );
+        }
         s
     }
 }
@@ -291,10 +313,22 @@ pub fn measure(plan: &Plan, say: &mut dyn FnMut(&str)) -> Result<Report> {
             t.elapsed().as_secs_f64(),
             lab.next_hops()?.iter().map(|i| i + 1).collect::<Vec<_>>()
         ));
+        // The kubelet probes the worker's pods from the node throughout.
+        let targets = backends()
+            .iter()
+            .filter(|b| b.n <= 3)
+            .map(|b| Target {
+                name: format!("b{}", b.n),
+                addr: SocketAddr::new(IpAddr::V4(b.addr), BACKEND_PORT),
+            })
+            .collect();
+        let prober = Prober::start(lab.nodes[WORKER].ns.path(), targets, PROBE_EVERY)
+            .context("starting the kubelet-style prober on the worker")?;
         let res = lb_steps(plan, &mut lab, target, n, &mut r, say);
         if let Err(e) = res {
             return Err(e.context(lab.logs()));
         }
+        r.kubelet_probes = Some(prober.tally());
     }
     {
         let t = Instant::now();
@@ -518,6 +552,10 @@ mod tests {
                 ..Churn::default()
             },
             path_mismatches: Vec::new(),
+            kubelet_probes: Some(Tally {
+                probes: 30,
+                ..Tally::default()
+            }),
         }
     }
 
@@ -542,6 +580,15 @@ mod tests {
             "{:?}",
             r.problems()
         );
+        let mut r = good();
+        r.kubelet_probes = Some(Tally {
+            probes: 30,
+            failed: 1,
+            ..Tally::default()
+        });
+        assert!(r.problems()[0].contains("kubelet"), "{:?}", r.problems());
+        r.kubelet_probes = None;
+        assert!(r.problems()[0].contains("kubelet"), "{:?}", r.problems());
         let mut r = good();
         r.failovers[0].connect = Duration::from_millis(1200);
         assert!(r.problems()[0].contains("failover"), "{:?}", r.problems());
