@@ -27,6 +27,10 @@ pub const DEFAULT_LEARNED_CIDS: u32 = 262_144;
 pub const DEFAULT_QUIC_CONFIGS: u32 = 16_384;
 /// Slots in the shared pool of Maglev rings (`LB_MAGLEV`), four octets each.
 pub const DEFAULT_MAGLEV_SLOTS: u32 = 16_777_216;
+/// Ring slots per `LB_MAGLEV` element: the kernel rounds an array's values up to eight
+/// octets, so one backend id per element would cost eight. Rings start at an even slot and
+/// take an even number of slots, so no two rings share an element.
+pub const MAGLEV_SLOTS_PER_ELEMENT: u32 = 2;
 /// Capacity of `LB_SRC_RANGES`: allowed client prefixes over all VIPs (each data-plane VIP,
 /// i.e. each address, port and protocol, holds its own copy of its entry's ranges).
 pub const MAX_SOURCE_RANGES: u32 = 16384;

@@ -7,8 +7,8 @@ use aya_ebpf::{
 use lb_common::{
     Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, DEFAULT_BACKENDS, DEFAULT_CONN_TABLE,
     DEFAULT_MAGLEV_SLOTS, DEFAULT_QUIC_CONFIGS, DEFAULT_SERVER_IDS, DEFAULT_VIPS, FIB_CACHE_SLOTS,
-    FibCacheEntry, FlowKey, MAX_IFACES, QuicLbConfig, REPLY_TABLE_ENTRIES, ReplyNat, ServerIdKey,
-    Settings, VipCounter, VipKey, VipMeta,
+    FibCacheEntry, FlowKey, MAGLEV_SLOTS_PER_ELEMENT, MAX_IFACES, QuicLbConfig,
+    REPLY_TABLE_ENTRIES, ReplyNat, ServerIdKey, Settings, VipCounter, VipKey, VipMeta,
 };
 
 // Every size below is a default: userspace sets each map's size when it loads the object
@@ -21,9 +21,11 @@ pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT
 pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_BACKENDS, 0);
 
 /// The shared pool of Maglev rings: every VIP's live ring is `ring_size` slots (backend ids)
-/// from its `VipMeta::ring_offset`. Userspace allocates the slots.
+/// from its `VipMeta::ring_offset`, two slots per element
+/// (`lb_common::MAGLEV_SLOTS_PER_ELEMENT`). Userspace allocates the slots.
 #[map(name = "LB_MAGLEV")]
-pub static LB_MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAGLEV_SLOTS, 0);
+pub static LB_MAGLEV: Array<[u32; 2]> =
+    Array::with_max_entries(DEFAULT_MAGLEV_SLOTS / MAGLEV_SLOTS_PER_ELEMENT, 0);
 
 #[map(name = "LB_SERVER_IDS")]
 pub static LB_SERVER_IDS: HashMap<ServerIdKey, u32> =

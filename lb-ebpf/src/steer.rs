@@ -126,7 +126,8 @@ fn maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<Choice, Reas
         flow_hash(flow)
     };
     let slot = vip.ring_offset.wrapping_add(hash % vip.ring_size);
-    let id = *LB_MAGLEV.get(slot).ok_or(Reason::DropBadBackend)?;
+    let pair = LB_MAGLEV.get(slot >> 1).ok_or(Reason::DropBadBackend)?;
+    let id = if slot & 1 == 0 { pair[0] } else { pair[1] };
     let b = valid_backend(id, flow.family).ok_or(Reason::DropBadBackend)?;
     let _ = LB_CONNS.insert(
         flow,

@@ -137,8 +137,15 @@ impl Capacity {
             (map_names::LEARNED, self.learned_cids),
             (map_names::SERVER_IDS, self.server_ids),
             (map_names::QUIC_CFG, self.quic_configs),
-            (map_names::MAGLEV, self.maglev_slots),
+            // Two ring slots per element (lb_common::MAGLEV_SLOTS_PER_ELEMENT).
+            (map_names::MAGLEV, self.maglev_elements()),
         ]
+    }
+
+    /// `LB_MAGLEV` elements: `maglev_slots` in pairs.
+    pub fn maglev_elements(&self) -> u32 {
+        self.maglev_slots
+            .div_ceil(lb_common::MAGLEV_SLOTS_PER_ELEMENT)
     }
 
     /// The value of every knob is in its range.

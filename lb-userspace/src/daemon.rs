@@ -33,7 +33,7 @@ use crate::{
     dataplane::{Dataplane, LoadOptions, monotonic_ns},
     ifaces,
     kube::{ControllerStatus, NodeDataplane, controller, liveness::GossipState},
-    links,
+    links, map_usage,
     metrics::{
         self, BackendLabel, DaemonStats, Format, Labels, MetricsSource, QuicLabel, VipLabel,
     },
@@ -782,6 +782,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             spawn_config_watch(&state, opts.config.clone());
         }
         spawn_reply_sweep(&state);
+        spawn_map_usage(&state);
         spawn_bgp_poll(&state);
         let mut lease_holder = None;
         if let Some(kube_opts) = opts.kube {
@@ -875,6 +876,39 @@ fn spawn_reply_sweep(state: &Arc<Mutex<State>>) {
         loop {
             tick.tick().await;
             lock(&state).sweep_replies();
+        }
+    });
+}
+
+/// Read how full the sizable maps are every [`map_usage::INTERVAL`], for the `lb_map_*`
+/// metrics and `/status`; warn once when one crosses 90%. Only taking the maps' file
+/// descriptors holds the state's lock: the walks (a million flows is a few dozen batched
+/// reads) run on a blocking thread, so they never delay a map update.
+fn spawn_map_usage(state: &Arc<Mutex<State>>) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(map_usage::INTERVAL);
+        loop {
+            tick.tick().await;
+            let (reader, stats) = {
+                let s = lock(&state);
+                let reader =
+                    s.dp.usage_reader(s.plan.vips.len() as u64, s.plan.backends.len() as u64);
+                (reader, s.stats.clone())
+            };
+            let reader = match reader {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("reading the maps' use: {e:#}");
+                    continue;
+                }
+            };
+            let Ok(usage) = tokio::task::spawn_blocking(move || reader.read()).await else {
+                continue;
+            };
+            for u in stats.map_usage(usage) {
+                warn!("{}", u.warning());
+            }
         }
     });
 }

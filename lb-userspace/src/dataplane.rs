@@ -16,9 +16,10 @@ use aya::{
 };
 use lb_common::{
     BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, FAMILY_V4,
-    FAMILY_V6, FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX, QuicLbConfig,
-    REASON_COUNT, Reason, ServerIdKey, Settings, VipCounter, VipKey, VipMeta, fib_cache_slot,
-    map_names, program_names, quic_config_key, quic_lb,
+    FAMILY_V6, FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX,
+    MAGLEV_SLOTS_PER_ELEMENT, QuicLbConfig, REASON_COUNT, Reason, ServerIdKey, Settings,
+    VipCounter, VipKey, VipMeta, fib_cache_slot, map_names, program_names, quic_config_key,
+    quic_lb,
 };
 use lb_common::{
     CONN_F_VALID, IFACE_F_BACKEND, IFACE_F_XMIT, LearnedKey, MAX_SOURCE_RANGES, PROTO_TCP,
@@ -73,6 +74,11 @@ pub enum DataplaneError {
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
+
+/// The pool slots a ring of `size` takes: whole `LB_MAGLEV` elements.
+fn ring_slots(size: u32) -> u32 {
+    size.next_multiple_of(MAGLEV_SLOTS_PER_ELEMENT)
+}
 
 /// A map the kernel would not create at its configured size, named with the `[capacity]`
 /// key to lower; any other load error as it is.
@@ -246,7 +252,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     vips: HashMap<MapData, VipKey, VipMeta>,
     backends: Array<MapData, Backend>,
-    maglev: Array<MapData, u32>,
+    /// `LB_MAGLEV`: two ring slots per element.
+    maglev: Array<MapData, [u32; 2]>,
     server_ids: HashMap<MapData, ServerIdKey, u32>,
     quic_cfg: HashMap<MapData, u32, QuicLbConfig>,
     conns: HashMap<MapData, FlowKey, ConnEntry>,
@@ -416,7 +423,7 @@ impl Dataplane {
             source_ranges,
             rnat_cfg,
             rnat_links: StdHashMap::new(),
-            ring_pool: RingPool::new(opts.capacity.maglev_slots),
+            ring_pool: RingPool::new(opts.capacity.maglev_elements() * MAGLEV_SLOTS_PER_ELEMENT),
             capacity: opts.capacity,
         };
         dp.set_settings(&Settings {
@@ -736,7 +743,8 @@ impl Dataplane {
         let meta = self.vip(key);
         self.vips.remove(key).map_err(map_err(map_names::VIPS))?;
         if let Some(m) = meta {
-            self.ring_pool.release(m.ring_offset, m.ring_size);
+            self.ring_pool
+                .release(m.ring_offset, ring_slots(m.ring_size));
             if m.flags & lb_common::VIP_F_LEARNED_CID != 0 {
                 self.clear_learned(m.index)?;
             }
@@ -763,13 +771,15 @@ impl Dataplane {
             )));
         }
         let current = self.vip(key);
+        // Whole elements of LB_MAGLEV: rings never share one.
+        let slots = size.next_multiple_of(MAGLEV_SLOTS_PER_ELEMENT);
         let offset = if size == 0 {
             0
         } else {
-            let offset = self.ring_pool.alloc(size)?;
+            let offset = self.ring_pool.alloc(slots)?;
             if let Err(e) = self.write_ring(offset, table) {
                 // Never published: no packet can be reading these slots.
-                self.ring_pool.release(offset, size);
+                self.ring_pool.release(offset, slots);
                 return Err(e);
             }
             offset
@@ -781,31 +791,41 @@ impl Dataplane {
             ring_offset: offset,
         };
         if let Err(e) = self.set_vip(key, &meta) {
-            self.ring_pool.release(offset, size);
+            self.ring_pool.release(offset, slots);
             return Err(e);
         }
         if let Some(old) = current {
-            self.ring_pool.release(old.ring_offset, old.ring_size);
+            self.ring_pool
+                .release(old.ring_offset, ring_slots(old.ring_size));
         }
         Ok(())
     }
 
-    /// Write a ring's slots, a few thousand per system call.
+    /// Write a ring's slots from `offset` (even), two per element, a few thousand elements
+    /// per system call. An odd ring's last element has a second half no packet reads.
     fn write_ring(&mut self, offset: u32, table: &[u32]) -> Result<()> {
         use aya::maps::IterableMap;
         use std::os::fd::{AsFd, AsRawFd};
-        let keys: Vec<u32> = (offset..offset + table.len() as u32).collect();
+        let first = offset / MAGLEV_SLOTS_PER_ELEMENT;
+        let pairs: Vec<[u32; 2]> = table
+            .chunks(2)
+            .map(|c| [c[0], c.get(1).copied().unwrap_or(c[0])])
+            .collect();
+        let keys: Vec<u32> = (first..first + pairs.len() as u32).collect();
         let fd = self.maglev.map().fd().as_fd().as_raw_fd();
-        crate::map_batch::update_all(fd, &keys, table).map_err(|e| {
+        crate::map_batch::update_all(fd, &keys, &pairs).map_err(|e| {
             DataplaneError::Invalid(format!("writing a ring into {}: {e}", map_names::MAGLEV))
         })
     }
 
     /// The backend in `slot` of the VIP's live ring.
     pub fn ring_slot(&self, meta: &VipMeta, slot: u32) -> Result<u32> {
-        self.maglev
-            .get(&(meta.ring_offset + slot), 0)
-            .map_err(map_err(map_names::MAGLEV))
+        let at = meta.ring_offset + slot;
+        let pair = self
+            .maglev
+            .get(&(at / MAGLEV_SLOTS_PER_ELEMENT), 0)
+            .map_err(map_err(map_names::MAGLEV))?;
+        Ok(pair[(at % MAGLEV_SLOTS_PER_ELEMENT) as usize])
     }
 
     /// The sizes the maps were loaded with.
@@ -1671,4 +1691,106 @@ fn run_tc(prog: &SchedClassifier, packet: &[u8], ifindex: u32, repeat: u32) -> R
         data: out,
         duration: r.duration,
     })
+}
+
+impl Dataplane {
+    /// What [`map_usage::UsageReader`](crate::map_usage::UsageReader) needs to read how full
+    /// the sizable maps are, off the caller's lock: duplicates of their file descriptors.
+    /// `vips` and `backends` are the VIPs and backend ids in use (arrays have every slot,
+    /// so their use is the daemon's to say).
+    pub fn usage_reader(&self, vips: u64, backends: u64) -> Result<crate::map_usage::UsageReader> {
+        use crate::map_usage::{Count, MapHandle, UsageReader};
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let c = &self.capacity;
+        let dup = |name: &'static str, data: &MapData| {
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DataplaneError::Invalid(format!("duplicating {name}'s fd: {e}")))
+        };
+        let rows: [(&'static str, &'static str, u32, Count, &MapData); 10] = [
+            (
+                map_names::VIPS,
+                "[capacity] vips",
+                c.vips,
+                Count::Vips,
+                self.vips.map(),
+            ),
+            (
+                map_names::VIP_STATS,
+                "[capacity] vips",
+                c.vips,
+                Count::Known(vips),
+                self.vip_stats.map(),
+            ),
+            (
+                map_names::BACKENDS,
+                "[capacity] backends",
+                c.backends,
+                Count::Known(backends),
+                self.backends.map(),
+            ),
+            (
+                map_names::BACKEND_STATS,
+                "[capacity] backends",
+                c.backends,
+                Count::Known(backends),
+                self.backend_stats.map(),
+            ),
+            (
+                map_names::MAGLEV,
+                "[capacity] maglev_slots",
+                c.maglev_slots,
+                Count::Known(self.ring_pool.used() + self.ring_pool.in_grace()),
+                self.maglev.map(),
+            ),
+            (
+                map_names::SERVER_IDS,
+                "[capacity] server_ids",
+                c.server_ids,
+                Count::ServerIds,
+                self.server_ids.map(),
+            ),
+            (
+                map_names::QUIC_CFG,
+                "[capacity] quic_configs",
+                c.quic_configs,
+                Count::QuicConfigs,
+                self.quic_cfg.map(),
+            ),
+            (
+                map_names::CONNS,
+                "[capacity] conn_table_size",
+                c.conn_table_size,
+                Count::Conns,
+                self.conns.map(),
+            ),
+            (
+                map_names::LEARNED,
+                "[capacity] learned_cids",
+                c.learned_cids,
+                Count::Learned,
+                self.learned.map(),
+            ),
+            (
+                map_names::REPLIES,
+                "[reverse_nat] max_flows",
+                self.reply_capacity,
+                Count::Replies,
+                self.replies.map(),
+            ),
+        ];
+        let mut maps = Vec::with_capacity(rows.len());
+        for (map, setting, capacity, count, data) in rows {
+            maps.push(MapHandle {
+                map,
+                setting,
+                capacity: capacity as u64,
+                count,
+                fd: dup(map, data)?,
+            });
+        }
+        Ok(UsageReader { maps })
+    }
 }

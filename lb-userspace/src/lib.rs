@@ -18,5 +18,6 @@ pub mod links;
 pub mod mac;
 pub mod maglev;
 pub mod map_batch;
+pub mod map_usage;
 pub mod metrics;
 pub mod ring_pool;

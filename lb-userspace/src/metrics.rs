@@ -34,6 +34,9 @@
 //! | `lb_backends` | gauge | | distinct backends (address, port) the daemon has programmed |
 //! | `lb_fib_cache_ttl_seconds` | gauge | | lifetime of the XDP program's next-hop cache (`LB_SETTINGS`); 0 = off |
 //! | `lb_scrape_map_errors` | gauge | | map reads that failed during this scrape (their series are left out) |
+//! | `lb_map_capacity` | gauge | `map` | entries each sizable map can hold (`LB_CONNS`, `LB_VIPS`, ...: its `[capacity]` setting) |
+//! | `lb_map_entries` | gauge | `map` | entries in use, read every 10 s (hash maps counted in the map; arrays: the VIPs, backends and ring slots in use). At 90% of capacity the daemon logs a warning naming the setting to raise |
+//! | `lb_map_memory_bytes` | gauge | `map` | kernel memory charged for the map (`memlock` in its fdinfo, as `bpftool map show` reports it) |
 //! | `lb_reply_flows` | gauge | | flows in the reply table (replies the reverse NAT rewrites), as of the last sweep |
 //! | `lb_reply_flows_capacity` | gauge | | flows the reply table can hold (`[reverse_nat] max_flows`) |
 //! | `lb_reply_flows_expired_total` | counter | | reply-table entries the sweep deleted as idle |
@@ -199,7 +202,17 @@ pub struct DaemonStats {
     bgp: BgpMetrics,
     /// `lb_interface_pattern_unmatched`, by (key, pattern).
     unmatched: Family<Vec<(String, String)>, Gauge>,
+    maps: MapGauges,
     version: &'static str,
+}
+
+/// The maps' use as last read ([`crate::map_usage`]).
+#[derive(Clone, Debug, Default)]
+struct MapGauges {
+    capacity: Family<Vec<(String, String)>, Gauge>,
+    entries: Family<Vec<(String, String)>, Gauge>,
+    memory: Family<Vec<(String, String)>, Gauge>,
+    last: Arc<std::sync::Mutex<Vec<crate::map_usage::MapUsage>>>,
 }
 
 /// Kubernetes mode's gossip, as the controller last reported it.
@@ -253,6 +266,7 @@ impl DaemonStats {
             gossip: GossipMetrics::default(),
             bgp: BgpMetrics::default(),
             unmatched: Family::default(),
+            maps: MapGauges::default(),
             version,
         }
     }
@@ -265,6 +279,39 @@ impl DaemonStats {
                 ("pattern".to_string(), pattern.to_string()),
             ])
             .set(i64::from(unmatched));
+    }
+
+    /// The maps' use as just read; returns the maps that crossed
+    /// [`NEAR_FULL`](crate::map_usage::NEAR_FULL) since the last reading (to warn about).
+    pub fn map_usage(
+        &self,
+        now: Vec<crate::map_usage::MapUsage>,
+    ) -> Vec<crate::map_usage::MapUsage> {
+        let m = &self.maps;
+        for u in &now {
+            let l = vec![("map".to_string(), u.map.to_string())];
+            m.capacity.get_or_create(&l).set(u.capacity as i64);
+            m.entries.get_or_create(&l).set(u.entries as i64);
+            if let Some(b) = u.memory_bytes {
+                m.memory.get_or_create(&l).set(b as i64);
+            }
+        }
+        let mut last = m.last.lock().unwrap_or_else(|p| p.into_inner());
+        let crossed = crate::map_usage::newly_near_full(&last, &now)
+            .into_iter()
+            .cloned()
+            .collect();
+        *last = now;
+        crossed
+    }
+
+    /// The maps' use as last read, for `/status`.
+    pub fn last_map_usage(&self) -> Vec<crate::map_usage::MapUsage> {
+        self.maps
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The reply table holds at most `n` flows.
@@ -711,6 +758,23 @@ fn registry(snap: Snapshot, labels: &Labels, extra: &DaemonStats) -> Registry {
         "1 while this interfaces / backend_interfaces entry names no interface on this node",
         extra.unmatched.clone(),
     );
+    let m = &extra.maps;
+    reg.register(
+        "lb_map_capacity",
+        "Entries the map can hold (its [capacity] setting)",
+        m.capacity.clone(),
+    );
+    reg.register(
+        "lb_map_entries",
+        "Entries in use in the map, as of the last reading (every 10 s)",
+        m.entries.clone(),
+    );
+    reg.register_with_unit(
+        "lb_map_memory",
+        "Kernel memory charged for the map (memlock in its fdinfo)",
+        Unit::Bytes,
+        m.memory.clone(),
+    );
     let r = &extra.reply_table;
     reg.register(
         "lb_reply_flows",
@@ -903,6 +967,15 @@ pub fn status_snapshot(s: &Snapshot, extra: &DaemonStats) -> Value {
             "expired": extra.reply_table.expired.get(),
             "last_sweep_seconds": extra.reply_table.sweep_seconds.get(),
         },
+        // Each sizable map: capacity, entries, kernel memory, and whether it is near full.
+        "maps": extra.last_map_usage().iter().map(|u| json!({
+            "map": u.map,
+            "setting": u.setting,
+            "capacity": u.capacity,
+            "entries": u.entries,
+            "memory_bytes": u.memory_bytes,
+            "near_full": u.near_full(),
+        })).collect::<Vec<_>>(),
         "map_sync": {
             "count": extra.map_sync_totals.0.load(Ordering::Relaxed),
             "sum_seconds": extra.map_sync_totals.1.load(Ordering::Relaxed) as f64 / 1e9,

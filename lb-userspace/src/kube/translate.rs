@@ -1094,7 +1094,9 @@ impl UseCounts {
         }
         let weighted = v.backends.iter().filter(|b| b.weight > 0).count() as u32;
         if weighted > 0 {
-            let ring = lb_common::maglev::ring_size_for(weighted);
+            // Whole LB_MAGLEV elements, two slots each.
+            let ring = lb_common::maglev::ring_size_for(weighted)
+                .next_multiple_of(lb_common::MAGLEV_SLOTS_PER_ELEMENT);
             self.ring_slots += ring as u64;
             self.largest_ring = self.largest_ring.max(ring);
         }
@@ -1856,9 +1858,10 @@ mod tests {
 
     #[test]
     fn services_whose_rings_do_not_fit_the_pool_are_refused() {
-        // Two 257-slot rings per Service, plus room to replace one: 3 x 257 fits one.
+        // Two 257-slot rings per Service (258 slots: whole pairs), plus room to replace
+        // one: 3 x 258 fits one Service.
         let mut w = dual_protocol_services(2);
-        w.capacity.maglev_slots = 3 * lb_common::MAGLEV_RING_MIN;
+        w.capacity.maglev_slots = 3 * (lb_common::MAGLEV_RING_MIN + 1);
         let d = w.run("n");
         assert_eq!(d.vips.len(), 2);
         assert_eq!(reasons(&d), vec![("s01", "DataPlaneFull")]);

@@ -158,6 +158,8 @@ impl MapUsage {
         if rings == 0 || size == 0 {
             return;
         }
+        // Rings take whole LB_MAGLEV elements (two slots each).
+        let size = size.next_multiple_of(lb_common::MAGLEV_SLOTS_PER_ELEMENT);
         let grow = size.saturating_sub(self.largest_ring);
         self.largest_ring = self.largest_ring.max(size);
         if let Some(count) = self

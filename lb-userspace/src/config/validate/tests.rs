@@ -194,7 +194,8 @@ fn capacity_table() {
         "lb.toml:3:8: capacity.vips: 0 is out of range; use 1..=1048576 (it sizes the map \
          LB_VIPS)",
     );
-    // Rings: two VIPs of one backend take 257 slots each, plus 257 to replace one.
+    // Rings: two VIPs of one backend take 257 slots each (258: whole pairs), plus 258 to
+    // replace one.
     let vip = |a: &str| {
         format!(
             "[[vips]]\naddress = \"{a}\"\nports = [1]\nprotocols = [\"tcp\", \"udp\"]\n\
@@ -210,7 +211,7 @@ fn capacity_table() {
     assert!(
         err.contains(
             "this entry brings the Maglev ring slots (rings x slots, plus room to \
-             replace the largest) to 262397; the pool has 262142; raise [capacity] maglev_slots"
+             replace the largest) to 262386; the pool has 262142; raise [capacity] maglev_slots"
         ),
         "{err}"
     );
