@@ -347,3 +347,92 @@ fn memory_per_map_from_the_kernels_accounting() -> Result<()> {
     }
     Ok(())
 }
+
+/// A memory cgroup of our own, under the one this test runs in (cgroup v1's memory
+/// controller or v2's), limited to `limit` octets; removed on drop. BPF maps are charged to
+/// the memory cgroup of the process that creates them.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> Result<MemoryCgroup> {
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        let v1 = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()));
+        let (dir, limit_file) = match v1 {
+            Some(path) => (
+                std::path::PathBuf::from(format!("/sys/fs/cgroup/memory{path}")),
+                "memory.limit_in_bytes",
+            ),
+            None => {
+                let path = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .context("no memory cgroup in /proc/self/cgroup (neither v1 nor v2)")?;
+                (
+                    std::path::PathBuf::from(format!("/sys/fs/cgroup{path}")),
+                    "memory.max",
+                )
+            }
+        };
+        let dir = dir.join(format!("lb-capacity-{}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cg = MemoryCgroup { dir };
+        std::fs::write(cg.dir.join(limit_file), limit.to_string())
+            .with_context(|| format!("limiting {}", cg.dir.display()))?;
+        Ok(cg)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Empty by now: the child it held has exited.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_map_the_kernel_refuses_stops_lb_run_naming_the_setting_and_attaches_nothing() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    lb_lab::netns::require_root()?;
+    let ns = lb_lab::netns::NetNs::create("lbcap")?;
+    ns.ip(&["link", "add", "ext0", "type", "veth", "peer", "name", "ext1"])?;
+    ns.ip(&["link", "set", "ext0", "up"])?;
+    let config = std::env::temp_dir().join(format!("lb-capacity-{}.toml", std::process::id()));
+    // Everything small but the connection table: four million flows need about 470 MB,
+    // and the cgroup allows 64 MB, so LB_CONNS is the map refused.
+    std::fs::write(
+        &config,
+        "interfaces = [\"ext0\"]\n[reverse_nat]\nmax_flows = 1024\n[capacity]\nvips = 64\n\
+         backends = 64\nconn_table_size = 4194304\nlearned_cids = 1024\nserver_ids = 64\n\
+         quic_configs = 64\nmaglev_slots = 262142\n",
+    )?;
+    let cg = MemoryCgroup::new(64 << 20)?;
+    let procs = cg.dir.join("cgroup.procs");
+    let mut cmd = ns.command(support::lb())?;
+    cmd.args(["run", "--config"]).arg(&config);
+    // SAFETY: between fork and exec: one write(2) of the child's own pid, no allocation.
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+    let out = cmd.output();
+    let _ = std::fs::remove_file(&config);
+    let out = out?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "lb run started: {stderr}");
+    assert!(
+        stderr.contains(
+            "the kernel refused to create map LB_CONNS with 4194304 entries ([capacity] \
+             conn_table_size): Cannot allocate memory (os error 12); lower [capacity] \
+             conn_table_size"
+        ),
+        "{stderr}"
+    );
+    // Nothing attached: no XDP program on the interface.
+    let link = ns.ip(&["-d", "link", "show", "dev", "ext0"])?;
+    assert!(!link.contains("xdp"), "{link}");
+    drop(cg);
+    Ok(())
+}

@@ -1186,6 +1186,7 @@ priorityClassName: ""
 podSecurityContext: {seccompProfile: {type: Unconfined}}
 metrics: {port: 7473, serviceMonitor: {enabled: true, interval: 15s, labels: {release: kps}}}
 installCRDs: false
+capacity: {conn_table_size: 4194304, vips: 65536}
 "#;
     let objs = objects_of(&render_chart(Some(values)));
     // lb's own config parser accepts the rendered lb.toml, with the table form kept (a
@@ -1207,6 +1208,16 @@ installCRDs: false
     );
     assert_eq!(config.backend_interfaces, ["cali*", "lxc*"]);
     assert_eq!(config.metrics_addr, Some("0.0.0.0:7473".parse().unwrap()));
+    assert_eq!(
+        (config.capacity.conn_table_size, config.capacity.vips),
+        (4_194_304, 65_536),
+        "capacity values become [capacity]"
+    );
+    assert_eq!(
+        config.capacity.backends,
+        lb_userspace::capacity::Capacity::default().backends,
+        "the rest keep lb's defaults"
+    );
 
     let ds = find(&objs, "DaemonSet", "lb");
     let pod = &ds["spec"]["template"];

@@ -44,14 +44,15 @@ pub enum DataplaneError {
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error(
-        "the kernel refused to create map {map} with {entries} entries ([capacity] {key}): \
-         {source}; lower [capacity] {key}, or give lb more locked memory (memory cgroup limit)"
+        "the kernel refused to create map {map} with {entries} entries ({setting}): {cause}; \
+         lower {setting}, or give lb more memory (its memory cgroup's limit)"
     )]
     MapTooLarge {
         map: String,
         entries: u32,
-        key: &'static str,
-        source: std::io::Error,
+        /// The setting that sizes the map, as written in the config.
+        setting: String,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     RingPool(#[from] crate::ring_pool::PoolError),
@@ -90,18 +91,16 @@ fn refused_map(e: aya::EbpfError, opts: &LoadOptions) -> DataplaneError {
             None if name == map_names::REPLIES => opts.reply_flows,
             None => 0,
         };
-        let key = knob
-            .map(|k| k.key)
-            .unwrap_or(if name == map_names::REPLIES {
-                "(reverse_nat.max_flows)"
-            } else {
-                "(none: a fixed-size map)"
-            });
+        let setting = match knob {
+            Some(k) => format!("[capacity] {}", k.key),
+            None if name == map_names::REPLIES => "[reverse_nat] max_flows".into(),
+            None => "a fixed size; other maps".into(),
+        };
         return DataplaneError::MapTooLarge {
             map: name.clone(),
             entries,
-            key,
-            source: std::io::Error::from_raw_os_error(io_error.raw_os_error().unwrap_or(0)),
+            setting,
+            cause: std::io::Error::from_raw_os_error(io_error.raw_os_error().unwrap_or(0)),
         };
     }
     DataplaneError::Load(e)

@@ -1,7 +1,7 @@
 //! Which node settings a running daemon can take from a reloaded file, and which need a
 //! restart. Interfaces are resolved and (de)attached every second, the steering mark is one
 //! settings word, and the reply timeouts are read by each sweep, so those apply live; the
-//! metrics socket, the reply table's size and the controller's settings (class, Leases,
+//! metrics socket, the map sizes (the reply table's, `[capacity]`) and the controller's settings (class, Leases,
 //! gossip) are fixed when they are created.
 
 use super::Config;
@@ -16,6 +16,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if new.reverse_nat.max_flows != running.reverse_nat.max_flows {
         needed.push("reverse_nat.max_flows");
+    }
+    // Every map is created with its size.
+    if new.capacity != running.capacity {
+        needed.push("[capacity]");
     }
     if new.kubernetes != running.kubernetes {
         needed.push("[kubernetes]");
@@ -68,13 +72,15 @@ mod tests {
         let new = config(
             "interfaces = [{ name = \"eth*\", xdp_mode = \"native\" }]\n\
              backend_interfaces = [\"veth*\"]\nmetrics_addr = \"0.0.0.0:9999\"\n\
-             [reverse_nat]\nmax_flows = 1024\n[kubernetes]\ngossip_port = 7000\n",
+             [reverse_nat]\nmax_flows = 1024\n[kubernetes]\ngossip_port = 7000\n\
+             [capacity]\nconn_table_size = 4096\n",
         );
         assert_eq!(
             restart_needed(&running, &new),
             [
                 "metrics_addr",
                 "reverse_nat.max_flows",
+                "[capacity]",
                 "[kubernetes]",
                 "interfaces[].xdp_mode"
             ]
