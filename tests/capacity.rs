@@ -398,7 +398,9 @@ fn a_map_the_kernel_refuses_stops_lb_run_naming_the_setting_and_attaches_nothing
     use std::os::unix::process::CommandExt;
     lb_lab::netns::require_root()?;
     let ns = lb_lab::netns::NetNs::create("lbcap")?;
-    ns.ip(&["link", "add", "ext0", "type", "veth", "peer", "name", "ext1"])?;
+    ns.ip(&[
+        "link", "add", "ext0", "type", "veth", "peer", "name", "ext1",
+    ])?;
     ns.ip(&["link", "set", "ext0", "up"])?;
     let config = std::env::temp_dir().join(format!("lb-capacity-{}.toml", std::process::id()));
     // Everything small but the connection table: four million flows need about 470 MB,

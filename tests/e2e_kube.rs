@@ -925,18 +925,21 @@ fn e2e_kube_service_lifecycle_kubectl_and_drain() {
     lab.assert_kubelet_probes_succeeded();
 }
 
-/// Node `i`'s counters that show flows crossing nodes, for `vip`: per protocol, packets it
-/// marked for the pod's node (`marked_for_peer`) and marked packets it took in for its own
-/// pod (`from_peer`); replies its reverse NAT rewrote to come from a VIP.
+/// Node `i`'s counters that show flows crossing nodes: packets it marked for the pod's
+/// node (`marked_for_peer`) and marked packets it took in for its own pod (`from_peer`),
+/// node-wide (this test's traffic is the only VIP traffic); per protocol, the packets it
+/// counted for `vip` (marked ones it took in included); replies its reverse NAT rewrote to
+/// come from a VIP.
 fn cross_node_counters(lab: &Lab, i: u8, vip: Ipv4Addr) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
+    for reason in ["marked_for_peer", "from_peer"] {
+        out.insert(reason.to_string(), node_counter(lab, i, reason));
+    }
     for proto in ["tcp", "udp"] {
-        for reason in ["marked_for_peer", "from_peer"] {
-            out.insert(
-                format!("{proto} {reason}"),
-                vip_counter(lab, i, vip, proto, reason),
-            );
-        }
+        out.insert(
+            format!("{proto} packets"),
+            vip_counter(lab, i, vip, proto, "packets"),
+        );
     }
     out.insert("rnat rewritten".into(), rnat_counter(lab, i, "rewritten"));
     out
@@ -1067,14 +1070,9 @@ fn e2e_kube_cluster_policy_pods_behind_other_nodes() {
             let d: Vec<BTreeMap<String, u64>> =
                 now.iter().zip(&before).map(|(a, b)| delta(a, b)).collect();
             let at = |i: u8| &d[usize::from(i - 1)];
-            let balanced = ["tcp", "udp"].iter().all(|proto| {
-                let marked = at(announcer)[&format!("{proto} marked_for_peer")];
-                let taken_in: u64 = remote
-                    .iter()
-                    .map(|j| at(*j)[&format!("{proto} from_peer")])
-                    .sum();
-                marked == taken_in
-            });
+            let marked = at(announcer)["marked_for_peer"];
+            let taken_in: u64 = remote.iter().map(|j| at(*j)["from_peer"]).sum();
+            let balanced = marked == taken_in;
             if balanced {
                 Ok(d)
             } else {
@@ -1086,22 +1084,27 @@ fn e2e_kube_cluster_policy_pods_behind_other_nodes() {
         println!("cross-node: node-{i} counted {c:?}");
     }
     let at = |i: u8| &counts[usize::from(i - 1)];
+    assert!(
+        at(announcer)["marked_for_peer"] > 0,
+        "node-{announcer} marked no packet: {counts:?}"
+    );
+    assert_eq!(
+        at(announcer)["from_peer"],
+        0,
+        "the announcer took in marked packets: {counts:?}"
+    );
     for proto in ["tcp", "udp"] {
         assert!(
-            at(announcer)[&format!("{proto} marked_for_peer")] > 0,
-            "node-{announcer} marked no {proto} packet: {counts:?}"
-        );
-        assert_eq!(
-            at(announcer)[&format!("{proto} from_peer")],
-            0,
-            "the announcer took in marked packets: {counts:?}"
+            at(announcer)[&format!("{proto} packets")] > 0,
+            "node-{announcer} counted no {proto} packet of the VIP: {counts:?}"
         );
     }
     for (proto, pods) in [("udp", &remote_h3), ("tcp", &remote_h1)] {
         for j in pods {
             assert!(
-                at(*j)[&format!("{proto} from_peer")] > 0,
-                "pod-{j} answered over {proto}, but node-{j} took in no marked packet: {counts:?}"
+                at(*j)["from_peer"] > 0 && at(*j)[&format!("{proto} packets")] > 0,
+                "pod-{j} answered over {proto}, but node-{j} took in no marked {proto} packet \
+                 of the VIP: {counts:?}"
             );
             assert!(
                 at(*j)["rnat rewritten"] > 0,
@@ -1353,8 +1356,8 @@ fn e2e_kube_announcer_failover_within_one_second() {
     );
     // So does the QUIC connection, on the same pod: the new announcer routes it by its
     // connection ID and marks it for the pod's node, which answers from the VIP.
-    let marked_before = vip_counter(&lab, s, vip, "udp", "marked_for_peer");
-    let from_peer_before = vip_counter(&lab, other, vip, "udp", "from_peer");
+    let marked_before = node_counter(&lab, s, "marked_for_peer");
+    let from_peer_before = node_counter(&lab, other, "from_peer");
     let quic_after = lab
         .rt
         .block_on(quic.whoami("/after-failover", H3_STEP))
@@ -1370,8 +1373,8 @@ fn e2e_kube_announcer_failover_within_one_second() {
         (quic_before.client, quic_before.requests_on_connection + 1),
         "not the same connection: before {quic_before:?}, after {quic_after:?}"
     );
-    let marked = vip_counter(&lab, s, vip, "udp", "marked_for_peer") - marked_before;
-    let from_peer = vip_counter(&lab, other, vip, "udp", "from_peer") - from_peer_before;
+    let marked = node_counter(&lab, s, "marked_for_peer") - marked_before;
+    let from_peer = node_counter(&lab, other, "from_peer") - from_peer_before;
     println!(
         "failover: the HTTP/3 connection to pod-{other} went on through node-{s}: \
          marked_for_peer +{marked} on node-{s}, from_peer +{from_peer} on node-{other}"
@@ -2137,16 +2140,30 @@ fn e2e_kube_pool_exhaustion_shared_ips_and_events() {
     lab.assert_kubelet_probes_succeeded();
 }
 
-/// Packets node `i` counted for `reason` on the VIP (address, port, protocol).
-fn vip_counter(lab: &Lab, i: u8, vip: Ipv4Addr, proto: &str, reason: &str) -> u64 {
+/// Node `i`'s counter `field` (`packets`, `bytes`, `routed_cid`, `dropped`) of the VIP
+/// (address, 443, protocol); 0 while the node has not programmed it.
+fn vip_counter(lab: &Lab, i: u8, vip: Ipv4Addr, proto: &str, field: &str) -> u64 {
     let s = lab.status(i).unwrap();
     s["vips"]
         .as_array()
         .unwrap()
         .iter()
         .find(|v| v["addr"] == vip.to_string() && v["port"] == 443 && v["proto"] == proto)
-        .map(|v| v["counters"][reason]["packets"].as_u64().unwrap_or(0))
+        .map(|v| {
+            v["counters"][field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no counters.{field} in node-{i}'s VIP {v}"))
+        })
         .unwrap_or(0)
+}
+
+/// Packets node `i`'s XDP program counted for `reason`, node-wide (the reasons are not
+/// kept per VIP).
+fn node_counter(lab: &Lab, i: u8, reason: &str) -> u64 {
+    let s = lab.status(i).unwrap();
+    s["counters"][reason]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counters.{reason} in node-{i}'s /status: {s}"))
 }
 
 /// Packets node `i`'s reverse NAT counted for `reason` (`rewritten`, `pass_not_steered`, ...).
@@ -2258,8 +2275,13 @@ fn e2e_kube_local_policy_source_ranges_and_affinity() {
         !quick_get(&lab.client, rvip),
         "a client outside the ranges got through"
     );
-    let dropped = vip_counter(&lab, announcer, rvip, "tcp", "drop_source_range");
-    assert!(dropped >= 1, "no drop_source_range on node-{announcer}");
+    let dropped = vip_counter(&lab, announcer, rvip, "tcp", "dropped");
+    let by_range = node_counter(&lab, announcer, "drop_source_range");
+    assert!(
+        dropped >= 1 && by_range >= 1,
+        "no drop_source_range on node-{announcer} (the VIP's dropped: {dropped}, node-wide \
+         drop_source_range: {by_range})"
+    );
     // Widening the ranges to the client's /24 opens it.
     let mut svc = lab.service("restricted").unwrap();
     svc.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["198.18.0.0/24".into()]);

@@ -22,7 +22,7 @@ use anyhow::Result;
 use lb_common::{
     CONN_F_VALID, ConnEntry, FIB_CACHE_TTL_DEFAULT_NS, PROTO_TCP, PROTO_UDP,
     Reason::{self, *},
-    VIP_F_QUIC_LB, VipMeta,
+    VIP_F_QUIC_LB, VipMeta, fib_cache_slot,
     hash::flow_hash,
 };
 use lb_lab::{
@@ -30,7 +30,7 @@ use lb_lab::{
     testbed::{fixture::*, *},
 };
 use lb_userspace::{
-    dataplane::{backend, vip_key},
+    dataplane::{LoadOptions, backend, vip_key},
     maglev::{WeightedBackend, build_table},
 };
 use support::fixture::*;
@@ -2159,6 +2159,85 @@ fn never_aborts_on_odd_frames() -> Result<()> {
                 d.global.nonzero()
             );
         }
+        Ok(())
+    })
+}
+
+/// The next-hop cache has one slot per backend id modulo 4096 on each CPU: two backends
+/// that share a slot must never be given each other's next hop. Backend 2 (behind `be`) and
+/// backend 4098 (behind `ext`, XDP_TX) share slot 2.
+#[test]
+fn fib_cache_slot_shared_by_two_backends_never_serves_the_other() -> Result<()> {
+    let mut sizes = LoadOptions::compact();
+    sizes.capacity.backends = 8192;
+    with_lb_sized(RING, FibCache::Default, sizes, |lb| {
+        lb.fib_cache(60_000_000_000);
+        let (near, far) = (v4_backend_id(2), 4096 + v4_backend_id(2));
+        assert_eq!(fib_cache_slot(near), fib_cache_slot(far));
+        lb.dp
+            .set_backend(far, &backend(TX_BACKEND_V4.into(), BACKEND_PORT))?;
+        let p = |port| Pkt::udp(CLIENT_V4, VIP_V4, port, 8001).payload([5; 30]);
+        publish_single(
+            lb,
+            VIP_V4.into(),
+            8001,
+            PROTO_UDP,
+            10,
+            (near, backend_v4(2).into()),
+        )?;
+        expect_redirect_on(lb, "near: lookup", &p(47000), &[Maglev], near, 10);
+        expect_redirect_on(
+            lb,
+            "near: cached",
+            &p(47001),
+            &[Maglev, FibCached],
+            near,
+            10,
+        );
+
+        // The slot holds backend 2's next hop; backend 4098 must look its own up.
+        publish_single(
+            lb,
+            VIP_V4.into(),
+            8001,
+            PROTO_UDP,
+            10,
+            (far, TX_BACKEND_V4.into()),
+        )?;
+        let tx = |port: u16, reasons: &[Reason]| {
+            let pkt = p(port);
+            let want = pkt
+                .clone()
+                .dnat(TX_BACKEND_V4, BACKEND_PORT)
+                .macs(EXT_MAC, TX_BACKEND_MAC)
+                .bytes();
+            lb.check(
+                "far",
+                &pkt.bytes(),
+                Want {
+                    verdict: XDP_TX,
+                    out: &want,
+                    reasons,
+                    vip: Some(10),
+                    // Past the ids the fixture's snapshot covers; read below.
+                    backend: None,
+                },
+            );
+        };
+        tx(47002, &[Maglev, Tx]);
+        tx(47003, &[Maglev, Tx, FibCached]);
+        assert_eq!(lb.dp.backend_stats(far)?.packets, 2);
+
+        // And back: backend 2 finds the slot taken by 4098 and looks up again.
+        publish_single(
+            lb,
+            VIP_V4.into(),
+            8001,
+            PROTO_UDP,
+            10,
+            (near, backend_v4(2).into()),
+        )?;
+        expect_redirect_on(lb, "near again: lookup", &p(47004), &[Maglev], near, 10);
         Ok(())
     })
 }
