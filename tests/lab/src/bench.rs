@@ -647,6 +647,9 @@ fn scale_cases(cases: &[Case]) -> Result<Vec<Case>> {
     Ok(out)
 }
 
+/// Per case, one value per round.
+type PerCase = Vec<Vec<f64>>;
+
 /// ns/packet samples and ratios of every case over `rounds`: `samples[i]` case i's ns/packet
 /// per round, `ratios[i]` case i over the floor measured right before it. The machine's
 /// speed drifts (shared hosts, frequency scaling); pairing each measurement with an
@@ -658,9 +661,9 @@ fn measure_rounds(
     cases: &[Case],
     opts: &Options,
     phase: &str,
-) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+) -> Result<(PerCase, PerCase)> {
+    let mut samples: PerCase = vec![Vec::new(); cases.len()];
+    let mut ratios: PerCase = vec![Vec::new(); cases.len()];
     eprintln!(
         "bench: {}{} cases x {} rounds x {} iterations (BPF_PROG_TEST_RUN, harness restores each packet)",
         phase,
