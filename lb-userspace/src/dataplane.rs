@@ -1793,3 +1793,32 @@ impl Dataplane {
         Ok(UsageReader { maps })
     }
 }
+
+impl Dataplane {
+    /// Write `flows` into the connection table (`LB_CONNS`) in batches
+    /// ([`crate::map_batch::update_all`], 4,096 entries per system call): a million flows in
+    /// about 250 calls, where one update per flow would be a million. What the benchmark
+    /// uses to measure lookups in a full table; the daemon never writes flows (the program
+    /// records them). An entry of an existing flow is replaced. The table is an LRU: past
+    /// its capacity, older flows are evicted to make room.
+    pub fn fill_conn_table(&mut self, flows: &[(FlowKey, ConnEntry)]) -> Result<()> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let (keys, values): (Vec<FlowKey>, Vec<ConnEntry>) = flows.iter().copied().unzip();
+        let fd = self.conns.map().fd().as_fd().as_raw_fd();
+        crate::map_batch::update_all(fd, &keys, &values).map_err(|e| {
+            DataplaneError::Invalid(format!("writing flows to {}: {e}", map_names::CONNS))
+        })
+    }
+
+    /// How many flows the connection table holds, valid or not, read in batches (a million
+    /// entries walked one key at a time would be two million system calls).
+    pub fn conn_table_len(&self) -> Result<usize> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.conns.map().fd().as_fd().as_raw_fd();
+        crate::map_batch::lookup_all::<FlowKey, ConnEntry>(fd)
+            .map(|all| all.len())
+            .map_err(|e| DataplaneError::Invalid(format!("reading {}: {e}", map_names::CONNS)))
+    }
+}

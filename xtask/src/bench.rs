@@ -22,6 +22,10 @@ pub struct Args {
     /// Measurement rounds per case; passed to `lb-lab bench --rounds` [default: lb-lab bench's]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rounds: Option<u32>,
+    /// Skip the `_20k` cases (20,000 VIPs and 1,000,000 flows in the maps, measured after
+    /// the others); passed to `lb-lab bench --no-scale`
+    #[arg(long)]
+    no_scale: bool,
 }
 
 /// `--json PATH` for lb-lab. cargo runs in the workspace root: keep a relative path relative
@@ -55,6 +59,9 @@ pub fn bench(args: &Args) -> Result<()> {
     }
     if let Some(rounds) = args.rounds {
         cmd.arg("--rounds").arg(rounds.to_string());
+    }
+    if args.no_scale {
+        cmd.arg("--no-scale");
     }
     println!("bench: {}", display(&cmd));
     status(&mut cmd)

@@ -86,7 +86,9 @@ enum Task {
     #[command(
         long_about = "Run the data-plane benchmark as root: `cargo xtask setup`, then \
         `cargo run --release --package lb-lab --bin lb-lab -- bench`, forwarding --json, \
-        --repeat and --rounds. Requires root (BPF_PROG_TEST_RUN needs CAP_BPF and \
+        --repeat, --rounds and --no-scale. The `_20k` cases (20,000 VIPs programmed and \
+        1,000,000 flows in the connection table) run by default, after the others; \
+        --no-scale skips them. Requires root (BPF_PROG_TEST_RUN needs CAP_BPF and \
         CAP_NET_ADMIN)."
     )]
     Bench(bench::Args),

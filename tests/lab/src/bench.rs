@@ -10,15 +10,21 @@
 //! figure for the wrong path.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason, RnatReason};
+use lb_common::{
+    CONN_F_VALID, ConnEntry, FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, Reason, RnatReason,
+};
 
-use lb_userspace::dataplane::{CounterReason, Counters, Dataplane};
+use lb_userspace::{
+    config::{self, Config, Plan},
+    dataplane::{CounterReason, Counters, Dataplane, addr_key},
+};
 
 use crate::{
     packet::{Packet, quic, tcp_flags},
@@ -40,7 +46,28 @@ pub struct Options {
     pub json: Option<PathBuf>,
     pub repeat: u32,
     pub rounds: u32,
+    /// Also measure the `_20k` cases: 20,000 VIPs programmed and a million flows in the
+    /// connection table ([`program_scale`]).
+    pub scale: bool,
 }
+
+/// The cases measured again at scale, under their new names: the same packets to the same
+/// fixture VIPs, so the ratio change is what the full maps cost and nothing else. Every one
+/// runs with the 20,000 VIPs and the million flows in place; `_1m` marks the case whose own
+/// lookup is in the connection table (its flow is one of the million).
+const SCALE_CASES: [(&str, &str); 5] = [
+    ("non_vip_pass", "non_vip_pass_20k"),
+    ("quic_short_plaintext_v4", "quic_short_plaintext_v4_20k"),
+    ("quic_initial_v4", "quic_initial_v4_20k"),
+    ("tcp_syn_v4", "tcp_syn_v4_20k"),
+    ("tcp_established_v4", "tcp_established_v4_20k_1m"),
+];
+/// `[[vips]]` entries at scale, each TCP and UDP on 443: 20,000 VIPs, as tests/capacity.rs.
+const SCALE_ENTRIES: u32 = 10_000;
+/// Flows written to the connection table at scale (its default capacity is 1,048,576).
+const SCALE_FLOWS: usize = 1_000_000;
+/// The fixture's VIP indexes are 0..5; the planned VIPs are moved past them.
+const FIXTURE_VIPS: u32 = 5;
 
 /// Which program a case measures, and the reasons its path must bump by `repeat`.
 #[derive(Clone, Copy)]
@@ -53,6 +80,7 @@ enum Path {
 }
 
 /// One benchmark case: a packet, and the path it must take.
+#[derive(Clone)]
 struct Case {
     name: &'static str,
     packet: Vec<u8>,
@@ -472,36 +500,190 @@ fn program_replies(dp: &mut Dataplane, tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-pub fn run(opts: &Options) -> Result<()> {
-    let tb = Testbed::new().context("building the bench network namespace")?;
-    let _inside = tb.enter()?;
-    let mut dp = Dataplane::load().context("loading the XDP program")?;
-    fixture::program_standard(&mut dp, STANDARD_RING).context("programming the bench VIPs")?;
-    program_replies(&mut dp, &tb).context("programming the reverse NAT")?;
-    let cases = cases();
-    // samples[i]: case i's ns/packet per round; ratios[i]: case i over the floor measured
-    // right before it. The machine's speed drifts (shared hosts, frequency scaling); pairing
-    // each measurement with an adjacent floor cancels most of that drift out of the ratio.
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+/// Scale VIP address `i` (198.18.100.0 onwards, as tests/capacity.rs: clear of the
+/// testbed's own addresses).
+fn scale_vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 100, 0)) + i)
+}
+
+/// splitmix64: the scale flows are pseudo-random but the same in every run, so two runs
+/// measure the same table.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Put the maps at the scale of a large cluster, beside the fixture's VIPs (whose packets the
+/// `_20k` cases send):
+///
+/// - 20,000 VIPs (10,000 addresses, TCP and UDP on 443, over the fixture's three IPv4
+///   backends) from a generated config through `Plan::build`, `Plan::diff` and
+///   `config::apply`, as `lb run` programs them: 389-slot rings from the shared pool;
+/// - a million flows in the connection table, written in batches: TCP or UDP from random
+///   clients in 198.18.0.0/15 (random source ports) to random VIPs of the 20,000, each
+///   pinned to one of the VIP's backends, so the hash table holds what a busy node's does.
+///
+/// The data plane was loaded at the default sizes (`LoadOptions::default()`), as for the
+/// small-map cases: only what the maps hold differs.
+fn program_scale(dp: &mut Dataplane) -> Result<()> {
+    let t = Instant::now();
+    let backends: String = (0..3)
+        .map(|i| {
+            format!(
+                "[[vips.backends]]\naddress = \"{}\"\nport = {}\n",
+                backend_v4(i),
+                fixture::BACKEND_PORT
+            )
+        })
+        .collect();
+    let mut text = String::from("interfaces = [\"ext\"]\n");
+    for i in 0..SCALE_ENTRIES {
+        text += &format!(
+            "[[vips]]\naddress = \"{}\"\nports = [443]\nprotocols = [\"tcp\", \"udp\"]\n{backends}",
+            scale_vip(i)
+        );
+    }
+    let config = Config::parse(&text, "bench-scale.toml", std::path::Path::new("."))
+        .map_err(|e| anyhow::anyhow!("the generated scale config: {e}"))?;
+    let mut plan =
+        Plan::build(&config, None).map_err(|e| anyhow::anyhow!("planning the scale VIPs: {e}"))?;
+    ensure!(
+        plan.vips.len() == 2 * SCALE_ENTRIES as usize,
+        "{} VIPs planned",
+        plan.vips.len()
+    );
+    // The plan numbers from zero, as on an empty node; the fixture's VIPs hold indexes 0..5
+    // (rings, counters, QUIC-LB configs), so the planned ones move past them. Its backend
+    // ids must be the fixture's for the same addresses, or writing them would repoint the
+    // fixture's rings.
+    for v in &mut plan.vips {
+        v.index += FIXTURE_VIPS;
+    }
+    for b in &plan.backends {
+        let fixture_id = (0..3u8)
+            .find(|i| IpAddr::from(backend_v4(*i)) == b.addr)
+            .map(fixture::v4_backend_id);
+        ensure!(
+            fixture_id == Some(b.id),
+            "the plan gave backend {} id {}, the fixture {fixture_id:?}",
+            b.addr,
+            b.id
+        );
+    }
+    config::apply(dp, &Plan::diff(&Plan::default(), &plan))
+        .context("programming the 20,000 scale VIPs")?;
+    let programmed = t.elapsed();
+
+    let t = Instant::now();
+    let mut rng = SplitMix(0x6c62_2d62_656e_6368);
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let mut seen: HashSet<FlowKey> = HashSet::with_capacity(SCALE_FLOWS);
+    let mut flows: Vec<(FlowKey, ConnEntry)> = Vec::with_capacity(SCALE_FLOWS);
+    while flows.len() < SCALE_FLOWS {
+        let r = rng.next();
+        let client = Ipv4Addr::from(base + (r as u32 & 0x1_ffff));
+        let sport = 1024 + ((r >> 17) % (65536 - 1024)) as u16;
+        let vip = scale_vip(((r >> 33) % SCALE_ENTRIES as u64) as u32);
+        let proto = if (r >> 63) == 0 { PROTO_TCP } else { PROTO_UDP };
+        let key = FlowKey {
+            src: addr_key(client.into()).0,
+            dst: addr_key(vip.into()).0,
+            sport,
+            dport: 443,
+            proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        if seen.insert(key) {
+            let entry = ConnEntry {
+                backend: fixture::v4_backend_id((rng.next() % 3) as u8),
+                flags: CONN_F_VALID,
+            };
+            flows.push((key, entry));
+        }
+    }
+    dp.fill_conn_table(&flows)
+        .context("filling the connection table")?;
+    let filled = t.elapsed();
+    // The table is an LRU: had the kernel evicted to make room, the bench would measure a
+    // table emptier than it claims.
+    let held = dp.conn_table_len()?;
+    ensure!(
+        held >= SCALE_FLOWS,
+        "the connection table holds {held} flows after writing {SCALE_FLOWS}"
+    );
     eprintln!(
-        "bench: {} cases x {} rounds x {} iterations (BPF_PROG_TEST_RUN, harness restores each packet)",
+        "bench: at scale: {} VIPs programmed ({programmed:.1?}, ring pool {} slots in use), \
+         {SCALE_FLOWS} flows written ({filled:.1?}); LB_CONNS holds {held} of {}",
+        plan.vips.len() + FIXTURE_VIPS as usize,
+        dp.ring_pool().used(),
+        dp.capacity().conn_table_size
+    );
+    Ok(())
+}
+
+/// The XDP floor and the [`SCALE_CASES`] under their scale names.
+fn scale_cases(cases: &[Case]) -> Result<Vec<Case>> {
+    let find = |name: &str| {
+        cases
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+            .with_context(|| format!("no bench case {name}"))
+    };
+    let mut out = vec![find("floor")?];
+    for &(small, name) in &SCALE_CASES {
+        let mut c = find(small)?;
+        c.name = name;
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Per case, one value per round.
+type PerCase = Vec<Vec<f64>>;
+
+/// ns/packet samples and ratios of every case over `rounds`: `samples[i]` case i's ns/packet
+/// per round, `ratios[i]` case i over the floor measured right before it. The machine's
+/// speed drifts (shared hosts, frequency scaling); pairing each measurement with an
+/// adjacent floor cancels most of that drift out of the ratio. Floors get no ratios here;
+/// their samples are all the floor measurements.
+fn measure_rounds(
+    dp: &mut Dataplane,
+    tb: &Testbed,
+    cases: &[Case],
+    opts: &Options,
+    phase: &str,
+) -> Result<(PerCase, PerCase)> {
+    let mut samples: PerCase = vec![Vec::new(); cases.len()];
+    let mut ratios: PerCase = vec![Vec::new(); cases.len()];
+    eprintln!(
+        "bench: {}{} cases x {} rounds x {} iterations (BPF_PROG_TEST_RUN, harness restores each packet)",
+        phase,
         cases.len(),
         opts.rounds,
         opts.repeat
     );
+    let position = |name: &str| cases.iter().position(|c| c.name == name);
     let floor_of = |case: &Case| match case.expect {
-        Path::Xdp(_) => 0,
-        Path::Tc(_) => cases.iter().position(|c| c.name == "tc_floor").unwrap_or(0),
+        Path::Xdp(_) => position("floor"),
+        Path::Tc(_) => position("tc_floor"),
     };
     for round in 0..opts.rounds {
         for (i, case) in cases.iter().enumerate() {
             if is_floor(case) {
                 continue;
             }
-            let fi = floor_of(case);
-            let f = ns(measure(&mut dp, &tb, &cases[fi], opts.repeat)?);
-            let c = ns(measure(&mut dp, &tb, case, opts.repeat)?);
+            let fi = floor_of(case).with_context(|| format!("no floor for {}", case.name))?;
+            let f = ns(measure(dp, tb, &cases[fi], opts.repeat)?);
+            let c = ns(measure(dp, tb, case, opts.repeat)?);
             ensure!(
                 f > 0.0,
                 "the floor measured 0 ns; the kernel's timer is too coarse here"
@@ -510,7 +692,36 @@ pub fn run(opts: &Options) -> Result<()> {
             samples[i].push(c);
             ratios[i].push(c / f);
         }
-        eprintln!("bench: round {}/{} done", round + 1, opts.rounds);
+        eprintln!("bench: {phase}round {}/{} done", round + 1, opts.rounds);
+    }
+    Ok((samples, ratios))
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let tb = Testbed::new().context("building the bench network namespace")?;
+    let _inside = tb.enter()?;
+    let mut dp = Dataplane::load().context("loading the XDP program")?;
+    fixture::program_standard(&mut dp, STANDARD_RING).context("programming the bench VIPs")?;
+    program_replies(&mut dp, &tb).context("programming the reverse NAT")?;
+    let mut cases = cases();
+    ensure!(cases[0].name == "floor", "the XDP floor comes first");
+    let (mut samples, mut ratios) = measure_rounds(&mut dp, &tb, &cases, opts, "")?;
+    if opts.scale {
+        // The same data plane, so the same programs and map sizes; the small-map cases are
+        // all measured before the maps fill, since the fill cannot be undone cheaply between
+        // rounds. Each scale case is paired with a floor measured right before it, as above.
+        program_scale(&mut dp).context("putting the maps at scale")?;
+        let scale = scale_cases(&cases)?;
+        let (s, r) = measure_rounds(&mut dp, &tb, &scale, opts, "at scale: ")?;
+        let mut s = s.into_iter();
+        let mut r = r.into_iter().skip(1);
+        // One floor row: its samples from both phases.
+        samples[0].extend(s.next().unwrap_or_default());
+        for case in scale.into_iter().skip(1) {
+            cases.push(case);
+            samples.push(s.next().unwrap_or_default());
+            ratios.push(r.next().unwrap_or_default());
+        }
     }
     for (i, case) in cases.iter().enumerate() {
         if is_floor(case) {
@@ -533,8 +744,13 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     println!(
         "(medians of {} rounds; ratio = median of case / the floor measured just before it: \
-         `floor` for XDP cases, `tc_floor` for the reverse NAT's)",
-        opts.rounds
+         `floor` for XDP cases, `tc_floor` for the reverse NAT's{})",
+        opts.rounds,
+        if opts.scale {
+            "; `_20k`: 20,000 VIPs and 1,000,000 flows in the maps, measured after the others"
+        } else {
+            ""
+        }
     );
     if let Some(path) = &opts.json {
         std::fs::write(path, to_json(floor_ns, &results))

@@ -45,6 +45,10 @@ enum Command {
         /// Rounds per case; the median is reported.
         #[arg(long, default_value_t = bench::DEFAULT_ROUNDS)]
         rounds: u32,
+        /// Skip the `_20k` cases (20,000 VIPs programmed and 1,000,000 flows in the
+        /// connection table, measured after the others; they add about a minute).
+        #[arg(long)]
+        no_scale: bool,
     },
     /// Measure the API server load of lb's membership (Lease writes/s and watch events/s)
     /// with simulated nodes against the in-process fake API server, for the Lease as failure
@@ -75,6 +79,7 @@ pub fn main() -> Result<()> {
             json,
             repeat,
             rounds,
+            no_scale,
         } => {
             if repeat == 0 || rounds == 0 {
                 bail!("--repeat and --rounds must be at least 1");
@@ -83,6 +88,7 @@ pub fn main() -> Result<()> {
                 json,
                 repeat,
                 rounds,
+                scale: !no_scale,
             })
         }
         Command::BenchMembership {
