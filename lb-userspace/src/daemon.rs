@@ -536,6 +536,7 @@ impl State {
         self.stats.observe_map_sync(self.last_sync);
         self.labels = labels(&plan);
         self.map_changes += changes.len() as u64;
+        self.stats.map_changes(changes.len());
         self.syncs += 1;
         self.config = config;
         self.plan = plan;
