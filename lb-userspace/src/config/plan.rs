@@ -126,11 +126,44 @@ pub struct Plan {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// Lowest number below `limit` in neither `taken` nor `avoid`, else the lowest not in `taken`.
-fn allocate(limit: u32, taken: &HashSet<u32>, avoid: &HashSet<u32>) -> Option<u32> {
-    (0..limit)
-        .find(|i| !taken.contains(i) && !avoid.contains(i))
-        .or_else(|| (0..limit).find(|i| !taken.contains(i)))
+/// Hands out, each time, the lowest number below `limit` in neither `taken` nor `avoid`,
+/// else the lowest not in `taken`. Within one plan `taken` only grows (the caller inserts
+/// each number handed out) and `avoid` is fixed, so each answer is at least the previous
+/// one of its kind and the search resumes there: searching from 0 for every new entry made
+/// a cold start with 50,000 backends quadratic (over a billion set lookups).
+struct Allocator<'a> {
+    limit: u32,
+    avoid: &'a HashSet<u32>,
+    /// Below this, every number is in `taken` or `avoid`.
+    fresh: u32,
+    /// Below this, every number is in `taken`.
+    reuse: u32,
+}
+
+impl<'a> Allocator<'a> {
+    fn new(limit: u32, avoid: &'a HashSet<u32>) -> Allocator<'a> {
+        Allocator {
+            limit,
+            avoid,
+            fresh: 0,
+            reuse: 0,
+        }
+    }
+
+    fn next(&mut self, taken: &HashSet<u32>) -> Option<u32> {
+        while self.fresh < self.limit
+            && (taken.contains(&self.fresh) || self.avoid.contains(&self.fresh))
+        {
+            self.fresh += 1;
+        }
+        if self.fresh < self.limit {
+            return Some(self.fresh);
+        }
+        while self.reuse < self.limit && taken.contains(&self.reuse) {
+            self.reuse += 1;
+        }
+        (self.reuse < self.limit).then_some(self.reuse)
+    }
 }
 
 /// Backend (address, port) -> id.
@@ -190,9 +223,11 @@ fn backend_ids(config: &Config, prev: &Plan) -> Result<BackendIds, String> {
     // Reused ids first, so a new backend never takes one of them.
     let mut ids = BackendIds::new();
     let mut order: Vec<(IpAddr, u16)> = Vec::new();
+    // A set beside `order`: `order.contains` made this quadratic in the backends.
+    let mut seen: HashSet<(IpAddr, u16)> = HashSet::new();
     for b in config.vips.iter().flat_map(|v| &v.backends) {
         let k = (b.addr, b.port);
-        if !ids.contains_key(&k) && !order.contains(&k) {
+        if seen.insert(k) {
             order.push(k);
             if let Some(id) = prev_ids.get(&k) {
                 ids.insert(k, *id);
@@ -200,9 +235,11 @@ fn backend_ids(config: &Config, prev: &Plan) -> Result<BackendIds, String> {
         }
     }
     let mut taken: HashSet<u32> = ids.values().copied().collect();
+    let mut alloc = Allocator::new(MAX_BACKENDS, &prev_numbers);
     for k in &order {
         if !ids.contains_key(k) {
-            let id = allocate(MAX_BACKENDS, &taken, &prev_numbers)
+            let id = alloc
+                .next(&taken)
                 .ok_or_else(|| format!("more than {MAX_BACKENDS} backends"))?;
             taken.insert(id);
             ids.insert(*k, id);
@@ -245,11 +282,13 @@ fn vip_indexes<'c>(
         .collect();
     let mut taken: HashSet<u32> = indexes.values().copied().collect();
     let mut planned = Vec::with_capacity(keys.len());
+    let mut alloc = Allocator::new(MAX_VIPS, &prev_numbers);
     for (v, k) in keys {
         let index = match indexes.get(&k) {
             Some(i) => *i,
             None => {
-                let i = allocate(MAX_VIPS, &taken, &prev_numbers)
+                let i = alloc
+                    .next(&taken)
                     .ok_or_else(|| format!("more than {MAX_VIPS} VIPs"))?;
                 taken.insert(i);
                 indexes.insert(k, i);
