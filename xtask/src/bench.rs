@@ -22,6 +22,22 @@ pub struct Args {
     /// Measurement rounds per case; passed to `lb-lab bench --rounds` [default: lb-lab bench's]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rounds: Option<u32>,
+    /// Instead of the data plane, benchmark the Kubernetes control plane: real `lb run
+    /// --kube` daemons against the fake API server (`lb-lab bench-control-plane`)
+    #[arg(long)]
+    control_plane: bool,
+    /// With --control-plane: LoadBalancer Services (TCP+UDP 443 each) [default: 10000]
+    #[arg(long, value_name = "N", requires = "control_plane")]
+    services: Option<usize>,
+    /// With --control-plane: endpoints over their EndpointSlices [default: 50000]
+    #[arg(long, value_name = "M", requires = "control_plane")]
+    endpoints: Option<usize>,
+    /// With --control-plane: nodes, one daemon each [default: 3]
+    #[arg(long, value_name = "K", requires = "control_plane")]
+    nodes: Option<u8>,
+    /// With --control-plane: EndpointSlice changes measured per phase [default: 1000]
+    #[arg(long, value_name = "N", requires = "control_plane")]
+    changes: Option<usize>,
 }
 
 /// `--json PATH` for lb-lab. cargo runs in the workspace root: keep a relative path relative
@@ -47,6 +63,9 @@ pub fn bench(args: &Args) -> Result<()> {
          CAP_BPF and CAP_NET_ADMIN",
     )?;
     setup::setup(Scope::Everything)?;
+    if args.control_plane {
+        return bench_control_plane(args);
+    }
 
     let mut cmd = run::lab_release("bench");
     json_arg(&mut cmd, args.json.as_deref())?;
@@ -55,6 +74,32 @@ pub fn bench(args: &Args) -> Result<()> {
     }
     if let Some(rounds) = args.rounds {
         cmd.arg("--rounds").arg(rounds.to_string());
+    }
+    println!("bench: {}", display(&cmd));
+    status(&mut cmd)
+}
+
+/// `cargo xtask bench --control-plane`: the release `lb` (which lb-lab runs in the node
+/// namespaces), then `lb-lab bench-control-plane`.
+fn bench_control_plane(args: &Args) -> Result<()> {
+    let mut build = run::build_lb_release();
+    println!("bench: {}", display(&build));
+    status(&mut build)?;
+    let mut cmd = run::lab_release("bench-control-plane");
+    // Not an `lb` from elsewhere: the one just built.
+    cmd.env_remove("LB_BIN");
+    json_arg(&mut cmd, args.json.as_deref())?;
+    if let Some(n) = args.services {
+        cmd.arg("--services").arg(n.to_string());
+    }
+    if let Some(n) = args.endpoints {
+        cmd.arg("--endpoints").arg(n.to_string());
+    }
+    if let Some(n) = args.nodes {
+        cmd.arg("--nodes").arg(n.to_string());
+    }
+    if let Some(n) = args.changes {
+        cmd.arg("--changes").arg(n.to_string());
     }
     println!("bench: {}", display(&cmd));
     status(&mut cmd)
