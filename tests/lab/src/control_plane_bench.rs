@@ -171,7 +171,8 @@ pub struct Report {
 
 /// One node of the bench.
 struct BenchNode {
-    ns: NetNs,
+    /// Shared with the cold start's `/status` reader thread.
+    ns: Arc<NetNs>,
     daemon: Option<Proc>,
     maps: Option<NodeMaps>,
 }
@@ -478,7 +479,7 @@ impl Bench {
         let api = self.api.clone();
         self.rt.spawn(async move { api.serve(listener).await });
         self.nodes.push(BenchNode {
-            ns,
+            ns: Arc::new(ns),
             daemon: None,
             maps: None,
         });
@@ -578,11 +579,6 @@ impl Bench {
         Ok(())
     }
 
-    fn status(&self, k: usize) -> Result<Value> {
-        let body = http_get_in(&self.nodes[k].ns, METRICS.parse()?, "/status")?;
-        Ok(serde_json::from_str(&body)?)
-    }
-
     /// `lb_map_changes_total` of node `k`, from /metrics.
     fn map_changes(&self, k: usize) -> Result<u64> {
         let body = http_get_in(&self.nodes[k].ns, METRICS.parse()?, "/metrics")?;
@@ -619,7 +615,9 @@ impl Bench {
     }
 
     /// Cold start: spawn every daemon, then poll until every VIP is programmed on every
-    /// node, announced by some node and in its Service's status.
+    /// node, announced by some node and in its Service's status. The announcements are
+    /// read from `/status` on a thread of their own: `/status` waits for the daemon's lock,
+    /// which a map sync holds, and that wait must not delay the other two observations.
     fn cold_start(&mut self, opts: &Options, report: &mut Report) -> Result<()> {
         let want_vips = opts.services * 2;
         let t0 = Instant::now();
@@ -629,64 +627,97 @@ impl Bench {
         let deadline = t0 + opts.cold_start_limit;
         let mut maps_done: Vec<Option<Duration>> = vec![None; self.nodes.len()];
         let mut programmed = vec![0usize; self.nodes.len()];
-        let mut announced_at = None;
         let mut status_at = None;
         let mut last_status_poll = Instant::now() - Duration::from_secs(1);
-        loop {
-            self.check_alive()?;
-            for (k, n) in self.nodes.iter_mut().enumerate() {
-                if maps_done[k].is_some() {
-                    continue;
-                }
-                if n.maps.is_none()
-                    && let Some(ids) = xdp_map_ids(&n.ns)?
-                {
-                    n.maps = Some(open_maps(&ids)?);
-                }
-                if let Some(m) = &n.maps {
-                    programmed[k] = m.vips_with_ring()?;
-                    if programmed[k] >= want_vips {
-                        maps_done[k] = Some(t0.elapsed());
+        let give_up = Arc::new(AtomicBool::new(false));
+        let nss: Vec<Arc<NetNs>> = self.nodes.iter().map(|n| n.ns.clone()).collect();
+        let (announced_at, result) = std::thread::scope(|scope| {
+            let announced = {
+                let give_up = give_up.clone();
+                scope.spawn(move || -> Option<Duration> {
+                    while !give_up.load(Ordering::Relaxed) {
+                        let mut union = BTreeSet::new();
+                        for ns in &nss {
+                            if let Ok(body) = http_get_in(ns, METRICS.parse().ok()?, "/status")
+                                && let Ok(s) = serde_json::from_str::<Value>(&body)
+                                && let Some(a) = s["sync"]["announced"].as_array()
+                            {
+                                union.extend(a.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+                            }
+                        }
+                        if union.len() >= opts.services {
+                            return Some(t0.elapsed());
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
                     }
-                }
-            }
-            // /status and the Service list are larger reads: every 250 ms.
-            if last_status_poll.elapsed() >= Duration::from_millis(250) {
-                last_status_poll = Instant::now();
-                if announced_at.is_none() {
-                    let mut union = BTreeSet::new();
-                    for k in 0..self.nodes.len() {
-                        if let Ok(s) = self.status(k)
-                            && let Some(a) = s["sync"]["announced"].as_array()
+                    None
+                })
+            };
+            let result = (|| -> Result<()> {
+                loop {
+                    for (k, n) in self.nodes.iter_mut().enumerate() {
+                        if let Some(p) = &mut n.daemon
+                            && let Some(st) = p.child.try_wait()?
                         {
-                            union.extend(a.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+                            bail!("{} on node-{} exited ({st}):\n{}", p.what, k + 1, p.output());
+                        }
+                        if maps_done[k].is_some() {
+                            continue;
+                        }
+                        if n.maps.is_none()
+                            && let Some(ids) = xdp_map_ids(&n.ns)?
+                        {
+                            n.maps = Some(open_maps(&ids)?);
+                        }
+                        if let Some(m) = &n.maps {
+                            programmed[k] = m.vips_with_ring()?;
+                            if programmed[k] >= want_vips {
+                                maps_done[k] = Some(t0.elapsed());
+                            }
                         }
                     }
-                    if union.len() >= opts.services {
-                        announced_at = Some(t0.elapsed());
+                    // The Service list is a larger read: every 250 ms.
+                    if status_at.is_none() && last_status_poll.elapsed() >= Duration::from_millis(250)
+                    {
+                        last_status_poll = Instant::now();
+                        if self.vips(opts.services).is_ok() {
+                            status_at = Some(t0.elapsed());
+                        }
                     }
+                    if maps_done.iter().all(Option::is_some) && status_at.is_some() {
+                        return Ok(());
+                    }
+                    if Instant::now() > deadline {
+                        bail!(
+                            "cold start: not done after {:?}: VIPs with a ring per node \
+                             {programmed:?} of {want_vips}, statuses {}",
+                            opts.cold_start_limit,
+                            status_at.is_some()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                if status_at.is_none() && self.vips(opts.services).is_ok() {
-                    status_at = Some(t0.elapsed());
+            })();
+            if result.is_err() {
+                give_up.store(true, Ordering::Relaxed);
+            } else {
+                // The maps and statuses are done; the announcements get the rest of the
+                // time limit.
+                while !announced.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
+                give_up.store(true, Ordering::Relaxed);
             }
-            if maps_done.iter().all(Option::is_some) && announced_at.is_some() && status_at.is_some()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "cold start: not done after {:?}: VIPs with a ring per node {programmed:?} \
-                     of {want_vips}, announced {}, statuses {}",
-                    opts.cold_start_limit,
-                    announced_at.is_some(),
-                    status_at.is_some()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            (announced.join().ok().flatten(), result)
+        });
+        result?;
+        let Some(announced) = announced_at else {
+            bail!(
+                "cold start: the nodes did not announce every Service address within {:?}",
+                opts.cold_start_limit
+            );
+        };
         let maps_s = maps_done.iter().flatten().max().copied().unwrap_or_default();
-        let announced = announced_at.unwrap_or_default();
         let status = status_at.unwrap_or_default();
         report.cold_start_maps_s = round2(maps_s.as_secs_f64());
         report.cold_start_announced_s = round2(announced.as_secs_f64());
@@ -1120,7 +1151,7 @@ fn print_table(r: &Report) {
     if let Some(note) = &r.nodes_note {
         println!("  note: {note}");
     }
-    println!("  {:<44} {:>12}  {:<14} {}", "measure", "value", "goal", "");
+    println!("  {:<44} {:>12}  goal", "measure", "value");
     let row = |name: &str, value: String, goal: &str, v: &str| {
         println!("  {name:<44} {value:>12}  {goal:<14} {v}");
     };
