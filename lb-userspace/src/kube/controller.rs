@@ -349,9 +349,11 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let mut v: Vec<K> = s.state().iter().map(|a| (**a).clone()).collect();
+    // Compared by reference: cloning both names on every comparison was two String
+    // allocations per comparison, some 300,000 per sync of 10,000 objects.
     v.sort_by(|a, b| {
-        let key = |o: &K| (o.meta().namespace.clone(), o.meta().name.clone());
-        key(a).cmp(&key(b))
+        let (a, b) = (a.meta(), b.meta());
+        (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
     });
     v
 }
