@@ -839,6 +839,47 @@ impl Bench {
         Ok(out)
     }
 
+    /// Wait until `lb_map_changes_total` stays put on every node for a second.
+    fn quiesce(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let mut before = self.map_changes_all()?;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            self.check_alive()?;
+            let now = self.map_changes_all()?;
+            if now == before {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the daemons still write their maps after {within:?}"
+            );
+            before = now;
+        }
+    }
+
+    /// Wait until `addr` is in every node's LB_BACKENDS.
+    fn wait_backend(&mut self, addr: IpAddr, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.check_alive()?;
+            let mut all = true;
+            for n in &self.nodes {
+                if let Some(m) = &n.maps {
+                    all &= m.backends()?.contains(&addr);
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{addr} not in every node's LB_BACKENDS after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Requests per minute per node, RSS and CPU over a quiet `window`.
     fn steady(&self, window: Duration) -> Result<(f64, BTreeMap<String, u64>, f64, f64)> {
         let pids = self.pids();
@@ -950,7 +991,8 @@ fn churn(
     rate: u32,
     stop: Arc<AtomicBool>,
     made: Arc<AtomicU64>,
-) {
+) -> Option<Ipv4Addr> {
+    let mut last = None;
     let every = Duration::from_secs(1) / rate.max(1);
     let mut next = Instant::now();
     let mut j = 0usize;
@@ -965,6 +1007,7 @@ fn churn(
         sl.metadata.resource_version = None;
         if api.replace(&*sl).is_ok() {
             made.fetch_add(1, Ordering::Relaxed);
+            last = Some(addr);
         }
         // Paced by a schedule, not by the time each write took: the offered load is `rate`.
         next += every;
@@ -975,6 +1018,7 @@ fn churn(
             next = now;
         }
     }
+    last
 }
 
 /// Run the whole bench; print the table and write `--json`.
@@ -1070,7 +1114,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let tb = Instant::now();
     let busy = b.measure_updates("busy", &vips, 0..half, opts.changes, budget);
     stop.store(true, Ordering::Relaxed);
-    let _ = load.join();
+    let last = load.join().ok().flatten();
     let busy = busy?;
     report.busy_rate_per_s = round2(made.load(Ordering::Relaxed) as f64 / tb.elapsed().as_secs_f64());
     report.update_changes_busy = busy.len();
@@ -1086,9 +1130,20 @@ pub fn run(opts: &Options) -> Result<Report> {
         report.update_p99_ms_busy,
         report.update_max_ms_busy
     );
-    // The background writes have settled: every node's maps hold them before the quiet
-    // window starts (their last one is in the maps when its VIP's ring is).
-    std::thread::sleep(Duration::from_secs(2));
+    // The quiet window starts once every node has caught up with the background load (the
+    // last address it wrote is in every node's LB_BACKENDS; the controller applies the
+    // cluster as a whole, so everything before it is in too).
+    let t = Instant::now();
+    if let Some(addr) = last {
+        b.wait_backend(IpAddr::V4(addr), Duration::from_secs(120))?;
+    }
+    // The backend is written before the rings that use it: also wait until no node writes
+    // its maps for a second.
+    b.quiesce(Duration::from_secs(120))?;
+    println!(
+        "control-plane bench: every node caught up with the load {:.1} s after it stopped",
+        t.elapsed().as_secs_f64()
+    );
 
     let (rpm, kinds, rss, cpu) = b.steady(opts.window)?;
     report.api_requests_per_min_per_node = rpm;
@@ -1263,7 +1318,8 @@ pub fn check_json(v: &Value, services: usize, nodes: usize) -> Result<()> {
     );
     ensure!(f("rss_mb") > 1.0, "rss_mb in {v}");
     ensure!(f("cpu_s_per_min_steady") >= 0.0, "cpu in {v}");
-    ensure!(f("api_requests_per_min_per_node") > 0.0, "api rate in {v}");
+    // A short window may see no Lease renewal (every 10 s): only a number is required.
+    ensure!(f("api_requests_per_min_per_node") >= 0.0, "api rate in {v}");
     ensure!(f("map_writes_per_change") >= 1.0, "map writes per change in {v}");
     ensure!(v["relist_map_writes"].as_u64() == Some(0), "a re-list wrote maps: {v}");
     Ok(())
