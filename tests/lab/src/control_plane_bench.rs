@@ -630,12 +630,21 @@ impl Bench {
         let mut status_at = None;
         let mut last_status_poll = Instant::now() - Duration::from_secs(1);
         let give_up = Arc::new(AtomicBool::new(false));
+        let maps_ready = Arc::new(AtomicBool::new(false));
         let nss: Vec<Arc<NetNs>> = self.nodes.iter().map(|n| n.ns.clone()).collect();
         let (announced_at, result) = std::thread::scope(|scope| {
             let announced = {
                 let give_up = give_up.clone();
+                let maps_ready = maps_ready.clone();
                 scope.spawn(move || -> Option<Duration> {
                     while !give_up.load(Ordering::Relaxed) {
+                        // A node announces after it programmed its maps, and `/status`
+                        // (per-VIP counters of every VIP, under the daemon's lock) is not
+                        // free: it is read only once the maps are done.
+                        if !maps_ready.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
                         let mut union = BTreeSet::new();
                         for ns in &nss {
                             if let Ok(body) = http_get_in(ns, METRICS.parse().ok()?, "/status")
@@ -684,8 +693,11 @@ impl Bench {
                             status_at = Some(t0.elapsed());
                         }
                     }
-                    if maps_done.iter().all(Option::is_some) && status_at.is_some() {
-                        return Ok(());
+                    if maps_done.iter().all(Option::is_some) {
+                        maps_ready.store(true, Ordering::Relaxed);
+                        if status_at.is_some() {
+                            return Ok(());
+                        }
                     }
                     if Instant::now() > deadline {
                         bail!(
