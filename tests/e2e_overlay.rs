@@ -381,10 +381,14 @@ fn fmt_mac(m: Mac) -> String {
         .join(":")
 }
 
-fn vip_reason(proto: &str, reason: &str) -> String {
-    format!(
-        "lb_packets_total{{vip=\"{VIP}\",port=\"{VIP_PORT}\",proto=\"{proto}\",reason=\"{reason}\"}} "
-    )
+/// A node-wide reason counter (the nodes have this test's one VIP).
+fn node_reason(reason: &str) -> String {
+    format!("lb_node_packets_total{{reason=\"{reason}\"}} ")
+}
+
+/// The VIP's packets over one protocol.
+fn vip_packets(proto: &str) -> String {
+    format!("lb_vip_packets_total{{vip=\"{VIP}\",port=\"{VIP_PORT}\",proto=\"{proto}\"}} ")
 }
 
 fn client_ip(s: &Value) -> Option<IpAddr> {
@@ -487,14 +491,23 @@ fn run(fabric: Fabric) {
     let (a, b) = (&c.node_a, &c.node_b);
     let mut report = String::new();
     for proto in ["udp", "tcp"] {
-        let on_a = |r: &str| c.metric(a, &vip_reason(proto, r));
+        // Both nodes counted the VIP's packets of this protocol; the reasons are node-wide.
+        let (vip_a, vip_b) = (
+            c.metric(a, &vip_packets(proto)),
+            c.metric(b, &vip_packets(proto)),
+        );
+        assert!(
+            vip_a > 0 && vip_b > 0,
+            "{tag} {proto}: A {vip_a}, B {vip_b}"
+        );
+        let on_a = |r: &str| c.metric(a, &node_reason(r));
         let (tx, redirect, kernel, marked) = (
             on_a("tx"),
             on_a("redirect"),
             on_a("pass_kernel_route"),
             on_a("marked_for_peer"),
         );
-        let on_b = |r: &str| c.metric(b, &vip_reason(proto, r));
+        let on_b = |r: &str| c.metric(b, &node_reason(r));
         let (from_peer, b_redirect, b_kernel) = (
             on_b("from_peer"),
             on_b("redirect"),

@@ -143,13 +143,26 @@ fn aioquic_step(topo: &Topology) {
 
 /// A sample of the daemon's Prometheus text: `metric{vip,port="443",proto,reason}` (0 when
 /// absent).
-fn sample(metrics: &str, metric: &str, vip: Ipv4Addr, proto: &str, reason: &str) -> u64 {
-    let prefix = format!(
-        "{metric}{{vip=\"{vip}\",port=\"{VIP_PORT}\",proto=\"{proto}\",reason=\"{reason}\"}} "
-    );
+/// A per-VIP series (`lb_vip_*_total`) of `vip`:443 over `proto`.
+fn sample(metrics: &str, metric: &str, vip: Ipv4Addr, proto: &str) -> u64 {
+    value(
+        metrics,
+        &format!("{metric}{{vip=\"{vip}\",port=\"{VIP_PORT}\",proto=\"{proto}\"}} "),
+    )
+}
+
+/// A node-wide reason counter (`lb_node_packets_total`).
+fn node_reason(metrics: &str, reason: &str) -> u64 {
+    value(
+        metrics,
+        &format!("lb_node_packets_total{{reason=\"{reason}\"}} "),
+    )
+}
+
+fn value(metrics: &str, prefix: &str) -> u64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
+        .find_map(|l| l.strip_prefix(prefix))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
@@ -500,11 +513,14 @@ fn e2e_static_daemon_routes_real_traffic() {
 
     // The daemon's counters saw it: QUIC routed by CID on .100, none on .101.
     let metrics = metrics_of(&topo);
-    let packets = |vip, proto, reason| sample(&metrics, "lb_packets_total", vip, proto, reason);
-    assert!(packets(VIP_CID, "udp", "routed_cid") > 0, "{metrics}");
-    assert!(packets(VIP_CID, "tcp", "maglev") > 0, "{metrics}");
-    assert_eq!(packets(VIP_NOCID, "udp", "routed_cid"), 0, "{metrics}");
-    assert!(packets(VIP_NOCID, "udp", "maglev") > 0, "{metrics}");
+    let routed_cid = |vip, proto| sample(&metrics, "lb_vip_routed_cid_packets_total", vip, proto);
+    let packets = |vip, proto| sample(&metrics, "lb_vip_packets_total", vip, proto);
+    assert!(routed_cid(VIP_CID, "udp") > 0, "{metrics}");
+    assert!(packets(VIP_CID, "tcp") > 0, "{metrics}");
+    assert_eq!(routed_cid(VIP_CID, "tcp"), 0, "{metrics}");
+    assert_eq!(routed_cid(VIP_NOCID, "udp"), 0, "{metrics}");
+    assert!(packets(VIP_NOCID, "udp") > 0, "{metrics}");
+    assert!(node_reason(&metrics, "maglev") > 0, "{metrics}");
     // The reverse NAT sent the replies out itself (lb run turns forwarding on), none through
     // the node's stack.
     let rnat = |reason: &str| -> u64 {
@@ -522,10 +538,8 @@ fn e2e_static_daemon_routes_real_traffic() {
     // (vi) The counters are exact: N plain datagrams (not QUIC: fixed bit clear, too short for
     // a stateless reset, so nothing answers) to the 4-tuple VIP from one source port.
     let steering = |m: &str| {
-        let p = sample(m, "lb_packets_total", VIP_NOCID, "udp", "maglev")
-            + sample(m, "lb_packets_total", VIP_NOCID, "udp", "lru_hit");
-        let b = sample(m, "lb_bytes_total", VIP_NOCID, "udp", "maglev")
-            + sample(m, "lb_bytes_total", VIP_NOCID, "udp", "lru_hit");
+        let p = sample(m, "lb_vip_packets_total", VIP_NOCID, "udp");
+        let b = sample(m, "lb_vip_bytes_total", VIP_NOCID, "udp");
         (p, b)
     };
     let (p0, b0) = steering(&metrics_of(&topo));
@@ -552,7 +566,7 @@ fn e2e_static_daemon_routes_real_traffic() {
     assert_eq!(
         (p1 - p0, b1 - b0),
         (COUNTED as u64, frame_bytes),
-        "maglev + lru_hit packets and bytes of {VIP_NOCID}:{VIP_PORT}/udp"
+        "packets and bytes of {VIP_NOCID}:{VIP_PORT}/udp"
     );
     eprintln!(
         "e2e: counters: {} packets, {} octets counted for {COUNTED} datagrams of {frame_bytes} octets",
@@ -633,15 +647,9 @@ fn e2e_static_daemon_routes_real_traffic() {
     // generator accepts every CID of the pool, and the pool shares one reset key).
     let fallback = |m: &str| {
         (
-            sample(
-                m,
-                "lb_packets_total",
-                VIP_CID,
-                "udp",
-                "fallback_unknown_server",
-            ),
-            sample(m, "lb_packets_total", VIP_CID, "udp", "redirect"),
-            sample(m, "lb_packets_total", VIP_CID, "udp", "drop_bad_backend"),
+            node_reason(m, "fallback_unknown_server"),
+            node_reason(m, "redirect"),
+            node_reason(m, "drop_bad_backend"),
         )
     };
     let (f0, r0, d0) = fallback(&metrics_of(&topo));

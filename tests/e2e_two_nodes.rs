@@ -518,26 +518,42 @@ fn e2e_two_nodes_vip_on_a_backend_behind_b() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     };
-    let vip_reason = |proto: &str, reason: &str| {
+    // Reasons are counted node-wide (this node has the one VIP); per VIP and protocol,
+    // packets and those routed by connection ID.
+    let node_reason =
+        |reason: &str| value(&format!("lb_node_packets_total{{reason=\"{reason}\"}} "));
+    let vip_series = |metric: &str, proto: &str| {
         value(&format!(
-            "lb_packets_total{{vip=\"{VIP}\",port=\"{VIP_PORT}\",proto=\"{proto}\",reason=\"{reason}\"}} "
+            "{metric}{{vip=\"{VIP}\",port=\"{VIP_PORT}\",proto=\"{proto}\"}} "
         ))
     };
     let mut numbers = BTreeMap::new();
-    for proto in ["udp", "tcp"] {
-        for reason in [
-            "redirect",
-            "tx",
-            "pass_no_neighbour",
-            "pass_fib_failed",
-            "routed_cid",
-            "maglev",
-            "fallback_initial",
-            "lru_hit",
-        ] {
-            numbers.insert(format!("{proto}/{reason}"), vip_reason(proto, reason));
-        }
+    for reason in [
+        "redirect",
+        "tx",
+        "pass_no_neighbour",
+        "pass_fib_failed",
+        "routed_cid",
+        "maglev",
+        "fallback_initial",
+        "lru_hit",
+    ] {
+        numbers.insert(reason.to_string(), node_reason(reason));
     }
+    for proto in ["udp", "tcp"] {
+        numbers.insert(
+            format!("{proto}/packets"),
+            vip_series("lb_vip_packets_total", proto),
+        );
+        numbers.insert(
+            format!("{proto}/dropped"),
+            vip_series("lb_vip_dropped_packets_total", proto),
+        );
+    }
+    numbers.insert(
+        "udp/routed_cid".into(),
+        vip_series("lb_vip_routed_cid_packets_total", "udp"),
+    );
     let backend_pkts = |be: &str| -> u64 {
         metrics
             .lines()
@@ -560,16 +576,18 @@ fn e2e_two_nodes_vip_on_a_backend_behind_b() {
     );
     for proto in ["udp", "tcp"] {
         assert!(
-            numbers[&format!("{proto}/redirect")] > 0,
-            "{proto} redirect\n{metrics}"
+            numbers[&format!("{proto}/packets")] > 0,
+            "{proto} packets\n{metrics}"
         );
-        for r in ["tx", "pass_no_neighbour", "pass_fib_failed"] {
-            assert_eq!(
-                numbers[&format!("{proto}/{r}")],
-                0,
-                "{proto} {r}\n{metrics}"
-            );
-        }
+        assert_eq!(
+            numbers[&format!("{proto}/dropped")],
+            0,
+            "{proto} dropped\n{metrics}"
+        );
+    }
+    assert!(numbers["redirect"] > 0, "redirect\n{metrics}");
+    for r in ["tx", "pass_no_neighbour", "pass_fib_failed"] {
+        assert_eq!(numbers[r], 0, "{r}\n{metrics}");
     }
     assert!(numbers["udp/routed_cid"] > 0, "{metrics}");
     assert!(pkts_b0 > 0 && pkts_b1 > 0, "{metrics}");

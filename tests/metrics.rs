@@ -18,13 +18,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use lb_common::{Counter, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{Counter, PROTO_TCP, PROTO_UDP, Reason, VipCounter};
 use lb_lab::{
     packet::{Packet, quic},
     testbed::{fixture::*, *},
 };
 use lb_userspace::{
-    dataplane::{Dataplane, ReasonCounters},
+    dataplane::Dataplane,
     metrics::{
         self, BackendLabel, DaemonStats, Format, Labels, MetricsSource, OPENMETRICS_CONTENT_TYPE,
         PROMETHEUS_CONTENT_TYPE, QuicLabel, Snapshot, VipLabel,
@@ -230,15 +230,16 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
     let mut put = |k: String, v: u64| {
         want.insert(k, v.to_string());
     };
+    put(format!("lb_vip_packets_total{{{vip0}}}"), QUIC_PACKETS);
+    put(
+        format!("lb_vip_bytes_total{{{vip0}}}"),
+        QUIC_PACKETS * quic_len,
+    );
+    put(
+        format!("lb_vip_routed_cid_packets_total{{{vip0}}}"),
+        QUIC_PACKETS,
+    );
     for reason in ["routed_cid", "redirect"] {
-        put(
-            format!(r#"lb_packets_total{{{vip0},reason="{reason}"}}"#),
-            QUIC_PACKETS,
-        );
-        put(
-            format!(r#"lb_bytes_total{{{vip0},reason="{reason}"}}"#),
-            QUIC_PACKETS * quic_len,
-        );
         put(
             format!(r#"lb_node_packets_total{{reason="{reason}"}}"#),
             QUIC_PACKETS,
@@ -278,8 +279,10 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
     // Everything else that counts packets is zero: nothing leaked into other VIPs, reasons
     // or backends.
     let counters = [
-        "lb_packets_total",
-        "lb_bytes_total",
+        "lb_vip_packets_total",
+        "lb_vip_bytes_total",
+        "lb_vip_routed_cid_packets_total",
+        "lb_vip_dropped_packets_total",
         "lb_node_packets_total",
         "lb_node_bytes_total",
         "lb_backend_packets_total",
@@ -295,20 +298,16 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
             zeros += 1;
         }
     }
-    // 5 VIPs x 23 per-VIP reasons x 2, 30 node reasons x 2 (minus the 3 non-zero), 6
-    // backends x 2 (minus 1), 9 reverse-NAT reasons x 2.
-    let per_vip = Reason::ALL
-        .iter()
-        .filter(|r| metrics::counted_per_vip(**r))
-        .count();
-    assert_eq!(per_vip, 23);
+    // 5 VIPs x 4 per-VIP series (minus the 3 non-zero), 30 node reasons x 2 (minus the 3
+    // non-zero), 6 backends x 2 (minus 1), 9 reverse-NAT reasons x 2.
     assert_eq!(Reason::ALL.len(), 30);
-    assert_eq!(zeros, (5 * 23 - 2) * 2 + (30 - 3) * 2 + (6 - 1) * 2 + 9 * 2);
-    // Parse-failure reasons have no per-VIP series at all.
-    assert!(!text.contains(
-        r#"lb_packets_total{vip="198.18.0.100",port="443",proto="udp",reason="pass_not_vip"}"#
-    ));
-    assert!(text.contains("# TYPE lb_packets_total counter"), "{text}");
+    assert_eq!(zeros, (5 * 4 - 3) + (30 - 3) * 2 + (6 - 1) * 2 + 9 * 2);
+    // Reasons are node-wide only: no per-VIP series has a reason label.
+    assert!(!text.contains(r#"proto="udp",reason="#), "{text}");
+    assert!(
+        text.contains("# TYPE lb_vip_packets_total counter"),
+        "{text}"
+    );
     assert!(
         text.contains("# TYPE lb_map_sync_duration_seconds histogram"),
         "{text}"
@@ -336,9 +335,7 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
         "1"
     );
     assert_eq!(
-        samples(&open).get(&format!(
-            r#"lb_packets_total{{{vip0},reason="routed_cid"}}"#
-        )),
+        samples(&open).get(&format!("lb_vip_routed_cid_packets_total{{{vip0}}}")),
         Some(&QUIC_PACKETS.to_string())
     );
 
@@ -376,16 +373,14 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
     assert_eq!(v0["proto"], "udp");
     assert_eq!(v0["name"], "fixture-0");
     assert_eq!(v0["map"]["ring_size"], RING);
-    assert_eq!(v0["counters"]["routed_cid"]["packets"], QUIC_PACKETS);
-    assert_eq!(
-        v0["counters"]["routed_cid"]["bytes"],
-        QUIC_PACKETS * quic_len
-    );
-    assert_eq!(v0["counters"]["maglev"]["packets"], 0);
+    assert_eq!(v0["counters"]["packets"], QUIC_PACKETS);
+    assert_eq!(v0["counters"]["bytes"], QUIC_PACKETS * quic_len);
+    assert_eq!(v0["counters"]["routed_cid"], QUIC_PACKETS);
+    assert_eq!(v0["counters"]["dropped"], 0);
     assert_eq!(v0["quic_lb"][0]["mode"], "plaintext");
     assert_eq!(v0["quic_lb"][1]["mode"], "single_pass");
     assert_eq!(v0["quic_lb"][2]["mode"], "four_pass");
-    assert_eq!(st["vips"][1]["counters"]["routed_cid"]["packets"], 0);
+    assert_eq!(st["vips"][1]["counters"]["packets"], 0);
     assert_eq!(st["backends"][0]["backend"], "198.19.0.10:8443");
     assert_eq!(st["backends"][0]["packets"], QUIC_PACKETS);
     assert_eq!(st["backends"][1]["packets"], 0);
@@ -415,10 +410,11 @@ fn data_plane_counters_render_exactly_and_serve() -> Result<()> {
 /// carries empty ones; a failed map read leaves its series out and is counted.
 #[test]
 fn snapshot_labels_and_missing_reads() {
-    let mut vip0 = ReasonCounters::default();
-    vip0.0[Reason::Maglev as usize] = Counter {
+    let vip0 = VipCounter {
         packets: 7,
         bytes: 700,
+        routed_cid: 0,
+        dropped: 1,
     };
     let v = |index, port, proto| VipLabel {
         index,
@@ -469,18 +465,22 @@ fn snapshot_labels_and_missing_reads() {
     let text = metrics::render_snapshot(snap.clone(), &labels, &stats, Format::Prometheus);
     let got = samples(&text);
     assert_eq!(
-        got[r#"lb_packets_total{vip="fd00:18::100",port="80",proto="tcp",reason="maglev"}"#],
+        got[r#"lb_vip_packets_total{vip="fd00:18::100",port="80",proto="tcp"}"#],
         "7"
     );
     assert_eq!(
-        got[r#"lb_bytes_total{vip="fd00:18::100",port="80",proto="tcp",reason="maglev"}"#],
+        got[r#"lb_vip_bytes_total{vip="fd00:18::100",port="80",proto="tcp"}"#],
         "700"
+    );
+    assert_eq!(
+        got[r#"lb_vip_dropped_packets_total{vip="fd00:18::100",port="80",proto="tcp"}"#],
+        "1"
     );
     assert!(
         !text.contains(r#"port="81""#),
         "VIP 1 was not read: no series\n{text}"
     );
-    assert!(!text.contains("lb_node_packets_total"), "{text}");
+    assert!(!text.contains("# TYPE lb_node_packets_total"), "{text}");
     assert_eq!(
         got[r#"lb_backend_packets_total{vip="fd00:18::100",port="80",proto="tcp",backend="[fd00:19::10]:8080"}"#],
         "7"
@@ -501,12 +501,9 @@ fn snapshot_labels_and_missing_reads() {
     assert_eq!(got["lb_map_sync_duration_seconds_count"], "0");
 
     let st = metrics::status_snapshot(&snap, &stats);
-    assert_eq!(st["vips"][0]["counters"]["maglev"]["bytes"], 700);
+    assert_eq!(st["vips"][0]["counters"]["bytes"], 700);
+    assert_eq!(st["vips"][0]["counters"]["dropped"], 1);
     assert!(st["vips"][1]["counters"].is_null());
-    assert!(
-        st["vips"][0]["counters"].get("pass_not_vip").is_none(),
-        "parse reasons are node-wide only"
-    );
     assert_eq!(st["errors"][0], "VIP 1 counters: test");
 }
 

@@ -270,6 +270,7 @@ fn a_full_reply_table_refuses_new_flows_and_keeps_established_ones() -> Result<(
     const CAPACITY: u32 = 8;
     let sizes = LoadOptions {
         reply_flows: CAPACITY,
+        ..LoadOptions::compact()
     };
     with_lb_sized(RING, FibCache::Off, sizes, |lb| {
         assert_eq!(lb.dp.reply_capacity(), CAPACITY);

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    CONN_F_VALID, ConnEntry, FIB_CACHE_TTL_DEFAULT_NS, MAGLEV_RING_DEFAULT, PROTO_TCP, PROTO_UDP,
+    CONN_F_VALID, ConnEntry, FIB_CACHE_TTL_DEFAULT_NS, PROTO_TCP, PROTO_UDP,
     Reason::{self, *},
     VIP_F_QUIC_LB, VipMeta,
     hash::flow_hash,
@@ -34,6 +34,10 @@ use lb_userspace::{
     maglev::{WeightedBackend, build_table},
 };
 use support::fixture::*;
+
+/// The ring size of the standard fixture's VIPs (a prime; the largest ring before rings
+/// were sized to their backends, so a slot per flow hash is spread over many).
+const STANDARD_RING: u32 = 65537;
 
 // ---- helpers --------------------------------------------------------------------------------
 
@@ -76,6 +80,7 @@ fn patched(b: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn verifier_accepts_program() -> Result<()> {
     with_lb(RING, FibCache::Default, |lb| {
+        let mut rings = Vec::new();
         assert_eq!(
             lb.dp.settings()?.fib_cache_ttl_ns,
             FIB_CACHE_TTL_DEFAULT_NS,
@@ -106,17 +111,23 @@ fn verifier_accepts_program() -> Result<()> {
                 0,
             ),
         ] {
+            let meta = lb
+                .dp
+                .vip(&vip_key(ip, port, proto))
+                .expect("VIP in LB_VIPS");
             assert_eq!(
-                lb.dp.vip(&vip_key(ip, port, proto)),
-                Some(VipMeta {
-                    index,
-                    flags,
-                    ring_size: RING,
-                    active_ring: 0
-                }),
+                (meta.index, meta.flags, meta.ring_size),
+                (index, flags, RING),
                 "VIP {ip}:{port}/{proto}"
             );
+            rings.push(meta.ring_offset);
         }
+        // Each VIP's ring has its own slots of the pool.
+        rings.sort();
+        assert!(
+            rings.windows(2).all(|w| w[1] - w[0] >= RING),
+            "rings overlap: {rings:?}"
+        );
         // And the loaded program runs: nothing has moved any counter yet.
         let s = Snapshot::take(&lb.dp);
         expect_counters("fresh load", &s.global, &[], Some(0));
@@ -1146,11 +1157,13 @@ fn tcp_v6_vlan_syn_then_ack() -> Result<()> {
 
 /// The connection table is what makes Maglev safe for established flows: republish the ring
 /// without a flow's backend and the flow keeps it, while a new SYN on the same 5-tuple
-/// consults the new ring. Publishing writes the spare ring then flips `active_ring`.
+/// consults the new ring. Publishing writes the new ring into free slots of the pool, then
+/// points the VIP at it.
 #[test]
 fn tcp_established_flow_survives_ring_change() -> Result<()> {
     with_lb(RING, FibCache::Off, |lb| {
         let key = vip_key(VIP_V4.into(), VIP_PORT, PROTO_TCP);
+        let first = lb.dp.vip(&key).expect("VIP").ring_offset;
         let syn = Pkt::tcp(CLIENT_V4, VIP_V4, 51000, VIP_PORT, tcp_flags::SYN);
         let ack = Pkt::tcp(CLIENT_V4, VIP_V4, 51000, VIP_PORT, tcp_flags::ACK).payload([0x42; 20]);
         let old = maglev_pick(lb, &syn);
@@ -1175,14 +1188,14 @@ fn tcp_established_flow_survives_ring_change() -> Result<()> {
         )?;
         let meta = lb.dp.vip(&key).expect("VIP");
         assert_eq!(
-            meta,
-            VipMeta {
-                index: VIP_V4_TCP,
-                flags: 0,
-                ring_size: RING,
-                active_ring: 1
-            },
-            "publish flips to the spare ring"
+            (meta.index, meta.flags, meta.ring_size),
+            (VIP_V4_TCP, 0, RING),
+            "publish keeps the VIP"
+        );
+        // Not over the live ring: the old slots wait out their grace period.
+        assert!(
+            meta.ring_offset.abs_diff(first) >= RING,
+            "{first} -> {meta:?}"
         );
         for slot in 0..RING {
             assert_ne!(lb.dp.ring_slot(&meta, slot)?, old, "live ring slot {slot}");
@@ -1211,7 +1224,12 @@ fn tcp_established_flow_survives_ring_change() -> Result<()> {
             &all,
             RING,
         )?;
-        assert_eq!(lb.dp.vip(&key).map(|m| m.active_ring), Some(0));
+        let third = lb.dp.vip(&key).expect("VIP").ring_offset;
+        assert!(
+            third.abs_diff(first) >= RING && third.abs_diff(meta.ring_offset) >= RING,
+            "the ring replaced a moment ago is still in its grace period: {first}, {}, {third}",
+            meta.ring_offset
+        );
         expect_redirect(lb, "ACK after the second change", &ack, &[LruHit], new);
         Ok(())
     })
@@ -1285,7 +1303,7 @@ fn plain_udp_maglev_then_lru_hit() -> Result<()> {
 /// which cross-checks the BPF hash and ring indexing against the host's.
 #[test]
 fn maglev_matches_host_hash_and_spreads_flows() -> Result<()> {
-    with_lb(MAGLEV_RING_DEFAULT, FibCache::Off, |lb| {
+    with_lb(STANDARD_RING, FibCache::Off, |lb| {
         let wb: Vec<WeightedBackend> = (0..BACKENDS)
             .map(|i| WeightedBackend {
                 id: v4_backend_id(i),
@@ -1294,17 +1312,17 @@ fn maglev_matches_host_hash_and_spreads_flows() -> Result<()> {
                 weight: 1,
             })
             .collect();
-        let table = build_table(&wb, MAGLEV_RING_DEFAULT)?;
+        let table = build_table(&wb, STANDARD_RING)?;
         let meta = lb
             .dp
             .vip(&vip_key(VIP_V4.into(), PLAIN_UDP_PORT, PROTO_UDP))
             .expect("VIP");
-        assert_eq!(meta.ring_size, MAGLEV_RING_DEFAULT);
+        assert_eq!(meta.ring_size, STANDARD_RING);
         let mut per_backend = [0u32; 3];
         for n in 0..300u16 {
             let p =
                 Pkt::udp(CLIENT_V4, VIP_V4, 20000 + n * 7, PLAIN_UDP_PORT).payload([n as u8; 24]);
-            let slot = flow_hash(&p.flow_key()) % MAGLEV_RING_DEFAULT;
+            let slot = flow_hash(&p.flow_key()) % STANDARD_RING;
             let id = table[slot as usize];
             assert_eq!(
                 lb.dp.ring_slot(&meta, slot)?,
@@ -1788,7 +1806,7 @@ fn vip_without_backends_drops() -> Result<()> {
             index,
             flags,
             ring_size: 0,
-            active_ring: 0,
+            ring_offset: 0,
         };
         lb.dp
             .set_vip(&vip_key(VIP_V4.into(), 8004, PROTO_UDP), &empty(9, 0))?;

@@ -32,7 +32,7 @@
 use core::fmt;
 
 use crate::hash::murmur3_32;
-use crate::maps::MAGLEV_RING_MAX;
+use crate::maps::{MAGLEV_RING_MAX, MAGLEV_RING_MIN, MAGLEV_SLOTS_PER_BACKEND};
 
 /// Seeds of the two halves of [`backend_key`].
 const KEY_SEED_HI: u32 = 0x6d67_6c01;
@@ -144,6 +144,32 @@ pub const fn is_prime(n: u32) -> bool {
         d += 6;
     }
     true
+}
+
+/// The ring size a VIP gets for `backends` backends with a weight above zero: the smallest
+/// prime with at least [`MAGLEV_SLOTS_PER_BACKEND`] slots per backend, no smaller than
+/// [`MAGLEV_RING_MIN`] and no larger than [`MAGLEV_RING_MAX`]. Maglev moves about `1/N` of
+/// the flows when one of `N` backends leaves only while `M` is much larger than `N`; 128
+/// slots each keeps the extra movement under about 1% (the NSDI paper's figure 12 shows
+/// `M / N` of 100 is enough), without the 65,537 slots every VIP had before.
+pub const fn ring_size_for(backends: u32) -> u32 {
+    let want = backends.saturating_mul(MAGLEV_SLOTS_PER_BACKEND);
+    if want >= MAGLEV_RING_MAX {
+        return MAGLEV_RING_MAX;
+    }
+    let mut n = if want < MAGLEV_RING_MIN {
+        MAGLEV_RING_MIN
+    } else {
+        want
+    };
+    while !is_prime(n) {
+        n += 1;
+    }
+    if n > MAGLEV_RING_MAX {
+        MAGLEV_RING_MAX
+    } else {
+        n
+    }
 }
 
 /// Stable identity key for a backend: two MurmurHash3 (x86, 32-bit) hashes, with different
@@ -328,7 +354,8 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use crate::maps::MAGLEV_RING_DEFAULT;
+    /// The ring most tests use (the largest before rings were sized to their backends).
+    const MAGLEV_RING_DEFAULT: u32 = 65537;
     use std::vec;
     use std::vec::Vec;
     use std::{eprintln, format};
@@ -421,6 +448,29 @@ mod tests {
         // The largest prime below 2^32 exercises the u64 square in the loop.
         assert!(is_prime(4_294_967_291));
         assert!(is_prime(MAGLEV_RING_MAX) && is_prime(MAGLEV_RING_DEFAULT));
+        assert!(is_prime(MAGLEV_RING_MIN));
+    }
+
+    #[test]
+    fn rings_are_sized_to_their_backends() {
+        assert_eq!(ring_size_for(0), MAGLEV_RING_MIN);
+        assert_eq!(ring_size_for(1), MAGLEV_RING_MIN);
+        assert_eq!(ring_size_for(2), MAGLEV_RING_MIN);
+        // 5 x 128 = 640: the next prime.
+        assert_eq!(ring_size_for(5), 641);
+        assert_eq!(ring_size_for(100), 12_809);
+        assert_eq!(ring_size_for(1023), 130_957);
+        assert_eq!(ring_size_for(1024), MAGLEV_RING_MAX);
+        assert_eq!(ring_size_for(65_536), MAGLEV_RING_MAX);
+        for n in 0..2000 {
+            let m = ring_size_for(n);
+            assert!(is_prime(m) && m <= MAGLEV_RING_MAX, "{n}: {m}");
+            assert!(
+                m >= n
+                    .saturating_mul(MAGLEV_SLOTS_PER_BACKEND)
+                    .min(MAGLEV_RING_MAX)
+            );
+        }
     }
 
     #[test]
@@ -457,11 +507,11 @@ mod tests {
         let two = [be(0, 1), be(1, 0), be(2, 1)];
         assert_eq!(populate(&two, &mut t, &mut scratch), Ok(()));
 
-        // 65539 is prime but too large.
-        let mut big = vec![0u32; 65539];
+        // 131101 is prime but too large.
+        let mut big = vec![0u32; 131_101];
         assert_eq!(
             populate(&bs, &mut big, &mut scratch),
-            Err(MaglevError::TableTooLarge(65539))
+            Err(MaglevError::TableTooLarge(131_101))
         );
 
         let mut t = [0u32; 7];
@@ -519,8 +569,8 @@ mod tests {
             }
         );
         assert!(msg.contains("at least 3"), "{msg}");
-        let msg = format!("{}", MaglevError::TableTooLarge(65539));
-        assert!(msg.contains("65539") && msg.contains("65537"), "{msg}");
+        let msg = format!("{}", MaglevError::TableTooLarge(131101));
+        assert!(msg.contains("131101") && msg.contains("131071"), "{msg}");
     }
 
     #[test]

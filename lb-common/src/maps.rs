@@ -12,31 +12,37 @@ pub const FAMILY_V6: u8 = 6;
 /// The `proto` of keys: the IP protocol number.
 pub use crate::wire::{PROTO_TCP, PROTO_UDP};
 
-/// Capacities the maps are declared with. Userspace resizes only the reply table at load
-/// time (`LoadOptions::reply_flows`, from `[reverse_nat] max_flows`); the others are fixed,
-/// and the config's capacity checks count against them.
-pub const MAX_VIPS: u32 = 64;
-pub const MAX_BACKENDS: u32 = 4096;
-pub const MAX_SERVER_IDS: u32 = 16384;
-pub const CONN_TABLE_ENTRIES: u32 = 65536;
+/// Default capacities: the maps are declared with these sizes, and userspace sets each
+/// map's size when it loads the object (`[capacity]` in the config; see the capacity docs
+/// for what each costs in kernel memory).
+pub const DEFAULT_VIPS: u32 = 32_768;
+pub const DEFAULT_BACKENDS: u32 = 65_536;
+pub const DEFAULT_SERVER_IDS: u32 = 65_536;
+/// Flows in the connection table (`LB_CONNS`, an LRU shared by all CPUs).
+pub const DEFAULT_CONN_TABLE: u32 = 1_048_576;
 /// Capacity of `LB_LEARNED` (an LRU: the oldest learned CIDs go first).
-pub const LEARNED_CID_ENTRIES: u32 = 65536;
+pub const DEFAULT_LEARNED_CIDS: u32 = 262_144;
+/// QUIC-LB configurations over all VIPs (`LB_QUIC_CFG`): one per VIP and config rotation
+/// value in use.
+pub const DEFAULT_QUIC_CONFIGS: u32 = 16_384;
+/// Slots in the shared pool of Maglev rings (`LB_MAGLEV`), four octets each.
+pub const DEFAULT_MAGLEV_SLOTS: u32 = 16_777_216;
 /// Capacity of `LB_SRC_RANGES`: allowed client prefixes over all VIPs (each data-plane VIP,
 /// i.e. each address, port and protocol, holds its own copy of its entry's ranges).
 pub const MAX_SOURCE_RANGES: u32 = 16384;
 
-/// Stride of one Maglev ring in `LB_MAGLEV`: the largest ring a VIP may use. A VIP's own
-/// ring size (a prime no larger than this) is in its [`VipMeta`].
-pub const MAGLEV_RING_MAX: u32 = 65537;
-/// Default Maglev ring size (prime).
-pub const MAGLEV_RING_DEFAULT: u32 = 65537;
-/// Two rings per VIP: the active one and a spare that userspace fills before flipping
-/// `VipMeta::active_ring`, so packets never see a half-written table.
-pub const MAGLEV_RINGS_PER_VIP: u32 = 2;
+/// Largest Maglev ring of one VIP (prime). Rings are sized to their backends
+/// ([`crate::maglev::ring_size_for`]); a VIP with more than `MAGLEV_RING_MAX / 128` backends
+/// gets this many slots, fewer than 128 per backend.
+pub const MAGLEV_RING_MAX: u32 = 131_071;
+/// Smallest ring sized automatically (prime): a VIP with one or two backends still gets
+/// enough slots that adding a third moves few flows.
+pub const MAGLEV_RING_MIN: u32 = 257;
+/// Slots per backend an automatically sized ring has at least (below the ceiling).
+pub const MAGLEV_SLOTS_PER_BACKEND: u32 = 128;
 
 /// QUIC-LB config rotation values are the top three bits of the first DCID octet: 0..=6 are
-/// configs, 0b111 is always unroutable. `LB_QUIC_CFG` has this many slots per VIP.
-pub const QUIC_LB_CONFIGS_PER_VIP: u32 = 8;
+/// configs, 0b111 is always unroutable ([`quic_config_key`]).
 // The codec's limits (`quic_lb` depends on nothing here; the layouts depend on it).
 pub const QUIC_LB_UNROUTABLE_CR: u8 = crate::quic_lb::UNROUTABLE_CONFIG_ID;
 /// Longest server ID: server ID + nonce <= 19 octets and nonce >= 4 octets.
@@ -143,14 +149,18 @@ pub const fn learned_cid_flags(cid_len: u8) -> u32 {
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct VipMeta {
-    /// Index of this VIP in the per-VIP arrays (`LB_MAGLEV`, `LB_QUIC_CFG`, `LB_VIP_STATS`).
+    /// Index of this VIP in `LB_VIP_STATS`, and its number in the keys of `LB_QUIC_CFG`,
+    /// `LB_SERVER_IDS`, `LB_LEARNED` and `LB_SRC_RANGES`.
     pub index: u32,
     pub flags: u32,
-    /// Prime number of slots in this VIP's Maglev rings (<= [`MAGLEV_RING_MAX`]); 0 means the
+    /// Prime number of slots in this VIP's Maglev ring (<= [`MAGLEV_RING_MAX`]); 0 means the
     /// VIP has no backends and its packets are dropped (counted as `DropNoBackend`).
     pub ring_size: u32,
-    /// Which of the VIP's two rings is live (0 or 1).
-    pub active_ring: u32,
+    /// First slot of the VIP's live ring in the shared pool `LB_MAGLEV`. Userspace writes a
+    /// new ring into free slots and then replaces this value (with `ring_size`) in one map
+    /// update, so a packet sees the old ring or the new one, never a half-written one; the
+    /// old slots are reused only after every packet that could have read them is done.
+    pub ring_offset: u32,
 }
 
 impl VipMeta {
@@ -163,18 +173,12 @@ impl VipMeta {
             ((self.flags >> VIP_LEARNED_CID_LEN_SHIFT) & 0xff) as usize
         }
     }
-
-    /// First slot of the live ring in `LB_MAGLEV`.
-    #[inline(always)]
-    pub fn ring_base(&self) -> u32 {
-        (self.index * MAGLEV_RINGS_PER_VIP + (self.active_ring & 1)) * MAGLEV_RING_MAX
-    }
 }
 
-/// Slot of ring `ring` (0 or 1) of VIP `vip_index` in `LB_MAGLEV`.
+/// `LB_QUIC_CFG` key: the VIP's index and the config rotation value (0..=6), as one word.
 #[inline(always)]
-pub fn maglev_ring_base(vip_index: u32, ring: u32) -> u32 {
-    (vip_index * MAGLEV_RINGS_PER_VIP + (ring & 1)) * MAGLEV_RING_MAX
+pub const fn quic_config_key(vip_index: u32, config_id: u8) -> u32 {
+    (vip_index << 3) | (config_id as u32 & 7)
 }
 
 pub const BACKEND_F_VALID: u8 = 1;
@@ -209,7 +213,7 @@ pub const QUIC_LB_MODE_PLAINTEXT: u8 = crate::quic_lb::Mode::Plaintext as u8;
 pub const QUIC_LB_MODE_SINGLE_PASS: u8 = crate::quic_lb::Mode::SinglePass as u8;
 pub const QUIC_LB_MODE_FOUR_PASS: u8 = crate::quic_lb::Mode::FourPass as u8;
 
-/// `LB_QUIC_CFG` value, indexed by `vip_index * QUIC_LB_CONFIGS_PER_VIP + config_id`: one
+/// `LB_QUIC_CFG` value, keyed by [`quic_config_key`] (VIP index, config rotation value): one
 /// QUIC-LB configuration with its AES round keys expanded by userspace (the program never
 /// runs the key schedule). 356 octets; the program reads it in place, never copies it.
 #[repr(C)]
@@ -355,6 +359,46 @@ impl Default for CounterBlock {
     }
 }
 
+/// `LB_VIP_STATS` value, per CPU, indexed by VIP index: what one VIP's packets did, in 32
+/// octets. The reasons in full are counted node-wide only (`LB_STATS`): a block of every
+/// reason per VIP per CPU would cost 512 octets, 640 MiB for 20,000 VIPs on 64 CPUs; this
+/// costs 40 MiB there. [`Reason::vip_class`] says which reasons count here.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipCounter {
+    /// Every packet that matched the VIP, once, whatever happened to it.
+    pub packets: u64,
+    /// Their octets, as the frames arrived.
+    pub bytes: u64,
+    /// Those routed by connection ID: QUIC-LB server ID or learned CID.
+    pub routed_cid: u64,
+    /// Those dropped (every `drop_*` reason).
+    pub dropped: u64,
+}
+
+impl VipCounter {
+    /// What moved since `before` (counters only grow; a wrap shows as a wrap).
+    pub fn delta(&self, before: &VipCounter) -> VipCounter {
+        VipCounter {
+            packets: self.packets.wrapping_sub(before.packets),
+            bytes: self.bytes.wrapping_sub(before.bytes),
+            routed_cid: self.routed_cid.wrapping_sub(before.routed_cid),
+            dropped: self.dropped.wrapping_sub(before.dropped),
+        }
+    }
+}
+
+/// What a [`Reason`] adds to the VIP's [`VipCounter`] besides `packets` and `bytes`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum VipClass {
+    /// Nothing more.
+    Other,
+    /// `routed_cid`.
+    RoutedCid,
+    /// `dropped`.
+    Dropped,
+}
+
 /// Why a packet went where it went. `LB_STATS[0]` and `LB_VIP_STATS[vip index]` are
 /// [`CounterBlock`]s with one slot per reason. Counters are events, not a partition: a VIP packet bumps
 /// one steering reason (how its backend was chosen: `RoutedCid` or `RoutedLearnedCid`, or one
@@ -482,6 +526,22 @@ impl Reason {
     ];
 
     /// Stable snake_case name, used in metrics labels and the bench's counter proofs.
+    /// What this reason adds to a VIP's [`VipCounter`] when counted for a VIP.
+    #[inline(always)]
+    pub const fn vip_class(self) -> VipClass {
+        match self {
+            Reason::RoutedCid | Reason::RoutedLearnedCid => VipClass::RoutedCid,
+            Reason::DropNoBackend
+            | Reason::DropBadBackend
+            | Reason::DropAdjustFailed
+            | Reason::DropSourceRange
+            | Reason::DropFlowTableFull
+            | Reason::DropBadMark
+            | Reason::DropTooBig => VipClass::Dropped,
+            _ => VipClass::Other,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Reason::PassNotIp => "pass_not_ip",
@@ -518,7 +578,9 @@ impl Reason {
     }
 }
 
-/// `LB_FIB_CACHE` value, per CPU, indexed by backend id: the last successful
+/// `LB_FIB_CACHE` value, per CPU, in the slot [`fib_cache_slot`] of the backend id (a
+/// direct-mapped cache of [`FIB_CACHE_SLOTS`] entries per CPU, tagged with the backend id,
+/// so its memory does not grow with the number of backends): the last successful
 /// `bpf_fib_lookup` for that backend. `bpf_fib_lookup` is the most expensive step of the
 /// fast path (about as much as everything else together for IPv4, twice that for IPv6), and
 /// its answer only changes when routes or neighbours do. Entries expire after
@@ -532,6 +594,8 @@ impl Reason {
 pub struct FibCacheEntry {
     /// `bpf_ktime_get_coarse_ns()` after which the entry is stale; 0 = empty.
     pub expires_ns: u64,
+    /// The backend the entry is for: another backend sharing the slot misses, and replaces it.
+    pub backend: u32,
     /// The lookup was for packets arriving here (the answer depends on it).
     pub ingress_ifindex: u32,
     pub egress_ifindex: u32,
@@ -546,6 +610,7 @@ pub struct FibCacheEntry {
     pub unchecked: u8,
     /// `FIB_HOP_*`: what `LB_IFACES` said about the egress when the entry was written.
     pub hop_flags: u8,
+    pub _pad: u32,
 }
 
 /// [`FibCacheEntry::hop_flags`]: the egress is not a backend-facing interface: the backend
@@ -554,6 +619,15 @@ pub const FIB_HOP_REMOTE: u8 = 1;
 /// [`FibCacheEntry::hop_flags`]: the ingress and the egress take native XDP redirects
 /// ([`IFACE_F_XMIT`]; `egress::xmit_path`).
 pub const FIB_HOP_XMIT: u8 = 2;
+
+/// Next-hop cache entries per CPU (a power of two). 40 octets each: 160 KiB per CPU.
+pub const FIB_CACHE_SLOTS: u32 = 4096;
+
+/// The `LB_FIB_CACHE` slot of a backend.
+#[inline(always)]
+pub const fn fib_cache_slot(backend_id: u32) -> u32 {
+    backend_id & (FIB_CACHE_SLOTS - 1)
+}
 
 /// See [`FibCacheEntry::unchecked`].
 pub const FIB_CACHE_CLOCK_EVERY: u8 = 32;
@@ -801,6 +875,7 @@ impl RnatReason {
 mod pod {
     use super::*;
     // SAFETY: all are #[repr(C)] plain-old-data with explicit padding fields.
+    unsafe impl aya::Pod for VipCounter {}
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for Backend {}
@@ -834,11 +909,28 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<ConnEntry>(), 8);
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<FibCacheEntry>(), 32);
+        assert_eq!(size_of::<FibCacheEntry>(), 40);
+        assert_eq!(size_of::<VipCounter>(), 32);
         assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(size_of::<ReplyNat>(), 40);
         assert_eq!(size_of::<LearnedKey>(), 28);
         assert_eq!(size_of::<SourceRangeKey>(), 20);
+    }
+
+    #[test]
+    fn every_drop_reason_counts_as_dropped_per_vip() {
+        for r in Reason::ALL {
+            let drop = r.name().starts_with("drop_");
+            assert_eq!(r.vip_class() == VipClass::Dropped, drop, "{}", r.name());
+        }
+        assert_eq!(Reason::RoutedCid.vip_class(), VipClass::RoutedCid);
+        assert_eq!(Reason::RoutedLearnedCid.vip_class(), VipClass::RoutedCid);
+    }
+
+    #[test]
+    fn quic_config_keys_do_not_collide() {
+        assert_ne!(quic_config_key(1, 0), quic_config_key(0, 7));
+        assert_eq!(quic_config_key(3, 6), 3 * 8 + 6);
     }
 
     #[test]
@@ -929,24 +1021,5 @@ mod tests {
         other[8..].fill(0x55);
         assert_eq!(LearnedKey::new(7, other, 8), k);
         assert_eq!(LearnedKey::new(7, read, QUIC_LB_MAX_CID_LEN).cid, read);
-    }
-
-    #[test]
-    fn rings_do_not_overlap() {
-        let m = VipMeta {
-            index: 3,
-            flags: 0,
-            ring_size: 7,
-            active_ring: 1,
-        };
-        assert_eq!(m.ring_base(), maglev_ring_base(3, 1));
-        assert_eq!(
-            maglev_ring_base(3, 1) - maglev_ring_base(3, 0),
-            MAGLEV_RING_MAX
-        );
-        assert_eq!(
-            maglev_ring_base(4, 0) - maglev_ring_base(3, 1),
-            MAGLEV_RING_MAX
-        );
     }
 }

@@ -64,16 +64,20 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
-    let counters = VipCounters::new(vip.index, pkt_len);
+    let Some(counters) = VipCounters::new(vip.index, pkt_len) else {
+        // A VIP entry without a counter slot: not one userspace wrote.
+        count(Reason::PassNotVip, pkt_len);
+        return xdp_action::XDP_PASS;
+    };
     // One branch for VIPs without loadBalancerSourceRanges.
     if vip.flags & VIP_F_SOURCE_RANGES != 0 && !source_allowed(vip.index, &p.flow) {
-        counters.count(Reason::DropSourceRange);
+        counters.count_drop(Reason::DropSourceRange);
         return xdp_action::XDP_DROP;
     }
     let choice = match steer::choose_backend(&ctx, &p, &vip, &counters) {
         Ok(c) => c,
         Err(reason) => {
-            counters.count(reason);
+            counters.count_drop(reason);
             return xdp_action::XDP_DROP;
         }
     };

@@ -5,29 +5,36 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, BenchTemplate, CONN_TABLE_ENTRIES, ConnEntry, Counter, CounterBlock, FibCacheEntry,
-    FlowKey, MAGLEV_RING_MAX, MAGLEV_RINGS_PER_VIP, MAX_BACKENDS, MAX_IFACES, MAX_SERVER_IDS,
-    MAX_VIPS, QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REPLY_TABLE_ENTRIES, ReplyNat, ServerIdKey,
-    Settings, VipKey, VipMeta,
+    Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, DEFAULT_BACKENDS, DEFAULT_CONN_TABLE,
+    DEFAULT_MAGLEV_SLOTS, DEFAULT_QUIC_CONFIGS, DEFAULT_SERVER_IDS, DEFAULT_VIPS, FIB_CACHE_SLOTS,
+    FibCacheEntry, FlowKey, MAX_IFACES, QuicLbConfig, REPLY_TABLE_ENTRIES, ReplyNat, ServerIdKey,
+    Settings, VipCounter, VipKey, VipMeta,
 };
 
+// Every size below is a default: userspace sets each map's size when it loads the object
+// (`[capacity]` in the config).
+
 #[map(name = "LB_VIPS")]
-pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_VIPS, 0);
 
 #[map(name = "LB_BACKENDS")]
-pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_BACKENDS, 0);
 
-/// Two Maglev rings per VIP, each `MAGLEV_RING_MAX` slots of backend ids.
+/// The shared pool of Maglev rings: every VIP's live ring is `ring_size` slots (backend ids)
+/// from its `VipMeta::ring_offset`. Userspace allocates the slots.
 #[map(name = "LB_MAGLEV")]
-pub static LB_MAGLEV: Array<u32> =
-    Array::with_max_entries(MAX_VIPS * MAGLEV_RINGS_PER_VIP * MAGLEV_RING_MAX, 0);
+pub static LB_MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_MAGLEV_SLOTS, 0);
 
 #[map(name = "LB_SERVER_IDS")]
-pub static LB_SERVER_IDS: HashMap<ServerIdKey, u32> = HashMap::with_max_entries(MAX_SERVER_IDS, 0);
+pub static LB_SERVER_IDS: HashMap<ServerIdKey, u32> =
+    HashMap::with_max_entries(DEFAULT_SERVER_IDS, 0);
 
+/// QUIC-LB configs by `lb_common::quic_config_key` (VIP index, config rotation value): a
+/// hash, so memory goes to the configs in use rather than seven slots of 356 octets for
+/// every VIP.
 #[map(name = "LB_QUIC_CFG")]
-pub static LB_QUIC_CFG: Array<QuicLbConfig> =
-    Array::with_max_entries(MAX_VIPS * QUIC_LB_CONFIGS_PER_VIP, 0);
+pub static LB_QUIC_CFG: HashMap<u32, QuicLbConfig> =
+    HashMap::with_max_entries(DEFAULT_QUIC_CONFIGS, 0);
 
 /// Connection table: one LRU shared by all CPUs. Katran keeps one per CPU, which relies on
 /// a flow's packets always arriving on one CPU; where they do not (veth, generic XDP, RSS
@@ -36,20 +43,23 @@ pub static LB_QUIC_CFG: Array<QuicLbConfig> =
 /// flow to another backend. Draining (KEP-1669: existing flows stay) needs the shared table.
 #[map(name = "LB_CONNS")]
 pub static LB_CONNS: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(CONN_TABLE_ENTRIES, 0);
+    LruHashMap::with_max_entries(DEFAULT_CONN_TABLE, 0);
 
 #[map(name = "LB_STATS")]
 pub static LB_STATS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per VIP: packets, octets, routed by CID, dropped (`lb_common::VipCounter`); the
+/// reasons in full are node-wide only (`LB_STATS`).
 #[map(name = "LB_VIP_STATS")]
-pub static LB_VIP_STATS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+pub static LB_VIP_STATS: PerCpuArray<VipCounter> = PerCpuArray::with_max_entries(DEFAULT_VIPS, 0);
 
 #[map(name = "LB_BE_STATS")]
-pub static LB_BE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static LB_BE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_BACKENDS, 0);
 
+/// Direct-mapped by `lb_common::fib_cache_slot(backend id)`, tagged with the backend id.
 #[map(name = "LB_FIB_CACHE")]
 pub static LB_FIB_CACHE: PerCpuArray<FibCacheEntry> =
-    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+    PerCpuArray::with_max_entries(FIB_CACHE_SLOTS, 0);
 
 #[map(name = "LB_SETTINGS")]
 pub static LB_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -116,7 +126,7 @@ pub static LB_RNAT_STATS: PerCpuArray<Counter> =
 /// reply and the client's later packets are seen on different CPUs.
 #[map(name = "LB_LEARNED")]
 pub static LB_LEARNED: LruHashMap<lb_common::LearnedKey, u32> =
-    LruHashMap::with_max_entries(lb_common::LEARNED_CID_ENTRIES, 0);
+    LruHashMap::with_max_entries(lb_common::DEFAULT_LEARNED_CIDS, 0);
 
 /// loadBalancerSourceRanges: (VIP index, client prefix) -> 1, longest-prefix matched. Read
 /// only for VIPs with `VIP_F_SOURCE_RANGES`; IPv4 clients as IPv4-mapped IPv6

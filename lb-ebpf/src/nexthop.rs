@@ -11,6 +11,7 @@ use aya_ebpf::{
 use lb_common::{
     FIB_CACHE_CLOCK_EVERY, FIB_HOP_REMOTE, FIB_HOP_XMIT, FibCacheEntry, IFACE_F_BACKEND, Reason,
     egress::{Egress, egress, xmit_path},
+    fib_cache_slot,
     wire::{ETH_ALEN, VLAN_HLEN},
 };
 
@@ -108,10 +109,10 @@ pub fn cached(backend_id: u32, ingress: u32, ip_tot_len: u16, ttl: u64) -> Optio
         return None;
     }
     // SAFETY: this CPU's slot of a live map.
-    let e = unsafe { &mut *LB_FIB_CACHE.get_ptr_mut(backend_id)? };
+    let e = unsafe { &mut *LB_FIB_CACHE.get_ptr_mut(fib_cache_slot(backend_id))? };
     // Too big for the egress MTU: let bpf_fib_lookup say so, so the kernel can answer
     // "fragmentation needed" / "packet too big".
-    if e.ingress_ifindex != ingress || ip_tot_len > e.mtu {
+    if e.backend != backend_id || e.ingress_ifindex != ingress || ip_tot_len > e.mtu {
         return None;
     }
     if e.unchecked < FIB_CACHE_CLOCK_EVERY {
@@ -140,11 +141,12 @@ pub fn remember(backend_id: u32, ingress: u32, hop: &NextHop, ttl: u64) {
     if ttl == 0 || hop.mtu == 0 {
         return;
     }
-    if let Some(e) = LB_FIB_CACHE.get_ptr_mut(backend_id) {
+    if let Some(e) = LB_FIB_CACHE.get_ptr_mut(fib_cache_slot(backend_id)) {
         // SAFETY: this CPU's slot; helper without arguments.
         unsafe {
             *e = FibCacheEntry {
                 expires_ns: bpf_ktime_get_coarse_ns() + ttl,
+                backend: backend_id,
                 ingress_ifindex: ingress,
                 egress_ifindex: hop.egress,
                 dmac: hop.dmac,
@@ -153,6 +155,7 @@ pub fn remember(backend_id: u32, ingress: u32, hop: &NextHop, ttl: u64) {
                 unchecked: 0,
                 hop_flags: if hop.remote { FIB_HOP_REMOTE } else { 0 }
                     | if hop.xmit { FIB_HOP_XMIT } else { 0 },
+                _pad: 0,
             };
         }
     }

@@ -76,7 +76,11 @@ pub fn deliver(ctx: &XdpContext) -> u32 {
         count(Reason::DropBadMark, pkt_len);
         return xdp_action::XDP_DROP;
     };
-    let counters = VipCounters::new(meta.index, pkt_len);
+    let Some(counters) = VipCounters::new(meta.index, pkt_len) else {
+        // A VIP entry without a counter slot: not one userspace wrote.
+        count(Reason::DropBadMark, pkt_len);
+        return xdp_action::XDP_DROP;
+    };
     let target = flows::Target {
         vip: &vip,
         vip_port: port,
@@ -88,19 +92,19 @@ pub fn deliver(ctx: &XdpContext) -> u32 {
     // The packet is addressed to the backend already.
     let (addr, bport) = (&p.flow.dst, p.flow.dport);
     if flows::record(&p.flow, addr, bport, &target, p.is_syn(), p.tcp_flags).is_err() {
-        counters.count(Reason::DropFlowTableFull);
+        counters.count_drop(Reason::DropFlowTableFull);
         return xdp_action::XDP_DROP;
     }
     counters.count(Reason::FromPeer);
     if marking::strip(ctx, p).is_none() {
-        counters.count(Reason::DropAdjustFailed);
+        counters.count_drop(Reason::DropAdjustFailed);
         return xdp_action::XDP_DROP;
     }
     let (verdict, reason) = match hop {
         Ok(hop) => send(ctx, p, ingress, &hop, rewrite::settings().flags),
         Err(miss) => (xdp_action::XDP_PASS, miss.reason),
     };
-    counters.count(reason);
+    counters.count_outcome(verdict, reason);
     verdict
 }
 

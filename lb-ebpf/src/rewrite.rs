@@ -49,12 +49,12 @@ pub fn forward_steered(ctx: &XdpContext, p: &Parsed, s: &Steered, counters: &Vip
         };
         let (addr, port) = (&s.backend.addr, s.backend.port);
         if flows::record(&p.flow, addr, port, &target, p.is_syn(), p.tcp_flags).is_err() {
-            counters.count(Reason::DropFlowTableFull);
+            counters.count_drop(Reason::DropFlowTableFull);
             return xdp_action::XDP_DROP;
         }
     }
     let (verdict, reason) = dnat_and_forward(ctx, p, s.backend_id, &s.backend, &s.vip, counters);
-    counters.count(reason);
+    counters.count_outcome(verdict, reason);
     verdict
 }
 

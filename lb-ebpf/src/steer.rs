@@ -4,10 +4,10 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_VALID, ConnEntry, FlowKey, LearnedKey, MAGLEV_RING_MAX,
-    PROTO_UDP, QUIC_LB_CONFIGS_PER_VIP, QUIC_LB_MAX_CID_LEN, QUIC_LB_UNROUTABLE_CR, Reason,
-    ServerIdKey, VIP_F_AFFINITY_CLIENT_IP, VIP_F_LEARNED_CID, VIP_F_QUIC_LB, VipMeta, affinity_key,
+    PROTO_UDP, QUIC_LB_MAX_CID_LEN, QUIC_LB_UNROUTABLE_CR, Reason, ServerIdKey,
+    VIP_F_AFFINITY_CLIENT_IP, VIP_F_LEARNED_CID, VIP_F_QUIC_LB, VipMeta, affinity_key,
     hash::flow_hash,
-    quic,
+    quic, quic_config_key,
     quic_lb::{self, Mode},
     wire::UDP_HLEN,
 };
@@ -42,7 +42,7 @@ pub fn choose_backend(
                 // A server ID that maps to a backend that is gone is treated like an
                 // unknown one: fall back, so a live server answers with a stateless reset.
                 if let Some(b) = valid_backend(id, flow.family) {
-                    c.count(Reason::RoutedCid);
+                    c.count_routed_cid(Reason::RoutedCid);
                     return Ok(Choice {
                         id,
                         backend: b,
@@ -58,7 +58,7 @@ pub fn choose_backend(
     if flow.proto == PROTO_UDP && vip.flags & VIP_F_LEARNED_CID != 0 {
         if let Some(id) = learned_server(ctx, p, vip) {
             if let Some(b) = valid_backend(id, flow.family) {
-                c.count(Reason::RoutedLearnedCid);
+                c.count_routed_cid(Reason::RoutedLearnedCid);
                 return Ok(Choice {
                     id,
                     backend: b,
@@ -125,7 +125,7 @@ fn maglev(flow: &FlowKey, vip: &VipMeta, c: &VipCounters) -> Result<Choice, Reas
     } else {
         flow_hash(flow)
     };
-    let slot = vip.ring_base() + hash % vip.ring_size;
+    let slot = vip.ring_offset.wrapping_add(hash % vip.ring_size);
     let id = *LB_MAGLEV.get(slot).ok_or(Reason::DropBadBackend)?;
     let b = valid_backend(id, flow.family).ok_or(Reason::DropBadBackend)?;
     let _ = LB_CONNS.insert(
@@ -188,8 +188,7 @@ fn quic_server(ctx: &XdpContext, p: &Parsed, vip: &VipMeta) -> Result<u32, Reaso
     }
     // A reference into the map value: the config carries 352 octets of round keys, more
     // than the stack can spare.
-    let cfg = LB_QUIC_CFG
-        .get(vip.index * QUIC_LB_CONFIGS_PER_VIP + cr as u32)
+    let cfg = unsafe { LB_QUIC_CFG.get(&quic_config_key(vip.index, cr)) }
         .ok_or(fallback(Reason::FallbackNoConfig))?;
     let Some(mode) = Mode::from_raw(cfg.mode) else {
         return Err(fallback(Reason::FallbackNoConfig));

@@ -142,6 +142,7 @@ impl State {
         let plan = Plan::build(&config, None).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut dp = Dataplane::load_with(LoadOptions {
             reply_flows: config.reverse_nat.max_flows,
+            capacity: config.capacity,
         })
         .context("loading the BPF object")?;
         dp.set_mark_remote(config.reverse_nat.mark_remote)

@@ -16,9 +16,9 @@ use aya::{
 };
 use lb_common::{
     BACKEND_F_VALID, Backend, BenchTemplate, ConnEntry, Counter, CounterBlock, FAMILY_V4,
-    FAMILY_V6, FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX,
-    QUIC_LB_CONFIGS_PER_VIP, QuicLbConfig, REASON_COUNT, Reason, ServerIdKey, Settings, VipKey,
-    VipMeta, maglev_ring_base, map_names, program_names, quic_lb,
+    FAMILY_V6, FIB_CACHE_TTL_DEFAULT_NS, FibCacheEntry, FlowKey, MAGLEV_RING_MAX, QuicLbConfig,
+    REASON_COUNT, Reason, ServerIdKey, Settings, VipCounter, VipKey, VipMeta, fib_cache_slot,
+    map_names, program_names, quic_config_key, quic_lb,
 };
 use lb_common::{
     CONN_F_VALID, IFACE_F_BACKEND, IFACE_F_XMIT, LearnedKey, MAX_SOURCE_RANGES, PROTO_TCP,
@@ -27,6 +27,8 @@ use lb_common::{
     reply::ReplyTimeouts, source_range_key, source_range_prefix_len,
 };
 use thiserror::Error;
+
+use crate::{capacity::Capacity, ring_pool::RingPool};
 
 /// The BPF object built by build.rs (empty when bpf-linker was missing at build time).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
@@ -40,6 +42,18 @@ pub enum DataplaneError {
     NotBuilt,
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "the kernel refused to create map {map} with {entries} entries ([capacity] {key}): \
+         {source}; lower [capacity] {key}, or give lb more locked memory (memory cgroup limit)"
+    )]
+    MapTooLarge {
+        map: String,
+        entries: u32,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    RingPool(#[from] crate::ring_pool::PoolError),
     #[error("BPF program {name}: {source}")]
     Program {
         name: &'static str,
@@ -59,6 +73,33 @@ pub enum DataplaneError {
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
+
+/// A map the kernel would not create at its configured size, named with the `[capacity]`
+/// key to lower; any other load error as it is.
+fn refused_map(e: aya::EbpfError, opts: &LoadOptions) -> DataplaneError {
+    if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = &e {
+        let knob = crate::capacity::knob_of_map(name);
+        let entries = match knob {
+            Some(k) => (k.get)(&opts.capacity),
+            None if name == map_names::REPLIES => opts.reply_flows,
+            None => 0,
+        };
+        let key = knob
+            .map(|k| k.key)
+            .unwrap_or(if name == map_names::REPLIES {
+                "(reverse_nat.max_flows)"
+            } else {
+                "(none: a fixed-size map)"
+            });
+        return DataplaneError::MapTooLarge {
+            map: name.clone(),
+            entries,
+            key,
+            source: std::io::Error::from_raw_os_error(io_error.raw_os_error().unwrap_or(0)),
+        };
+    }
+    DataplaneError::Load(e)
+}
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
@@ -207,10 +248,10 @@ pub struct Dataplane {
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
     server_ids: HashMap<MapData, ServerIdKey, u32>,
-    quic_cfg: Array<MapData, QuicLbConfig>,
+    quic_cfg: HashMap<MapData, u32, QuicLbConfig>,
     conns: HashMap<MapData, FlowKey, ConnEntry>,
     stats: PerCpuArray<MapData, CounterBlock>,
-    vip_stats: PerCpuArray<MapData, CounterBlock>,
+    vip_stats: PerCpuArray<MapData, VipCounter>,
     backend_stats: PerCpuArray<MapData, Counter>,
     fib_cache: PerCpuArray<MapData, FibCacheEntry>,
     settings: Array<MapData, Settings>,
@@ -227,6 +268,9 @@ pub struct Dataplane {
     rnat_cfg: Array<MapData, lb_common::RnatSettings>,
     /// Links made by `attach_rnat` (TC ingress), by interface index.
     rnat_links: StdHashMap<u32, SchedClassifierLinkId>,
+    /// Which slots of `LB_MAGLEV` hold rings.
+    ring_pool: RingPool,
+    capacity: Capacity,
 }
 
 /// Sizes fixed when the object is loaded.
@@ -235,12 +279,34 @@ pub struct LoadOptions {
     /// Capacity of the reply table (`LB_REPLIES`): flows whose replies can be rewritten at
     /// once.
     pub reply_flows: u32,
+    /// The sizes of the other maps that grow with the cluster (`[capacity]`).
+    pub capacity: Capacity,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             reply_flows: REPLY_TABLE_ENTRIES,
+            capacity: Capacity::default(),
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Small maps that load in a fraction of the time (tests and tools that program a few
+    /// VIPs; the kernel preallocates every entry of the defaults, a million flows included).
+    pub fn compact() -> LoadOptions {
+        LoadOptions {
+            reply_flows: 65_536,
+            capacity: Capacity {
+                vips: 1024,
+                backends: 4096,
+                conn_table_size: 65_536,
+                learned_cids: 65_536,
+                server_ids: 16_384,
+                quic_configs: 1024,
+                maglev_slots: 1 << 20,
+            },
         }
     }
 }
@@ -286,9 +352,13 @@ impl Dataplane {
                 "the reply table needs room for at least one flow".into(),
             ));
         }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::REPLIES, opts.reply_flows)
-            .load(object)?;
+        opts.capacity.check().map_err(DataplaneError::Invalid)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::REPLIES, opts.reply_flows);
+        for (map, entries) in opts.capacity.map_sizes() {
+            loader.map_max_entries(map, entries);
+        }
+        let mut ebpf = loader.load(object).map_err(|e| refused_map(e, &opts))?;
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name));
         let vips = HashMap::try_from(take(map_names::VIPS)?).map_err(map_err(map_names::VIPS))?;
@@ -299,7 +369,7 @@ impl Dataplane {
         let server_ids = HashMap::try_from(take(map_names::SERVER_IDS)?)
             .map_err(map_err(map_names::SERVER_IDS))?;
         let quic_cfg =
-            Array::try_from(take(map_names::QUIC_CFG)?).map_err(map_err(map_names::QUIC_CFG))?;
+            HashMap::try_from(take(map_names::QUIC_CFG)?).map_err(map_err(map_names::QUIC_CFG))?;
         let conns =
             HashMap::try_from(take(map_names::CONNS)?).map_err(map_err(map_names::CONNS))?;
         let stats =
@@ -346,6 +416,8 @@ impl Dataplane {
             source_ranges,
             rnat_cfg,
             rnat_links: StdHashMap::new(),
+            ring_pool: RingPool::new(opts.capacity.maglev_slots),
+            capacity: opts.capacity,
         };
         dp.set_settings(&Settings {
             fib_cache_ttl_ns: FIB_CACHE_TTL_DEFAULT_NS,
@@ -442,13 +514,31 @@ impl Dataplane {
         self.flush_fib_cache(id)
     }
 
+    /// Forget every CPU's cached next hop for backend `id` (the entries of other backends
+    /// that share its slot stay).
     pub fn flush_fib_cache(&mut self, id: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| DataplaneError::Invalid(format!("counting possible CPUs: {e}")))?;
-        let empty = aya::maps::PerCpuValues::try_from(vec![FibCacheEntry::default(); cpus])
+        let slot = fib_cache_slot(id);
+        let entries = self
+            .fib_cache
+            .get(&slot, 0)
+            .map_err(map_err(map_names::FIB_CACHE))?;
+        if !entries.iter().any(|e| e.backend == id && e.expires_ns != 0) {
+            return Ok(());
+        }
+        let kept: Vec<FibCacheEntry> = entries
+            .iter()
+            .map(|e| {
+                if e.backend == id {
+                    FibCacheEntry::default()
+                } else {
+                    *e
+                }
+            })
+            .collect();
+        let kept = aya::maps::PerCpuValues::try_from(kept)
             .map_err(|e| DataplaneError::Invalid(format!("building per-CPU values: {e}")))?;
         self.fib_cache
-            .set(id, empty, 0)
+            .set(slot, kept, 0)
             .map_err(map_err(map_names::FIB_CACHE))
     }
 
@@ -641,20 +731,24 @@ impl Dataplane {
 
     /// Remove a VIP; in learned-CID mode also forget the CIDs learned for it, so a VIP that
     /// later reuses its index starts clean.
+    /// Its ring's slots go back to the pool (after the grace period).
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        let learned = self
-            .vip(key)
-            .filter(|m| m.flags & lb_common::VIP_F_LEARNED_CID != 0);
+        let meta = self.vip(key);
         self.vips.remove(key).map_err(map_err(map_names::VIPS))?;
-        if let Some(m) = learned {
-            self.clear_learned(m.index)?;
+        if let Some(m) = meta {
+            self.ring_pool.release(m.ring_offset, m.ring_size);
+            if m.flags & lb_common::VIP_F_LEARNED_CID != 0 {
+                self.clear_learned(m.index)?;
+            }
         }
         Ok(())
     }
 
-    /// Install a new Maglev table for the VIP without exposing a half-written one: write the
-    /// ring packets are not using, then flip `active_ring` in one map update. Creates the VIP
-    /// (with `index` and `flags`) if it does not exist.
+    /// Install a new Maglev table for the VIP without exposing a half-written one: write it
+    /// into free slots of the ring pool, then point the VIP at it (`ring_offset`,
+    /// `ring_size`) in one map update; the old ring's slots are reused only after a grace
+    /// period ([`crate::ring_pool`]). Creates the VIP (with `index` and `flags`) if it does
+    /// not exist. An empty table leaves the VIP without a ring (its new flows are dropped).
     pub fn publish_ring(
         &mut self,
         key: &VipKey,
@@ -669,30 +763,59 @@ impl Dataplane {
             )));
         }
         let current = self.vip(key);
-        let spare = match current {
-            Some(m) if m.ring_size != 0 => (m.active_ring & 1) ^ 1,
-            _ => 0,
+        let offset = if size == 0 {
+            0
+        } else {
+            let offset = self.ring_pool.alloc(size)?;
+            if let Err(e) = self.write_ring(offset, table) {
+                // Never published: no packet can be reading these slots.
+                self.ring_pool.release(offset, size);
+                return Err(e);
+            }
+            offset
         };
-        let base = maglev_ring_base(index, spare);
-        for (slot, id) in table.iter().enumerate() {
-            self.maglev
-                .set(base + slot as u32, id, 0)
-                .map_err(map_err(map_names::MAGLEV))?;
-        }
         let meta = VipMeta {
             index,
             flags,
             ring_size: size,
-            active_ring: spare,
+            ring_offset: offset,
         };
-        self.set_vip(key, &meta)
+        if let Err(e) = self.set_vip(key, &meta) {
+            self.ring_pool.release(offset, size);
+            return Err(e);
+        }
+        if let Some(old) = current {
+            self.ring_pool.release(old.ring_offset, old.ring_size);
+        }
+        Ok(())
     }
 
-    /// Which ring of the VIP is live, and the backend in `slot` of it.
+    /// Write a ring's slots, a few thousand per system call.
+    fn write_ring(&mut self, offset: u32, table: &[u32]) -> Result<()> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let keys: Vec<u32> = (offset..offset + table.len() as u32).collect();
+        let fd = self.maglev.map().fd().as_fd().as_raw_fd();
+        crate::map_batch::update_all(fd, &keys, table).map_err(|e| {
+            DataplaneError::Invalid(format!("writing a ring into {}: {e}", map_names::MAGLEV))
+        })
+    }
+
+    /// The backend in `slot` of the VIP's live ring.
     pub fn ring_slot(&self, meta: &VipMeta, slot: u32) -> Result<u32> {
         self.maglev
-            .get(&(meta.ring_base() + slot), 0)
+            .get(&(meta.ring_offset + slot), 0)
             .map_err(map_err(map_names::MAGLEV))
+    }
+
+    /// The sizes the maps were loaded with.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// The Maglev ring pool's bookkeeping (slots in use, in their grace period).
+    pub fn ring_pool(&self) -> &RingPool {
+        &self.ring_pool
     }
 
     /// Install a QUIC-LB configuration (validated by `quic_lb::Config::new`) for the VIP under
@@ -712,8 +835,17 @@ impl Dataplane {
                 "QUIC-LB config rotation {config_id} is not 0..=6 (0b111 is reserved as unroutable)"
             )));
         }
+        let key = quic_config_key(vip_index, config_id);
+        if v.mode == lb_common::QUIC_LB_MODE_NONE {
+            return match self.quic_cfg.remove(&key) {
+                Ok(()) => Ok(()),
+                // Not there: nothing to clear.
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(map_err(map_names::QUIC_CFG)(e)),
+            };
+        }
         self.quic_cfg
-            .set(vip_index * QUIC_LB_CONFIGS_PER_VIP + config_id as u32, v, 0)
+            .insert(key, v, 0)
             .map_err(map_err(map_names::QUIC_CFG))
     }
 
@@ -744,12 +876,18 @@ impl Dataplane {
         Ok(ReasonCounters::sum_blocks(&v))
     }
 
-    pub fn vip_stats(&self, vip_index: u32) -> Result<ReasonCounters> {
+    /// One VIP's counters, summed over CPUs.
+    pub fn vip_stats(&self, vip_index: u32) -> Result<VipCounter> {
         let v = self
             .vip_stats
             .get(&vip_index, 0)
             .map_err(map_err(map_names::VIP_STATS))?;
-        Ok(ReasonCounters::sum_blocks(&v))
+        Ok(v.iter().fold(VipCounter::default(), |a, c| VipCounter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+            routed_cid: a.routed_cid + c.routed_cid,
+            dropped: a.dropped + c.dropped,
+        }))
     }
 
     pub fn backend_stats(&self, backend: u32) -> Result<Counter> {
@@ -1404,6 +1542,96 @@ fn run(xdp: &Xdp, packet: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<Ru
         data: out,
         duration: r.duration,
     })
+}
+
+/// Runs `lb_xdp` through BPF_PROG_TEST_RUN on its own duplicate of the program's file
+/// descriptor, so another thread can send packets while the [`Dataplane`] is being changed
+/// (what the ring-flip test does). `Send`; the program stays loaded while either lives.
+pub struct XdpRunner {
+    prog: std::os::fd::OwnedFd,
+}
+
+/// `union bpf_attr`'s `test` member.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+impl Dataplane {
+    /// A [`XdpRunner`] for `lb_xdp`.
+    pub fn xdp_runner(&self) -> Result<XdpRunner> {
+        use std::os::fd::AsFd;
+        let prog = self.xdp_ref(program_names::XDP_LB)?;
+        let fd = prog.fd().map_err(prog_err(program_names::XDP_LB))?;
+        let prog = fd
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| DataplaneError::Invalid(format!("duplicating the program fd: {e}")))?;
+        Ok(XdpRunner { prog })
+    }
+}
+
+impl XdpRunner {
+    /// One run of `packet` arriving on `ingress_ifindex`.
+    pub fn run(&self, packet: &[u8], ingress_ifindex: u32) -> Result<RunResult> {
+        use std::os::fd::AsRawFd;
+        let mut out = vec![0u8; packet.len() + 256];
+        let md = XdpMd {
+            data_end: packet.len() as u32,
+            ingress_ifindex,
+            ..Default::default()
+        };
+        let mut attr = TestRunAttr {
+            prog_fd: self.prog.as_raw_fd() as u32,
+            data_size_in: packet.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: packet.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ctx_size_in: std::mem::size_of::<XdpMd>() as u32,
+            ctx_in: &md as *const XdpMd as u64,
+            ..TestRunAttr::default()
+        };
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        // SAFETY: bpf(2) with an attribute struct of the size we pass; its pointers point at
+        // buffers that outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRunAttr,
+                std::mem::size_of::<TestRunAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(DataplaneError::Invalid(format!(
+                "BPF_PROG_TEST_RUN: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        out.truncate(attr.data_size_out as usize);
+        Ok(RunResult {
+            verdict: attr.retval,
+            data: out,
+            duration: Duration::from_nanos(attr.duration as u64),
+        })
+    }
 }
 
 /// `struct __sk_buff` as BPF_PROG_TEST_RUN takes it in `ctx_in` for TC programs: all zero

@@ -7,6 +7,7 @@
 
 pub mod announce;
 pub mod bgp;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -18,3 +19,4 @@ pub mod mac;
 pub mod maglev;
 pub mod map_batch;
 pub mod metrics;
+pub mod ring_pool;

@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
-use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{Counter, FlowKey, PROTO_TCP, PROTO_UDP, Reason, VipClass, VipCounter};
 use lb_lab::{
     packet::{Packet, hex, hex_diff, verify_checksums},
     testbed::{CLIENT_MAC, EXT_MAC, Testbed, fixture},
@@ -23,7 +23,7 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
-/// Small prime ring: programming it takes a few hundred map writes instead of 5 x 65537.
+/// Small prime ring: the standard VIPs' rings stay small and quick to write.
 pub const RING: u32 = 251;
 
 /// VIP indexes and backend ids the standard fixture does not use, for per-test VIPs.
@@ -49,7 +49,7 @@ pub struct Lb<'a> {
 /// here), program the standard VIPs with a `ring`-slot Maglev ring, then run `f`. The RAII
 /// guards leave and delete the namespace even when `f` panics.
 pub fn with_lb(ring: u32, cache: FibCache, f: impl FnOnce(&mut Lb) -> Result<()>) -> Result<()> {
-    with_lb_sized(ring, cache, LoadOptions::default(), f)
+    with_lb_sized(ring, cache, LoadOptions::compact(), f)
 }
 
 /// [`with_lb`] with map sizes other than the defaults.
@@ -75,7 +75,7 @@ pub fn with_lb_sized(
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub global: ReasonCounters,
-    pub vips: Vec<ReasonCounters>,
+    pub vips: Vec<VipCounter>,
     pub backends: Vec<Counter>,
 }
 
@@ -83,7 +83,7 @@ pub struct Snapshot {
 #[derive(Clone, Debug)]
 pub struct Delta {
     pub global: ReasonCounters,
-    pub vips: Vec<ReasonCounters>,
+    pub vips: Vec<VipCounter>,
     pub backends: Vec<Counter>,
 }
 
@@ -197,20 +197,46 @@ pub fn expect_backends(what: &str, delta: &Delta, want: &[(u32, u64)], bytes_per
     }
 }
 
-/// Check the per-VIP counters: `vip` shows `want`; every other VIP is unchanged.
+/// What one VIP's counter must show for `packets` packets of `bytes_per_packet` octets that
+/// counted `want` (the reasons counted per VIP): each packet once, plus one `routed_cid` or
+/// `dropped` per reason of that class.
+pub fn vip_counter_for(packets: u64, bytes_per_packet: u64, want: &[(Reason, u64)]) -> VipCounter {
+    let class = |c: VipClass| {
+        want.iter()
+            .filter(|(r, _)| r.vip_class() == c)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    VipCounter {
+        packets,
+        bytes: packets * bytes_per_packet,
+        routed_cid: class(VipClass::RoutedCid),
+        dropped: class(VipClass::Dropped),
+    }
+}
+
+/// Check the per-VIP counters after one packet: `vip` shows it with `want`'s reasons
+/// ([`vip_counter_for`]); every other VIP is unchanged.
 pub fn expect_vips(
     what: &str,
     delta: &Delta,
     vip: Option<u32>,
     want: &[(Reason, u64)],
-    bytes_per_packet: Option<u64>,
+    bytes_per_packet: u64,
 ) {
     for (i, d) in delta.vips.iter().enumerate() {
-        if Some(i as u32) == vip {
-            expect_counters(&format!("{what} (VIP {i})"), d, want, bytes_per_packet);
+        let expected = if Some(i as u32) == vip {
+            vip_counter_for(1, bytes_per_packet, want)
         } else {
-            expect_counters(&format!("{what} (VIP {i})"), d, &[], bytes_per_packet);
-        }
+            VipCounter::default()
+        };
+        assert_eq!(
+            *d,
+            expected,
+            "{what} (VIP {i}): per-VIP counter moved by {d:?}, expected {expected:?} for \
+             reasons {:?}",
+            want.iter().map(|(r, n)| (r.name(), *n)).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -286,7 +312,7 @@ impl Lb<'_> {
             want.vip.is_some() || per_vip.is_empty(),
             "{what}: test bug: steering reasons without a VIP"
         );
-        expect_vips(what, &d, want.vip, &per_vip, Some(len));
+        expect_vips(what, &d, want.vip, &per_vip, len);
         let be: Vec<(u32, u64)> = want.backend.map(|b| (b, 1)).into_iter().collect();
         expect_backends(what, &d, &be, len);
         r

@@ -33,6 +33,15 @@
 //! # Entries of both are names, globs ("veth*") or "auto", resolved on the node (crate::ifaces).
 //! metrics_addr = "127.0.0.1:7472"  # optional (static mode: off without it; --kube: 0.0.0.0:7472)
 //!
+//! [capacity]                      # optional; these are the defaults (start-up only)
+//! vips = 32768                    # data-plane VIPs (address, port, protocol)
+//! backends = 65536                # distinct backends (address, port)
+//! conn_table_size = 1048576       # flows in the connection table (an LRU)
+//! learned_cids = 262144           # learned connection IDs (an LRU)
+//! server_ids = 65536              # QUIC-LB server-ID entries (UDP ports x configs x backends)
+//! quic_configs = 16384            # QUIC-LB configs (VIPs x config rotation values in use)
+//! maglev_slots = 16777216         # shared pool of Maglev ring slots (4 octets each)
+//!
 //! [reverse_nat]                   # optional; these are the defaults
 //! max_flows = 262144              # reply-table capacity, 1..=16777216 (start-up only)
 //! tcp_timeout_s = 21600           # idle timeouts from the last reply, in seconds
@@ -58,7 +67,7 @@
 //! ports = [443]                   # 1..=65535, at least one
 //! protocols = ["tcp", "udp"]      # each (address, port, protocol) is one data-plane VIP
 //! quic = true                     # default: true when the VIP has [[vips.quic_lb]] configs
-//! maglev_table_size = 65537       # prime, <= 65537, >= the backends with weight > 0
+//! maglev_table_size = 641         # optional prime <= 131071; default: sized to the backends
 //! learned_cid_len = 8             # optional, 1..=20: learned-CID mode (see below)
 //! session_affinity = "client_ip"  # or "none" (default): Kubernetes sessionAffinity
 //! source_ranges = ["198.18.0.0/24"]  # optional: loadBalancerSourceRanges (see below)
@@ -115,10 +124,15 @@
 //!   nothing: its flows keep reaching it, as Kubernetes expects of a terminating endpoint.
 //! - **`key_file`** is read relative to the config file's directory. It holds the key as 32 hex
 //!   digits (surrounding whitespace ignored) or as 16 raw octets.
-//! - **Capacity.** At most [`lb_common::MAX_VIPS`] (address, port, protocol) VIPs,
-//!   [`lb_common::MAX_BACKENDS`] distinct backend (address, port) pairs (a backend shared by
-//!   several VIPs counts once), [`lb_common::MAX_SERVER_IDS`] server-ID entries and
-//!   [`lb_common::MAX_SOURCE_RANGES`] source ranges (ranges x ports x protocols).
+//! - **Capacity.** At most `[capacity] vips` (address, port, protocol) VIPs, `backends`
+//!   distinct backend (address, port) pairs (a backend shared by several VIPs counts once),
+//!   `server_ids` server-ID entries, `quic_configs` QUIC-LB configs (configs x UDP ports),
+//!   Maglev rings whose slots fit in `maglev_slots` with room to replace the largest, and
+//!   [`lb_common::MAX_SOURCE_RANGES`] source ranges (ranges x ports x protocols). A config
+//!   past any of them is rejected whole, naming the entry that crossed the limit.
+//! - **Maglev rings** are sized to their backends by default: the smallest prime with 128
+//!   slots per backend of weight > 0, at least 257 and at most 131071
+//!   ([`lb_common::maglev::ring_size_for`]); `maglev_table_size` fixes one.
 
 mod apply;
 mod diff;
@@ -202,6 +216,8 @@ pub struct VipConfig {
     /// QUIC-LB routing on the UDP ports (explicit, or implied by having configs).
     pub quic: bool,
     pub quic_lb: Vec<quic_lb::Config>,
+    /// The Maglev ring's size as given; 0 (absent): sized to the backends
+    /// ([`lb_common::maglev::ring_size_for`]).
     pub maglev_table_size: u32,
     /// Learned-CID mode on the UDP ports with server CIDs of this many octets; 0: off.
     pub learned_cid_len: u8,
@@ -254,6 +270,8 @@ pub struct Config {
     pub kubernetes: KubeSettings,
     /// The `[reverse_nat]` table, with defaults filled in.
     pub reverse_nat: ReverseNatSettings,
+    /// The `[capacity]` table: the data plane's map sizes, with defaults filled in.
+    pub capacity: crate::capacity::Capacity,
     /// The `[bgp]` table (the speaker and its peers), with defaults filled in.
     pub bgp: BgpSettings,
     /// How each VIP address is announced (`announce` and the `bgp_*` keys of its
@@ -406,7 +424,7 @@ impl Config {
     /// Parse and validate `text`; `file` names it in messages, `base_dir` anchors relative
     /// `key_file` paths.
     pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-        let src = Source { file, text };
+        let src = Source::new(file, text);
         let raw: RawConfig = match toml::Deserializer::parse(text)
             .map_err(|e| (String::new(), e))
             .and_then(|de| {

@@ -9,10 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use lb_common::{
-    MAX_BACKENDS, MAX_VIPS, VIP_F_AFFINITY_CLIENT_IP, VIP_F_QUIC_LB, VIP_F_SOURCE_RANGES, VipKey,
-    quic_lb,
-};
+use lb_common::{VIP_F_AFFINITY_CLIENT_IP, VIP_F_QUIC_LB, VIP_F_SOURCE_RANGES, VipKey, quic_lb};
 
 use super::{
     BackendConfig, Config, ConfigError, ConfigErrors, Interface, Protocol, SessionAffinity,
@@ -126,43 +123,49 @@ pub struct Plan {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// Hands out, each time, the lowest number below `limit` in neither `taken` nor `avoid`,
-/// else the lowest not in `taken`. Within one plan `taken` only grows (the caller inserts
-/// each number handed out) and `avoid` is fixed, so each answer is at least the previous
-/// one of its kind and the search resumes there: searching from 0 for every new entry made
-/// a cold start with 50,000 backends quadratic (over a billion set lookups).
+/// Hands out numbers below `limit`: the lowest in neither `taken` nor `avoid`, else the
+/// lowest not in `taken`. Numbers only ever join `taken`, so each search resumes where the
+/// last one stopped: allocating `n` numbers costs `O(n + limit)`, not `O(n * limit)` (which
+/// was seconds for 20,000 VIPs).
 struct Allocator<'a> {
     limit: u32,
+    taken: HashSet<u32>,
     avoid: &'a HashSet<u32>,
-    /// Below this, every number is in `taken` or `avoid`.
+    /// Below these, every number is taken (or avoided, for `fresh`).
     fresh: u32,
-    /// Below this, every number is in `taken`.
-    reuse: u32,
+    reused: u32,
 }
 
 impl<'a> Allocator<'a> {
-    fn new(limit: u32, avoid: &'a HashSet<u32>) -> Allocator<'a> {
+    fn new(limit: u32, taken: HashSet<u32>, avoid: &'a HashSet<u32>) -> Self {
         Allocator {
             limit,
+            taken,
             avoid,
             fresh: 0,
-            reuse: 0,
+            reused: 0,
         }
     }
 
-    fn next(&mut self, taken: &HashSet<u32>) -> Option<u32> {
+    fn allocate(&mut self) -> Option<u32> {
         while self.fresh < self.limit
-            && (taken.contains(&self.fresh) || self.avoid.contains(&self.fresh))
+            && (self.taken.contains(&self.fresh) || self.avoid.contains(&self.fresh))
         {
             self.fresh += 1;
         }
-        if self.fresh < self.limit {
-            return Some(self.fresh);
-        }
-        while self.reuse < self.limit && taken.contains(&self.reuse) {
-            self.reuse += 1;
-        }
-        (self.reuse < self.limit).then_some(self.reuse)
+        let i = if self.fresh < self.limit {
+            self.fresh
+        } else {
+            while self.reused < self.limit && self.taken.contains(&self.reused) {
+                self.reused += 1;
+            }
+            if self.reused >= self.limit {
+                return None;
+            }
+            self.reused
+        };
+        self.taken.insert(i);
+        Some(i)
     }
 }
 
@@ -223,7 +226,6 @@ fn backend_ids(config: &Config, prev: &Plan) -> Result<BackendIds, String> {
     // Reused ids first, so a new backend never takes one of them.
     let mut ids = BackendIds::new();
     let mut order: Vec<(IpAddr, u16)> = Vec::new();
-    // A set beside `order`: `order.contains` made this quadratic in the backends.
     let mut seen: HashSet<(IpAddr, u16)> = HashSet::new();
     for b in config.vips.iter().flat_map(|v| &v.backends) {
         let k = (b.addr, b.port);
@@ -234,14 +236,13 @@ fn backend_ids(config: &Config, prev: &Plan) -> Result<BackendIds, String> {
             }
         }
     }
-    let mut taken: HashSet<u32> = ids.values().copied().collect();
-    let mut alloc = Allocator::new(MAX_BACKENDS, &prev_numbers);
+    let limit = config.capacity.backends;
+    let mut ids_left = Allocator::new(limit, ids.values().copied().collect(), &prev_numbers);
     for k in &order {
         if !ids.contains_key(k) {
-            let id = alloc
-                .next(&taken)
-                .ok_or_else(|| format!("more than {MAX_BACKENDS} backends"))?;
-            taken.insert(id);
+            let id = ids_left
+                .allocate()
+                .ok_or_else(|| format!("more than {limit} backends; raise [capacity] backends"))?;
             ids.insert(*k, id);
         }
     }
@@ -280,17 +281,16 @@ fn vip_indexes<'c>(
         .iter()
         .filter_map(|(_, k)| prev_indexes.get(k).map(|i| (*k, *i)))
         .collect();
-    let mut taken: HashSet<u32> = indexes.values().copied().collect();
+    let limit = config.capacity.vips;
+    let mut free = Allocator::new(limit, indexes.values().copied().collect(), &prev_numbers);
     let mut planned = Vec::with_capacity(keys.len());
-    let mut alloc = Allocator::new(MAX_VIPS, &prev_numbers);
     for (v, k) in keys {
         let index = match indexes.get(&k) {
             Some(i) => *i,
             None => {
-                let i = alloc
-                    .next(&taken)
-                    .ok_or_else(|| format!("more than {MAX_VIPS} VIPs"))?;
-                taken.insert(i);
+                let i = free
+                    .allocate()
+                    .ok_or_else(|| format!("more than {limit} VIPs; raise [capacity] vips"))?;
                 indexes.insert(k, i);
                 i
             }
@@ -298,6 +298,17 @@ fn vip_indexes<'c>(
         planned.push((v, k, index));
     }
     Ok(planned)
+}
+
+/// The VIP's Maglev ring: the entry's `maglev_table_size`, else sized to the backends with
+/// a weight above zero ([`lb_common::maglev::ring_size_for`]); none without such backends.
+fn ring_size(v: &VipConfig, backends: &[PlannedBackend]) -> u32 {
+    let weighted = backends.iter().filter(|b| b.weight > 0).count() as u32;
+    match (weighted, v.maglev_table_size) {
+        (0, _) => 0,
+        (n, 0) => lb_common::maglev::ring_size_for(n),
+        (_, explicit) => explicit,
+    }
 }
 
 /// The data-plane VIP `key` (index `index`) of the entry `v`.
@@ -330,11 +341,7 @@ fn planned_vip(v: &VipConfig, key: VipId, index: u32, ids: &BackendIds) -> Plann
         index,
         flags: vip_flags(v, key, quic, &source_ranges),
         source_ranges,
-        ring_size: if backends.iter().any(|b| b.weight > 0) {
-            v.maglev_table_size
-        } else {
-            0
-        },
+        ring_size: ring_size(v, &backends),
         backends,
         quic: quic_cfgs,
         server_ids,

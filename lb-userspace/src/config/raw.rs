@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) reverse_nat: Option<Spanned<RawReverseNat>>,
     #[serde(default)]
+    pub(super) capacity: Option<Spanned<std::collections::BTreeMap<String, Spanned<i64>>>>,
+    #[serde(default)]
     pub(super) bgp: Option<Spanned<RawBgp>>,
 }
 

@@ -141,7 +141,8 @@ fn example_config_parses() {
     assert_eq!(web.ports, vec![443]);
     assert_eq!(web.protocols, vec![Protocol::Tcp, Protocol::Udp]);
     assert!(web.quic);
-    assert_eq!(web.maglev_table_size, 65537);
+    // Absent: sized to the backends when planned.
+    assert_eq!(web.maglev_table_size, 0);
     assert_eq!(web.quic_lb.len(), 2);
     assert_eq!(web.quic_lb[0].mode(), quic_lb::Mode::Plaintext);
     assert_eq!(web.quic_lb[1].mode(), quic_lb::Mode::SinglePass);
@@ -195,7 +196,7 @@ fn structural_errors_name_field_line_and_column() {
         "interfaces = [\"eth0\"]\nmetrics = \"x\"\n",
         "lb.toml:2:1: metrics: unknown field `metrics`, expected one of `interfaces`, \
          `xdp_mode`, `backend_interfaces`, `metrics_addr`, `vips`, `kubernetes`, \
-         `reverse_nat`, `bgp`",
+         `reverse_nat`, `capacity`, `bgp`",
     );
     // Wrong type.
     assert_error(

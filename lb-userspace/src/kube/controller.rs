@@ -785,6 +785,7 @@ impl Controller {
             services: &ours,
             slices: &slices,
             node_name: &self.r.node,
+            capacity: &self.r.base.capacity,
             quic: &quic,
             server_id_overrides: &overrides,
         });

@@ -81,9 +81,12 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
-use lb_common::{MAGLEV_RING_DEFAULT, MAX_VIPS, quic_lb};
+use lb_common::quic_lb;
 
-use crate::config::{BackendConfig, Protocol, SessionAffinity, VipConfig};
+use crate::{
+    capacity::Capacity,
+    config::{BackendConfig, Protocol, SessionAffinity, VipConfig},
+};
 
 /// Service annotation: the Secret(s) holding the Service's QUIC-LB config(s), comma-separated.
 pub const QUIC_LB_SECRET_ANNOTATION: &str = "lb.dev/quic-lb-secret";
@@ -104,6 +107,8 @@ pub struct ClusterView<'a> {
     pub slices: &'a [EndpointSlice],
     /// The node this data plane runs on.
     pub node_name: &'a str,
+    /// The data plane's map sizes (`[capacity]`): Services past them are not served.
+    pub capacity: &'a Capacity,
     /// (namespace, Secret name) → the Secret's QUIC-LB config(s), or why it did not parse.
     pub quic: &'a BTreeMap<(String, String), Result<Vec<quic_lb::Config>, String>>,
     /// (namespace, pod name) → the pod's [`SERVER_ID_ANNOTATION`] value.
@@ -152,7 +157,7 @@ pub fn translate(view: &ClusterView) -> Desired {
         .filter_map(|s| translate_service(view, &by_service, s, &mut problems))
         .collect();
     resolve_port_conflicts(&mut outs, &mut problems);
-    enforce_capacity(&mut outs, &mut problems);
+    enforce_capacity(&mut outs, view.capacity, &mut problems);
     let announce = announce_sets(&outs, &mut problems);
     let mut vips: Vec<VipConfig> = outs.into_iter().flat_map(|o| o.vips).collect();
     vips.sort_by_key(|v| (v.addr, v.ports[0], v.protocols[0]));
@@ -392,7 +397,8 @@ fn vip_config(
         protocols: vec![port.proto],
         quic: quic.is_some(),
         quic_lb: quic.cloned().unwrap_or_default(),
-        maglev_table_size: MAGLEV_RING_DEFAULT,
+        // Sized to the backends.
+        maglev_table_size: 0,
         learned_cid_len: match (quic, port.proto) {
             (None, Protocol::Udp) => shared.learned_cid_len,
             _ => 0,
@@ -1031,28 +1037,110 @@ fn resolve_port_conflicts(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) 
     }
 }
 
-/// The data plane holds [`MAX_VIPS`] (address, port, protocol) VIPs. Older Services keep
-/// theirs; a Service that would not fit entirely gets none, and says so, rather than the
-/// whole update being refused.
-fn enforce_capacity(outs: &mut [ServiceOut], problems: &mut Vec<Problem>) {
+/// The data plane holds `[capacity]` VIPs (address, port, protocol), distinct backends,
+/// server IDs, QUIC-LB configs and Maglev ring slots. Older Services keep theirs; a Service
+/// that would not fit entirely gets none, and says which limit, rather than the whole
+/// update being refused.
+fn enforce_capacity(outs: &mut [ServiceOut], capacity: &Capacity, problems: &mut Vec<Problem>) {
     let by_age = oldest_first(outs);
-    let mut used = 0usize;
+    let mut used = DataPlaneUse::default();
     for i in by_age {
         let out = &mut outs[i];
-        if used + out.vips.len() <= MAX_VIPS as usize {
-            used += out.vips.len();
-            continue;
+        let mut with = used.counts;
+        let mut new_backends = BTreeSet::new();
+        for v in &out.vips {
+            with.add(v);
+            new_backends.extend(
+                v.backends
+                    .iter()
+                    .map(|b| (b.addr, b.port))
+                    .filter(|b| !used.backends.contains(b)),
+            );
         }
-        problems.push(problem(
-            &out.key,
-            "DataPlaneFull",
-            format!(
-                "its {} ports would take the data plane past its {MAX_VIPS} VIPs (address, \
-                 port, protocol), {used} of which older Services use; it is not served",
-                out.vips.len()
+        with.backends += new_backends.len() as u64;
+        match with.over(capacity) {
+            None => {
+                used.counts = with;
+                used.backends.extend(new_backends);
+            }
+            Some(what) => {
+                problems.push(problem(
+                    &out.key,
+                    "DataPlaneFull",
+                    format!(
+                        "its {} ports would take the data plane past its {what}, which older \
+                         Services use; it is not served",
+                        out.vips.len()
+                    ),
+                ));
+                out.vips.clear();
+            }
+        }
+    }
+}
+
+/// What the VIPs counted so far take of the data plane's maps.
+#[derive(Default)]
+struct DataPlaneUse {
+    counts: UseCounts,
+    backends: BTreeSet<(IpAddr, u16)>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct UseCounts {
+    vips: u64,
+    backends: u64,
+    server_ids: u64,
+    quic_configs: u64,
+    ring_slots: u64,
+    largest_ring: u32,
+}
+
+impl UseCounts {
+    /// Count one VIP (translate makes one per port and protocol), but not its backends.
+    fn add(&mut self, v: &VipConfig) {
+        self.vips += 1;
+        if v.quic {
+            self.quic_configs += v.quic_lb.len() as u64;
+            self.server_ids += (v.quic_lb.len() * v.backends.len()) as u64;
+        }
+        let weighted = v.backends.iter().filter(|b| b.weight > 0).count() as u32;
+        if weighted > 0 {
+            let ring = lb_common::maglev::ring_size_for(weighted);
+            self.ring_slots += ring as u64;
+            self.largest_ring = self.largest_ring.max(ring);
+        }
+    }
+
+    /// The first limit this use is past, named for the message.
+    fn over(&self, c: &Capacity) -> Option<String> {
+        let checks = [
+            (self.vips, c.vips, "VIPs (address, port, protocol)", "vips"),
+            (self.backends, c.backends, "distinct backends", "backends"),
+            (
+                self.server_ids,
+                c.server_ids,
+                "QUIC-LB server IDs",
+                "server_ids",
             ),
-        ));
-        out.vips.clear();
+            (
+                self.quic_configs,
+                c.quic_configs,
+                "QUIC-LB configs",
+                "quic_configs",
+            ),
+            (
+                // Room to write the largest ring while it is live.
+                self.ring_slots + self.largest_ring as u64,
+                c.maglev_slots,
+                "Maglev ring slots",
+                "maglev_slots",
+            ),
+        ];
+        checks
+            .into_iter()
+            .find(|(used, room, _, _)| used > &(*room as u64))
+            .map(|(_, room, what, key)| format!("{room} {what} ([capacity] {key})"))
     }
 }
 
@@ -1317,6 +1405,7 @@ mod tests {
         slices: Vec<EndpointSlice>,
         quic: BTreeMap<(String, String), Result<Vec<quic_lb::Config>, String>>,
         overrides: BTreeMap<(String, String), String>,
+        capacity: Capacity,
     }
 
     impl World {
@@ -1343,6 +1432,7 @@ mod tests {
                 services: &self.services,
                 slices: &self.slices,
                 node_name: node,
+                capacity: &self.capacity,
                 quic: &self.quic,
                 server_id_overrides: &self.overrides,
             })
@@ -1432,7 +1522,7 @@ mod tests {
             protocols: vec![proto],
             quic: false,
             quic_lb: vec![],
-            maglev_table_size: MAGLEV_RING_DEFAULT,
+            maglev_table_size: 0,
             learned_cid_len: 0,
             session_affinity: SessionAffinity::None,
             source_ranges: vec![],
@@ -1736,11 +1826,10 @@ mod tests {
         assert!(d.problems.is_empty(), "{:?}", d.problems);
     }
 
-    #[test]
-    fn services_past_the_data_plane_capacity_are_refused_youngest_first() {
+    /// `n` Services with TCP and UDP on port 80 and one pod each, created in order.
+    fn dual_protocol_services(n: usize) -> World {
         use k8s_openapi::jiff::Timestamp;
         let ports = [("", 80, "TCP"), ("", 80, "UDP")];
-        let n = MAX_VIPS as usize / 2 + 1;
         let mut services = Vec::new();
         let mut slices = Vec::new();
         for i in 0..n {
@@ -1759,11 +1848,37 @@ mod tests {
                 vec![ep(&pod, "n")],
             ));
         }
-        let d = World::new(services, slices).run("n");
-        assert_eq!(d.vips.len(), MAX_VIPS as usize);
-        let youngest = format!("s{:02}", n - 1);
-        assert_eq!(reasons(&d), vec![(youngest.as_str(), "DataPlaneFull")]);
-        assert!(!d.announce.contains_key(&ip(&format!("198.18.1.{}", n - 1))));
+        World::new(services, slices)
+    }
+
+    #[test]
+    fn services_past_the_data_plane_capacity_are_refused_youngest_first() {
+        let mut w = dual_protocol_services(33);
+        w.capacity.vips = 64;
+        let d = w.run("n");
+        assert_eq!(d.vips.len(), 64);
+        assert_eq!(reasons(&d), vec![("s32", "DataPlaneFull")]);
+        assert!(
+            d.problems[0].message.contains("[capacity] vips"),
+            "{:?}",
+            d.problems
+        );
+        assert!(!d.announce.contains_key(&ip("198.18.1.32")));
+    }
+
+    #[test]
+    fn services_whose_rings_do_not_fit_the_pool_are_refused() {
+        // Two 257-slot rings per Service, plus room to replace one: 3 x 257 fits one.
+        let mut w = dual_protocol_services(2);
+        w.capacity.maglev_slots = 3 * lb_common::MAGLEV_RING_MIN;
+        let d = w.run("n");
+        assert_eq!(d.vips.len(), 2);
+        assert_eq!(reasons(&d), vec![("s01", "DataPlaneFull")]);
+        assert!(
+            d.problems[0].message.contains("[capacity] maglev_slots"),
+            "{:?}",
+            d.problems
+        );
     }
 
     #[test]
@@ -2472,6 +2587,7 @@ mod tests {
             vips: d.vips,
             kubernetes: Default::default(),
             reverse_nat: Default::default(),
+            capacity: Default::default(),
             bgp: Default::default(),
             announce: Default::default(),
         };
@@ -2484,7 +2600,8 @@ mod tests {
             .find(|v| v.key.proto == Protocol::Udp)
             .unwrap();
         assert_eq!(udp.flags, VIP_F_QUIC_LB);
-        assert_eq!(udp.ring_size, MAGLEV_RING_DEFAULT);
+        // Sized to its three backends: the smallest prime of at least 3 x 128.
+        assert_eq!(udp.ring_size, 389);
         assert_eq!(udp.quic, vec![quic_cfg(0, 1)]);
         let id = |a: &str| plan.backends.iter().find(|b| b.addr == ip(a)).unwrap().id;
         assert_eq!(

@@ -831,9 +831,9 @@ impl BgpLab {
             .sum::<f64>() as u64)
     }
 
-    /// Packets node `i`'s XDP program counted for the VIP (every reason).
+    /// Packets node `i`'s XDP program counted for the VIP (each once).
     pub fn vip_packets(&self, i: usize) -> Result<u64> {
-        self.metric(i, &format!("lb_packets_total{{vip=\"{VIP}\""))
+        self.metric(i, &format!("lb_vip_packets_total{{vip=\"{VIP}\""))
     }
 
     /// The children's logs and the router's state, for failure messages.

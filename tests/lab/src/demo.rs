@@ -239,7 +239,9 @@ fn steps(args: &DemoArgs, topo: &Topology) -> Result<String> {
             let lines: Vec<&str> = topology::nonzero_samples(&text)
                 .into_iter()
                 .filter(|l| {
-                    l.starts_with("lb_packets_total")
+                    l.starts_with("lb_vip_packets_total")
+                        || l.starts_with("lb_vip_routed_cid_packets_total")
+                        || l.starts_with("lb_node_packets_total")
                         || l.starts_with("lb_backend_packets_total")
                         || l.starts_with("lb_rnat_packets_total")
                         || l.starts_with("lb_config_reloads_total")
@@ -249,7 +251,7 @@ fn steps(args: &DemoArgs, topo: &Topology) -> Result<String> {
                 .collect();
             if lines.is_empty() {
                 println!("    (no nonzero lb_* samples)");
-                problems.push("metrics: no nonzero lb_packets_total samples".into());
+                problems.push("metrics: no nonzero lb_vip_packets_total samples".into());
             }
             for l in lines {
                 println!("    {l}");

@@ -160,10 +160,10 @@ fn diff_turning_quic_off_flips_the_flag_before_clearing() {
 
 #[test]
 fn diff_retires_a_reused_vip_index_before_writing_it() {
-    // 63 ports fill indexes 0..63, a second entry takes 63: the maps are full.
+    // 63 ports fill indexes 0..63, a second entry takes 63: the maps (64 VIPs) are full.
     let ports: Vec<String> = (1..=63).map(|p| p.to_string()).collect();
     let head = format!(
-        "interfaces = [\"eth0\"]\n[[vips]]\naddress = \"198.18.0.1\"\nports = [{}]\nprotocols = [\"tcp\"]\n\
+        "interfaces = [\"eth0\"]\n[capacity]\nvips = 64\n[[vips]]\naddress = \"198.18.0.1\"\nports = [{}]\nprotocols = [\"tcp\"]\n\
          backends = [{{ address = \"198.19.0.1\", port = 1 }}]\n",
         ports.join(", ")
     );
@@ -184,7 +184,7 @@ fn diff_retires_a_reused_vip_index_before_writing_it() {
         d,
         vec![
             "remove VIP tcp 198.18.0.2:1000",
-            "publish VIP 63 (tcp 198.18.0.2:2000): 65537-slot ring over 1 backends",
+            "publish VIP 63 (tcp 198.18.0.2:2000): 257-slot ring over 1 backends",
         ]
     );
 }

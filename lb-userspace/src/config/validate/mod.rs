@@ -3,7 +3,8 @@
 //!
 //! The messages come out in the order the checks run, so the order of the calls here and
 //! in [`vip`] is part of the behaviour: the top-level `xdp_mode` and `interfaces`, then
-//! `backend_interfaces` and `metrics_addr`, then each `[[vips]]` entry in turn (its own
+//! `backend_interfaces` and `metrics_addr`, then `[capacity]` (the map sizes the entries are
+//! counted against), then each `[[vips]]` entry in turn (its own
 //! values, its QUIC-LB configs, its backends, with the map-capacity checks at the points
 //! where an entry adds to a map), then `[kubernetes]`, `[reverse_nat]`, `[bgp]` and how each VIP is announced.
 //!
@@ -13,7 +14,7 @@
 //!   mode, session affinity, source ranges) and the order its parts are checked in;
 //! - [`quic_lb`]: a VIP's `[[vips.quic_lb]]` configs and their keys;
 //! - [`backends`]: a VIP's `[[vips.backends]]` and their server IDs;
-//! - [`capacity`]: what the entries so far use of the data plane's fixed-size maps;
+//! - [`capacity`]: `[capacity]`, the map sizes, and what the entries so far use of them;
 //! - [`kubernetes`] and [`reverse_nat`]: those two tables;
 //! - [`bgp`]: `[bgp]` and the `announce` / `bgp_*` keys of the `[[vips]]` entries.
 //!
@@ -46,7 +47,8 @@ pub(super) fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Co
     let interfaces = interfaces::interfaces(&raw, errs);
     let backend_interfaces = interfaces::backend_interfaces(&raw.backend_interfaces, errs);
     let metrics_addr = metrics_addr(raw.metrics_addr.as_ref(), errs);
-    let vips = vip::vips(&raw.vips, base_dir, errs);
+    let capacity = capacity::validate_capacity(raw.capacity.as_ref(), errs);
+    let vips = vip::vips(&raw.vips, base_dir, &capacity, errs);
     let kubernetes = kubernetes::validate_kubernetes(raw.kubernetes.as_ref(), errs);
     let reverse_nat = reverse_nat::validate_reverse_nat(raw.reverse_nat.as_ref(), errs);
     let bgp = bgp::validate_bgp(raw.bgp.as_ref(), base_dir, errs);
@@ -59,6 +61,7 @@ pub(super) fn validate(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Co
         vips,
         kubernetes,
         reverse_nat,
+        capacity,
         bgp,
         announce,
     }

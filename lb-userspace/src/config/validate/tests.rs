@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use lb_common::{MAX_BACKENDS, MAX_SOURCE_RANGES, quic_lb};
+use lb_common::{MAX_SOURCE_RANGES, quic_lb};
 
 use crate::config::{
     Config, Interface, KubeSettings, Plan, PlannedServerId, ReverseNatSettings, SessionAffinity,
@@ -112,9 +112,9 @@ fn vip_level_checks() {
          prime size (nearby: 997 or 1009)",
     );
     assert_error_like(
-        &format!("{head}ports = [1]\nprotocols = [\"tcp\"]\nmaglev_table_size = 131071\n"),
+        &format!("{head}ports = [1]\nprotocols = [\"tcp\"]\nmaglev_table_size = 131101\n"),
         "lb.toml:6:21: vips[0].maglev_table_size: ",
-        "larger than the maximum 65537",
+        "larger than the maximum 131071",
     );
     let two = format!(
         "{head}ports = [1]\nprotocols = [\"tcp\"]\nmaglev_table_size = 2\n{}{}{}",
@@ -134,28 +134,30 @@ fn vip_level_checks() {
 
 #[test]
 fn capacity_checks() {
+    // Small maps, so the limits are quick to reach.
+    const HEAD: &str = "interfaces = [\"eth0\"]\n[capacity]\nvips = 64\nbackends = 4096\n";
+    const MAX_BACKENDS: u32 = 4096;
     // 65 ports x 1 protocol = 65 VIPs.
     let ports: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
     let text = format!(
-        "interfaces = [\"eth0\"]\n[[vips]]\naddress = \"198.18.0.1\"\nports = [{}]\nprotocols = [\"tcp\"]\n",
+        "{HEAD}[[vips]]\naddress = \"198.18.0.1\"\nports = [{}]\nprotocols = [\"tcp\"]\n",
         ports.join(", ")
     );
     assert_error(
         &text,
-        "lb.toml:2:1: vips[0]: this entry brings the VIP count to 65; the data plane has room \
-         for 64 (each address, port and protocol counts as one VIP)",
+        "lb.toml:5:1: vips[0]: this entry brings the VIP count to 65; the data plane has room \
+         for 64 (each address, port and protocol counts as one VIP); raise [capacity] vips",
     );
     // 64 is fine: 32 ports x tcp + udp.
     let ports: Vec<String> = (1..=32).map(|p| p.to_string()).collect();
     let text = format!(
-        "interfaces = [\"eth0\"]\n[[vips]]\naddress = \"198.18.0.1\"\nports = [{}]\nprotocols = [\"tcp\", \"udp\"]\n",
+        "{HEAD}[[vips]]\naddress = \"198.18.0.1\"\nports = [{}]\nprotocols = [\"tcp\", \"udp\"]\n",
         ports.join(", ")
     );
     parse(&text).unwrap_or_else(|e| panic!("{e}"));
     // MAX_BACKENDS + 1 distinct backends over two VIPs.
-    let mut text = String::from(
-        "interfaces = [\"eth0\"]\n[[vips]]\naddress = \"198.18.0.1\"\nports = [1]\nprotocols = [\"tcp\"]\n",
-    );
+    let mut text =
+        format!("{HEAD}[[vips]]\naddress = \"198.18.0.1\"\nports = [1]\nprotocols = [\"tcp\"]\n",);
     for i in 0..MAX_BACKENDS {
         text += &format!(
             "[[vips.backends]]\naddress = \"198.19.{}.{}\"\nport = 80\n",
@@ -171,8 +173,46 @@ fn capacity_checks() {
         &text,
         &format!(
             "lb.toml:{line}:1: vips[1].backends[1]: this is backend number 4097; the data plane \
-             has room for 4096 distinct backend (address, port) pairs"
+             has room for 4096 distinct backend (address, port) pairs; raise [capacity] backends"
         ),
+    );
+}
+
+#[test]
+fn capacity_table() {
+    let c = parse("interfaces = [\"eth0\"]\n").unwrap();
+    assert_eq!(c.capacity, crate::capacity::Capacity::default());
+    let c = parse("interfaces = [\"eth0\"]\n[capacity]\nconn_table_size = 4000000\n").unwrap();
+    assert_eq!(c.capacity.conn_table_size, 4_000_000);
+    assert_error(
+        "interfaces = [\"eth0\"]\n[capacity]\nconn_table = 5\n",
+        "lb.toml:3:14: capacity.conn_table: unknown key; expected one of `vips`, `backends`, \
+         `conn_table_size`, `learned_cids`, `server_ids`, `quic_configs`, `maglev_slots`",
+    );
+    assert_error(
+        "interfaces = [\"eth0\"]\n[capacity]\nvips = 0\n",
+        "lb.toml:3:8: capacity.vips: 0 is out of range; use 1..=1048576 (it sizes the map \
+         LB_VIPS)",
+    );
+    // Rings: two VIPs of one backend take 257 slots each, plus 257 to replace one.
+    let vip = |a: &str| {
+        format!(
+            "[[vips]]\naddress = \"{a}\"\nports = [1]\nprotocols = [\"tcp\", \"udp\"]\n\
+             [[vips.backends]]\naddress = \"198.19.0.1\"\nport = 80\n"
+        )
+    };
+    let head = "interfaces = [\"eth0\"]\n[capacity]\nmaglev_slots = 262142\n";
+    parse(&format!("{head}{}", vip("198.18.0.1"))).unwrap_or_else(|e| panic!("{e}"));
+    let many: String = (0..510)
+        .map(|i| vip(&format!("198.18.{}.{}", i / 250, i % 250 + 1)))
+        .collect();
+    let err = parse(&format!("{head}{many}")).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "this entry brings the Maglev ring slots (rings x slots, plus room to \
+             replace the largest) to 262397; the pool has 262142; raise [capacity] maglev_slots"
+        ),
+        "{err}"
     );
 }
 

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, net::IpAddr, path::Path};
 
-use lb_common::{MAGLEV_RING_DEFAULT, MAGLEV_RING_MAX, maglev::is_prime};
+use lb_common::{MAGLEV_RING_MAX, maglev::is_prime};
 use toml::Spanned;
 
 use super::{
@@ -13,17 +13,23 @@ use super::{
     capacity::MapUsage,
     family, int_in, parse_addr, quic_lb,
 };
-use crate::config::{
-    BackendConfig, Protocol, SessionAffinity, VipConfig, error::Errors, raw::RawVip,
+use crate::{
+    capacity::Capacity,
+    config::{BackendConfig, Protocol, SessionAffinity, VipConfig, error::Errors, raw::RawVip},
 };
 
 /// Which entry defined each (address, port, protocol), and on which line.
 type VipKeysSeen = HashMap<(IpAddr, u16, Protocol), (usize, usize)>;
 
 /// Every `[[vips]]` entry; an entry whose address is invalid is reported but left out.
-pub(super) fn vips(raw: &[Spanned<RawVip>], base_dir: &Path, errs: &mut Errors) -> Vec<VipConfig> {
+pub(super) fn vips(
+    raw: &[Spanned<RawVip>],
+    base_dir: &Path,
+    capacity: &Capacity,
+    errs: &mut Errors,
+) -> Vec<VipConfig> {
     let mut keys_seen = VipKeysSeen::new();
-    let mut usage = MapUsage::new();
+    let mut usage = MapUsage::new(capacity);
     let mut vips = Vec::new();
     for (vi, sv) in raw.iter().enumerate() {
         if let Some(v) = vip(vi, sv, base_dir, &mut keys_seen, &mut usage, errs) {
@@ -72,6 +78,14 @@ fn vip(
     };
     let backends = backends::backends(&v.backends, &rules, usage, errs);
     check_ring_fits_backends(v, &vf, maglev_table_size, &backends, errs);
+    let weighted = backends.iter().filter(|b| b.weight > 0).count() as u32;
+    let ring = match (weighted, maglev_table_size) {
+        (0, _) => 0,
+        (n, 0) => lb_common::maglev::ring_size_for(n),
+        (_, explicit) => explicit,
+    };
+    let rings = (ports.len() * protocols.len()) as u32;
+    usage.count_ring_slots(rings, ring, sv.span(), &vf, errs);
     if quic {
         let udp_ports = if protocols.contains(&Protocol::Udp) {
             ports.len()
@@ -80,6 +94,8 @@ fn vip(
         };
         let n = (udp_ports * configs.len() * backends.len()) as u32;
         usage.count_server_ids(n, sv.span(), &vf, errs);
+        let n = (udp_ports * configs.len()) as u32;
+        usage.count_quic_configs(n, sv.span(), &vf, errs);
     }
     let addr = addr?;
     Some(VipConfig {
@@ -270,10 +286,11 @@ fn learned_cid_len(
     }
 }
 
-/// `maglev_table_size`: a prime no larger than [`MAGLEV_RING_MAX`]; the default otherwise.
+/// `maglev_table_size`: a prime no larger than [`MAGLEV_RING_MAX`]; 0 (sized to the
+/// backends) when absent or wrong.
 fn maglev_table_size(v: &RawVip, vf: &str, errs: &mut Errors) -> u32 {
     let Some(m) = &v.maglev_table_size else {
-        return MAGLEV_RING_DEFAULT;
+        return 0;
     };
     let n = *m.get_ref();
     let field = format!("{vf}.maglev_table_size");
@@ -281,9 +298,9 @@ fn maglev_table_size(v: &RawVip, vf: &str, errs: &mut Errors) -> u32 {
         errs.at(
             m.span(),
             &field,
-            format!("{n} is larger than the maximum {MAGLEV_RING_MAX}; use a prime no larger (e.g. 65537, 32749, 16381)"),
+            format!("{n} is larger than the maximum {MAGLEV_RING_MAX}; use a prime no larger (e.g. 65537, 32749, 16381), or leave it out to size the ring to the backends"),
         );
-        MAGLEV_RING_DEFAULT
+        0
     } else if n < 2 || !is_prime(n as u32) {
         errs.at(
             m.span(),
@@ -293,7 +310,7 @@ fn maglev_table_size(v: &RawVip, vf: &str, errs: &mut Errors) -> u32 {
                 primes_near(n)
             ),
         );
-        MAGLEV_RING_DEFAULT
+        0
     } else {
         n as u32
     }
@@ -309,7 +326,7 @@ fn primes_near(n: i64) -> String {
         (Some(b), Some(a)) => format!("{b} or {a}"),
         (Some(b), None) => b.to_string(),
         (None, Some(a)) => a.to_string(),
-        (None, None) => MAGLEV_RING_DEFAULT.to_string(),
+        (None, None) => MAGLEV_RING_MAX.to_string(),
     }
 }
 
@@ -407,7 +424,9 @@ fn check_ring_fits_backends(
     errs: &mut Errors,
 ) {
     let weighted = backends.iter().filter(|b| b.weight > 0).count();
+    // 0: absent or already reported as invalid.
     if let Some(m) = &v.maglev_table_size
+        && maglev_table_size != 0
         && weighted as u32 > maglev_table_size
     {
         errs.at(
