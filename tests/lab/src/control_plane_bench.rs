@@ -103,6 +103,29 @@ const MAX_TIMEOUTS: usize = 3;
 /// Every change's LB_BACKENDS is checked too, one in this many (a full read of the array).
 const VERIFY_EVERY: usize = 10;
 
+/// Set by SIGINT/SIGTERM: every loop of the bench checks it and returns an error, so the
+/// daemons and namespaces go as on any other failure.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn interrupted() -> Result<()> {
+    ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted");
+    Ok(())
+}
+
+/// Sleep `d` in short steps, returning early (an error) on SIGINT/SIGTERM.
+fn sleep_checked(d: Duration) -> Result<()> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        interrupted()?;
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+    }
+    Ok(())
+}
+
 pub const GOAL_COLD_START_S: f64 = 10.0;
 pub const GOAL_UPDATE_P99_MS: f64 = 100.0;
 pub const GOAL_RSS_MB: f64 = 300.0;
@@ -552,6 +575,16 @@ impl Bench {
             .args(["--node-name", &node_name(i)])
             .arg("--control-socket")
             .arg(dir.join("lb.sock"));
+        // The daemon dies with the bench, however the bench ends (SIGKILL included).
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let p = Proc::spawn(&dir, "lb-run", cmd, "info")?;
         self.nodes[usize::from(i - 1)].daemon = Some(p);
         Ok(())
@@ -566,6 +599,7 @@ impl Bench {
 
     /// Every daemon still runs (else its log's tail as the error).
     fn check_alive(&mut self) -> Result<()> {
+        interrupted()?;
         for n in &mut self.nodes {
             if let Some(p) = &mut n.daemon
                 && let Some(status) = p.child.try_wait()?
@@ -664,6 +698,7 @@ impl Bench {
             };
             let result = (|| -> Result<()> {
                 loop {
+                    interrupted()?;
                     for (k, n) in self.nodes.iter_mut().enumerate() {
                         if let Some(p) = &mut n.daemon
                             && let Some(st) = p.child.try_wait()?
@@ -685,8 +720,13 @@ impl Bench {
                             }
                         }
                     }
-                    // The Service list is a larger read: every 250 ms.
-                    if status_at.is_none() && last_status_poll.elapsed() >= Duration::from_millis(250)
+                    // Listing 10,000 Services from the fake API server costs it (and the
+                    // bench) CPU the daemons need; a node programs a VIP only once its
+                    // Service's status has the address, so the list is read once the maps
+                    // are done (then every 250 ms).
+                    if status_at.is_none()
+                        && maps_done.iter().all(Option::is_some)
+                        && last_status_poll.elapsed() >= Duration::from_millis(250)
                     {
                         last_status_poll = Instant::now();
                         if self.vips(opts.services).is_ok() {
@@ -773,6 +813,7 @@ impl Bench {
         let mut out = Vec::with_capacity(changes);
         let mut timeouts = 0;
         for c in 0..changes {
+            interrupted()?;
             if t_phase.elapsed() > budget {
                 println!(
                     "control-plane bench: {what}: time budget {budget:?} spent after {c} changes; \
@@ -898,7 +939,7 @@ impl Bench {
         let cpu0: Vec<f64> = pids.iter().map(|p| cpu_s(*p).unwrap_or(0.0)).collect();
         self.api.clear_requests();
         let t0 = Instant::now();
-        std::thread::sleep(window);
+        sleep_checked(window)?;
         let secs = t0.elapsed().as_secs_f64();
         let log = self.api.requests();
         let cpu = pids
@@ -960,7 +1001,7 @@ impl Bench {
         }
         // A re-list is an event: the controller syncs right after. What is measured is that
         // nothing is written, so this is a window to watch, not a wait for a result.
-        std::thread::sleep(settle);
+        sleep_checked(settle)?;
         Ok(self.map_changes_all()? - before)
     }
 
@@ -1046,6 +1087,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     );
     ensure!(opts.nodes >= 1 && opts.nodes <= 8, "--nodes must be 1 to 8");
     crate::netns::require_root()?;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
     let mut report = Report {
         services: opts.services,
         endpoints: opts.endpoints,
