@@ -164,6 +164,10 @@ pub struct Report {
     pub cold_start_maps_s: f64,
     pub cold_start_announced_s: f64,
     pub cold_start_status_s: f64,
+    /// Daemons spawned → every daemon has listed every Service and EndpointSlice (it opens
+    /// the watches after its first complete list, as the fake API server counts them):
+    /// the part of the cold start that is the API server's and the client's.
+    pub cold_start_lists_s: f64,
     pub update_changes_idle: usize,
     pub update_p50_ms_idle: f64,
     pub update_p99_ms_idle: f64,
@@ -662,6 +666,7 @@ impl Bench {
         let mut maps_done: Vec<Option<Duration>> = vec![None; self.nodes.len()];
         let mut programmed = vec![0usize; self.nodes.len()];
         let mut status_at = None;
+        let mut lists_at = None;
         let mut last_status_poll = Instant::now() - Duration::from_secs(1);
         let give_up = Arc::new(AtomicBool::new(false));
         let maps_ready = Arc::new(AtomicBool::new(false));
@@ -699,6 +704,13 @@ impl Bench {
             let result = (|| -> Result<()> {
                 loop {
                     interrupted()?;
+                    let k_nodes = self.nodes.len() as u64;
+                    if lists_at.is_none()
+                        && self.api.watch_count("services") >= k_nodes
+                        && self.api.watch_count("endpointslices.discovery.k8s.io") >= k_nodes
+                    {
+                        lists_at = Some(t0.elapsed());
+                    }
                     for (k, n) in self.nodes.iter_mut().enumerate() {
                         if let Some(p) = &mut n.daemon
                             && let Some(st) = p.child.try_wait()?
@@ -774,6 +786,7 @@ impl Bench {
         report.cold_start_maps_s = round2(maps_s.as_secs_f64());
         report.cold_start_announced_s = round2(announced.as_secs_f64());
         report.cold_start_status_s = round2(status.as_secs_f64());
+        report.cold_start_lists_s = round2(lists_at.unwrap_or_default().as_secs_f64());
         report.cold_start_s = round2(maps_s.max(announced).max(status).as_secs_f64());
         report.vips_programmed = programmed.iter().copied().min().unwrap_or(0);
         report.cpu_s_cold_start = self
@@ -1123,9 +1136,10 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     b.cold_start(opts, &mut report)?;
     println!(
-        "control-plane bench: [2/6] cold start {:.2} s (maps {:.2} s, announced {:.2} s, \
-         statuses {:.2} s; {} VIPs programmed per node)",
+        "control-plane bench: [2/6] cold start {:.2} s (initial lists {:.2} s, maps {:.2} s, \
+         announced {:.2} s, statuses {:.2} s; {} VIPs programmed per node)",
         report.cold_start_s,
+        report.cold_start_lists_s,
         report.cold_start_maps_s,
         report.cold_start_announced_s,
         report.cold_start_status_s,
@@ -1279,6 +1293,12 @@ fn print_table(r: &Report) {
         format!("{:.2}", r.cold_start_s),
         "< 10",
         verdict(r.cold_start_s < GOAL_COLD_START_S),
+    );
+    row(
+        "  of which the daemons' initial lists (s)",
+        format!("{:.2}", r.cold_start_lists_s),
+        "",
+        "",
     );
     row(
         "update p50 / p99, idle (ms)",
