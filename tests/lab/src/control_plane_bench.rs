@@ -619,7 +619,19 @@ impl Bench {
 
     /// `lb_map_changes_total` of node `k`, from /metrics.
     fn map_changes(&self, k: usize) -> Result<u64> {
-        let body = http_get_in(&self.nodes[k].ns, METRICS.parse()?, "/metrics")?;
+        // /metrics waits for the daemon's lock, which a long map sync holds (and at 20,000
+        // VIPs it is a large page): retry within a deadline rather than fail on one timeout.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let body = loop {
+            interrupted()?;
+            match http_get_in(&self.nodes[k].ns, METRICS.parse()?, "/metrics") {
+                Ok(body) => break body,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("node-{}'s /metrics", k + 1)));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
         body.lines()
             .find_map(|l| l.strip_prefix("lb_map_changes_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())
@@ -1146,6 +1158,14 @@ pub fn run(opts: &Options) -> Result<Report> {
         report.vips_programmed
     );
     let vips = b.vips(opts.services)?;
+    // Idle means idle: the cold start's last syncs (status events coming back) are done.
+    let t = Instant::now();
+    b.quiesce(Duration::from_secs(300))?;
+    println!(
+        "control-plane bench: the daemons stopped writing their maps {:.1} s after the cold \
+         start",
+        t.elapsed().as_secs_f64()
+    );
     // Measured changes go to the first half of the Services, the background load to the
     // second half: a measured VIP flips only for its own change.
     let half = opts.services / 2;
