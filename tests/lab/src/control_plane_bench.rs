@@ -624,7 +624,12 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(120);
         let body = loop {
             interrupted()?;
-            match http_get_in(&self.nodes[k].ns, METRICS.parse()?, "/metrics") {
+            // curl, for a read timeout longer than `http_get_in`'s 5 s: at 20,000 VIPs a
+            // scrape under load takes longer than that.
+            match self.nodes[k].ns.exec(
+                "curl",
+                &["-sf", "--max-time", "60", &format!("http://{METRICS}/metrics")],
+            ) {
                 Ok(body) => break body,
                 Err(e) if Instant::now() > deadline => {
                     return Err(e.context(format!("node-{}'s /metrics", k + 1)));
