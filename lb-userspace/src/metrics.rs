@@ -29,6 +29,7 @@
 //! | `lb_rnat_bytes_total` | counter | `reason` | octets of those packets |
 //! | `lb_map_sync_duration_seconds` | histogram | | time to write one new plan into the maps (config load or reload, Kubernetes update) |
 //! | `lb_config_reloads_total` | counter | `result` (`ok`, `error`) | configuration reloads; on `error` the data plane keeps its last good state |
+//! | `lb_map_changes_total` | counter | | data-plane changes the daemon applied to the maps (one per VIP, backend, ring, server ID or setting written or deleted, as the plan's diff lists them); an unchanged config or re-list adds nothing |
 //! | `lb_build_info` | gauge (OpenMetrics: info) | `version` | always 1; the `lb` version |
 //! | `lb_vips` | gauge | | VIPs (address, port, protocol) the daemon has programmed |
 //! | `lb_backends` | gauge | | distinct backends (address, port) the daemon has programmed |
@@ -196,6 +197,9 @@ pub struct DaemonStats {
     map_sync: Histogram,
     /// (count, total nanoseconds) of `map_sync`, for `/status` (the histogram keeps its own).
     map_sync_totals: Arc<(AtomicU64, AtomicU64)>,
+    /// `lb_map_changes_total`: the diff entries applied, so a benchmark (or an operator) can
+    /// see what one Kubernetes change costs in map writes, and that a re-list costs none.
+    map_changes: Counter,
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
     reply_table: ReplyTableStats,
     gossip: GossipMetrics,
@@ -261,6 +265,7 @@ impl DaemonStats {
             // from scratch takes seconds.
             map_sync: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             map_sync_totals: Arc::default(),
+            map_changes: Counter::default(),
             reloads,
             reply_table: ReplyTableStats::default(),
             gossip: GossipMetrics::default(),
@@ -328,6 +333,11 @@ impl DaemonStats {
     }
 
     /// One plan written into the maps took `d`.
+    /// `n` data-plane changes were applied to the maps.
+    pub fn map_changes(&self, n: usize) {
+        self.map_changes.inc_by(n as u64);
+    }
+
     pub fn observe_map_sync(&self, d: Duration) {
         self.map_sync.observe(d.as_secs_f64());
         self.map_sync_totals.0.fetch_add(1, Ordering::Relaxed);
@@ -747,6 +757,11 @@ fn registry(snap: Snapshot, labels: &Labels, extra: &DaemonStats) -> Registry {
         "Time to write one plan into the maps",
         Unit::Seconds,
         extra.map_sync.clone(),
+    );
+    reg.register(
+        "lb_map_changes",
+        "Data-plane changes applied to the maps",
+        extra.map_changes.clone(),
     );
     reg.register(
         "lb_config_reloads",

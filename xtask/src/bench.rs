@@ -24,8 +24,24 @@ pub struct Args {
     rounds: Option<u32>,
     /// Skip the `_20k` cases (20,000 VIPs and 1,000,000 flows in the maps, measured after
     /// the others); passed to `lb-lab bench --no-scale`
-    #[arg(long)]
+    #[arg(long, conflicts_with = "control_plane")]
     no_scale: bool,
+    /// Instead of the data plane, benchmark the Kubernetes control plane: real `lb run
+    /// --kube` daemons against the fake API server (`lb-lab bench-control-plane`)
+    #[arg(long)]
+    control_plane: bool,
+    /// With --control-plane: LoadBalancer Services (TCP+UDP 443 each) [default: 10000]
+    #[arg(long, value_name = "N", requires = "control_plane")]
+    services: Option<usize>,
+    /// With --control-plane: endpoints over their EndpointSlices [default: 50000]
+    #[arg(long, value_name = "M", requires = "control_plane")]
+    endpoints: Option<usize>,
+    /// With --control-plane: nodes, one daemon each [default: 3]
+    #[arg(long, value_name = "K", requires = "control_plane")]
+    nodes: Option<u8>,
+    /// With --control-plane: EndpointSlice changes measured per phase [default: 1000]
+    #[arg(long, value_name = "N", requires = "control_plane")]
+    changes: Option<usize>,
 }
 
 /// `--json PATH` for lb-lab. cargo runs in the workspace root: keep a relative path relative
@@ -51,6 +67,9 @@ pub fn bench(args: &Args) -> Result<()> {
          CAP_BPF and CAP_NET_ADMIN",
     )?;
     setup::setup(Scope::Everything)?;
+    if args.control_plane {
+        return bench_control_plane(args);
+    }
 
     let mut cmd = run::lab_release("bench");
     json_arg(&mut cmd, args.json.as_deref())?;
@@ -62,6 +81,32 @@ pub fn bench(args: &Args) -> Result<()> {
     }
     if args.no_scale {
         cmd.arg("--no-scale");
+    }
+    println!("bench: {}", display(&cmd));
+    status(&mut cmd)
+}
+
+/// `cargo xtask bench --control-plane`: the release `lb` (which lb-lab runs in the node
+/// namespaces), then `lb-lab bench-control-plane`.
+fn bench_control_plane(args: &Args) -> Result<()> {
+    let mut build = run::build_lb_release();
+    println!("bench: {}", display(&build));
+    status(&mut build)?;
+    let mut cmd = run::lab_release("bench-control-plane");
+    // Not an `lb` from elsewhere: the one just built.
+    cmd.env_remove("LB_BIN");
+    json_arg(&mut cmd, args.json.as_deref())?;
+    if let Some(n) = args.services {
+        cmd.arg("--services").arg(n.to_string());
+    }
+    if let Some(n) = args.endpoints {
+        cmd.arg("--endpoints").arg(n.to_string());
+    }
+    if let Some(n) = args.nodes {
+        cmd.arg("--nodes").arg(n.to_string());
+    }
+    if let Some(n) = args.changes {
+        cmd.arg("--changes").arg(n.to_string());
     }
     println!("bench: {}", display(&cmd));
     status(&mut cmd)

@@ -82,14 +82,23 @@ enum Task {
     )]
     Lint,
 
-    /// Run the data-plane benchmark (`lb-lab bench`, release build) as root
+    /// Run the data-plane benchmark (`lb-lab bench`, release build) as root; with
+    /// --control-plane, the Kubernetes control plane at scale
     #[command(
         long_about = "Run the data-plane benchmark as root: `cargo xtask setup`, then \
         `cargo run --release --package lb-lab --bin lb-lab -- bench`, forwarding --json, \
         --repeat, --rounds and --no-scale. The `_20k` cases (20,000 VIPs programmed and \
         1,000,000 flows in the connection table) run by default, after the others; \
         --no-scale skips them. Requires root (BPF_PROG_TEST_RUN needs CAP_BPF and \
-        CAP_NET_ADMIN)."
+        CAP_NET_ADMIN).\n\n\
+        With --control-plane: `cargo build --release --package lb-userspace --bin lb`, then \
+        `cargo run --release --package lb-lab --bin lb-lab -- bench-control-plane`, forwarding \
+        --json, --services, --endpoints, --nodes and --changes. Real `lb run --kube` daemons, \
+        each in its own network namespace with XDP, against the in-process fake API server: \
+        cold start, EndpointSlice change to map update (idle and under 100 changes/s), RSS \
+        and CPU, API requests per minute per node, map writes per change, each beside its \
+        goal. See docs/control-plane-bench.md. A few minutes at the defaults (10,000 \
+        Services, 50,000 endpoints, 3 nodes)."
     )]
     Bench(bench::Args),
 

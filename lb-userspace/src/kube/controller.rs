@@ -75,6 +75,9 @@ use crate::{
 /// The namespace of the Leases when neither the config nor `$POD_NAMESPACE` names one.
 pub const DEFAULT_LEASE_NAMESPACE: &str = "lb-system";
 
+/// Service status writes (each with its Events) in flight at once on the status writer.
+const STATUS_WRITES_IN_FLIGHT: usize = 16;
+
 /// Secrets and pod annotations are re-read at most this often.
 const CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -346,9 +349,11 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let mut v: Vec<K> = s.state().iter().map(|a| (**a).clone()).collect();
+    // Compared by reference: cloning both names on every comparison was two String
+    // allocations per comparison, some 300,000 per sync of 10,000 objects.
     v.sort_by(|a, b| {
-        let key = |o: &K| (o.meta().namespace.clone(), o.meta().name.clone());
-        key(a).cmp(&key(b))
+        let (a, b) = (a.meta(), b.meta());
+        (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
     });
     v
 }
@@ -964,6 +969,7 @@ impl Controller {
             }
         }
         let allocation = ipam::allocate(&pools, &requests);
+        let mut writes = Vec::new();
         for problem in &allocation.problems {
             let msg = format!("IPPool {}: {problem}", problem.pool);
             if self.warned.insert(msg.clone()) {
@@ -987,7 +993,30 @@ impl Controller {
                 conditions,
             };
             if !status::up_to_date(svc, &want) {
-                self.write_status(svc, &key, &want).await;
+                writes.push((svc, key, want));
+            }
+        }
+        // Several writes in flight: one at a time, a first sync of 10,000 Services (a
+        // status and an Event or two each) waited for some 30,000 round trips in a row,
+        // and no node programs a VIP before its Service's status has the address.
+        let client = &self.client;
+        let recorder = &self.recorder;
+        // The futures are made first: a lazy `map` in the stream is a closure over
+        // references that the spawned controller's `Send` check cannot see through.
+        let pending: Vec<_> = writes
+            .iter()
+            .map(|(svc, key, want)| write_status(client, recorder, svc, key, want))
+            .collect();
+        let results: Vec<bool> = futures::stream::iter(pending)
+            .buffer_unordered(STATUS_WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        for ok in results {
+            if ok {
+                self.r.status_writes += 1;
+            } else {
+                self.r.status_errors += 1;
+                self.r.retry = true;
             }
         }
     }
@@ -1013,33 +1042,31 @@ impl Controller {
             }
         }
     }
+}
 
-    /// Write one Service's status, and an Event for every condition that changes.
-    async fn write_status(
-        &mut self,
-        svc: &Service,
-        (ns, name): &(String, String),
-        want: &status::WantedStatus,
-    ) {
-        let changed: Vec<status::Want> = status::transitions(svc, want)
-            .into_iter()
-            .cloned()
-            .collect();
-        match status::write(&self.client, svc, want).await {
-            Ok(()) => {
-                self.r.status_writes += 1;
-                info!("Service {ns}/{name}: status {:?}", want.ingress);
-                for w in &changed {
-                    if let Err(e) = status::event(&self.recorder, svc, w).await {
-                        warn!("recording an Event on {ns}/{name}: {e}");
-                    }
+/// Write one Service's status, and an Event for every condition that changes; false on a
+/// failed status write (logged).
+async fn write_status(
+    client: &Client,
+    recorder: &Recorder,
+    svc: &Service,
+    (ns, name): &(String, String),
+    want: &status::WantedStatus,
+) -> bool {
+    let changed: Vec<&status::Want> = status::transitions(svc, want);
+    match status::write(client, svc, want).await {
+        Ok(()) => {
+            info!("Service {ns}/{name}: status {:?}", want.ingress);
+            for w in changed {
+                if let Err(e) = status::event(recorder, svc, w).await {
+                    warn!("recording an Event on {ns}/{name}: {e}");
                 }
             }
-            Err(e) => {
-                self.r.status_errors += 1;
-                self.r.retry = true;
-                warn!("writing the status of Service {ns}/{name}: {e}");
-            }
+            true
+        }
+        Err(e) => {
+            warn!("writing the status of Service {ns}/{name}: {e}");
+            false
         }
     }
 }

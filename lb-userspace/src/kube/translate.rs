@@ -151,9 +151,10 @@ pub fn translate(view: &ClusterView) -> Desired {
     let mut problems = Vec::new();
     let mut services: Vec<&Service> = view.services.iter().collect();
     services.sort_by_key(|s| service_key(s));
+    let by_service = slices_by_service(view.slices);
     let mut outs: Vec<ServiceOut> = services
         .iter()
-        .filter_map(|s| translate_service(view, s, &mut problems))
+        .filter_map(|s| translate_service(view, &by_service, s, &mut problems))
         .collect();
     resolve_port_conflicts(&mut outs, &mut problems);
     enforce_capacity(&mut outs, view.capacity, &mut problems);
@@ -274,6 +275,7 @@ struct Shared<'a> {
 
 fn translate_service(
     view: &ClusterView,
+    by_service: &BTreeMap<(&str, &str), Vec<&EndpointSlice>>,
     svc: &Service,
     problems: &mut Vec<Problem>,
 ) -> Option<ServiceOut> {
@@ -312,11 +314,10 @@ fn translate_service(
         source_ranges,
         quic,
     };
-    let slices: Vec<&EndpointSlice> = view
-        .slices
-        .iter()
-        .filter(|s| slice_belongs_to(s, &key))
-        .collect();
+    let slices: Vec<&EndpointSlice> = by_service
+        .get(&(key.0.as_str(), key.1.as_str()))
+        .cloned()
+        .unwrap_or_default();
     let mut out = ServiceOut {
         key: key.clone(),
         created: svc.metadata.creation_timestamp.clone(),
@@ -650,15 +651,26 @@ fn is_v6(ip: IpAddr) -> bool {
 
 // ---- endpoints -------------------------------------------------------------------------------
 
-fn slice_belongs_to(slice: &EndpointSlice, key: &ServiceKey) -> bool {
-    slice.metadata.namespace.as_deref() == Some(key.0.as_str())
-        && slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .map(String::as_str)
-            == Some(key.1.as_str())
+/// The EndpointSlices by the Service they belong to (namespace, `kubernetes.io/service-name`
+/// label), in their order in `slices`. One pass: looking each Service's slices up among all
+/// of them made a translation quadratic (10,000 Services x 10,000 slices took seconds, on
+/// every change).
+fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        let (Some(ns), Some(name)) = (
+            slice.metadata.namespace.as_deref(),
+            slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+        ) else {
+            continue;
+        };
+        out.entry((ns, name.as_str())).or_default().push(slice);
+    }
+    out
 }
 
 /// `Some(is_v6)` for IPv4/IPv6 slices; `None` for FQDN (and unknown) ones.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::{backend, bench, demo, demo_bgp, membership_bench, probe};
+use crate::{backend, bench, control_plane_bench, demo, demo_bgp, membership_bench, probe};
 
 /// lb-lab: lb's lab tools (demo, backend, probe, benchmark); the load balancer is `lb`.
 #[derive(Parser)]
@@ -65,6 +65,43 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The Kubernetes control plane at scale: real `lb run --kube` daemons, each in its own
+    /// network namespace with XDP, against the in-process fake API server with many
+    /// LoadBalancer Services; cold start, EndpointSlice change to map update (idle and under
+    /// load), RSS and CPU, API requests, map writes per change (needs root; the `lb` binary
+    /// beside this one or in $LB_BIN).
+    BenchControlPlane {
+        /// LoadBalancer Services, each with TCP 443 and UDP 443 (two VIPs).
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        /// Endpoints, spread evenly over the Services' EndpointSlices.
+        #[arg(long, default_value_t = 50_000)]
+        endpoints: usize,
+        /// Nodes, each running one daemon.
+        #[arg(long, default_value_t = 3)]
+        nodes: u8,
+        /// EndpointSlice changes measured per phase (idle, busy).
+        #[arg(long, default_value_t = 1000)]
+        changes: usize,
+        /// Other EndpointSlice changes per second during the busy phase.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seconds of the steady-state windows (API requests, CPU).
+        #[arg(long, default_value_t = 30)]
+        window: u64,
+        /// Services kept for a second steady-state window (the API request rate must not
+        /// depend on the Service count); 0 skips it. Default: a tenth of --services.
+        #[arg(long)]
+        small: Option<usize>,
+        /// Fail if the cold start takes longer than this many seconds.
+        #[arg(long, default_value_t = 120)]
+        cold_start_limit: u64,
+        /// Also write the results as JSON (one object: services, endpoints, vips_programmed,
+        /// cold_start_s, update_p50_ms_idle, update_p99_ms_idle, update_p99_ms_busy, rss_mb,
+        /// api_requests_per_min_per_node, map_writes_per_change, nodes, ...).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 /// Parse the command line and run the subcommand.
@@ -105,5 +142,28 @@ pub fn main() -> Result<()> {
                 json,
             })
         }
+        Command::BenchControlPlane {
+            services,
+            endpoints,
+            nodes,
+            changes,
+            rate,
+            window,
+            small,
+            cold_start_limit,
+            json,
+        } => control_plane_bench::run(&control_plane_bench::Options {
+            services,
+            endpoints,
+            nodes,
+            changes,
+            rate,
+            window: std::time::Duration::from_secs(window),
+            small: small.unwrap_or(services / 10),
+            cold_start_limit: std::time::Duration::from_secs(cold_start_limit),
+            lb: None,
+            json,
+        })
+        .map(|_| ()),
     }
 }

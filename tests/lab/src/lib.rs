@@ -15,6 +15,7 @@ pub mod bgp_lab;
 pub mod bgp_scenarios;
 pub mod children;
 pub mod cli;
+pub mod control_plane_bench;
 pub mod demo;
 pub mod demo_bgp;
 pub mod ecmp_client;
