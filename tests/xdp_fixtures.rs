@@ -1297,7 +1297,7 @@ fn plain_udp_maglev_then_lru_hit() -> Result<()> {
     })
 }
 
-/// Through the real program with the default 65537-slot ring: 300 client ports spread over
+/// Through the real program with a 65537-slot ring: 300 client ports spread over
 /// all three backends, and every flow lands exactly where the host computes it (the table
 /// built by `lb_userspace::maglev::build_table`, the slot by `lb_common::hash::flow_hash`),
 /// which cross-checks the BPF hash and ring indexing against the host's.

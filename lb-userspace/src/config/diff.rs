@@ -36,7 +36,8 @@ pub enum Change {
         backend: u32,
     },
     /// Build the Maglev table (`ring_size` slots over `backends`; empty when `ring_size` is
-    /// 0), write it into the VIP's spare ring and flip the VIP to it (creating the VIP).
+    /// 0), write it into free slots of the ring pool and point the VIP at it (creating the
+    /// VIP).
     PublishVip {
         key: VipId,
         index: u32,
@@ -165,7 +166,7 @@ impl Plan {
     ///    allowed client is dropped), and a VIP whose ranges change has the new ones before
     ///    the old ones go in step 5.
     /// 3. `PublishVip` for new VIPs and VIPs whose ring size, weighted backends or flags
-    ///    changed: the spare ring is written, then one map update flips the VIP, so a packet
+    ///    changed: the new ring is written, then one map update points the VIP at it, so a packet
     ///    sees either the whole old table or the whole new one. Rings stop naming removed
     ///    backends here. When only the source-range or affinity flags changed, `SetVipFlags`
     ///    (one map update, no ring rewrite) instead.

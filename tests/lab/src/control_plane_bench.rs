@@ -21,7 +21,7 @@
 //! 2. **Update latency, idle**: one EndpointSlice change (one endpoint replaced by a fresh
 //!    address) at a time; the time until the Service's two VIPs have flipped to a new ring
 //!    in `LB_VIPS` on every node (the flip is the data plane's commit point: the new ring is
-//!    written first, then `active_ring` changes in one map update). A sample of changes is
+//!    written into free pool slots first, then `ring_offset` changes in one map update). A sample of changes is
 //!    also checked in `LB_BACKENDS` (the new address is there on every node).
 //! 3. **Update latency, busy**: the same while a load generator replaces endpoints of other
 //!    Services at `--rate` changes per second.
