@@ -619,11 +619,15 @@ impl Dataplane {
     }
 
     fn evict_flows(&mut self, id: u32, flow_matches: impl Fn(&FlowKey) -> bool) -> Result<usize> {
-        // Keys first: deleting while walking the hash table would restart the walk.
-        let doomed: Vec<FlowKey> = self
-            .conns
-            .iter()
-            .filter_map(|r| r.ok())
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        // Keys first (deleting while walking the hash table would restart the walk), read
+        // in batches: walking a million-bucket table one key at a time was the largest cost
+        // of an EndpointSlice change (get_next_key scans the buckets for every key).
+        let fd = self.conns.map().fd().as_fd().as_raw_fd();
+        let doomed: Vec<FlowKey> = crate::map_batch::lookup_all::<FlowKey, ConnEntry>(fd)
+            .map_err(|e| DataplaneError::Invalid(format!("reading {}: {e}", map_names::CONNS)))?
+            .into_iter()
             .filter(|(k, e)| flow_matches(k) && e.flags & CONN_F_VALID != 0 && e.backend == id)
             .map(|(k, _)| k)
             .collect();
