@@ -172,6 +172,13 @@ pub const fn ring_size_for(backends: u32) -> u32 {
     }
 }
 
+/// The slots of the shared pool (`LB_MAGLEV`) a ring of `size` takes: whole elements of
+/// [`MAGLEV_SLOTS_PER_ELEMENT`](crate::maps::MAGLEV_SLOTS_PER_ELEMENT) slots, so no two
+/// rings share one.
+pub const fn ring_pool_slots(size: u32) -> u32 {
+    size.next_multiple_of(crate::maps::MAGLEV_SLOTS_PER_ELEMENT)
+}
+
 /// Stable identity key for a backend: two MurmurHash3 (x86, 32-bit) hashes, with different
 /// seeds, of its 16-octet address followed by its port (little-endian), high half first.
 pub fn backend_key(addr: &[u8; 16], port: u16) -> u64 {

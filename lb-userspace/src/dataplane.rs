@@ -76,10 +76,7 @@ pub enum DataplaneError {
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
-/// The pool slots a ring of `size` takes: whole `LB_MAGLEV` elements.
-fn ring_slots(size: u32) -> u32 {
-    size.next_multiple_of(MAGLEV_SLOTS_PER_ELEMENT)
-}
+use lb_common::maglev::ring_pool_slots as ring_slots;
 
 /// A map the kernel would not create at its configured size, named with the `[capacity]`
 /// key to lower; any other load error as it is.
@@ -775,7 +772,7 @@ impl Dataplane {
         }
         let current = self.vip(key);
         // Whole elements of LB_MAGLEV: rings never share one.
-        let slots = size.next_multiple_of(MAGLEV_SLOTS_PER_ELEMENT);
+        let slots = ring_slots(size);
         let offset = if size == 0 {
             0
         } else {

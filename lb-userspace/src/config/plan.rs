@@ -300,11 +300,11 @@ fn vip_indexes<'c>(
     Ok(planned)
 }
 
-/// The VIP's Maglev ring: the entry's `maglev_table_size`, else sized to the backends with
-/// a weight above zero ([`lb_common::maglev::ring_size_for`]); none without such backends.
-fn ring_size(v: &VipConfig, backends: &[PlannedBackend]) -> u32 {
-    let weighted = backends.iter().filter(|b| b.weight > 0).count() as u32;
-    match (weighted, v.maglev_table_size) {
+/// A Maglev ring's size: `maglev_table_size` when given (not 0), else sized to the
+/// `weighted` backends (weight above zero, [`lb_common::maglev::ring_size_for`]); none
+/// without such backends. Validation counts the pool's slots with the same rule.
+pub(super) fn ring_size(maglev_table_size: u32, weighted: u32) -> u32 {
+    match (weighted, maglev_table_size) {
         (0, _) => 0,
         (n, 0) => lb_common::maglev::ring_size_for(n),
         (_, explicit) => explicit,
@@ -341,7 +341,10 @@ fn planned_vip(v: &VipConfig, key: VipId, index: u32, ids: &BackendIds) -> Plann
         index,
         flags: vip_flags(v, key, quic, &source_ranges),
         source_ranges,
-        ring_size: ring_size(v, &backends),
+        ring_size: ring_size(
+            v.maglev_table_size,
+            backends.iter().filter(|b| b.weight > 0).count() as u32,
+        ),
         backends,
         quic: quic_cfgs,
         server_ids,

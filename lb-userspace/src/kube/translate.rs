@@ -1107,8 +1107,8 @@ impl UseCounts {
         let weighted = v.backends.iter().filter(|b| b.weight > 0).count() as u32;
         if weighted > 0 {
             // Whole LB_MAGLEV elements, two slots each.
-            let ring = lb_common::maglev::ring_size_for(weighted)
-                .next_multiple_of(lb_common::MAGLEV_SLOTS_PER_ELEMENT);
+            let ring =
+                lb_common::maglev::ring_pool_slots(lb_common::maglev::ring_size_for(weighted));
             self.ring_slots += ring as u64;
             self.largest_ring = self.largest_ring.max(ring);
         }

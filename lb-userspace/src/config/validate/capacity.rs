@@ -159,7 +159,7 @@ impl MapUsage {
             return;
         }
         // Rings take whole LB_MAGLEV elements (two slots each).
-        let size = size.next_multiple_of(lb_common::MAGLEV_SLOTS_PER_ELEMENT);
+        let size = lb_common::maglev::ring_pool_slots(size);
         let grow = size.saturating_sub(self.largest_ring);
         self.largest_ring = self.largest_ring.max(size);
         if let Some(count) = self

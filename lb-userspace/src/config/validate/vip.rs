@@ -79,11 +79,7 @@ fn vip(
     let backends = backends::backends(&v.backends, &rules, usage, errs);
     check_ring_fits_backends(v, &vf, maglev_table_size, &backends, errs);
     let weighted = backends.iter().filter(|b| b.weight > 0).count() as u32;
-    let ring = match (weighted, maglev_table_size) {
-        (0, _) => 0,
-        (n, 0) => lb_common::maglev::ring_size_for(n),
-        (_, explicit) => explicit,
-    };
+    let ring = crate::config::plan::ring_size(maglev_table_size, weighted);
     let rings = (ports.len() * protocols.len()) as u32;
     usage.count_ring_slots(rings, ring, sv.span(), &vf, errs);
     if quic {
