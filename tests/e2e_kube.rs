@@ -650,6 +650,13 @@ impl Lab {
             .unwrap()
     }
 
+    /// Node `i`'s syncs of only the Services whose EndpointSlices changed.
+    fn endpoint_syncs(&self, i: u8) -> u64 {
+        self.status(i).unwrap()["kubernetes"]["syncs"]["endpoints"]
+            .as_u64()
+            .unwrap()
+    }
+
     fn probe(&self, args: &[&str]) -> Result<Value, String> {
         let out = self
             .client
@@ -854,6 +861,7 @@ fn e2e_kube_service_lifecycle_kubectl_and_drain() {
     }
     let mut on_3 = on_3.expect("no connection of 60 reached pod-3");
     let changes_before: Vec<u64> = (1..=3).map(|i| lab.map_changes(i)).collect();
+    let endpoint_syncs_before: Vec<u64> = (1..=3).map(|i| lab.endpoint_syncs(i)).collect();
     lab.api
         .replace(&slice(
             "whoami",
@@ -868,6 +876,21 @@ fn e2e_kube_service_lifecycle_kubectl_and_drain() {
             Err(format!("map changes {now:?}, before {changes_before:?}"))
         }
     });
+    // Only the EndpointSlice changed: each node updated just that Service's VIPs.
+    wait_for(
+        "every node to count an EndpointSlice sync",
+        CONVERGE,
+        || {
+            let now: Vec<u64> = (1..=3).map(|i| lab.endpoint_syncs(i)).collect();
+            if now.iter().zip(&endpoint_syncs_before).all(|(n, b)| n > b) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "EndpointSlice syncs {now:?}, before {endpoint_syncs_before:?}"
+                ))
+            }
+        },
+    );
     let h1 = lab.http1(vip, 30).unwrap();
     assert_eq!(succeeded(&h1), 30, "{h1}");
     assert!(

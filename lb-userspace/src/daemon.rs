@@ -96,8 +96,10 @@ pub struct State {
     pub reloads_failed: u64,
     /// How long the last map sync (start-up or reload) took.
     pub last_sync: Duration,
-    /// Names of the programmed map slots, for metrics.
+    /// Names of the programmed map slots, for metrics; made again from `plan` at the
+    /// next scrape when `labels_stale` (a sync of a large cluster does not pay for it).
     labels: Labels,
+    labels_stale: bool,
     stats: DaemonStats,
     /// The BGP speaker (static mode: `[bgp]` and the VIPs' `announce`; Kubernetes mode:
     /// the controller's BGP objects).
@@ -105,6 +107,15 @@ pub struct State {
 }
 
 /// Metric labels for what a plan programs.
+/// The data-plane VIP of a config entry with one port and one protocol.
+fn vip_id(v: &config::VipConfig) -> config::VipId {
+    config::VipId {
+        addr: v.addr,
+        port: v.ports[0],
+        proto: v.protocols[0],
+    }
+}
+
 fn labels(plan: &Plan) -> Labels {
     let vips = plan
         .vips
@@ -189,6 +200,7 @@ impl State {
             reloads_failed: 0,
             last_sync,
             labels,
+            labels_stale: false,
             stats,
             bgp,
         };
@@ -543,7 +555,7 @@ impl State {
         config::apply(&mut self.dp, &changes).context("applying the new config")?;
         self.last_sync = t.elapsed();
         self.stats.observe_map_sync(self.last_sync);
-        self.labels = labels(&plan);
+        self.labels_stale = true;
         self.map_changes += changes.len() as u64;
         self.stats.map_changes(changes.len());
         self.syncs += 1;
@@ -552,6 +564,55 @@ impl State {
         self.announce_config()
             .context("the maps were updated, but the announcements were not")?;
         Ok(changes.len())
+    }
+
+    /// Replace the entries of some VIPs the running config has (one address, port and
+    /// protocol each; same VIPs, new backends or settings) and program the difference:
+    /// the Kubernetes controller's path for an EndpointSlice change, which plans and diffs
+    /// only those VIPs ([`Plan::replace_vips`]). The writes are those [`Self::apply_config`]
+    /// would make for the whole config with these entries replaced. Refused before any
+    /// map write when the plan cannot be updated in place (the caller then applies the
+    /// whole config).
+    pub fn update_vips(&mut self, vips: Vec<config::VipConfig>) -> Result<usize> {
+        let update = self
+            .plan
+            .replace_vips(&vips, self.config.capacity.backends)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let changes = update.changes();
+        if !changes.is_empty() {
+            let t = Instant::now();
+            config::apply(&mut self.dp, &changes).context("applying the changed VIPs")?;
+            self.last_sync = t.elapsed();
+            self.stats.observe_map_sync(self.last_sync);
+            self.map_changes += changes.len() as u64;
+            self.stats.map_changes(changes.len());
+            self.syncs += 1;
+            self.labels_stale = true;
+        }
+        update.commit(&mut self.plan);
+        let position: HashMap<config::VipId, usize> = self
+            .config
+            .vips
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.ports.len() == 1 && v.protocols.len() == 1)
+            .map(|(i, v)| (vip_id(v), i))
+            .collect();
+        for v in vips {
+            // replace_vips accepted it: the config has this VIP, as a one-VIP entry.
+            if let Some(&i) = position.get(&vip_id(&v)) {
+                self.config.vips[i] = v;
+            }
+        }
+        Ok(changes.len())
+    }
+
+    /// The metric labels of the plan in force.
+    fn fresh_labels(&mut self) {
+        if self.labels_stale {
+            self.labels = labels(&self.plan);
+            self.labels_stale = false;
+        }
     }
 
     /// Announce the VIPs as the running config says, after its maps are written: ARP/NDP
@@ -623,6 +684,10 @@ impl State {
 impl NodeDataplane for State {
     fn apply(&mut self, config: Config) -> Result<usize> {
         self.apply_config(config)
+    }
+
+    fn update_vips(&mut self, vips: Vec<config::VipConfig>) -> Result<usize> {
+        State::update_vips(self, vips)
     }
 
     fn announced(&self) -> Vec<IpAddr> {
@@ -961,12 +1026,14 @@ struct DaemonMetrics(Arc<Mutex<State>>);
 
 impl MetricsSource for DaemonMetrics {
     fn metrics_text(&self, format: Format) -> String {
-        let s = lock(&self.0);
+        let mut s = lock(&self.0);
+        s.fresh_labels();
         metrics::render(&s.dp, &s.labels, &s.stats, format)
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let s = lock(&self.0);
+        let mut s = lock(&self.0);
+        s.fresh_labels();
         let mut v = metrics::status(&s.dp, &s.labels, &s.stats);
         if let Some(obj) = v.as_object_mut() {
             obj.insert(

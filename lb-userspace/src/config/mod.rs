@@ -157,7 +157,7 @@ pub use self::{
     diff::Change,
     error::{ConfigError, ConfigErrors},
     live::restart_needed,
-    plan::{BackendEntry, Plan, PlannedBackend, PlannedServerId, PlannedVip, VipId},
+    plan::{BackendEntry, Plan, PlannedBackend, PlannedServerId, PlannedVip, VipId, VipUpdate},
 };
 use self::{
     error::{Errors, Source},

@@ -17,8 +17,11 @@ use super::{
 };
 use crate::{dataplane::vip_key, maglev::WeightedBackend};
 
+mod replace;
 #[cfg(test)]
 mod tests;
+
+pub use replace::VipUpdate;
 
 /// A data-plane VIP: one (address, port, protocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -61,6 +61,7 @@ use super::{
     crd::{BFDProfile, BGPAdvertisement, BGPPeer, IPPool, IPPoolStatus},
     election::{self, LEASE_LABEL},
     ipam,
+    journal::{SharedJournal, SliceRecorder},
     membership::{self, Membership, View},
     status,
     translate::{
@@ -181,14 +182,16 @@ impl Backoff for FastBackoff {
     }
 }
 
-/// Start a reflector; every change (and every watch error) wakes `notify`; `healthy`, when
-/// given, says whether the watch currently delivers.
+/// Start a reflector; every change (and every watch error) is handed to `record` (the
+/// event, or `None` for an error) and then wakes `notify`; `healthy`, when given, says
+/// whether the watch currently delivers.
 fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
     notify: Arc<Notify>,
     what: &'static str,
     healthy: Option<Arc<AtomicBool>>,
+    mut record: impl FnMut(Option<&watcher::Event<K>>) + Send + 'static,
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -206,14 +209,16 @@ where
                 h.store(ev.is_ok(), Ordering::Relaxed);
             }
             match ev {
-                Ok(_) => {
+                Ok(ev) => {
                     if failing {
                         info!("watch of {what} is back");
                         failing = false;
                     }
+                    record(Some(&ev));
                     notify.notify_one();
                 }
                 Err(e) => {
+                    record(None);
                     if !failing {
                         warn!("watch of {what} failed, retrying: {e}");
                         failing = true;
@@ -228,6 +233,12 @@ where
     reader
 }
 
+/// A watch recorder for the kinds whose every change makes a full sync.
+fn marks_full<K>(journal: &SharedJournal) -> impl FnMut(Option<&watcher::Event<K>>) + use<K> {
+    let journal = journal.clone();
+    move |_| journal.mark_full()
+}
+
 struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
@@ -240,15 +251,19 @@ struct Stores {
 }
 
 impl Stores {
-    /// Start the reflectors. A change of the cluster wakes `notify` (a full sync); a Lease
-    /// change wakes `lease_notify` (the election only: every node renews its Lease).
+    /// Start the reflectors. A change of the cluster is recorded in `journal` and wakes
+    /// `notify` (a sync: of the changed Services when only EndpointSlices changed, else a
+    /// full one); a Lease change wakes `lease_notify` (the election only: every node renews
+    /// its Lease).
     fn start(
         client: &Client,
         lease_ns: &str,
         notify: &Arc<Notify>,
         lease_notify: &Arc<Notify>,
         lease_watch_ok: &Arc<AtomicBool>,
+        journal: &SharedJournal,
     ) -> Stores {
+        let mut slices = SliceRecorder::new(journal.clone());
         Stores {
             services: reflect(
                 Api::all(client.clone()),
@@ -256,6 +271,7 @@ impl Stores {
                 notify.clone(),
                 "Services",
                 None,
+                marks_full(journal),
             ),
             slices: reflect(
                 Api::all(client.clone()),
@@ -263,6 +279,7 @@ impl Stores {
                 notify.clone(),
                 "EndpointSlices",
                 None,
+                move |ev| slices.record(ev),
             ),
             nodes: reflect(
                 Api::all(client.clone()),
@@ -270,6 +287,7 @@ impl Stores {
                 notify.clone(),
                 "Nodes",
                 None,
+                marks_full(journal),
             ),
             pools: reflect(
                 Api::all(client.clone()),
@@ -277,6 +295,7 @@ impl Stores {
                 notify.clone(),
                 "IPPools",
                 None,
+                marks_full(journal),
             ),
             leases: reflect(
                 Api::namespaced(client.clone(), lease_ns),
@@ -284,6 +303,7 @@ impl Stores {
                 lease_notify.clone(),
                 "Leases",
                 Some(lease_watch_ok.clone()),
+                |_| {},
             ),
             bgp_peers: reflect(
                 Api::all(client.clone()),
@@ -291,6 +311,7 @@ impl Stores {
                 notify.clone(),
                 "BGPPeers",
                 None,
+                marks_full(journal),
             ),
             bgp_adverts: reflect(
                 Api::all(client.clone()),
@@ -298,6 +319,7 @@ impl Stores {
                 notify.clone(),
                 "BGPAdvertisements",
                 None,
+                marks_full(journal),
             ),
             bfd_profiles: reflect(
                 Api::all(client.clone()),
@@ -305,6 +327,7 @@ impl Stores {
                 notify.clone(),
                 "BFDProfiles",
                 None,
+                marks_full(journal),
             ),
         }
     }
@@ -348,7 +371,17 @@ fn snapshot<K: Resource + Clone>(s: &Store<K>) -> Vec<K>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    let mut v: Vec<K> = s.state().iter().map(|a| (**a).clone()).collect();
+    handles(s).iter().map(|a| (**a).clone()).collect()
+}
+
+/// The store's objects, sorted as [`snapshot`] sorts them, without copying them: what a
+/// sync of 10,000 Services reads (deep copies of every Service and EndpointSlice on every
+/// sync were a third of its time and most of the daemon's peak memory).
+fn handles<K: Resource + Clone>(s: &Store<K>) -> Vec<Arc<K>>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let mut v: Vec<Arc<K>> = s.state();
     // Compared by reference: cloning both names on every comparison was two String
     // allocations per comparison, some 300,000 per sync of 10,000 objects.
     v.sort_by(|a, b| {
@@ -433,7 +466,7 @@ impl Lookups {
     async fn quic(
         &mut self,
         client: &Client,
-        services: &[Service],
+        services: &[&Service],
     ) -> BTreeMap<(String, String), QuicConfigs> {
         let mut out = BTreeMap::new();
         for svc in services {
@@ -459,8 +492,8 @@ impl Lookups {
     async fn server_ids(
         &mut self,
         client: &Client,
-        services: &[Service],
-        slices: &[EndpointSlice],
+        services: &[&Service],
+        slices: &[&EndpointSlice],
     ) -> BTreeMap<(String, String), String> {
         let quic_services: BTreeSet<(String, String)> = services
             .iter()
@@ -470,7 +503,7 @@ impl Lookups {
                     .as_ref()
                     .is_some_and(|a| a.contains_key(QUIC_LB_SECRET_ANNOTATION))
             })
-            .map(ns_name)
+            .map(|s| ns_name(*s))
             .collect();
         let mut out = BTreeMap::new();
         for slice in slices {
@@ -603,6 +636,11 @@ struct Controller {
     bgp_evented: BTreeSet<String>,
     /// Interface entries that named nothing at the last look (reported as Events).
     unmatched: Vec<(String, String)>,
+    /// What changed since the last sync.
+    journal: SharedJournal,
+    /// The last full translation, updated by the syncs of EndpointSlice changes; `None`
+    /// until a full sync, and after an update the data plane refused.
+    translation: Option<translate::Translation>,
     r: Reconciler,
 }
 
@@ -620,12 +658,14 @@ pub async fn run(
     let notify = Arc::new(Notify::new());
     let lease_notify = Arc::new(Notify::new());
     let membership = Membership::new(opts.node_name.clone(), settings.clone());
+    let journal = SharedJournal::default();
     let stores = Stores::start(
         &client,
         &lease_ns,
         &notify,
         &lease_notify,
         &membership.lease_watch_ok,
+        &journal,
     );
     tokio::spawn(membership::renew_lease(
         client.clone(),
@@ -657,6 +697,8 @@ pub async fn run(
         warned: BTreeSet::new(),
         bgp_evented: BTreeSet::new(),
         unmatched: Vec::new(),
+        journal,
+        translation: None,
         r: Reconciler::new(opts.node_name, lease_ns, base),
     };
     info!("Kubernetes: waiting for the first complete list of every watched resource");
@@ -664,18 +706,21 @@ pub async fn run(
     info!("Kubernetes: initial lists complete; programming");
     // Election needs time to pass as well as events: leases expire without any event.
     let tick = ELECTION_TICK;
-    // A full sync on every change, and at least every CACHE_TTL (Secrets and pod
-    // annotations are not watched); on the ticks in between only liveness and election.
-    let mut full = true;
+    // A sync on every change (of the changed Services when only EndpointSlices changed),
+    // a full one at least every CACHE_TTL (Secrets and pod annotations are not watched);
+    // on the ticks in between only liveness and election.
+    let mut changed = true;
     let mut last_full = Instant::now();
     loop {
-        if full || c.r.retry || last_full.elapsed() >= CACHE_TTL {
-            c.sync().await;
-            last_full = Instant::now();
+        let due = c.r.retry || last_full.elapsed() >= CACHE_TTL;
+        if changed || due {
+            if c.sync(due).await {
+                last_full = Instant::now();
+            }
         } else {
             c.tick().await;
         }
-        full = tokio::select! {
+        changed = tokio::select! {
             _ = notify.notified() => true,
             _ = lease_notify.notified() => false,
             _ = tokio::time::sleep(tick) => false,
@@ -706,7 +751,8 @@ impl Controller {
     async fn tick(&mut self) {
         let view = self.observe();
         if view.writer != self.last_writer || view.connected != self.last_connected {
-            return self.sync().await;
+            self.sync(true).await;
+            return;
         }
         let nodes = snapshot(&self.stores.nodes);
         self.r.tick(&mut *lock(&self.dataplane), &nodes, &view);
@@ -766,13 +812,134 @@ impl Controller {
         }
     }
 
-    async fn sync(&mut self) {
+    /// Bring the node up to date with what the watches recorded: only the changed
+    /// Services when only EndpointSlices changed ([`Self::sync_endpoints`]), else (or with
+    /// `full`) everything. Returns whether it was a full sync.
+    async fn sync(&mut self, full: bool) -> bool {
+        // Taken before the stores are read: what changes from here on is in the next one.
+        let journal = self.journal.take();
+        if !full && !journal.full && !self.r.retry && self.sync_endpoints(&journal.services).await {
+            return false;
+        }
+        self.full_sync().await;
+        true
+    }
+
+    /// Translate and program only `services` (their EndpointSlices changed; nothing else
+    /// did): [`translate::Translation::update`] and [`NodeDataplane::update_vips`]. False
+    /// when that cannot stand for a full sync (no full translation yet, a case the update
+    /// declines, or a data plane that refused it): the caller then runs one.
+    async fn sync_endpoints(&mut self, services: &BTreeSet<(String, String)>) -> bool {
+        let Some(mut translation) = self.translation.take() else {
+            return false;
+        };
+        // A Service that is gone (or no longer ours) was a Service event: a full sync.
+        let handles: Vec<Arc<Service>> = services
+            .iter()
+            .filter_map(|(ns, name)| {
+                self.stores
+                    .services
+                    .get(&reflector::ObjectRef::new(name).within(ns))
+            })
+            .filter(|s| is_ours(s, &self.settings))
+            .collect();
+        let ours: Vec<&Service> = handles.iter().map(|s| s.as_ref()).collect();
+        let wanted: BTreeSet<(&str, &str)> = ours
+            .iter()
+            .map(|s| {
+                (
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                )
+            })
+            .collect();
+        // Their slices: one pass over the store's handles (no copy of the others).
+        let all_slices = self.stores.slices.state();
+        let slices: Vec<&EndpointSlice> = all_slices
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| {
+                let svc = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL));
+                match (s.metadata.namespace.as_deref(), svc) {
+                    (Some(ns), Some(svc)) => wanted.contains(&(ns, svc.as_str())),
+                    _ => false,
+                }
+            })
+            .collect();
+        let quic = self.lookups.quic(&self.client, &ours).await;
+        let overrides = self.lookups.server_ids(&self.client, &ours, &slices).await;
+        let view = translate::ClusterView {
+            services: &[],
+            slices: &[],
+            node_name: &self.r.node,
+            capacity: &self.r.base.capacity,
+            quic: &quic,
+            server_id_overrides: &overrides,
+        };
+        let changed: Vec<(&Service, Vec<&EndpointSlice>)> = ours
+            .iter()
+            .map(|svc| {
+                let of_svc = slices
+                    .iter()
+                    .copied()
+                    .filter(|s| {
+                        s.metadata.namespace == svc.metadata.namespace
+                            && s.metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                                == svc.metadata.name.as_ref()
+                    })
+                    .collect();
+                (*svc, of_svc)
+            })
+            .collect();
+        let Some(vips) = translation.update(&view, &changed) else {
+            return false;
+        };
+        if !vips.is_empty() {
+            let result = lock(&self.dataplane).update_vips(vips);
+            match result {
+                Ok(n) => {
+                    if n > 0 {
+                        info!(
+                            "Kubernetes sync of the EndpointSlices of {} Services: {n} map \
+                             changes",
+                            ours.len()
+                        );
+                    }
+                }
+                Err(e) => {
+                    warn!(
+                        "updating the VIPs of {} Services in place: {e:#}; applying the whole \
+                         cluster instead",
+                        ours.len()
+                    );
+                    return false;
+                }
+            }
+        }
+        self.r.endpoint_syncs += 1;
+        self.translation = Some(translation);
+        true
+    }
+
+    /// Everything again: translate every Service, allocate and write statuses (the status
+    /// writer), plan BGP, program the whole config, elect.
+    async fn full_sync(&mut self) {
         self.r.retry = false;
-        let services = snapshot(&self.stores.services);
-        let (ours, others): (Vec<Service>, Vec<Service>) = services
-            .into_iter()
+        self.r.full_syncs += 1;
+        let services = handles(&self.stores.services);
+        let (ours, others): (Vec<&Service>, Vec<&Service>) = services
+            .iter()
+            .map(|s| s.as_ref())
             .partition(|s| is_ours(s, &self.settings));
-        let slices = snapshot(&self.stores.slices);
+        let slice_handles = handles(&self.stores.slices);
+        let slices: Vec<&EndpointSlice> = slice_handles.iter().map(|s| s.as_ref()).collect();
         let nodes = snapshot(&self.stores.nodes);
         self.membership.ensure_gossip(&nodes, &self.wake).await;
         let view = self.observe();
@@ -781,7 +948,7 @@ impl Controller {
 
         let quic = self.lookups.quic(&self.client, &ours).await;
         let overrides = self.lookups.server_ids(&self.client, &ours, &slices).await;
-        let mut desired = translate::translate(&translate::ClusterView {
+        let (mut desired, translation) = translate::translate_and_keep(&translate::ClusterView {
             services: &ours,
             slices: &slices,
             node_name: &self.r.node,
@@ -789,6 +956,7 @@ impl Controller {
             quic: &quic,
             server_id_overrides: &overrides,
         });
+        self.translation = Some(translation);
         let plan = self.bgp_plan(&nodes, &desired.announce).await;
         leave_l2(&mut desired.announce, plan.as_ref());
         let writer = view.connected && view.writer.as_deref() == Some(self.r.node.as_str());
@@ -920,9 +1088,9 @@ impl Controller {
     }
 
     /// Clear lb's status from Services that stopped being lb's.
-    async fn release(&mut self, others: &[Service]) {
+    async fn release(&mut self, others: &[&Service]) {
         for svc in others.iter().filter(|s| status::written_by_lb(s)) {
-            let (ns, name) = ns_name(svc);
+            let (ns, name) = ns_name(*svc);
             match status::release(&self.client, svc).await {
                 Ok(()) => info!("Service {ns}/{name} is no longer lb's: address released"),
                 Err(e) => {
@@ -953,7 +1121,7 @@ impl Controller {
     /// Allocate addresses and write every Service's status that differs from what lb wants.
     async fn write_statuses(
         &mut self,
-        ours: &[Service],
+        ours: &[&Service],
         problems: &[translate::Problem],
         bgp_vips: &BTreeMap<IpAddr, String>,
     ) {
@@ -964,7 +1132,7 @@ impl Controller {
             match ipam::ServiceRequest::from_service(svc) {
                 Ok(r) => requests.push(r),
                 Err(e) => {
-                    bad.insert(ns_name(svc), (e.reason().to_owned(), e.to_string()));
+                    bad.insert(ns_name(*svc), (e.reason().to_owned(), e.to_string()));
                 }
             }
         }
@@ -978,7 +1146,7 @@ impl Controller {
         }
         self.write_pool_statuses(&pools, &allocation).await;
         for svc in ours {
-            let key = ns_name(svc);
+            let key = ns_name(*svc);
             let ipam_key = ipam::ServiceKey::new(&key.0, &key.1);
             let (ingress, allocated) = match (bad.get(&key), allocation.services.get(&ipam_key)) {
                 (Some((reason, msg)), _) => (Vec::new(), want_bad(reason, msg)),
@@ -1096,6 +1264,9 @@ struct Reconciler {
     bgp_error: Option<String>,
     /// What is wrong with the BGP objects, for `/status`.
     bgp_problems: Vec<String>,
+    /// Syncs of everything, and syncs of only the Services whose EndpointSlices changed.
+    full_syncs: u64,
+    endpoint_syncs: u64,
 }
 
 impl Reconciler {
@@ -1113,6 +1284,8 @@ impl Reconciler {
             bgp_sent: None,
             bgp_error: None,
             bgp_problems: Vec::new(),
+            full_syncs: 0,
+            endpoint_syncs: 0,
         }
     }
 
@@ -1245,6 +1418,8 @@ impl Reconciler {
             announced,
             status_writes: self.status_writes,
             status_errors: self.status_errors,
+            full_syncs: self.full_syncs,
+            endpoint_syncs: self.endpoint_syncs,
             bgp_error: self.bgp_error.clone(),
             bgp_problems: self.bgp_problems.clone(),
         }
@@ -1384,6 +1559,7 @@ mod tests {
     #[derive(Debug, Clone, PartialEq)]
     enum Call {
         Apply(Box<Config>),
+        UpdateVips(Vec<VipConfig>),
         SetAnnounced(Vec<IpAddr>),
         SetSyncError(Option<String>),
         SetStatus(Box<ControllerStatus>),
@@ -1417,6 +1593,23 @@ mod tests {
                     Ok(self.changes)
                 }
             }
+        }
+
+        fn update_vips(&mut self, vips: Vec<VipConfig>) -> Result<usize> {
+            self.calls.push(Call::UpdateVips(vips.clone()));
+            if let Some(e) = &self.reject {
+                return Err(anyhow!("{e}"));
+            }
+            for v in vips {
+                let same = |p: &&mut VipConfig| {
+                    (p.addr, &p.ports, &p.protocols) == (v.addr, &v.ports, &v.protocols)
+                };
+                let Some(slot) = self.programmed.iter_mut().find(same) else {
+                    return Err(anyhow!("VIP {} is not programmed", v.addr));
+                };
+                *slot = v;
+            }
+            Ok(self.changes)
         }
 
         fn announced(&self) -> Vec<IpAddr> {
@@ -1770,6 +1963,8 @@ mod tests {
         r.services_seen = 2;
         r.status_writes = 7;
         r.status_errors = 1;
+        r.full_syncs = 3;
+        r.endpoint_syncs = 40;
         // No election while disconnected, so the status shows the fake's VIPs.
         let mut v = view(false, &["node-b", "node-a"], Some("node-b"));
         v.members = BTreeMap::from([(
@@ -1805,6 +2000,7 @@ mod tests {
                 "announced": ["198.18.0.1", "fd00:18::1"],
                 "status_writes": 7,
                 "status_errors": 1,
+                "syncs": {"full": 3, "endpoints": 40},
                 "bgp": {"config_rejected": null, "problems": []},
             })
         );

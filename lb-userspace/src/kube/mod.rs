@@ -22,6 +22,7 @@ pub mod crd;
 pub mod election;
 pub mod gossip;
 pub mod ipam;
+mod journal;
 pub mod liveness;
 pub mod membership;
 pub mod status;
@@ -35,6 +36,12 @@ pub trait NodeDataplane {
     /// with the cluster's VIPs); returns the number of map changes, 0 when nothing differs.
     /// A config that does not validate is rejected before any map is written.
     fn apply(&mut self, config: Config) -> anyhow::Result<usize>;
+    /// Replace the entries of VIPs the running config has (each one address, port and
+    /// protocol, as translated: the same VIPs with new backends after an EndpointSlice
+    /// change) and program only their difference; returns the number of map changes. An
+    /// update that cannot be made in place is refused before any map write, and the
+    /// controller applies the whole config instead.
+    fn update_vips(&mut self, vips: Vec<crate::config::VipConfig>) -> anyhow::Result<usize>;
     /// The VIP addresses this node answers ARP/NDP for.
     fn announced(&self) -> Vec<IpAddr>;
     /// Answer ARP/NDP for exactly `vips` (the ones this node won).
@@ -86,6 +93,10 @@ pub struct ControllerStatus {
     /// Service status writes by this node (only the status writer writes).
     pub status_writes: u64,
     pub status_errors: u64,
+    /// Syncs of the whole cluster, and syncs of only the Services whose EndpointSlices
+    /// changed (the common case; see `translate::Translation::update`).
+    pub full_syncs: u64,
+    pub endpoint_syncs: u64,
     /// Why this node's BGP speaker refused the configuration lb handed it (the previous
     /// one keeps running); `None` when it runs the latest.
     pub bgp_error: Option<String>,
@@ -109,6 +120,10 @@ impl ControllerStatus {
             "announced": self.announced.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "status_writes": self.status_writes,
             "status_errors": self.status_errors,
+            "syncs": {
+                "full": self.full_syncs,
+                "endpoints": self.endpoint_syncs,
+            },
             "bgp": {
                 "config_rejected": self.bgp_error,
                 "problems": self.bgp_problems,

@@ -102,9 +102,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 #[derive(Debug, Clone, Copy)]
 pub struct ClusterView<'a> {
     /// Our Services; their VIPs are in `status.loadBalancer.ingress[].ip`.
-    pub services: &'a [Service],
+    pub services: &'a [&'a Service],
     /// `discovery.k8s.io/v1` EndpointSlices (any namespace; matched by label).
-    pub slices: &'a [EndpointSlice],
+    pub slices: &'a [&'a EndpointSlice],
     /// The node this data plane runs on.
     pub node_name: &'a str,
     /// The data plane's map sizes (`[capacity]`): Services past them are not served.
@@ -146,26 +146,48 @@ pub struct Problem {
 
 type ServiceKey = (String, String);
 
+mod incremental;
+pub use incremental::Translation;
+
 /// Translate `view` into the VIPs of node `view.node_name` (see the module doc for the rules).
 pub fn translate(view: &ClusterView) -> Desired {
+    translate_and_keep(view).0
+}
+
+/// [`translate`], and what it decided per Service, so that a later change to some
+/// Services' EndpointSlices can be translated for those Services alone
+/// ([`Translation::update`]).
+pub fn translate_and_keep(view: &ClusterView) -> (Desired, Translation) {
     let mut problems = Vec::new();
-    let mut services: Vec<&Service> = view.services.iter().collect();
+    let mut services: Vec<&Service> = view.services.to_vec();
     services.sort_by_key(|s| service_key(s));
     let by_service = slices_by_service(view.slices);
     let mut outs: Vec<ServiceOut> = services
         .iter()
-        .filter_map(|s| translate_service(view, &by_service, s, &mut problems))
+        .filter_map(|s| {
+            let slices = by_service
+                .get(&(
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                ))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            translate_service(view, slices, s, &mut problems)
+        })
         .collect();
     resolve_port_conflicts(&mut outs, &mut problems);
     enforce_capacity(&mut outs, view.capacity, &mut problems);
     let announce = announce_sets(&outs, &mut problems);
+    let problems = order_problems(problems);
+    let kept = Translation::of(&outs, &problems);
     let mut vips: Vec<VipConfig> = outs.into_iter().flat_map(|o| o.vips).collect();
     vips.sort_by_key(|v| (v.addr, v.ports[0], v.protocols[0]));
-    Desired {
+    let desired = Desired {
         vips,
         announce,
-        problems: order_problems(problems),
-    }
+        problems,
+    };
+    (desired, kept)
 }
 
 /// Parse a QUIC-LB Secret's (decoded) data: `config-id` (0..=6, default 0), `server-id-len`
@@ -273,9 +295,10 @@ struct Shared<'a> {
     learned_cid_len: u8,
 }
 
+/// One Service, with its EndpointSlices (`slices`).
 fn translate_service(
     view: &ClusterView,
-    by_service: &BTreeMap<(&str, &str), Vec<&EndpointSlice>>,
+    slices: &[&EndpointSlice],
     svc: &Service,
     problems: &mut Vec<Problem>,
 ) -> Option<ServiceOut> {
@@ -314,10 +337,6 @@ fn translate_service(
         source_ranges,
         quic,
     };
-    let slices: Vec<&EndpointSlice> = by_service
-        .get(&(key.0.as_str(), key.1.as_str()))
-        .cloned()
-        .unwrap_or_default();
     let mut out = ServiceOut {
         key: key.clone(),
         created: svc.metadata.creation_timestamp.clone(),
@@ -655,7 +674,9 @@ fn is_v6(ip: IpAddr) -> bool {
 /// label), in their order in `slices`. One pass: looking each Service's slices up among all
 /// of them made a translation quadratic (10,000 Services x 10,000 slices took seconds, on
 /// every change).
-fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
+fn slices_by_service<'a>(
+    slices: &[&'a EndpointSlice],
+) -> BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
     let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
         let (Some(ns), Some(name)) = (
@@ -1086,7 +1107,7 @@ struct DataPlaneUse {
     backends: BTreeSet<(IpAddr, u16)>,
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 struct UseCounts {
     vips: u64,
     backends: u64,
@@ -1112,6 +1133,23 @@ impl UseCounts {
             self.ring_slots += ring as u64;
             self.largest_ring = self.largest_ring.max(ring);
         }
+    }
+
+    /// Add `o`'s VIPs (backends are counted apart: they are shared).
+    fn plus(&mut self, o: &UseCounts) {
+        self.vips += o.vips;
+        self.server_ids += o.server_ids;
+        self.quic_configs += o.quic_configs;
+        self.ring_slots += o.ring_slots;
+        self.largest_ring = self.largest_ring.max(o.largest_ring);
+    }
+
+    /// Take `o`'s VIPs away again (`largest_ring` stays: an upper bound).
+    fn minus(&mut self, o: &UseCounts) {
+        self.vips -= o.vips;
+        self.server_ids -= o.server_ids;
+        self.quic_configs -= o.quic_configs;
+        self.ring_slots -= o.ring_slots;
     }
 
     /// The first limit this use is past, named for the message.
@@ -1430,9 +1468,16 @@ mod tests {
         }
 
         fn run(&self, node: &str) -> Desired {
-            translate(&ClusterView {
-                services: &self.services,
-                slices: &self.slices,
+            self.keep(node).0
+        }
+
+        /// [`translate_and_keep`] of this world.
+        fn keep(&self, node: &str) -> (Desired, Translation) {
+            let services: Vec<&Service> = self.services.iter().collect();
+            let slices: Vec<&EndpointSlice> = self.slices.iter().collect();
+            translate_and_keep(&ClusterView {
+                services: &services,
+                slices: &slices,
                 node_name: node,
                 capacity: &self.capacity,
                 quic: &self.quic,
@@ -2625,5 +2670,214 @@ mod tests {
         assert_eq!(tcp.flags, 0);
         assert!(tcp.server_ids.is_empty());
         assert_eq!(tcp.backends.iter().filter(|b| b.weight == 0).count(), 1);
+    }
+
+    // ---- translating only the Services whose EndpointSlices changed ----------------------
+
+    impl World {
+        /// The lookups of this world; the Services and slices are passed to the update.
+        fn view<'a>(&'a self, node: &'a str) -> ClusterView<'a> {
+            ClusterView {
+                services: &[],
+                slices: &[],
+                node_name: node,
+                capacity: &self.capacity,
+                quic: &self.quic,
+                server_id_overrides: &self.overrides,
+            }
+        }
+
+        /// `Translation::update` for Service `name` with its slices in this world.
+        fn update(&self, t: &mut Translation, name: &str) -> Option<Vec<VipConfig>> {
+            let svc = self
+                .services
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name))
+                .unwrap();
+            let slices: Vec<&EndpointSlice> = self
+                .slices
+                .iter()
+                .filter(|s| s.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL] == name)
+                .collect();
+            t.update(&self.view("n1"), &[(svc, slices)])
+        }
+    }
+
+    /// The VIPs of Service `name` in a full translation.
+    fn vips_of(d: &Desired, name: &str) -> Vec<VipConfig> {
+        d.vips
+            .iter()
+            .filter(|v| {
+                v.name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&format!("{NS}/{name}:")))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Three Services: plain TCP+UDP, QUIC-LB with server ID overrides, and Local.
+    fn churn_world() -> World {
+        let ports = [("https", 443, "TCP"), ("quic", 443, "UDP")];
+        let quic = annotate(
+            svc("q", &["198.18.0.2"], &ports),
+            QUIC_LB_SECRET_ANNOTATION,
+            "qlb",
+        );
+        let eps = |n: u8| -> Vec<Endpoint> {
+            (1..=n)
+                .map(|i| {
+                    pod(
+                        ep(&format!("198.19.0.{i}"), &format!("n{}", i % 3)),
+                        &format!("p{i}"),
+                    )
+                })
+                .collect()
+        };
+        World::new(
+            vec![
+                svc("a", &["198.18.0.1"], &ports),
+                quic,
+                local(svc("l", &["198.18.0.3"], &[("https", 443, "TCP")])),
+            ],
+            vec![
+                slice(
+                    "a",
+                    "a-1",
+                    "IPv4",
+                    &[("https", 8443, "TCP"), ("quic", 8443, "UDP")],
+                    eps(4),
+                ),
+                slice(
+                    "q",
+                    "q-1",
+                    "IPv4",
+                    &[("https", 8443, "TCP"), ("quic", 8443, "UDP")],
+                    eps(3),
+                ),
+                slice("l", "l-1", "IPv4", &[("https", 8443, "TCP")], eps(3)),
+            ],
+        )
+        .secret("qlb", Ok(vec![quic_cfg(0, 2)]))
+        .server_id("p1", "0a0b")
+    }
+
+    #[test]
+    fn an_endpoint_change_translates_as_a_full_translation_does() {
+        let mut w = churn_world();
+        let (_, mut t) = w.keep("n1");
+        type Edit = Box<dyn Fn(&mut Vec<Endpoint>)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "a",
+                Box::new(|e| e[0].addresses = vec!["198.19.1.9".into()]),
+            ),
+            ("a", Box::new(|e| e.push(ep("198.19.1.10", "n2")))),
+            ("a", Box::new(|e| e[1] = draining(e[1].clone()))),
+            (
+                "q",
+                Box::new(|e| e.push(pod(ep("198.19.1.11", "n1"), "p11"))),
+            ),
+            (
+                "q",
+                Box::new(|e| {
+                    e.remove(0);
+                }),
+            ),
+            ("a", Box::new(|e| e.clear())),
+            // Local: ready endpoints still on the same nodes (n1, n2 and n0).
+            ("l", Box::new(|e| e.push(ep("198.19.1.12", "n1")))),
+        ];
+        for (step, (name, edit)) in edits.iter().enumerate() {
+            let s = w
+                .slices
+                .iter_mut()
+                .find(|s| s.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL] == *name)
+                .unwrap();
+            edit(&mut s.endpoints);
+            let full = w.run("n1");
+            let got = w
+                .update(&mut t, name)
+                .unwrap_or_else(|| panic!("step {step}: the update declined"));
+            assert_eq!(got, vips_of(&full, name), "step {step}");
+            assert!(!got.is_empty(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_change_that_a_service_alone_cannot_judge_is_declined() {
+        // Local: the nodes with a ready endpoint decide who announces.
+        let mut w = churn_world();
+        let (_, mut t) = w.keep("n1");
+        w.slices[2].endpoints.push(ep("198.19.1.12", "n7"));
+        assert_eq!(w.update(&mut t, "l"), None);
+
+        // A new problem on the Service (an override that is not hex).
+        let mut w = churn_world().server_id("p2", "zz");
+        let (_, mut t) = w.keep("n1");
+        let before = w.update(&mut t, "q");
+        assert!(before.is_some(), "an unchanged Service is not declined");
+        w.overrides.insert((NS.into(), "p3".into()), "yy".into());
+        assert_eq!(w.update(&mut t, "q"), None);
+
+        // A Service that lost a port to an older one: a cross-Service problem.
+        let mut w = churn_world();
+        let mut clash = svc("b", &["198.18.0.1"], &[("https", 443, "TCP")]);
+        // Created later than "a" (which has no timestamp, so it sorts first).
+        clash.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap(),
+        ));
+        w.services.push(clash);
+        w.slices.push(slice(
+            "b",
+            "b-1",
+            "IPv4",
+            &[("https", 8443, "TCP")],
+            vec![ep("198.19.2.1", "n1")],
+        ));
+        let (d, mut t) = w.keep("n1");
+        assert_eq!(reasons(&d), vec![("b", "PortConflict")]);
+        w.slices[3].endpoints.push(ep("198.19.2.2", "n1"));
+        assert_eq!(w.update(&mut t, "b"), None);
+        // ... while the Services without one still go alone.
+        w.slices[0].endpoints.push(ep("198.19.2.3", "n1"));
+        assert!(w.update(&mut t, "a").is_some());
+
+        // A Service not translated before (it is new: a Service event, a full sync).
+        let mut w = churn_world();
+        let (_, mut t) = w.keep("n1");
+        w.services
+            .push(svc("new", &["198.18.0.9"], &[("https", 443, "TCP")]));
+        assert_eq!(w.update(&mut t, "new"), None);
+    }
+
+    #[test]
+    fn an_endpoint_change_past_a_capacity_limit_is_declined_and_records_nothing() {
+        let mut w = churn_world();
+        // Room for the distinct backends there are (an address and port shared by two
+        // Services counts once) and one more.
+        let (d, _) = w.keep("n1");
+        let distinct: BTreeSet<(IpAddr, u16)> = d
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.addr, b.port)))
+            .collect();
+        w.capacity.backends = distinct.len() as u32 + 1;
+        let (_, mut t) = w.keep("n1");
+        w.slices[0].endpoints.push(ep("198.19.3.1", "n1"));
+        assert!(w.update(&mut t, "a").is_some(), "one more fits");
+        w.slices[0].endpoints.push(ep("198.19.3.2", "n1"));
+        assert_eq!(w.update(&mut t, "a"), None, "two more do not");
+        // Declined means unrecorded: with 198.19.0.4 (only "a" has it) out, it fits.
+        w.slices[0].endpoints.pop();
+        w.slices[0].endpoints.remove(3);
+        w.slices[0].endpoints.push(ep("198.19.3.2", "n1"));
+        assert!(w.update(&mut t, "a").is_some(), "one out, one in");
+
+        // Once a Service was left out for capacity, every change is a full translation.
+        w.capacity.vips = 2;
+        let (d, mut t) = w.keep("n1");
+        assert!(reasons(&d).iter().any(|(_, r)| *r == "DataPlaneFull"));
+        assert_eq!(w.update(&mut t, "a"), None);
     }
 }
