@@ -164,18 +164,13 @@ pub fn list(st: &State, res: &ResourceInfo, ns: Option<&str>, q: &ListQuery) -> 
             _ => (st.rv, None),
         }
     };
-    let snap = st.snapshot_at(&key, snap_rv)?;
     let mut items = Vec::new();
     let mut cont = None;
     let scope = ns.map(|n| ns_of(res, Some(n)));
-    let iter = snap.iter().filter(|((ons, oname), _)| {
-        start_after
-            .as_ref()
-            .is_none_or(|(sns, sname)| (ons, oname) > (sns, sname))
-    });
-    for ((ons, oname), obj) in iter {
-        if scope.as_ref().is_some_and(|s| s != ons) || !q.selectors.matches(obj) {
-            continue;
+    let start_after = start_after.as_ref().map(|(n, o)| (n.as_str(), o.as_str()));
+    st.visit_at(&key, snap_rv, start_after, |(ons, _), obj| {
+        if scope.as_deref().is_some_and(|s| s != ons) || !q.selectors.matches(obj) {
+            return true;
         }
         if q.limit.is_some_and(|l| l > 0 && items.len() >= l) {
             // There is at least one more matching object: hand out a token after the last.
@@ -183,11 +178,11 @@ pub fn list(st: &State, res: &ResourceInfo, ns: Option<&str>, q: &ListQuery) -> 
             let lns = last["metadata"]["namespace"].as_str().unwrap_or_default();
             let lname = last["metadata"]["name"].as_str().unwrap_or_default();
             cont = Some(encode_continue(snap_rv, lns, lname));
-            let _ = (ons, oname);
-            break;
+            return false;
         }
         items.push(present(res, obj.clone()));
-    }
+        true
+    })?;
     let mut meta = json!({"resourceVersion": snap_rv.to_string()});
     if let Some(c) = cont {
         meta["continue"] = json!(c);

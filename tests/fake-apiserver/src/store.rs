@@ -205,36 +205,79 @@ impl State {
         self.objects
             .get(&(key.to_string(), ns.to_string(), name.to_string()))
     }
-
-    /// Objects of one type (all namespaces) as they were at resourceVersion `rv`
-    /// (`rv >= floor`), rebuilt by undoing newer history events.
-    pub fn snapshot_at(&self, key: &str, rv: u64) -> ApiResult<BTreeMap<(String, String), Value>> {
+    /// Visit the objects of `key` as they were at `rv`, in key order, those after
+    /// `start_after` (namespace, name) only, by reference; `f` returns false to stop. A page
+    /// of a list copies just the objects it returns: a copy of every object per page of
+    /// 500 made each initial list of 10,000 objects copy 200,000 of them (the control-plane
+    /// bench's lists took 20 s).
+    pub fn visit_at(
+        &self,
+        key: &str,
+        rv: u64,
+        start_after: Option<(&str, &str)>,
+        mut f: impl FnMut((&str, &str), &Value) -> bool,
+    ) -> ApiResult<()> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         if rv < self.floor {
             return Err(ApiError::expired(format!(
                 "too old resource version: {rv} ({})",
                 self.floor
             )));
         }
-        let mut snap: BTreeMap<(String, String), Value> = self
-            .objects
-            .range((key.to_string(), String::new(), String::new())..)
-            .take_while(|((k, _, _), _)| k == key)
-            .map(|((_, ns, n), v)| ((ns.clone(), n.clone()), v.clone()))
-            .collect();
+        // Objects changed after `rv`, as they were at `rv` (None: absent then). Newest
+        // first, so the oldest change after `rv` has the last word.
+        let mut then: BTreeMap<(&str, &str), Option<&Value>> = BTreeMap::new();
         for ev in self.history.iter().rev().take_while(|e| e.rv > rv) {
             if ev.key != key {
                 continue;
             }
-            let name = ev.obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            match &ev.prev {
-                Some(p) => snap.insert((ev.namespace.clone(), name), p.clone()),
-                None => snap.remove(&(ev.namespace.clone(), name)),
-            };
+            let name = ev.obj["metadata"]["name"].as_str().unwrap_or_default();
+            then.insert((ev.namespace.as_str(), name), ev.prev.as_ref());
         }
-        Ok(snap)
+        let lower: ObjKey = match start_after {
+            Some((ns, n)) => (key.to_owned(), ns.to_owned(), n.to_owned()),
+            None => (key.to_owned(), String::new(), String::new()),
+        };
+        let bound = if start_after.is_some() {
+            Excluded(&lower)
+        } else {
+            Included(&lower)
+        };
+        let live = self
+            .objects
+            .range::<ObjKey, _>((bound, Unbounded))
+            .take_while(|((k, _, _), _)| k == key)
+            .map(|((_, ns, n), v)| ((ns.as_str(), n.as_str()), v));
+        let mut changed = then
+            .iter()
+            .filter(|(k, _)| start_after.is_none_or(|s| **k > s))
+            .peekable();
+        for (k, v) in live {
+            while let Some((ck, cv)) = changed.next_if(|(ck, _)| **ck < k) {
+                if let Some(cv) = cv
+                    && !f(*ck, cv)
+                {
+                    return Ok(());
+                }
+            }
+            let v = match changed.next_if(|(ck, _)| **ck == k) {
+                Some((_, then_v)) => *then_v,
+                None => Some(v),
+            };
+            if let Some(v) = v
+                && !f(k, v)
+            {
+                return Ok(());
+            }
+        }
+        for (ck, cv) in changed {
+            if let Some(cv) = cv
+                && !f(*ck, cv)
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Events after `cursor`, or None if some of them were dropped from the history.
