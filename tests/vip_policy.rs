@@ -28,7 +28,7 @@ use lb_lab::{
     testbed::{fixture::*, *},
 };
 use lb_userspace::{
-    config::{Config, Plan, apply},
+    config::{Change, Config, Plan, apply},
     dataplane::{Dataplane, vip_key},
 };
 use support::fixture::*;
@@ -666,6 +666,62 @@ fn removed_backends_lose_their_flows_drained_ones_keep_them() -> Result<()> {
                 .all(|(_, v)| v.iter().all(|e| e.backend != 2)),
             "no entry names backend 2"
         );
+        Ok(())
+    })
+}
+
+/// Several backends leaving at once are evicted in one walk of the connection table
+/// (`apply` batches a run of `EvictVipFlows`, and a run of `ClearBackend`): exactly their
+/// flows go, first from one VIP while the other keeps them, then altogether.
+#[test]
+fn backends_leaving_together_lose_exactly_their_flows() -> Result<()> {
+    with_bare(|lb| {
+        let all = [(0, None), (1, None), (2, None)];
+        let plan = reload(lb, &Plan::default(), &udp_config(&all, &[0, 1, 2]))?;
+        for port in [PORT, PORT + 1] {
+            let index = plan.vips.iter().find(|v| v.key.port == port).unwrap().index;
+            for n in 0..45u16 {
+                let p = Pkt::udp(v4(3, n as u8), VIP_V4, 20000 + n, port).payload([n as u8; 16]);
+                let id = maglev_pick(lb, &p);
+                expect_to(lb, "first datagram", &p, &[Maglev], id, index);
+            }
+        }
+        let before = entries_by_backend(&lb.dp, PORT);
+        let before_b = entries_by_backend(&lb.dp, PORT + 1);
+        for b in [0, 1, 2] {
+            assert!(before.contains_key(&b) && before_b.contains_key(&b), "{b}");
+        }
+
+        // The diffs hold the runs this test is about.
+        let count = |prev: &Plan, text: &str, kind: fn(&Change) -> bool| -> Result<usize> {
+            let cfg = Config::parse(text, "policy.toml", Path::new("."))?;
+            let next = Plan::build(&cfg, Some(prev))?;
+            Ok(Plan::diff(prev, &next).iter().filter(|c| kind(c)).count())
+        };
+
+        // 0 and 1 leave the first VIP only: two EvictVipFlows in a row.
+        let text = udp_config(&[(2, None)], &[0, 1, 2]);
+        let evict = |c: &Change| matches!(c, Change::EvictVipFlows { .. });
+        assert_eq!(count(&plan, &text, evict)?, 2);
+        let left = reload(lb, &plan, &text)?;
+        let after = entries_by_backend(&lb.dp, PORT);
+        assert_eq!(after.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(after.get(&2), before.get(&2));
+        assert_eq!(
+            entries_by_backend(&lb.dp, PORT + 1),
+            before_b,
+            "second VIP untouched"
+        );
+
+        // Then they leave altogether: two ClearBackends in a row.
+        let text = udp_config(&[(2, None)], &[2]);
+        let clear = |c: &Change| matches!(c, Change::ClearBackend { .. });
+        assert_eq!(count(&left, &text, clear)?, 2);
+        reload(lb, &left, &text)?;
+        let after_b = entries_by_backend(&lb.dp, PORT + 1);
+        assert_eq!(after_b.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(after_b.get(&2), before_b.get(&2));
+        assert_eq!(entries_by_backend(&lb.dp, PORT).get(&2), before.get(&2));
         Ok(())
     })
 }

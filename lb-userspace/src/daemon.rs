@@ -589,19 +589,28 @@ impl State {
             self.syncs += 1;
             self.labels_stale = true;
         }
+        let positions = update.positions().to_vec();
         update.commit(&mut self.plan);
-        let position: HashMap<config::VipId, usize> = self
-            .config
-            .vips
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.ports.len() == 1 && v.protocols.len() == 1)
-            .map(|(i, v)| (vip_id(v), i))
-            .collect();
-        for v in vips {
-            // replace_vips accepted it: the config has this VIP, as a one-VIP entry.
-            if let Some(&i) = position.get(&vip_id(&v)) {
+        if self.config.vips.len() == self.plan.vips.len() {
+            // One VIP per entry (as the controller's configs are): the plan's positions
+            // are the config's.
+            for (v, i) in vips.into_iter().zip(positions) {
                 self.config.vips[i] = v;
+            }
+        } else {
+            let position: HashMap<config::VipId, usize> = self
+                .config
+                .vips
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.ports.len() == 1 && v.protocols.len() == 1)
+                .map(|(i, v)| (vip_id(v), i))
+                .collect();
+            for v in vips {
+                // replace_vips accepted it: the config has this VIP, as a one-VIP entry.
+                if let Some(&i) = position.get(&vip_id(&v)) {
+                    self.config.vips[i] = v;
+                }
             }
         }
         Ok(changes.len())

@@ -1,7 +1,11 @@
 //! Loading the BPF object embedded in `lb`, typed access to its maps, and running its programs
 //! (attached to an interface, or through BPF_PROG_TEST_RUN).
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -616,6 +620,40 @@ impl Dataplane {
     }
 
     fn evict_flows(&mut self, id: u32, flow_matches: impl Fn(&FlowKey) -> bool) -> Result<usize> {
+        self.evict_flows_where(|k, backend| backend == id && flow_matches(k))
+    }
+
+    /// Evict, in one walk of the connection table, the flows of each (VIP, backend) in
+    /// `pairs`: what [`evict_vip_backend_flows`](Self::evict_vip_backend_flows) does for
+    /// each, without walking the million-bucket table once per pair (removing a Service of
+    /// five pods was five walks, deleting 9,000 Services 45,000).
+    pub fn evict_vip_backend_flows_all(&mut self, pairs: &[(VipKey, u32)]) -> Result<usize> {
+        let pairs: HashSet<(VipKey, u32)> = pairs.iter().copied().collect();
+        self.evict_flows_where(|f, backend| {
+            let vip = VipKey {
+                addr: f.dst,
+                port: f.dport,
+                proto: f.proto,
+                family: f.family,
+            };
+            pairs.contains(&(vip, backend))
+        })
+    }
+
+    /// Clear backends `ids` ([`clear_backend`](Self::clear_backend) for each: every entry
+    /// first, then the flows naming any of them, in one walk of the connection table).
+    pub fn clear_backends(&mut self, ids: &[u32]) -> Result<()> {
+        for id in ids {
+            self.set_backend(*id, &Backend::default())?;
+        }
+        let ids: HashSet<u32> = ids.iter().copied().collect();
+        self.evict_flows_where(|_, backend| ids.contains(&backend))?;
+        Ok(())
+    }
+
+    /// Delete every valid `LB_CONNS` entry for which `doomed(flow, backend)`; returns how
+    /// many were deleted.
+    fn evict_flows_where(&mut self, doomed: impl Fn(&FlowKey, u32) -> bool) -> Result<usize> {
         use aya::maps::IterableMap;
         use std::os::fd::{AsFd, AsRawFd};
         // Keys first (deleting while walking the hash table would restart the walk), read
@@ -625,7 +663,7 @@ impl Dataplane {
         let doomed: Vec<FlowKey> = crate::map_batch::lookup_all::<FlowKey, ConnEntry>(fd)
             .map_err(|e| DataplaneError::Invalid(format!("reading {}: {e}", map_names::CONNS)))?
             .into_iter()
-            .filter(|(k, e)| flow_matches(k) && e.flags & CONN_F_VALID != 0 && e.backend == id)
+            .filter(|(k, e)| e.flags & CONN_F_VALID != 0 && doomed(k, e.backend))
             .map(|(k, _)| k)
             .collect();
         let mut evicted = 0;

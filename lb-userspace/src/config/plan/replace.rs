@@ -2,24 +2,35 @@
 //! others again. A Kubernetes EndpointSlice change touches the two VIPs of one Service; a
 //! full [`Plan::build`] and [`Plan::diff`] of a 20,000-VIP cluster for it took most of a
 //! second (every VIP planned and compared, every backend keyed). This plans only the changed
-//! VIPs and diffs them against what they were, with the whole backend list, so the writes
-//! are the ones a full build and diff would give (the tests check exactly that).
+//! VIPs and diffs them against what they were, with the backends they name, so the writes
+//! are the ones a full build and diff would give (the tests check exactly that), and the
+//! work grows with the change, not with the cluster: no map of every VIP or backend is
+//! built (the VIPs are found by binary search when the plan is sorted by key, as a
+//! Kubernetes plan is; the backends are sorted by id).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
-use super::{Allocator, BackendEntry, BackendIds, Plan, PlannedVip, VipId, planned_vip};
+use super::{BackendEntry, BackendIds, Plan, PlannedVip, VipId, planned_vip};
 use crate::config::{Change, VipConfig};
 
 /// The changed VIPs of a plan, planned: [`VipUpdate::changes`] are the writes, and
 /// [`VipUpdate::commit`] makes the plan the new one once they are applied.
 #[derive(Debug)]
 pub struct VipUpdate {
-    /// The changed VIPs as they were, with every backend of the plan in force.
+    /// The changed VIPs as they were, with the backends they named or name now.
     old: Plan,
-    /// The changed VIPs as they are now, with every backend of the new plan.
+    /// The changed VIPs as they are now, with the same backends as they are now.
     new: Plan,
     /// Where each of `new.vips` goes in the plan's `vips`.
     positions: Vec<usize>,
+    /// Where each update (in the caller's order) goes in the plan's `vips`.
+    input_positions: Vec<usize>,
+    /// Backend ids no VIP names any more, and backends new to the plan.
+    departed: Vec<u32>,
+    added: Vec<BackendEntry>,
 }
 
 impl VipUpdate {
@@ -28,12 +39,23 @@ impl VipUpdate {
         Plan::diff(&self.old, &self.new)
     }
 
+    /// The position in the plan's `vips` of each update, in the order they were given.
+    pub fn positions(&self) -> &[usize] {
+        &self.input_positions
+    }
+
     /// Make `plan` (the one this update was made from) the new plan.
     pub fn commit(self, plan: &mut Plan) {
         for (v, i) in self.new.vips.into_iter().zip(self.positions) {
             plan.vips[i] = v;
         }
-        plan.backends = self.new.backends;
+        if !self.departed.is_empty() {
+            plan.backends.retain(|b| !self.departed.contains(&b.id));
+        }
+        for b in self.added {
+            let at = plan.backends.partition_point(|o| o < &b);
+            plan.backends.insert(at, b);
+        }
     }
 }
 
@@ -52,12 +74,7 @@ impl Plan {
         updates: &[VipConfig],
         backend_limit: u32,
     ) -> Result<VipUpdate, String> {
-        let position: HashMap<VipId, usize> = self
-            .vips
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v.key, i))
-            .collect();
+        let find = self.vip_finder();
         let mut targets: Vec<(usize, VipId, &VipConfig)> = Vec::with_capacity(updates.len());
         for v in updates {
             let ([port], [proto]) = (v.ports.as_slice(), v.protocols.as_slice()) else {
@@ -73,45 +90,53 @@ impl Plan {
                 port: *port,
                 proto: *proto,
             };
-            let Some(&i) = position.get(&key) else {
+            let Some(i) = find(&key) else {
                 return Err(format!("VIP {key} is not in the plan in force"));
             };
             targets.push((i, key, v));
         }
+        let input_positions: Vec<usize> = targets.iter().map(|(i, _, _)| *i).collect();
         // In plan order, so new backends are numbered as a whole build would number them.
         targets.sort_by_key(|(i, _, _)| *i);
         if targets.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err("an update names one VIP twice".into());
         }
 
-        let mut ids: BackendIds = self
-            .backends
+        // Ids: from the changed VIPs themselves, else from the plan, else new.
+        let mut ids: BackendIds = targets
             .iter()
+            .flat_map(|(i, _, _)| self.vips[*i].backends.iter())
             .map(|b| ((b.addr, b.port), b.id))
             .collect();
-        let in_use: HashSet<u32> = self.backends.iter().map(|b| b.id).collect();
-        // Every id of this plan is taken: a new backend never takes the id of one that
-        // this update frees (that needs the whole plan's diff; see `Plan::diff`, step 6).
-        let mut free = Allocator::new(backend_limit, in_use.clone(), &in_use);
-        let mut added: Vec<BackendEntry> = Vec::new();
+        let mut unknown: Vec<(IpAddr, u16)> = Vec::new();
         for b in targets.iter().flat_map(|(_, _, v)| &v.backends) {
             let k = (b.addr, b.port);
-            if ids.contains_key(&k) {
-                continue;
+            if !ids.contains_key(&k) && !unknown.contains(&k) {
+                unknown.push(k);
             }
-            let id = free
-                .allocate()
-                .filter(|id| !in_use.contains(id))
-                .ok_or_else(|| {
-                    format!("no backend id free below {backend_limit} without reusing one")
-                })?;
-            ids.insert(k, id);
-            added.push(BackendEntry {
-                id,
-                addr: b.addr,
-                port: b.port,
-            });
         }
+        if !unknown.is_empty() {
+            let wanted: HashSet<(IpAddr, u16)> = unknown.iter().copied().collect();
+            for b in self
+                .backends
+                .iter()
+                .filter(|b| wanted.contains(&(b.addr, b.port)))
+            {
+                ids.insert((b.addr, b.port), b.id);
+            }
+            unknown.retain(|k| !ids.contains_key(k));
+        }
+        let fresh = self.lowest_unused_backend_ids(unknown.len(), backend_limit)?;
+        let added: Vec<BackendEntry> = unknown
+            .iter()
+            .zip(fresh)
+            .map(|((addr, port), id)| BackendEntry {
+                id,
+                addr: *addr,
+                port: *port,
+            })
+            .collect();
+        ids.extend(added.iter().map(|b| ((b.addr, b.port), b.id)));
 
         let old_vips: Vec<PlannedVip> = targets
             .iter()
@@ -122,55 +147,116 @@ impl Plan {
             .map(|(i, key, v)| planned_vip(v, *key, self.vips[*i].index, &ids))
             .collect();
 
-        // Backends that left a changed VIP: gone unless some VIP still names them.
-        let kept_by_changed: HashSet<u32> = new_vips
+        // Backends that left a changed VIP: gone unless some other VIP still names them.
+        let named_now: HashSet<u32> = new_vips
             .iter()
             .flat_map(|v| v.backends.iter().map(|b| b.id))
             .collect();
-        let mut departed: HashSet<u32> = old_vips
+        let named_before: HashSet<u32> = old_vips
             .iter()
             .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .filter(|id| !kept_by_changed.contains(id))
             .collect();
+        let mut departed: Vec<u32> = named_before.difference(&named_now).copied().collect();
         if !departed.is_empty() {
-            let changed: HashSet<usize> = targets.iter().map(|(i, _, _)| *i).collect();
-            for (_, v) in self
-                .vips
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !changed.contains(i))
-            {
-                for b in &v.backends {
-                    departed.remove(&b.id);
-                }
+            let mut changed = vec![false; self.vips.len()];
+            for (i, _, _) in &targets {
+                changed[*i] = true;
+            }
+            for (v, _) in self.vips.iter().zip(&changed).filter(|(_, c)| !**c) {
+                departed.retain(|id| !v.backends.iter().any(|b| b.id == *id));
                 if departed.is_empty() {
                     break;
                 }
             }
         }
-        let mut backends: Vec<BackendEntry> = self
-            .backends
+        departed.sort_unstable();
+
+        // The backends the diff needs: those the changed VIPs named or name.
+        let mut relevant: Vec<u32> = named_before.union(&named_now).copied().collect();
+        relevant.sort_unstable();
+        let old_backends: Vec<BackendEntry> = relevant
             .iter()
-            .filter(|b| !departed.contains(&b.id))
-            .copied()
-            .chain(added)
+            .filter_map(|id| {
+                let at = self.backends.binary_search_by_key(id, |b| b.id).ok()?;
+                Some(self.backends[at])
+            })
             .collect();
-        backends.sort();
+        let mut new_backends: Vec<BackendEntry> = old_backends
+            .iter()
+            .filter(|b| departed.binary_search(&b.id).is_err())
+            .copied()
+            .chain(added.iter().copied())
+            .collect();
+        new_backends.sort();
 
         let positions = targets.iter().map(|(i, _, _)| *i).collect();
         Ok(VipUpdate {
             old: Plan {
                 vips: old_vips,
-                backends: self.backends.clone(),
+                backends: old_backends,
                 ..Plan::default()
             },
             new: Plan {
                 vips: new_vips,
-                backends,
+                backends: new_backends,
                 ..Plan::default()
             },
             positions,
+            input_positions,
+            departed,
+            added,
         })
+    }
+
+    /// Finds a VIP's position: by binary search when the VIPs are sorted by key (a
+    /// Kubernetes plan is), else through an index made once.
+    fn vip_finder(&self) -> impl Fn(&VipId) -> Option<usize> + '_ {
+        let sorted = self.vips.windows(2).all(|w| w[0].key < w[1].key);
+        let index: HashMap<VipId, usize> = if sorted {
+            HashMap::new()
+        } else {
+            self.vips
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.key, i))
+                .collect()
+        };
+        move |key| {
+            if sorted {
+                self.vips.binary_search_by(|v| v.key.cmp(key)).ok()
+            } else {
+                index.get(key).copied()
+            }
+        }
+    }
+
+    /// The `n` lowest backend ids below `limit` that no backend of this plan has (the
+    /// backends are sorted by id).
+    fn lowest_unused_backend_ids(&self, n: usize, limit: u32) -> Result<Vec<u32>, String> {
+        let mut out = Vec::with_capacity(n);
+        let mut candidate = 0u32;
+        let mut used = self.backends.iter().map(|b| b.id).peekable();
+        while out.len() < n && candidate < limit {
+            match used.peek() {
+                Some(&u) if u == candidate => {
+                    used.next();
+                    candidate += 1;
+                }
+                Some(&u) if u < candidate => {
+                    used.next();
+                }
+                _ => {
+                    out.push(candidate);
+                    candidate += 1;
+                }
+            }
+        }
+        if out.len() < n {
+            return Err(format!(
+                "no backend id free below {limit} without reusing one"
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -259,6 +345,11 @@ mod tests {
                         .vips
                         .push(vip(n, proto, quic, backends(&mut rng, quic)));
                 }
+            }
+            // Every other round out of key order: the VIPs are then found by an index,
+            // not by binary search.
+            if round % 2 == 1 {
+                config.vips.reverse();
             }
             let mut plan = Plan::build(&config, None).unwrap();
             // A few updates in a row, each from the plan the last one left.
