@@ -974,8 +974,22 @@ impl Worker {
         let now = Instant::now();
         let added: Vec<IpAddr> = vips.difference(&self.vips).copied().collect();
         self.bursts.retain(|b| vips.contains(&b.vip));
-        for vip in added {
-            log::info!("announcing {vip} on {}", self.iface);
+        // One line per VIP for a few; thousands (a node taking over at scale) in one line.
+        const LISTED: usize = 8;
+        if added.len() > LISTED {
+            let first: Vec<String> = added[..LISTED].iter().map(|a| a.to_string()).collect();
+            log::info!(
+                "announcing {} VIPs on {}: {} and {} more",
+                added.len(),
+                self.iface,
+                first.join(", "),
+                added.len() - LISTED
+            );
+        }
+        for vip in added.iter().copied() {
+            if added.len() <= LISTED {
+                log::info!("announcing {vip} on {}", self.iface);
+            }
             if self.opts.gratuitous_count > 0 {
                 self.bursts.push(Burst {
                     vip,

@@ -40,6 +40,11 @@ impl SharedJournal {
         std::mem::take(&mut *self.lock())
     }
 
+    /// Whether what is recorded so far needs a full sync.
+    pub fn wants_full(&self) -> bool {
+        self.lock().full
+    }
+
     /// A change that needs a full sync.
     pub fn mark_full(&self) {
         self.lock().full = true;

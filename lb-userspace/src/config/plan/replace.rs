@@ -25,9 +25,9 @@ pub struct VipUpdate {
     /// The changed VIPs as they are now, with the same backends as they are now.
     new: Plan,
     /// Where each of `new.vips` goes in the plan's `vips`.
-    positions: Vec<usize>,
+    slots: Vec<usize>,
     /// Where each update (in the caller's order) goes in the plan's `vips`.
-    input_positions: Vec<usize>,
+    positions: Vec<usize>,
     /// Backend ids no VIP names any more, and backends new to the plan.
     departed: Vec<u32>,
     added: Vec<BackendEntry>,
@@ -41,12 +41,12 @@ impl VipUpdate {
 
     /// The position in the plan's `vips` of each update, in the order they were given.
     pub fn positions(&self) -> &[usize] {
-        &self.input_positions
+        &self.positions
     }
 
     /// Make `plan` (the one this update was made from) the new plan.
     pub fn commit(self, plan: &mut Plan) {
-        for (v, i) in self.new.vips.into_iter().zip(self.positions) {
+        for (v, i) in self.new.vips.into_iter().zip(self.slots) {
             plan.vips[i] = v;
         }
         if !self.departed.is_empty() {
@@ -95,7 +95,7 @@ impl Plan {
             };
             targets.push((i, key, v));
         }
-        let input_positions: Vec<usize> = targets.iter().map(|(i, _, _)| *i).collect();
+        let positions: Vec<usize> = targets.iter().map(|(i, _, _)| *i).collect();
         // In plan order, so new backends are numbered as a whole build would number them.
         targets.sort_by_key(|(i, _, _)| *i);
         if targets.windows(2).any(|w| w[0].0 == w[1].0) {
@@ -189,7 +189,7 @@ impl Plan {
             .collect();
         new_backends.sort();
 
-        let positions = targets.iter().map(|(i, _, _)| *i).collect();
+        let slots = targets.iter().map(|(i, _, _)| *i).collect();
         Ok(VipUpdate {
             old: Plan {
                 vips: old_vips,
@@ -201,8 +201,8 @@ impl Plan {
                 backends: new_backends,
                 ..Plan::default()
             },
+            slots,
             positions,
-            input_positions,
             departed,
             added,
         })
