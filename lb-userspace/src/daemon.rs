@@ -106,7 +106,6 @@ pub struct State {
     bgp: BgpDriver,
 }
 
-/// Metric labels for what a plan programs.
 /// The data-plane VIP of a config entry with one port and one protocol.
 fn vip_id(v: &config::VipConfig) -> config::VipId {
     config::VipId {
@@ -116,6 +115,7 @@ fn vip_id(v: &config::VipConfig) -> config::VipId {
     }
 }
 
+/// Metric labels for what a plan programs.
 fn labels(plan: &Plan) -> Labels {
     let vips = plan
         .vips

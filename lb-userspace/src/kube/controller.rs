@@ -1013,8 +1013,8 @@ impl Controller {
         true
     }
 
-    /// Everything again: translate every Service, allocate and write statuses (the status
-    /// writer), plan BGP, program the whole config, elect.
+    /// Everything again: translate every Service, plan BGP, program the whole config and
+    /// elect, then (the status writer) allocate and write statuses.
     async fn full_sync(&mut self) {
         self.r.retry = false;
         self.r.full_syncs += 1;
