@@ -947,18 +947,9 @@ impl Controller {
         let slices: Vec<&EndpointSlice> = all_slices
             .iter()
             .map(|s| s.as_ref())
-            .filter(|s| {
-                let svc = s
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL));
-                match (s.metadata.namespace.as_deref(), svc) {
-                    (Some(ns), Some(svc)) => wanted.contains(&(ns, svc.as_str())),
-                    _ => false,
-                }
-            })
+            .filter(|s| translate::slice_service(s).is_some_and(|k| wanted.contains(&k)))
             .collect();
+        let by_service = translate::slices_by_service(&slices);
         let quic = self.lookups.quic(&self.client, &ours).await;
         let overrides = self.lookups.server_ids(&self.client, &ours, &slices).await;
         let view = translate::ClusterView {
@@ -972,19 +963,11 @@ impl Controller {
         let changed: Vec<(&Service, Vec<&EndpointSlice>)> = ours
             .iter()
             .map(|svc| {
-                let of_svc = slices
-                    .iter()
-                    .copied()
-                    .filter(|s| {
-                        s.metadata.namespace == svc.metadata.namespace
-                            && s.metadata
-                                .labels
-                                .as_ref()
-                                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                                == svc.metadata.name.as_ref()
-                    })
-                    .collect();
-                (*svc, of_svc)
+                let key = (
+                    svc.metadata.namespace.as_deref().unwrap_or_default(),
+                    svc.metadata.name.as_deref().unwrap_or_default(),
+                );
+                (*svc, by_service.get(&key).cloned().unwrap_or_default())
             })
             .collect();
         let Some(vips) = translation.update(&view, &changed) else {
@@ -1044,7 +1027,7 @@ impl Controller {
         // their timing meanwhile (a starved gossip task declared live nodes down, and the
         // announcements flapped).
         let (mut desired, translation) = tokio::task::block_in_place(|| {
-            translate::translate_and_keep(&translate::ClusterView {
+            translate::translate(&translate::ClusterView {
                 services: &ours,
                 slices: &slices,
                 node_name: &self.r.node,

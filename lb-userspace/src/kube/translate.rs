@@ -149,15 +149,10 @@ type ServiceKey = (String, String);
 mod incremental;
 pub use incremental::Translation;
 
-/// Translate `view` into the VIPs of node `view.node_name` (see the module doc for the rules).
-pub fn translate(view: &ClusterView) -> Desired {
-    translate_and_keep(view).0
-}
-
-/// [`translate`], and what it decided per Service, so that a later change to some
-/// Services' EndpointSlices can be translated for those Services alone
-/// ([`Translation::update`]).
-pub fn translate_and_keep(view: &ClusterView) -> (Desired, Translation) {
+/// Translate `view` into the VIPs of node `view.node_name` (see the module doc for the
+/// rules), with what was decided per Service, so that a later change to some Services'
+/// EndpointSlices can be translated for those Services alone ([`Translation::update`]).
+pub fn translate(view: &ClusterView) -> (Desired, Translation) {
     let mut problems = Vec::new();
     let mut services: Vec<&Service> = view.services.to_vec();
     services.sort_by_key(|s| service_key(s));
@@ -670,28 +665,26 @@ fn is_v6(ip: IpAddr) -> bool {
 
 // ---- endpoints -------------------------------------------------------------------------------
 
-/// The EndpointSlices by the Service they belong to (namespace, `kubernetes.io/service-name`
-/// label), in their order in `slices`. One pass: looking each Service's slices up among all
-/// of them made a translation quadratic (10,000 Services x 10,000 slices took seconds, on
-/// every change).
-fn slices_by_service<'a>(
+/// The EndpointSlices by the Service they belong to ([`slice_service`]), in their order in
+/// `slices`. One pass: looking each Service's slices up among all of them made a
+/// translation quadratic (10,000 Services x 10,000 slices took seconds, on every change).
+pub(super) fn slices_by_service<'a>(
     slices: &[&'a EndpointSlice],
 ) -> BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
     let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
-        let (Some(ns), Some(name)) = (
-            slice.metadata.namespace.as_deref(),
-            slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-        ) else {
-            continue;
-        };
-        out.entry((ns, name.as_str())).or_default().push(slice);
+        if let Some(svc) = slice_service(slice) {
+            out.entry(svc).or_default().push(slice);
+        }
     }
     out
+}
+
+/// The Service (namespace, `kubernetes.io/service-name` label) an EndpointSlice belongs to.
+pub(super) fn slice_service(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let ns = slice.metadata.namespace.as_deref()?;
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((ns, name.as_str()))
 }
 
 /// `Some(is_v6)` for IPv4/IPv6 slices; `None` for FQDN (and unknown) ones.
@@ -1471,11 +1464,11 @@ mod tests {
             self.keep(node).0
         }
 
-        /// [`translate_and_keep`] of this world.
+        /// [`translate`] of this world.
         fn keep(&self, node: &str) -> (Desired, Translation) {
             let services: Vec<&Service> = self.services.iter().collect();
             let slices: Vec<&EndpointSlice> = self.slices.iter().collect();
-            translate_and_keep(&ClusterView {
+            translate(&ClusterView {
                 services: &services,
                 slices: &slices,
                 node_name: node,
