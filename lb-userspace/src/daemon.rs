@@ -106,15 +106,6 @@ pub struct State {
     bgp: BgpDriver,
 }
 
-/// The data-plane VIP of a config entry with one port and one protocol.
-fn vip_id(v: &config::VipConfig) -> config::VipId {
-    config::VipId {
-        addr: v.addr,
-        port: v.ports[0],
-        proto: v.protocols[0],
-    }
-}
-
 /// Metric labels for what a plan programs.
 fn labels(plan: &Plan) -> Labels {
     let vips = plan
@@ -574,6 +565,14 @@ impl State {
     /// map write when the plan cannot be updated in place (the caller then applies the
     /// whole config).
     pub fn update_vips(&mut self, vips: Vec<config::VipConfig>) -> Result<usize> {
+        // One VIP per entry, as the controller's configs are: then the plan's positions
+        // are the config's.
+        if self.config.vips.len() != self.plan.vips.len() {
+            bail!(
+                "the running config has entries of several VIPs (ports or protocols); only a \
+                 whole config can be applied to it"
+            );
+        }
         let update = self
             .plan
             .replace_vips(&vips, self.config.capacity.backends)
@@ -591,27 +590,8 @@ impl State {
         }
         let positions = update.positions().to_vec();
         update.commit(&mut self.plan);
-        if self.config.vips.len() == self.plan.vips.len() {
-            // One VIP per entry (as the controller's configs are): the plan's positions
-            // are the config's.
-            for (v, i) in vips.into_iter().zip(positions) {
-                self.config.vips[i] = v;
-            }
-        } else {
-            let position: HashMap<config::VipId, usize> = self
-                .config
-                .vips
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.ports.len() == 1 && v.protocols.len() == 1)
-                .map(|(i, v)| (vip_id(v), i))
-                .collect();
-            for v in vips {
-                // replace_vips accepted it: the config has this VIP, as a one-VIP entry.
-                if let Some(&i) = position.get(&vip_id(&v)) {
-                    self.config.vips[i] = v;
-                }
-            }
+        for (v, i) in vips.into_iter().zip(positions) {
+            self.config.vips[i] = v;
         }
         Ok(changes.len())
     }
