@@ -1388,22 +1388,7 @@ fn xdp_tx_when_backend_is_behind_ingress() -> Result<()> {
             ),
         ];
         for (p, vip, id, addr) in cases {
-            let want = p
-                .clone()
-                .dnat(addr, BACKEND_PORT)
-                .macs(EXT_MAC, TX_BACKEND_MAC)
-                .bytes();
-            let r = lb.check(
-                "tx",
-                &p.bytes(),
-                Want {
-                    verdict: XDP_TX,
-                    out: &want,
-                    reasons: &[Maglev, Tx],
-                    vip: Some(vip),
-                    backend: Some(id),
-                },
-            );
+            let r = expect_tx(lb, "tx", &p, addr, &[Maglev, Tx], vip, Some(id));
             assert_eq!(
                 r.data.len(),
                 p.bytes().len(),
@@ -1412,6 +1397,36 @@ fn xdp_tx_when_backend_is_behind_ingress() -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Run `p` and require it sent back out of `ext` (`XDP_TX`) to the backend at `addr` (DNAT
+/// to it, MACs of the same link), counted by exactly `reasons` under VIP `vip` (and backend
+/// `backend`, when the fixture's snapshot covers it).
+fn expect_tx(
+    lb: &Lb,
+    what: &str,
+    p: &Pkt,
+    addr: IpAddr,
+    reasons: &[Reason],
+    vip: u32,
+    backend: Option<u32>,
+) -> lb_userspace::dataplane::RunResult {
+    let want = p
+        .clone()
+        .dnat(addr, BACKEND_PORT)
+        .macs(EXT_MAC, TX_BACKEND_MAC)
+        .bytes();
+    lb.check(
+        what,
+        &p.bytes(),
+        Want {
+            verdict: XDP_TX,
+            out: &want,
+            reasons,
+            vip: Some(vip),
+            backend,
+        },
+    )
 }
 
 /// `lb run`'s rule (`SETTINGS_F_XMIT_ONLY`): the program redirects only between interfaces
@@ -2204,28 +2219,10 @@ fn fib_cache_slot_shared_by_two_backends_never_serves_the_other() -> Result<()> 
             10,
             (far, TX_BACKEND_V4.into()),
         )?;
-        let tx = |port: u16, reasons: &[Reason]| {
-            let pkt = p(port);
-            let want = pkt
-                .clone()
-                .dnat(TX_BACKEND_V4, BACKEND_PORT)
-                .macs(EXT_MAC, TX_BACKEND_MAC)
-                .bytes();
-            lb.check(
-                "far",
-                &pkt.bytes(),
-                Want {
-                    verdict: XDP_TX,
-                    out: &want,
-                    reasons,
-                    vip: Some(10),
-                    // Past the ids the fixture's snapshot covers; read below.
-                    backend: None,
-                },
-            );
-        };
-        tx(47002, &[Maglev, Tx]);
-        tx(47003, &[Maglev, Tx, FibCached]);
+        // The backend is past the ids the fixture's snapshot covers: read below.
+        let tx = TX_BACKEND_V4.into();
+        expect_tx(lb, "far", &p(47002), tx, &[Maglev, Tx], 10, None);
+        expect_tx(lb, "far", &p(47003), tx, &[Maglev, Tx, FibCached], 10, None);
         assert_eq!(lb.dp.backend_stats(far)?.packets, 2);
 
         // And back: backend 2 finds the slot taken by 4098 and looks up again.
